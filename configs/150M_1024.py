@@ -1,0 +1,15 @@
+"""GPT-150M-1024: High-context training on 12GB+ GPUs."""
+
+from gptjax.config import get_base_config
+
+
+def get_config():
+  config = get_base_config()
+  config.name = "GPT-150M-1024"
+  config.description = "High-context training on 12GB+ GPUs"
+  config.n_layer = 16
+  config.n_head = 12
+  config.n_embd = 768
+  config.block_size = 1024
+  config.batch_size = 24
+  return config

@@ -1,0 +1,15 @@
+"""GPT-200M-1024: High-context training on 16GB+ GPUs."""
+
+from gptjax.config import get_base_config
+
+
+def get_config():
+  config = get_base_config()
+  config.name = "GPT-200M-1024"
+  config.description = "High-context training on 16GB+ GPUs"
+  config.n_layer = 16
+  config.n_head = 14
+  config.n_embd = 896
+  config.block_size = 1024
+  config.batch_size = 20
+  return config

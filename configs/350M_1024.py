@@ -1,0 +1,15 @@
+"""GPT-350M-1024: High-context training on 20GB+ GPUs."""
+
+from gptjax.config import get_base_config
+
+
+def get_config():
+  config = get_base_config()
+  config.name = "GPT-350M-1024"
+  config.description = "High-context training on 20GB+ GPUs"
+  config.n_layer = 24
+  config.n_head = 16
+  config.n_embd = 1024
+  config.block_size = 1024
+  config.batch_size = 12
+  return config

@@ -1,0 +1,325 @@
+"""Configuration: the base ConfigDict, preset loading (.py and seed-style .json), validation.
+
+Every preset in `configs/` is a `get_config()` that starts from `get_base_config()` and overrides a few
+fields. Seed-style JSON presets (`{"name": ..., "n_layer": ...}`) load through the same `load_config`.
+`validate(config)` runs before anything is compiled and raises `ConfigError` naming field, value and fix.
+`ModelConfig` is the frozen, hashable architecture handed to the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import os
+import sys
+from typing import Any
+
+import ml_collections
+
+from gptjax.errors import ConfigError
+
+GPT2_VOCAB_SIZE = 50257  # tiktoken "gpt2": 50,256 merges + <|endoftext|>
+GPT2_PADDED_VOCAB_SIZE = 50304  # next multiple of 64, as nanoGPT pads it for fast matmuls
+BYTE_VOCAB_SIZE = 256
+TOKENIZER_VOCAB_SIZES = {"bytes": BYTE_VOCAB_SIZE, "gpt2": GPT2_VOCAB_SIZE}
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+# Seed JSON fields that gptjax accepts but does not need (JAX picks its devices itself).
+IGNORED_SEED_FIELDS = ("device",)
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """The base config: every field with its default. Presets override what differs."""
+  config = ml_collections.ConfigDict()
+
+  # --- Identity -----------------------------------------------------------------------------------
+  # Display name of the architecture (shown by tools/show_configs.py).
+  config.name = "GPT-Small"
+  # One line on what the preset is for.
+  config.description = "6-layer GPT with GPT-2 BPE: the default for experiments"
+
+  # --- Architecture (nanoGPT / GPT-2: learned positions, pre-LayerNorm, 4x GELU MLP, tied head) ---
+  # Number of transformer blocks.
+  config.n_layer = 6
+  # Attention heads per block; must divide n_embd.
+  config.n_head = 6
+  # Width of the residual stream (C).
+  config.n_embd = 384
+  # Context length in tokens (T); also the size of the position-embedding table.
+  config.block_size = 256
+  # Embedding rows. GPT-2 BPE needs >= 50257 (50304 = padded to a multiple of 64); bytes need >= 256.
+  config.vocab_size = GPT2_PADDED_VOCAB_SIZE
+  # Dropout on embeddings, attention weights and residual branches; 0 disables it.
+  config.dropout = 0.2
+  # Biases in the dense layers and LayerNorms (GPT-2 has them; nanoGPT's default does not).
+  config.bias = False
+
+  # --- Batch ----------------------------------------------------------------------------------------
+  # Sequences per micro-batch, global over all devices. One step sees batch_size * grad_accum_steps.
+  config.batch_size = 32
+  # Micro-batches whose gradients are averaged into one update.
+  config.grad_accum_steps = 1
+
+  # --- Optimisation (AdamW, linear warmup then cosine decay to min_lr) ------------------------------
+  # Number of optimizer updates to run.
+  config.max_iters = 5000
+  # Peak learning rate, reached after warmup_iters.
+  config.learning_rate = 6e-4
+  # Floor of the cosine decay.
+  config.min_lr = 6e-5
+  # Steps of linear warmup from 0 to learning_rate.
+  config.warmup_iters = 100
+  # Steps over which the rate decays to min_lr; -1 means max_iters.
+  config.lr_decay_iters = -1
+  # AdamW decoupled weight decay, applied to kernels and embeddings only (not biases or norms).
+  config.weight_decay = 0.1
+  # AdamW first-moment decay.
+  config.beta1 = 0.9
+  # AdamW second-moment decay (nanoGPT uses 0.99 for small char models, 0.95 for GPT-2).
+  config.beta2 = 0.95
+  # Clip the global gradient norm to this value; 0 disables clipping.
+  config.grad_clip = 1.0
+  # Compute dtype of activations and matmuls; params and optimizer state stay float32.
+  config.dtype = "float32"
+  # Recompute each block's activations in the backward pass (saves memory, costs ~1/3 more compute).
+  config.remat = False
+  # Attention kernel: "xla" (einsum + causal mask: fastest on CPU), "cudnn" (fused, GPU, bf16/fp16),
+  # or "auto" (cudnn on GPU with a 16-bit dtype, else xla).
+  config.attention = "auto"
+
+  # --- Evaluation and logging -----------------------------------------------------------------------
+  # Evaluate train and val loss every this many steps (and at the last step).
+  config.eval_interval = 250
+  # Batches averaged for each evaluation.
+  config.eval_iters = 100
+  # Print and record metrics every this many steps.
+  config.log_interval = 10
+  # Save a checkpoint every this many steps (and at the end); 0 means only at eval steps and the end.
+  config.checkpoint_interval = 0
+  # Keep this many most recent checkpoints (the best by val loss is kept as well).
+  config.keep_checkpoints = 3
+  # Seed for parameter init, dropout and batch sampling.
+  config.seed = 1337
+
+  # --- Data and run directory -----------------------------------------------------------------------
+  # UTF-8 text to train on; "" trains on the embedded default corpus (see gptjax/data.py).
+  config.input_file = ""
+  # "auto" (bytes when vocab_size < 50257, else gpt2), "bytes" or "gpt2".
+  config.tokenizer = "auto"
+  # Local GPT-2 ranks file (gpt2.tiktoken) for offline use; "" tries $GPTJAX_GPT2_TIKTOKEN, then tiktoken.
+  config.tokenizer_path = ""
+  # Fraction of the tokens used for training; the rest is validation.
+  config.train_split = 0.9
+  # The run lives in <out_dir>/<model_name>/; "" uses the preset's file name.
+  config.model_name = ""
+  # Parent directory of all runs.
+  config.out_dir = "out"
+
+  # --- Device mesh (see README "Sharded and multi-host training") ------------------------------------
+  config.mesh = ml_collections.ConfigDict()
+  # Pure data parallelism: replicas that each hold all the parameters.
+  config.mesh.data = 1
+  # Fully sharded data parallelism: parameters and optimizer state sharded along `embed`.
+  # -1 means "all devices left over".
+  config.mesh.fsdp = -1
+  # Tensor parallelism: heads, MLP and vocab split across devices.
+  config.mesh.tensor = 1
+  return config
+
+
+def get_config(path: str | None = None) -> ml_collections.ConfigDict:
+  """ml_collections entry point: `--config=gptjax/config.py:configs/x.json` loads any preset file."""
+  return get_base_config() if not path else load_config(path)
+
+
+def _preset_name(path: str) -> str:
+  return os.path.splitext(os.path.basename(path))[0]
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """Loads a preset: a Python file with `get_config()` or a seed-style JSON object.
+
+  Args:
+    path: `configs/150M.py`, `configs/my_custom.json`, ...
+  Returns:
+    The ConfigDict (not yet validated). `model_name` defaults to the file's name.
+  Raises:
+    ConfigError: missing file, unreadable JSON, unknown keys, a .py without get_config().
+  """
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist. Fix: pass an existing preset, "
+                      f"e.g. --config=configs/tiny_char.py (see `python tools/show_configs.py`).")
+  extension = os.path.splitext(path)[1]
+  if extension == ".json":
+    config = _load_json_config(path)
+  elif extension == ".py":
+    config = _load_python_config(path)
+  else:
+    raise ConfigError(f"config file {path!r}: unknown extension {extension!r}. Fix: use a .py file "
+                      f"with get_config() or a seed-style .json preset.")
+  if not config.model_name:
+    config.model_name = _preset_name(path)
+  return config
+
+
+def _load_python_config(path: str) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location(f"gptjax_preset_{_preset_name(path)}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # A broken preset file is user input: report it without a traceback.
+    raise ConfigError(f"config file {path!r} failed to load: {type(e).__name__}: {e}") from e
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} has no get_config() function. Fix: define "
+                      f"get_config() returning a ConfigDict (copy configs/tiny.py).")
+  return module.get_config()
+
+
+def _load_json_config(path: str) -> ml_collections.ConfigDict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      values = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ConfigError(f"config file {path!r} is not valid JSON: {e}. Fix: see the JSON example in "
+                      f"README.md.") from e
+  if not isinstance(values, dict):
+    raise ConfigError(f"config file {path!r} must hold a JSON object of fields, got "
+                      f"{type(values).__name__}.")
+  config = get_base_config()
+  for key in IGNORED_SEED_FIELDS:
+    if values.pop(key, None) is not None:
+      print(f"note: {path}: field {key!r} is ignored (JAX chooses its devices; see config.mesh).",
+            file=sys.stderr)
+  apply_overrides(config, values, source=path)
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, values: dict[str, Any], source: str) -> None:
+  """Sets `values` (nested dicts allowed) on `config`, refusing unknown keys and wrong types."""
+  for key, value in values.items():
+    if key not in config:
+      raise ConfigError(_unknown_key_message(key, config, source))
+    current = config[key]
+    if isinstance(current, ml_collections.ConfigDict):
+      if not isinstance(value, dict):
+        raise ConfigError(f"{source}: field {key!r} must be an object with fields "
+                          f"{sorted(current.keys())}, got {value!r}.")
+      apply_overrides(current, value, source=f"{source}:{key}")
+      continue
+    if isinstance(current, bool) != isinstance(value, bool) or (
+        isinstance(current, (int, float)) and not isinstance(value, (int, float))) or (
+        isinstance(current, str) and not isinstance(value, str)):
+      raise ConfigError(f"{source}: field {key!r} must be a {type(current).__name__}, got "
+                        f"{value!r}. Fix: write it like the default, {current!r}.")
+    if isinstance(current, float) and isinstance(value, int):
+      value = float(value)
+    config[key] = value
+
+
+def _unknown_key_message(key: str, config: ml_collections.ConfigDict, source: str) -> str:
+  names = sorted(config.keys())
+  close = difflib.get_close_matches(key, names, n=1)
+  hint = f" Did you mean {close[0]!r}?" if close else ""
+  return (f"{source}: unknown field {key!r}.{hint} Valid fields: {', '.join(names)}.")
+
+
+def resolve_tokenizer(config: ml_collections.ConfigDict) -> str:
+  """The tokenizer a config uses: "auto" is bytes below GPT-2's vocabulary, else gpt2."""
+  if config.tokenizer != "auto":
+    return config.tokenizer
+  return "bytes" if config.vocab_size < GPT2_VOCAB_SIZE else "gpt2"
+
+
+def _divisors(n: int) -> list[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every rule a config must satisfy; raises ConfigError on the first broken one."""
+
+  def fail(field, message, fix):
+    raise ConfigError(f"config field {field!r}: {message}. Fix: {fix}.")
+
+  positive_ints = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size",
+                   "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval",
+                   "keep_checkpoints")
+  for field in positive_ints:
+    value = config[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      fail(field, f"{value!r} must be a positive integer", f"set --config.{field} to a value >= 1")
+  for field in ("warmup_iters", "checkpoint_interval"):
+    if config[field] < 0:
+      fail(field, f"{config[field]!r} is negative", f"set --config.{field} to 0 or more")
+  if config.n_embd % config.n_head:
+    fail("n_head", f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}",
+         f"choose n_head among the divisors of n_embd {_divisors(config.n_embd)}, or an n_embd "
+         f"that is a multiple of {config.n_head}")
+  if not 0.0 <= config.dropout < 1.0:
+    fail("dropout", f"{config.dropout!r} is outside [0, 1)", "use e.g. 0.0 (large data) to 0.2")
+  if config.tokenizer not in ("auto", *TOKENIZER_VOCAB_SIZES):
+    fail("tokenizer", f"{config.tokenizer!r} is not a tokenizer",
+         f"use one of auto, {', '.join(TOKENIZER_VOCAB_SIZES)}")
+  tokenizer = resolve_tokenizer(config)
+  if config.vocab_size < TOKENIZER_VOCAB_SIZES[tokenizer]:
+    fail("vocab_size", f"{config.vocab_size} is smaller than the {tokenizer} tokenizer's "
+         f"{TOKENIZER_VOCAB_SIZES[tokenizer]} tokens",
+         f"set vocab_size >= {TOKENIZER_VOCAB_SIZES[tokenizer]}"
+         + (f" ({GPT2_PADDED_VOCAB_SIZE} pads it for speed)" if tokenizer == "gpt2" else ""))
+  if config.learning_rate <= 0:
+    fail("learning_rate", f"{config.learning_rate!r} must be positive", "use e.g. 6e-4")
+  if not 0 <= config.min_lr <= config.learning_rate:
+    fail("min_lr", f"{config.min_lr!r} must be in [0, learning_rate={config.learning_rate}]",
+         "use e.g. learning_rate / 10")
+  if config.lr_decay_iters != -1 and config.lr_decay_iters <= config.warmup_iters:
+    fail("lr_decay_iters", f"{config.lr_decay_iters} must exceed warmup_iters="
+         f"{config.warmup_iters} (or be -1 for max_iters)", "set it to max_iters or -1")
+  for field in ("beta1", "beta2"):
+    if not 0.0 <= config[field] < 1.0:
+      fail(field, f"{config[field]!r} is outside [0, 1)", "use 0.9 for beta1, 0.95-0.99 for beta2")
+  for field in ("weight_decay", "grad_clip"):
+    if config[field] < 0:
+      fail(field, f"{config[field]!r} is negative", f"use 0 to disable {field}")
+  if config.dtype not in DTYPES:
+    fail("dtype", f"{config.dtype!r} is not supported", f"use one of {', '.join(DTYPES)}")
+  if config.attention not in ATTENTION_IMPLEMENTATIONS:
+    fail("attention", f"{config.attention!r} is not an attention implementation",
+         f"use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+  if not 0.0 < config.train_split < 1.0:
+    fail("train_split", f"{config.train_split!r} is outside (0, 1)", "use e.g. 0.9")
+  mesh_sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
+  if sum(size == -1 for size in mesh_sizes) > 1 or any(s == 0 or s < -1 for s in mesh_sizes):
+    fail("mesh", f"data={mesh_sizes[0]}, fsdp={mesh_sizes[1]}, tensor={mesh_sizes[2]} is not a mesh",
+         "give positive sizes, with at most one of them -1 (= all remaining devices)")
+  if config.mesh.tensor > 0 and config.n_head % config.mesh.tensor:
+    fail("mesh.tensor", f"n_head={config.n_head} is not divisible by mesh.tensor="
+         f"{config.mesh.tensor}", f"use a mesh.tensor among {_divisors(config.n_head)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The architecture, frozen and hashable so it can be a static argument of jitted functions."""
+  vocab_size: int
+  block_size: int
+  n_layer: int
+  n_head: int
+  n_embd: int
+  dropout: float = 0.0
+  bias: bool = False
+  dtype: str = "float32"  # compute dtype; parameters are always float32
+  remat: bool = False
+  attention: str = "auto"
+
+  @property
+  def head_dim(self) -> int:
+    return self.n_embd // self.n_head
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "ModelConfig":
+    return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+
+  def architecture(self) -> dict[str, Any]:
+    """The fields that fix the parameter shapes (what a checkpoint must agree on)."""
+    return dict(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
+                n_head=self.n_head, n_embd=self.n_embd, bias=self.bias)

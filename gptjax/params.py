@@ -1,0 +1,116 @@
+"""Parameter accounting: the analytic count per component, the count of the real pytree, FLOPs.
+
+The analytic count is written from the architecture alone; `count_pytree_params` initialises the
+model abstractly with `jax.eval_shape` (no memory is allocated, so 500M_1024 takes milliseconds).
+Tests hold the two equal for every preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gptjax.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamBreakdown:
+  """Exact parameter counts of a GPT, by component."""
+  token_embedding: int     # wte: V x C, also the (tied) output head
+  position_embedding: int  # wpe: T x C
+  attention: int           # per layer: c_attn (C x 3C) + c_proj (C x C), with biases if any
+  mlp: int                 # per layer: c_fc (C x 4C) + c_proj (4C x C), with biases if any
+  layer_norms: int         # per layer: ln_1 + ln_2 (scale, and bias if any)
+  final_norm: int          # ln_f
+  n_layer: int
+
+  @property
+  def per_layer(self) -> int:
+    return self.attention + self.mlp + self.layer_norms
+
+  @property
+  def total(self) -> int:
+    return (self.token_embedding + self.position_embedding + self.n_layer * self.per_layer
+            + self.final_norm)
+
+  @property
+  def non_embedding(self) -> int:
+    """nanoGPT's get_num_params(non_embedding=True): the total less the position embeddings.
+
+    The token embeddings stay in, since tied to the output head they do the work of a layer.
+    """
+    return self.total - self.position_embedding
+
+  def rows(self) -> list[tuple[str, int]]:
+    """(component, count) rows for printing, summing to `total`."""
+    return [
+        ("token embedding (wte, tied output head)", self.token_embedding),
+        ("position embedding (wpe)", self.position_embedding),
+        (f"attention ({self.n_layer} x {self.attention:,})", self.n_layer * self.attention),
+        (f"MLP ({self.n_layer} x {self.mlp:,})", self.n_layer * self.mlp),
+        (f"layer norms ({self.n_layer} x {self.layer_norms:,})", self.n_layer * self.layer_norms),
+        ("final layer norm (ln_f)", self.final_norm),
+        ("output head (tied to wte)", 0),
+    ]
+
+
+def count_params(config: ModelConfig) -> ParamBreakdown:
+  """The analytic parameter count of `config`'s architecture."""
+  C, b = config.n_embd, int(config.bias)
+  norm = C + b * C
+  return ParamBreakdown(
+      token_embedding=config.vocab_size * C,
+      position_embedding=config.block_size * C,
+      attention=(C * 3 * C + b * 3 * C) + (C * C + b * C),
+      mlp=(C * 4 * C + b * 4 * C) + (4 * C * C + b * C),
+      layer_norms=2 * norm,
+      final_norm=norm,
+      n_layer=config.n_layer,
+  )
+
+
+def abstract_params(config: ModelConfig):
+  """The parameter pytree as ShapeDtypeStructs (boxed with logical axis names), via eval_shape."""
+  from gptjax.model import GPT  # model imports config only; kept local so tools start fast
+
+  model = GPT(config)
+  tokens = jax.ShapeDtypeStruct((1, config.block_size), jnp.int32)
+  return jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)["params"]
+
+
+def count_pytree_params(config: ModelConfig) -> int:
+  """The number of scalars in the initialised parameter pytree (computed without allocating it)."""
+  leaves = jax.tree_util.tree_leaves(nn.meta.unbox(abstract_params(config)))
+  return sum(math.prod(leaf.shape) for leaf in leaves)
+
+
+def flops_per_token(config: ModelConfig) -> int:
+  """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L T C.
+
+  N is nanoGPT's non-embedding count (the tied head's matmul is in it via wte); 6N covers the
+  matmuls with weights (2 forward + 4 backward per weight), 12·L·T·C the attention score and value
+  matmuls (QK^T and AV, forward and backward) at full context T = block_size.
+  """
+  n = count_params(config).non_embedding
+  return 6 * n + 12 * config.n_layer * config.block_size * config.n_embd
+
+
+def training_memory_bytes(config: ModelConfig) -> int:
+  """Bytes of float32 state a training step keeps: params, gradients and AdamW's two moments.
+
+  Activations come on top and depend on batch, dtype and remat; `tools/bench.py` reports the
+  compiled step's real peak.
+  """
+  return 4 * 4 * count_params(config).total
+
+
+def format_count(n: int) -> str:
+  """150,260,736 -> '150.26M'."""
+  for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+    if n >= scale:
+      return f"{n / scale:.2f}{unit}"
+  return str(n)
