@@ -126,6 +126,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.mesh.fsdp = -1
   # Tensor parallelism: heads, MLP and vocab split across devices.
   config.mesh.tensor = 1
+
+  # --- Multi-process runs (see README); empty on one host. TPU pods and SLURM are auto-detected. ---
+  config.distributed = ml_collections.ConfigDict()
+  # host:port of process 0's coordinator, e.g. "10.0.0.1:1234"; "" = $JAX_COORDINATOR_ADDRESS.
+  config.distributed.coordinator_address = ""
+  # Number of processes; 0 = $JAX_NUM_PROCESSES.
+  config.distributed.num_processes = 0
+  # This process's index; -1 = $JAX_PROCESS_ID.
+  config.distributed.process_id = -1
   return config
 
 

@@ -22,6 +22,10 @@ class CheckpointError(UserError):
   """A run directory without checkpoints, or one holding a different architecture."""
 
 
+class DivergenceError(UserError):
+  """Training produced a NaN or infinite loss; the run stopped before saving it."""
+
+
 EXIT_USER_ERROR = 2
 
 

@@ -1,0 +1,157 @@
+"""The device mesh, the logical-axis rules, and the shardings of state and batch.
+
+One code path for every machine: a single CPU is a (1, 1, 1) mesh. The model names its parameter and
+activation axes logically (gptjax/model.py); LOGICAL_AXIS_RULES maps them onto the mesh axes:
+
+  data    pure data parallelism: replicas of the parameters, each on its own slice of the batch
+  fsdp    fully sharded data parallelism: the batch is split here too, and parameters and optimizer
+          state are sharded along `embed` (all-gathered per layer in the step)
+  tensor  tensor parallelism: attention heads, MLP hidden units and the vocabulary are split
+
+Flax resolves a logical axis to the first rule whose mesh axis is still free in that array, so the
+same table shards a parameter (vocab, embed) as (tensor, fsdp) and an activation (batch, embed) as
+((data, fsdp), None): FSDP shards weights, never the activations' channels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gptjax.errors import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_AXIS_RULES = (
+    ("batch", BATCH_AXES),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed", "fsdp"),
+    ("kv", None),
+    ("length", None),
+)
+
+
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) sizes for `num_devices`, with a -1 entry taking the remaining devices."""
+  sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
+  fixed = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % fixed:
+      raise ConfigError(
+          f"config field 'mesh': data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]} cannot fill "
+          f"{num_devices} devices ({num_devices} is not a multiple of {fixed}). Fix: choose sizes "
+          f"whose product divides {num_devices}.")
+    sizes[sizes.index(-1)] = num_devices // fixed
+  if math.prod(sizes) != num_devices:
+    raise ConfigError(
+        f"config field 'mesh': data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = "
+        f"{math.prod(sizes)} devices, but {num_devices} are present. Fix: make the product "
+        f"{num_devices}, or set one of them to -1 (all remaining devices).")
+  return tuple(sizes)
+
+
+def make_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
+  """The (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes)."""
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(config, len(devices))
+  validate_for_mesh(config, shape)
+  axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+
+
+def validate_for_mesh(config: ml_collections.ConfigDict, shape: tuple[int, int, int]) -> None:
+  """The divisibility rules that depend on the mesh: batch over data*fsdp, heads/vocab over tensor."""
+  data, fsdp, tensor = shape
+  if config.batch_size % (data * fsdp):
+    raise ConfigError(
+        f"config field 'batch_size': {config.batch_size} is not divisible by mesh data x fsdp = "
+        f"{data * fsdp}, over which the global batch is split. Fix: use a multiple of "
+        f"{data * fsdp}, e.g. --config.batch_size={max(1, config.batch_size // (data * fsdp)) * data * fsdp}.")
+  for field in ("n_head", "vocab_size"):
+    if config[field] % tensor:
+      raise ConfigError(
+          f"config field '{field}': {config[field]} is not divisible by mesh.tensor={tensor}, "
+          f"which splits it. Fix: a mesh.tensor that divides {config[field]}"
+          + (", or a vocab_size padded to a multiple of it (50304 = 64 x 786)."
+             if field == "vocab_size" else "."))
+
+
+def logical_shardings(abstract_tree, mesh: jax.sharding.Mesh):
+  """NamedShardings for a pytree whose leaves are boxed with logical names (others: replicated)."""
+  specs = nn.get_partition_spec(abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+
+
+def optimizer_shardings(tx: optax.GradientTransformation, abstract_opt_state, param_shardings,
+                        mesh: jax.sharding.Mesh):
+  """Shards every parameter-shaped optimizer leaf (AdamW's moments) like its parameter."""
+  replicated = NamedSharding(mesh, P())
+  return optax.tree_map_params(
+      tx, lambda _, sharding: sharding, abstract_opt_state, param_shardings,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Sharding of a (micro_batches, B, T) token batch: B split over data x fsdp."""
+  return NamedSharding(mesh, P(None, BATCH_AXES, None))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def process_batch_rows(mesh: jax.sharding.Mesh, global_batch: int) -> slice:
+  """The rows of the global batch this process feeds (each process loads only its own rows).
+
+  With the batch split over data x fsdp and devices of one process adjacent in the mesh (as
+  jax.make_mesh arranges them), every process owns one contiguous block of rows.
+  """
+  sharding = batch_sharding(mesh)
+  indices = sharding.addressable_devices_indices_map((1, global_batch, 1))
+  rows = sorted({(idx[1].start or 0, idx[1].stop or global_batch) for idx in indices.values()})
+  start, stop = rows[0][0], rows[-1][1]
+  if sum(b - a for a, b in rows) != stop - start:  # Never expected with make_mesh's device order.
+    raise RuntimeError(f"process {jax.process_index()} owns non-contiguous batch rows {rows}")
+  return slice(start, stop)
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """Starts jax.distributed when running as one of several processes.
+
+  Explicit settings come from config.distributed (coordinator_address, num_processes, process_id)
+  or the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); otherwise
+  jax.distributed.initialize() auto-detects TPU pods, SLURM and other cluster environments.
+  Single-process runs with neither skip it.
+  """
+  settings = config.distributed
+  address = settings.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  if address:
+    num_processes = settings.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0"))
+    process_id = (settings.process_id if settings.process_id >= 0
+                  else int(os.environ.get("JAX_PROCESS_ID", "-1")))
+    if num_processes <= 0 or process_id < 0:
+      raise ConfigError(
+          f"distributed: coordinator_address={address!r} needs num_processes and process_id. "
+          f"Fix: set --config.distributed.num_processes and --config.distributed.process_id "
+          f"(or JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
+    jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
+  elif _in_cluster_environment():
+    jax.distributed.initialize()
+
+
+def _in_cluster_environment() -> bool:
+  """True under a multi-task SLURM job or on a multi-host TPU slice, where JAX auto-detects peers."""
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    return True
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return "," in hosts

@@ -1,0 +1,333 @@
+"""Training: the pure jitted steps, the loop, and `python -m gptjax.train`.
+
+  python -m gptjax.train --config=configs/tiny_char.py --config.max_iters=200
+
+Data flow: config -> validate -> mesh -> eval_shape(init) -> logical specs -> NamedShardings ->
+restore-or-init (jit with out_shardings) -> jit(train_step, donated state) -> loop (batch -> step ->
+log -> eval -> checkpoint) -> <out_dir>/<model_name>/ (checkpoints/, config.json, metrics.jsonl,
+tensorboard/, loss.png). Re-running the same command resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags
+from absl import logging as absl_logging
+from absl.app import UsageError
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from gptjax import data as data_lib
+from gptjax import sharding
+from gptjax.checkpoint import Checkpointer, architecture_mismatch
+from gptjax import config as config_module
+from gptjax.config import ModelConfig, load_config, validate
+from gptjax.errors import (EXIT_USER_ERROR, CheckpointError, DivergenceError, UserError,
+                           exit_on_user_error)
+from gptjax.model import GPT
+from gptjax.monitor import MetricsWriter, device_peak_flops, mfu
+from gptjax.optim import learning_rate_schedule, make_optimizer
+from gptjax.params import count_params, flops_per_token
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer updates done
+  params: Any
+  opt_state: Any
+
+
+def loss_fn(params, model: GPT, windows, dropout_rng=None):
+  """Mean next-token cross-entropy of `windows` (B, T+1): inputs [:, :-1], targets [:, 1:]."""
+  inputs, targets = windows[:, :-1], windows[:, 1:]
+  logits = model.apply({"params": params}, inputs, deterministic=dropout_rng is None,
+                       rngs=None if dropout_rng is None else {"dropout": dropout_rng})
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def train_step(state: TrainState, windows, *, model: GPT, tx, schedule, seed: int):
+  """One update from `windows` (A, B, T+1): the mean gradient over A micro-batches, then AdamW.
+
+  Dropout keys come from fold_in(seed, step), so a resumed run draws the same masks.
+  """
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  grad_fn = jax.value_and_grad(loss_fn)
+  micro_batches = windows.shape[0]
+  if micro_batches == 1:
+    loss, grads = grad_fn(state.params, model, windows[0], rng)
+  else:
+    def accumulate(carry, xs):
+      index, micro = xs
+      loss, grads = grad_fn(state.params, model, micro, jax.random.fold_in(rng, index))
+      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+    (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(micro_batches), windows))
+    loss, grads = jax.tree.map(lambda x: x / micro_batches, (loss, grads))
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state)
+  metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+  return new_state, metrics
+
+
+def eval_step(params, windows, *, model: GPT):
+  """Loss of one evaluation batch (1, B, T+1), without dropout."""
+  return loss_fn(params, model, windows[0])
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything compiled for one config on one mesh."""
+  model: GPT
+  tx: optax.GradientTransformation
+  mesh: jax.sharding.Mesh
+  abstract_state: TrainState     # ShapeDtypeStructs carrying their target shardings
+  init: Callable                 # rng -> TrainState, born sharded
+  train_step: Callable           # (state, windows) -> (state, metrics), state donated
+  eval_step: Callable            # (params, windows) -> loss
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
+  """Model, optimizer, state shardings from the logical-axis rules, and the jitted functions."""
+  model = GPT(ModelConfig.from_config(config))
+  tx = make_optimizer(config)
+
+  def init_boxed(rng):  # params keep their logical-axis boxes, so eval_shape shows the names
+    params = model.init(rng, jnp.zeros((1, config.block_size), jnp.int32))["params"]
+    return params, tx.init(nn.meta.unbox(params))
+
+  boxed_params, abstract_opt_state = jax.eval_shape(init_boxed, jax.random.key(0))
+  param_shardings = sharding.logical_shardings(boxed_params, mesh)
+  state_shardings = TrainState(
+      step=sharding.replicated(mesh), params=param_shardings,
+      opt_state=sharding.optimizer_shardings(tx, abstract_opt_state, param_shardings, mesh))
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=nn.meta.unbox(boxed_params),
+                        opt_state=abstract_opt_state)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_shardings)
+
+  def init(rng):
+    params, opt_state = init_boxed(rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=nn.meta.unbox(params),
+                      opt_state=opt_state)
+
+  batch = sharding.batch_sharding(mesh)
+  step_fn = functools.partial(train_step, model=model, tx=tx,
+                              schedule=learning_rate_schedule(config), seed=config.seed)
+  return Setup(
+      model=model, tx=tx, mesh=mesh, abstract_state=abstract,
+      init=jax.jit(init, out_shardings=state_shardings),
+      train_step=jax.jit(step_fn, in_shardings=(state_shardings, batch),
+                         out_shardings=(state_shardings, sharding.replicated(mesh)),
+                         donate_argnums=0),
+      eval_step=jax.jit(functools.partial(eval_step, model=model),
+                        in_shardings=(param_shardings, batch),
+                        out_shardings=sharding.replicated(mesh)))
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: jax.sharding.Mesh):
+  """The mesh and logical-axis rules that the model's activation constraints resolve against."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+    yield
+
+
+def global_batch(windows: np.ndarray, mesh: jax.sharding.Mesh, global_rows: int) -> jax.Array:
+  """This process's rows of the batch -> one global jax.Array sharded over data x fsdp."""
+  shape = (windows.shape[0], global_rows, windows.shape[2])
+  return jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), windows, shape)
+
+
+def run_directory(config: ml_collections.ConfigDict) -> str:
+  return os.path.join(config.out_dir, config.model_name or config.name)
+
+
+def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[TrainState, int]:
+  """The latest checkpoint restored into this mesh's shardings, or a fresh state."""
+  step = checkpointer.latest_step()
+  if step is None:
+    return setup.init(jax.random.key(config.seed)), 0
+  saved = checkpointer.read_meta(step)["architecture"]
+  differing = architecture_mismatch(saved, ModelConfig.from_config(config).architecture())
+  if differing:
+    raise CheckpointError(
+        f"run directory {checkpointer.directory!r} holds a different architecture ("
+        + "; ".join(differing) + "). Fix: train into a new directory with "
+        "--config.model_name=<new name>, or use the checkpoint's architecture.")
+  params, opt_state = checkpointer.restore(step, setup.abstract_state.params,
+                                           setup.abstract_state.opt_state)
+  step_array = jax.device_put(jnp.asarray(step, jnp.int32), sharding.replicated(setup.mesh))
+  return TrainState(step=step_array, params=params, opt_state=opt_state), step
+
+
+def estimate_loss(config, setup: Setup, params, token_data, rows: slice) -> dict[str, float]:
+  """Mean loss over eval_iters fixed batches of each split."""
+  losses = {}
+  for split in ("train", "val"):
+    tokens = token_data.split(split)
+    batch_losses = [
+        setup.eval_step(params, global_batch(
+            data_lib.eval_batch(tokens, config.seed, i, config.batch_size, config.block_size, rows),
+            setup.mesh, config.batch_size))
+        for i in range(config.eval_iters)]
+    losses[split] = float(np.mean(jax.device_get(batch_losses)))
+  return losses
+
+
+def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Trains (or resumes) the run `config` describes. Returns the last step's losses."""
+  validate(config)
+  sharding.maybe_initialize_distributed(config)
+  mesh = sharding.make_mesh(config)
+  is_main = jax.process_index() == 0
+  say = functools.partial(print, flush=True) if is_main else (lambda *a, **k: None)
+  run_dir = run_directory(config)
+  token_data = data_lib.prepare(config)
+  setup = build(config, mesh)
+  model_config = ModelConfig.from_config(config)
+  checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
+  with mesh_context(mesh):
+    state, start_step = restore_or_init(config, setup, checkpointer)
+  if start_step >= config.max_iters:
+    say(f"{run_dir} is already trained to step {start_step} >= max_iters={config.max_iters}. "
+        f"Raise --config.max_iters to train on.")
+    checkpointer.close()
+    return {"step": start_step}
+  if is_main:
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+  writer = MetricsWriter(run_dir, is_main, resume_step=start_step)
+  rows = sharding.process_batch_rows(mesh, config.batch_size)
+  tokens_per_step = config.batch_size * config.grad_accum_steps * config.block_size
+  flops_per_step = flops_per_token(model_config) * tokens_per_step
+  peak = device_peak_flops()
+  say(f"gptjax | {config.name}: {count_params(model_config).total:,} parameters | mesh "
+      f"{dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s) | "
+      f"{len(token_data.train):,} train / {len(token_data.val):,} val tokens "
+      f"({token_data.tokenizer.name}) | run dir {run_dir}"
+      + (f" | resuming from step {start_step}" if start_step else ""))
+  if peak is None:
+    say(f"MFU: not reported, the peak FLOP/s of {jax.devices()[0].device_kind!r} is unknown.")
+
+  meta = lambda losses: dict(architecture=model_config.architecture(), config=config.to_dict(),
+                             **losses)
+  last_good = dict(step=start_step)
+  progress = tqdm(total=config.max_iters, initial=start_step, unit="step", mininterval=1.0,
+                  disable=None if is_main else True,  # None: no bar when stdout is not a terminal
+                  dynamic_ncols=True, file=sys.stdout)
+  timer_start, timer_step, step = time.perf_counter(), start_step, start_step
+  try:
+    with mesh_context(mesh):
+      while step < config.max_iters:
+        windows = data_lib.train_batch(token_data.train, config.seed, step, config.grad_accum_steps,
+                                       config.batch_size, config.block_size, rows)
+        state, metrics = setup.train_step(state, global_batch(windows, mesh, config.batch_size))
+        step += 1
+        progress.update(1)
+        is_eval = step % config.eval_interval == 0 or step == config.max_iters
+        if not (is_eval or step % config.log_interval == 0 or step == start_step + 1):
+          continue
+        train_loss = float(metrics["loss"])  # waits for the step: the timer covers whole steps
+        if not math.isfinite(train_loss):
+          raise DivergenceError(
+              f"training loss became {train_loss} at step {step}; stopping without saving. The "
+              f"last good checkpoint (step {checkpointer.latest_step()}) is intact. Fix: lower "
+              f"--config.learning_rate, keep --config.grad_clip > 0, or use float32.")
+        elapsed = time.perf_counter() - timer_start
+        step_time = elapsed / (step - timer_step)
+        tokens_per_second = tokens_per_step / step_time
+        record = dict(step=step, train_loss=train_loss, lr=float(metrics["lr"]),
+                      grad_norm=float(metrics["grad_norm"]), step_time_ms=1000 * step_time,
+                      tokens_per_second=tokens_per_second,
+                      mfu=mfu(flops_per_step / step_time, jax.device_count(), peak))
+        if step == start_step + 1:
+          record["compile_and_first_step_s"] = elapsed
+        line = (f"step {step}: loss {train_loss:.4f}, lr {record['lr']:.2e}, "
+                f"{record['step_time_ms']:.1f} ms/step, {tokens_per_second:,.0f} tok/s"
+                + ("" if record["mfu"] is None else f", MFU {100 * record['mfu']:.1f}%"))
+        if is_eval:
+          losses = estimate_loss(config, setup, state.params, token_data, rows)
+          record.update(val_loss=losses["val"], eval_train_loss=losses["train"])
+          line += f" | eval: train {losses['train']:.4f}, val {losses['val']:.4f}"
+        progress.write(line) if is_main else None
+        progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_second:,.0f}")
+        writer.write(record)
+        if is_eval or (config.checkpoint_interval and step % config.checkpoint_interval == 0):
+          losses = {k: record[k] for k in ("train_loss", "val_loss") if k in record}
+          checkpointer.save(step, state, meta(losses), record.get("val_loss"))
+          writer.plot()
+        last_good = record
+        timer_start, timer_step = time.perf_counter(), step
+  except KeyboardInterrupt:
+    # The last dispatched step is finished before saving; its loss decides whether it is kept.
+    loss = float(metrics["loss"]) if step > start_step else math.nan
+    if math.isfinite(loss) and checkpointer.latest_step() != step:
+      checkpointer.save(step, state, meta(dict(train_loss=loss)))
+      say(f"\ninterrupted at step {step}: checkpoint saved. Run the same command to resume.")
+    raise
+  finally:
+    progress.close()
+    checkpointer.close()
+    writer.close()
+  say(f"done: step {step}, val loss {last_good.get('val_loss', float('nan')):.4f}; "
+      f"checkpoints in {checkpointer.directory}")
+  return last_good
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Preset: configs/<name>.py, or a seed-style .json. Override fields with "
+    "--config.<field>=<value>.", lock_config=True)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments {argv[1:]}; fields are set as --config.<field>=<value>.")
+  config = _CONFIG.value
+  if not config.model_name:  # the preset's file name, as for JSON presets
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[-1]
+    config.model_name = os.path.splitext(os.path.basename(path))[0]
+  train(config)
+
+
+def run(main_fn) -> None:
+  """absl entry point shared by the CLIs: JSON presets on --config, user errors without tracebacks."""
+  sys.argv = [_json_preset_flag(arg) for arg in sys.argv]
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save step at INFO
+  app.run(exit_on_user_error(main_fn))
+
+
+def _json_preset_flag(arg: str) -> str:
+  """--config=x.json -> --config=<gptjax/config.py>:x.json, which loads it through load_config.
+
+  A missing or broken preset file is reported here, before absl would print a traceback for it.
+  """
+  if not arg.startswith("--config="):
+    return arg
+  path = arg.split("=", 1)[1]
+  try:
+    load_config(path)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+  return f"--config={config_module.__file__}:{path}" if path.endswith(".json") else arg
+
+
+if __name__ == "__main__":
+  run(main)
