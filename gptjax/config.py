@@ -116,6 +116,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model_name = ""
   # Parent directory of all runs.
   config.out_dir = "out"
+  # Fine-tune from Hugging Face GPT-2: a local directory or a hub name (gpt2, gpt2-medium, ...); ""
+  # trains from scratch. The architecture fields come from the checkpoint (gptjax/convert.py).
+  config.init_from = ""
+
+  # Split the host CPU into this many XLA devices, so a CPU-only run can use the mesh (data
+  # parallelism across cores). 1 = one CPU device. No effect on GPUs and TPUs.
+  config.cpu_devices = 1
 
   # --- Device mesh (see README "Sharded and multi-host training") ------------------------------------
   config.mesh = ml_collections.ConfigDict()
@@ -217,11 +224,14 @@ def apply_overrides(config: ml_collections.ConfigDict, values: dict[str, Any], s
                           f"{sorted(current.keys())}, got {value!r}.")
       apply_overrides(current, value, source=f"{source}:{key}")
       continue
+    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[
+        type(current)]
     if isinstance(current, bool) != isinstance(value, bool) or (
-        isinstance(current, (int, float)) and not isinstance(value, (int, float))) or (
+        isinstance(current, int) and not isinstance(value, int)) or (
+        isinstance(current, float) and not isinstance(value, (int, float))) or (
         isinstance(current, str) and not isinstance(value, str)):
-      raise ConfigError(f"{source}: field {key!r} must be a {type(current).__name__}, got "
-                        f"{value!r}. Fix: write it like the default, {current!r}.")
+      raise ConfigError(f"{source}: field {key!r} must be {kind}, got {value!r}. Fix: write it "
+                        f"like the default, {json.dumps(current)}.")
     if isinstance(current, float) and isinstance(value, int):
       value = float(value)
     config[key] = value
@@ -253,7 +263,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   positive_ints = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size",
                    "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval",
-                   "keep_checkpoints")
+                   "keep_checkpoints", "cpu_devices")
   for field in positive_ints:
     value = config[field]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

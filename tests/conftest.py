@@ -1,0 +1,68 @@
+"""Shared test set-up: offline GPT-2 BPE, tiny configs, the repo's paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
+GPT2_TIKTOKEN = os.path.join(SHARED_DATA, "gpt2.tiktoken")
+TINY_SHAKESPEARE = os.path.join(SHARED_DATA, "tinyshakespeare.txt")
+
+# Tests compile many tiny models: LLVM's optimisations cost seconds per compile and buy nothing at
+# these sizes. Set before JAX starts; subprocesses (the CLI tests) inherit it.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
+# GPT-2 BPE offline: the ranks file that lies beside the project (see ../shared/data/README.md).
+if os.path.isfile(GPT2_TIKTOKEN):
+  os.environ.setdefault("GPTJAX_GPT2_TIKTOKEN", GPT2_TIKTOKEN)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+        "Nel mezzo del cammin di nostra vita mi ritrovai per una selva oscura, ché la diritta via "
+        "era smarrita. ") * 40
+
+
+def tiny_config(tmp_path, **overrides):
+  """A 2-layer byte-level config that compiles in seconds, writing under tmp_path."""
+  from gptjax.config import get_base_config
+  input_file = tmp_path / "input.txt"
+  if not input_file.exists():
+    input_file.write_text(TEXT, encoding="utf-8")
+  config = get_base_config()
+  config.update(dict(name="test", n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=256,
+                     tokenizer="bytes", batch_size=4, dropout=0.0, max_iters=8, warmup_iters=2,
+                     learning_rate=3e-3, min_lr=3e-4, eval_interval=4, eval_iters=2,
+                     log_interval=1, input_file=str(input_file), out_dir=str(tmp_path / "out"),
+                     model_name="tiny"))
+  for key, value in overrides.items():
+    if isinstance(value, dict):
+      config[key].update(value)
+    else:
+      config[key] = value
+  return config
+
+
+def run_module(*args, cwd=REPO_ROOT, timeout=300, env=None):
+  """Runs `python -m ...` or a script as a user would; returns the CompletedProcess."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+  return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                        timeout=timeout, env=env)
+
+
+def assert_user_error(result, *fragments):
+  """One clear error: exit 2, `error:` on stderr, no traceback, naming every fragment."""
+  assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+  assert "Traceback" not in result.stderr, result.stderr
+  assert "error:" in result.stderr, result.stderr
+  for fragment in fragments:
+    assert fragment in result.stderr, (fragment, result.stderr)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+  return lambda **overrides: tiny_config(tmp_path, **overrides)

@@ -1,0 +1,200 @@
+"""Config loading and validation: every preset, seed-style JSON, and the error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from gptjax import config as config_lib
+from gptjax.errors import ConfigError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
+
+# The issue's table: (n_layer, n_head, n_embd, block_size, batch_size, vocab_size).
+GPT2 = config_lib.GPT2_PADDED_VOCAB_SIZE
+PRESETS = {
+    "tiny": (4, 4, 192, 128, 16, GPT2),
+    "tiny_char": (4, 4, 192, 128, 16, 256),
+    "small": (6, 6, 384, 256, 32, GPT2),
+    "small_char": (6, 6, 384, 256, 32, 256),
+    "150M": (16, 12, 768, 256, 32, GPT2),
+    "200M": (16, 14, 896, 256, 32, GPT2),
+    "250M": (16, 16, 1024, 256, 32, GPT2),
+    "150M_1024": (16, 12, 768, 1024, 24, GPT2),
+    "200M_1024": (16, 14, 896, 1024, 20, GPT2),
+    "250M_1024": (16, 16, 1024, 1024, 16, GPT2),
+    "350M_1024": (24, 16, 1024, 1024, 12, GPT2),
+    "500M_1024": (24, 16, 1280, 1024, 8, GPT2),
+}
+# The GPT-2 family (issue 5): OpenAI's shapes, with biases, GPT-2's own vocabulary, no dropout.
+GPT2_FAMILY = {
+    "gpt2": (12, 12, 768, 1024),
+    "gpt2-medium": (24, 16, 1024, 1024),
+    "gpt2-large": (36, 20, 1280, 1024),
+    "gpt2-xl": (48, 25, 1600, 1024),
+}
+ARCHITECTURE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
+# The seed README's "Create from Scratch" example, verbatim.
+SEED_CUSTOM_JSON = {
+    "name": "GPT-Custom", "description": "My custom configuration", "batch_size": 32,
+    "block_size": 512, "vocab_size": 50304, "n_embd": 512, "n_head": 8, "n_layer": 8,
+    "dropout": 0.2, "bias": False,
+}
+
+
+def preset_files():
+  return sorted(name for name in os.listdir(CONFIGS_DIR)
+                if name.endswith((".py", ".json")) and not name.startswith("_"))
+
+
+def write_json(tmp_path, values, name="my_custom.json"):
+  path = tmp_path / name
+  path.write_text(json.dumps(values))
+  return str(path)
+
+
+def test_every_preset_in_the_issue_exists():
+  assert sorted(os.path.splitext(name)[0] for name in preset_files()) == sorted(
+      [*PRESETS, *GPT2_FAMILY])
+
+
+@pytest.mark.parametrize("preset", sorted(GPT2_FAMILY))
+def test_gpt2_family_has_openais_shapes(preset):
+  config = config_lib.load_config(os.path.join(CONFIGS_DIR, f"{preset}.py"))
+  assert (config.n_layer, config.n_head, config.n_embd, config.block_size) == GPT2_FAMILY[preset]
+  assert config.vocab_size == config_lib.GPT2_VOCAB_SIZE and config.bias is True
+
+
+@pytest.mark.parametrize("file_name", preset_files())
+def test_preset_loads_and_validates(file_name):
+  config = config_lib.load_config(os.path.join(CONFIGS_DIR, file_name))
+  config_lib.validate(config)
+  assert config.model_name == os.path.splitext(file_name)[0]
+  assert config.name.startswith("GPT-") and config.description
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_architecture(preset):
+  config = config_lib.load_config(os.path.join(CONFIGS_DIR, f"{preset}.py"))
+  assert tuple(config[field] for field in ARCHITECTURE) == PRESETS[preset]
+  assert config.dropout == 0.2
+  assert config.bias is False
+  expected_tokenizer = "bytes" if preset.endswith("_char") else "gpt2"
+  assert config_lib.resolve_tokenizer(config) == expected_tokenizer
+  model_config = config_lib.ModelConfig.from_config(config)
+  assert model_config.n_embd % model_config.n_head == 0
+
+
+def test_seed_json_loads_with_the_same_fields(tmp_path):
+  path = write_json(tmp_path, SEED_CUSTOM_JSON)
+  config = config_lib.load_config(path)
+  config_lib.validate(config)
+  for key, value in SEED_CUSTOM_JSON.items():
+    assert config[key] == value, key
+  assert config.model_name == "my_custom"
+  assert isinstance(config.dropout, float)
+
+
+def test_seed_json_device_field_is_ignored(tmp_path, capsys):
+  path = write_json(tmp_path, {**SEED_CUSTOM_JSON, "device": "cuda"})
+  config = config_lib.load_config(path)
+  assert "device" not in config
+  assert "device" in capsys.readouterr().err
+
+
+def test_json_misspelt_key_names_key_suggestion_and_valid_fields(tmp_path):
+  path = write_json(tmp_path, {**SEED_CUSTOM_JSON, "n_layers": 8})
+  with pytest.raises(ConfigError) as info:
+    config_lib.load_config(path)
+  message = str(info.value)
+  assert "'n_layers'" in message
+  assert "Did you mean 'n_layer'?" in message
+  assert "Valid fields:" in message and "block_size" in message and "vocab_size" in message
+
+
+@pytest.mark.parametrize("key, value", [("n_layer", "eight"), ("bias", 1), ("dropout", "0.2"),
+                                        ("name", 3), ("n_embd", True)])
+def test_json_wrong_type_is_an_error(tmp_path, key, value):
+  path = write_json(tmp_path, {**SEED_CUSTOM_JSON, key: value})
+  with pytest.raises(ConfigError, match=key):
+    config_lib.load_config(path)
+
+
+@pytest.mark.parametrize("values", [{"n_layer": 4.5}, {"mesh": {"fsdp": 2.0}}])
+def test_json_float_for_an_int_field_is_a_config_error(tmp_path, values):
+  path = write_json(tmp_path, {**SEED_CUSTOM_JSON, **values})
+  with pytest.raises(ConfigError, match="must be an integer"):
+    config_lib.load_config(path)
+
+
+def test_json_that_is_not_json_is_an_error(tmp_path):
+  path = tmp_path / "broken.json"
+  path.write_text("{\"n_layer\": 4,")
+  with pytest.raises(ConfigError, match="not valid JSON"):
+    config_lib.load_config(str(path))
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+  with pytest.raises(ConfigError, match="does not exist"):
+    config_lib.load_config(str(tmp_path / "no_such_preset.py"))
+
+
+def validated(**overrides):
+  config = config_lib.get_base_config()
+  for key, value in overrides.items():
+    config[key] = value
+  config_lib.validate(config)
+  return config
+
+
+def test_base_config_validates():
+  validated()
+
+
+def test_n_embd_not_divisible_by_n_head():
+  with pytest.raises(ConfigError) as info:
+    validated(n_embd=100, n_head=3)
+  message = str(info.value)
+  assert "n_head" in message and "100" in message and "3" in message
+
+
+@pytest.mark.parametrize("field", ["n_layer", "n_head", "n_embd", "block_size", "vocab_size",
+                                   "batch_size"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_sizes_must_be_positive(field, value):
+  with pytest.raises(ConfigError, match=field):
+    validated(**{field: value})
+
+
+@pytest.mark.parametrize("dropout", [1.0, -0.1])
+def test_dropout_outside_unit_interval(dropout):
+  with pytest.raises(ConfigError, match="dropout"):
+    validated(dropout=dropout)
+
+
+def test_vocab_too_small_for_gpt2():
+  with pytest.raises(ConfigError, match="vocab_size") as info:
+    validated(vocab_size=100, tokenizer="gpt2")
+  assert "50257" in str(info.value)
+
+
+def test_vocab_too_small_for_bytes():
+  with pytest.raises(ConfigError, match="vocab_size") as info:
+    validated(vocab_size=200, tokenizer="bytes")
+  assert "256" in str(info.value)
+
+
+def test_auto_tokenizer_follows_vocab_size():
+  assert config_lib.resolve_tokenizer(validated(vocab_size=256)) == "bytes"
+  assert config_lib.resolve_tokenizer(validated(vocab_size=50257)) == "gpt2"
+
+
+def test_model_config_is_hashable_and_takes_the_fields():
+  config = config_lib.load_config(os.path.join(CONFIGS_DIR, "150M.py"))
+  model_config = config_lib.ModelConfig.from_config(config)
+  assert hash(model_config) == hash(config_lib.ModelConfig.from_config(config))
+  assert model_config.head_dim == 64
+  assert model_config.architecture()["n_layer"] == 16

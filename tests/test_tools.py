@@ -1,0 +1,159 @@
+"""tools/show_configs.py and tools/calculate_params.py, run as a user would: subprocesses from the repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gptjax import config as config_lib
+from gptjax import params as params_lib
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
+SHOW_CONFIGS = os.path.join("tools", "show_configs.py")
+CALCULATE_PARAMS = os.path.join("tools", "calculate_params.py")
+PRESET_FILES = sorted(name for name in os.listdir(CONFIGS_DIR)
+                      if name.endswith((".py", ".json")) and not name.startswith("_"))
+
+
+def run_tool(tool, *args, stdin=None):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, tool, *args], cwd=REPO_ROOT, input=stdin, env=env,
+                        capture_output=True, text=True, timeout=120)
+
+
+def expected_total(**architecture):
+  model_config = config_lib.ModelConfig(**{"vocab_size": config_lib.GPT2_PADDED_VOCAB_SIZE,
+                                           **architecture})
+  return params_lib.count_params(model_config).total
+
+
+def preset_total(file_name):
+  config = config_lib.load_config(os.path.join(CONFIGS_DIR, file_name))
+  return params_lib.count_params(config_lib.ModelConfig.from_config(config)).total
+
+
+def assert_user_error(result):
+  assert result.returncode == 2, (result.stdout, result.stderr)
+  assert result.stderr.startswith("error:"), result.stderr
+  assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_show_configs_lists_every_preset_with_exact_counts():
+  result = run_tool(SHOW_CONFIGS)
+  assert result.returncode == 0, result.stderr
+  assert "Available Model Configurations" in result.stdout
+  lines = result.stdout.splitlines()
+  for file_name in PRESET_FILES:
+    name = config_lib.load_config(os.path.join(CONFIGS_DIR, file_name)).name
+    [line] = [line for line in lines if line.startswith(file_name + " ")]
+    assert line.split()[1] == name
+    assert f"{preset_total(file_name):,}" in line.split()
+  assert len(PRESET_FILES) == 16  # the issue's 12 and the GPT-2 family
+
+
+def test_show_configs_details_of_150m():
+  result = run_tool(SHOW_CONFIGS, "--config_file", "configs/150M.py")
+  assert result.returncode == 0, result.stderr
+  assert "Config: GPT-150M" in result.stdout
+  assert "152,101,632 (152.10M)" in result.stdout
+  assert "--config=configs/150M.py --config.model_name=my_model" in result.stdout
+
+
+def test_show_configs_seed_json(tmp_path):
+  path = tmp_path / "my_custom.json"
+  path.write_text(json.dumps({"name": "GPT-Custom", "description": "My custom configuration",
+                              "batch_size": 32, "block_size": 512, "vocab_size": 50304,
+                              "n_embd": 512, "n_head": 8, "n_layer": 8, "dropout": 0.2,
+                              "bias": False}))
+  result = run_tool(SHOW_CONFIGS, "--config_file", str(path))
+  assert result.returncode == 0, result.stderr
+  total = expected_total(n_layer=8, n_head=8, n_embd=512, block_size=512)
+  assert f"Total         : {total:,}" in result.stdout
+
+
+def test_calculate_params_explicit_sizes():
+  result = run_tool(CALCULATE_PARAMS, "--n_layer", "16", "--n_embd", "768", "--n_head", "12",
+                    "--block_size", "1024")
+  assert result.returncode == 0, result.stderr
+  total = expected_total(n_layer=16, n_head=12, n_embd=768, block_size=1024)
+  assert f"Total           : {total:,}" in result.stdout
+  assert f"Pytree count    : {total:,} (matches)" in result.stdout
+  assert "position embedding (wpe)" in result.stdout and f"{1024 * 768:,}" in result.stdout
+  assert "MLP (16 x 4,718,592)" in result.stdout
+
+
+def test_calculate_params_config_file_with_bias_override():
+  result = run_tool(CALCULATE_PARAMS, "--config_file", "configs/tiny_char.py", "--bias")
+  assert result.returncode == 0, result.stderr
+  total = expected_total(n_layer=4, n_head=4, n_embd=192, block_size=128, vocab_size=256,
+                         bias=True)
+  assert f"Pytree count    : {total:,} (matches)" in result.stdout
+
+
+def test_calculate_params_interactive():
+  result = run_tool(CALCULATE_PARAMS, "--interactive", stdin="16\n12\n768\n1024\n\n\n")
+  assert result.returncode == 0, result.stderr
+  total = expected_total(n_layer=16, n_head=12, n_embd=768, block_size=1024)
+  assert f"Total           : {total:,}" in result.stdout
+
+
+def test_calculate_params_interactive_reprompts_after_bad_answers():
+  answers = "2\n3\n100\n96\nabc\n64\n300\ny\n"  # 100 % 3 != 0, "abc" is not a number
+  result = run_tool(CALCULATE_PARAMS, "--interactive", stdin=answers)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.count("Embedding dimension (n_embd)") == 2
+  assert result.stdout.count("Context length (block_size)") == 2
+  assert "invalid n_embd" in result.stdout and "invalid block_size" in result.stdout
+  total = expected_total(n_layer=2, n_head=3, n_embd=96, block_size=64, vocab_size=300, bias=True)
+  assert f"Total           : {total:,}" in result.stdout
+
+
+def test_calculate_params_interactive_input_ends_early():
+  assert_user_error(run_tool(CALCULATE_PARAMS, "--interactive", stdin="16\n12\n"))
+
+
+def test_calculate_params_show_formula():
+  result = run_tool(CALCULATE_PARAMS, "--show_formula")
+  assert result.returncode == 0, result.stderr
+  assert "L*(12*C^2 + (2 + 11*b)*C)" in result.stdout
+  assert "12*L*C^2 + 2*V*C" in result.stdout
+  assert "6*N + 12*L*T*C" in result.stdout
+
+
+@pytest.mark.parametrize("args, in_message", [
+    (("--n_layer", "4", "--n_embd", "100", "--n_head", "3", "--block_size", "64"), "n_head"),
+    (("--n_layer", "-1", "--n_embd", "768", "--n_head", "12", "--block_size", "64"), "n_layer"),
+    (("--n_layer", "4", "--n_embd", "768"), "--n_head, --block_size"),
+    (("--config_file", "configs/no_such_preset.py"), "does not exist"),
+])
+def test_calculate_params_user_errors(args, in_message):
+  result = run_tool(CALCULATE_PARAMS, *args)
+  assert_user_error(result)
+  assert in_message in result.stderr
+
+
+def test_misspelt_json_key_is_a_user_error(tmp_path):
+  path = tmp_path / "typo.json"
+  path.write_text(json.dumps({"name": "GPT-Typo", "n_layers": 4}))
+  for tool in (SHOW_CONFIGS, CALCULATE_PARAMS):
+    result = run_tool(tool, "--config_file", str(path))
+    assert_user_error(result)
+    assert "Did you mean 'n_layer'?" in result.stderr
+
+
+def test_show_configs_missing_file():
+  assert_user_error(run_tool(SHOW_CONFIGS, "--config_file", "configs/no_such_preset.json"))
+
+
+def test_readme_presets_table_is_what_show_configs_prints():
+  result = run_tool(SHOW_CONFIGS, "--markdown")
+  assert result.returncode == 0, result.stderr
+  with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  table = readme.split("<!-- presets:begin -->\n")[1].split("<!-- presets:end -->")[0]
+  assert table.strip() == result.stdout.strip()
