@@ -129,14 +129,19 @@ def read_corpus(input_file: str) -> tuple[str, bytes]:
 
 
 def _encode(tokenizer, text: str, chunk_chars: int = 1 << 20) -> np.ndarray:
-  """Tokenizes `text`, in parallel chunks (cut before a line that starts a word) for large texts."""
+  """Tokenizes `text`; a large text in parallel chunks, giving exactly the one-piece tokens.
+
+  Chunks are cut only after a newline with non-space characters on both sides: GPT-2's
+  pre-tokenizer joins runs of whitespace, so a cut anywhere else could tokenize differently.
+  """
   if len(text) <= chunk_chars or not hasattr(tokenizer, "encode_batch"):
     return tokenizer.encode(text)
   chunks, start = [], 0
   while start < len(text):
     cut = text.find("\n", start + chunk_chars)
-    while cut != -1 and cut + 1 < len(text) and text[cut + 1].isspace():
-      cut = text.find("\n", cut + 1)  # BPE joins runs of whitespace: never cut inside one
+    while cut != -1 and cut + 1 < len(text) and (text[cut - 1].isspace() or
+                                                 text[cut + 1].isspace()):
+      cut = text.find("\n", cut + 1)
     stop = len(text) if cut == -1 else cut + 1
     chunks.append(text[start:stop])
     start = stop

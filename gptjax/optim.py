@@ -38,6 +38,6 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   """clip(global norm) -> AdamW(schedule, betas, masked decoupled weight decay)."""
   adamw = optax.adamw(learning_rate_schedule(config), b1=config.beta1, b2=config.beta2,
                       eps=1e-8, weight_decay=config.weight_decay, mask=weight_decay_mask)
-  if config.grad_clip > 0:
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw)
-  return adamw
+  # identity() when clipping is off keeps the state's structure, so a run can resume either way.
+  clip = optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity()
+  return optax.chain(clip, adamw)

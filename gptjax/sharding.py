@@ -40,6 +40,21 @@ LOGICAL_AXIS_RULES = (
 )
 
 
+def use_cpu_devices(count: int) -> None:
+  """Splits the host CPU into `count` devices; must run before JAX initialises its backends."""
+  if count <= 1:
+    return
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError as e:
+    if len(jax.devices("cpu")) != count:
+      raise ConfigError(
+          f"config field 'cpu_devices': {count} CPU devices were asked for after JAX had started "
+          f"with {len(jax.devices('cpu'))}. Fix: set it in a fresh process (python -m "
+          f"gptjax.train does), or set XLA_FLAGS=--xla_force_host_platform_device_count={count}."
+      ) from e
+
+
 def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
   """(data, fsdp, tensor) sizes for `num_devices`, with a -1 entry taking the remaining devices."""
   sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]

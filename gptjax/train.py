@@ -27,19 +27,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 from absl.app import UsageError
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from gptjax import cli, convert
 from gptjax import data as data_lib
 from gptjax import sharding
 from gptjax.checkpoint import Checkpointer, architecture_mismatch
 from gptjax import config as config_module
 from gptjax.config import ModelConfig, load_config, validate
-from gptjax.errors import (EXIT_USER_ERROR, CheckpointError, DivergenceError, UserError,
-                           exit_on_user_error)
+from gptjax.errors import EXIT_USER_ERROR, CheckpointError, DivergenceError, UserError
 from gptjax.model import GPT
 from gptjax.monitor import MetricsWriter, device_peak_flops, mfu
 from gptjax.optim import learning_rate_schedule, make_optimizer
@@ -83,7 +82,7 @@ def train_step(state: TrainState, windows, *, model: GPT, tx, schedule, seed: in
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                          opt_state=opt_state)
-  metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+  metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
   return new_state, metrics
 
 
@@ -160,19 +159,25 @@ def run_directory(config: ml_collections.ConfigDict) -> str:
 
 
 def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[TrainState, int]:
-  """The latest checkpoint restored into this mesh's shardings, or a fresh state."""
+  """The latest checkpoint restored into this mesh's shardings, else GPT-2 weights or a fresh init."""
   step = checkpointer.latest_step()
-  if step is None:
+  if step is None and not config.init_from:
     return setup.init(jax.random.key(config.seed)), 0
-  saved = checkpointer.read_meta(step)["architecture"]
-  differing = architecture_mismatch(saved, ModelConfig.from_config(config).architecture())
-  if differing:
-    raise CheckpointError(
-        f"run directory {checkpointer.directory!r} holds a different architecture ("
-        + "; ".join(differing) + "). Fix: train into a new directory with "
-        "--config.model_name=<new name>, or use the checkpoint's architecture.")
-  params, opt_state = checkpointer.restore(step, setup.abstract_state.params,
-                                           setup.abstract_state.opt_state)
+  if step is None:  # fine-tuning: GPT-2's weights instead of a random init
+    params = convert.init_params_from(config, setup.abstract_state.params)
+    opt_shardings = jax.tree.map(lambda a: a.sharding, setup.abstract_state.opt_state)
+    opt_state = jax.jit(setup.tx.init, out_shardings=opt_shardings)(params)
+    step = 0
+  else:
+    saved = checkpointer.read_meta(step)["architecture"]
+    differing = architecture_mismatch(saved, ModelConfig.from_config(config).architecture())
+    if differing:
+      raise CheckpointError(
+          f"run directory {checkpointer.directory!r} holds a different architecture ("
+          + "; ".join(differing) + "). Fix: train into a new directory with "
+          "--config.model_name=<new name>, or use the checkpoint's architecture.")
+    params, opt_state = checkpointer.restore(step, setup.abstract_state.params,
+                                             setup.abstract_state.opt_state)
   step_array = jax.device_put(jnp.asarray(step, jnp.int32), sharding.replicated(setup.mesh))
   return TrainState(step=step_array, params=params, opt_state=opt_state), step
 
@@ -193,7 +198,10 @@ def estimate_loss(config, setup: Setup, params, token_data, rows: slice) -> dict
 
 def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Trains (or resumes) the run `config` describes. Returns the last step's losses."""
+  if config.init_from:  # the architecture comes from the checkpoint; differences are noted on stderr
+    convert.apply_hf_architecture(config, config.init_from)
   validate(config)
+  sharding.use_cpu_devices(config.cpu_devices)
   sharding.maybe_initialize_distributed(config)
   mesh = sharding.make_mesh(config)
   is_main = jax.process_index() == 0
@@ -291,26 +299,16 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return last_good
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Preset: configs/<name>.py, or a seed-style .json. Override fields with "
-    "--config.<field>=<value>.", lock_config=True)
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments {argv[1:]}; fields are set as --config.<field>=<value>.")
-  config = _CONFIG.value
+  config = flags.FLAGS.config
+  if config is None:
+    raise UserError("--config is required, e.g. --config=configs/tiny_char.py.")
   if not config.model_name:  # the preset's file name, as for JSON presets
     path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[-1]
     config.model_name = os.path.splitext(os.path.basename(path))[0]
   train(config)
-
-
-def run(main_fn) -> None:
-  """absl entry point shared by the CLIs: JSON presets on --config, user errors without tracebacks."""
-  sys.argv = [_json_preset_flag(arg) for arg in sys.argv]
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save step at INFO
-  app.run(exit_on_user_error(main_fn))
 
 
 def _json_preset_flag(arg: str) -> str:
@@ -330,4 +328,8 @@ def _json_preset_flag(arg: str) -> str:
 
 
 if __name__ == "__main__":
-  run(main)
+  config_flags.DEFINE_config_file(
+      "config", None, "Preset: configs/<name>.py, or a seed-style .json. Override fields with "
+      "--config.<field>=<value>.", lock_config=True)
+  sys.argv = [_json_preset_flag(arg) for arg in sys.argv]
+  cli.run(main)

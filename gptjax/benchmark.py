@@ -1,0 +1,99 @@
+"""Timing of the compiled train step and of sampling, for tools/bench.py.
+
+The step is measured alone: compiled ahead of time, warmed up, each call waited for with
+block_until_ready, the median of many calls reported. Peak memory is XLA's own account of the
+compiled step (arguments + outputs + temporaries, less donated aliases).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gptjax import sharding
+from gptjax.config import ModelConfig
+from gptjax.model import GPT
+from gptjax.monitor import device_peak_flops, mfu
+from gptjax.params import count_params, flops_per_token
+from gptjax.sample import generate
+from gptjax.train import build, global_batch, mesh_context
+
+
+def _median_seconds(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3) -> dict:
+  """Compile time, median ms/step, tokens/s, MFU and peak memory of one config's train step."""
+  mesh = sharding.make_mesh(config)
+  setup = build(config, mesh)
+  rng = np.random.default_rng(0)
+  windows = rng.integers(0, min(config.vocab_size, 256), dtype=np.int32,
+                         size=(config.grad_accum_steps, config.batch_size, config.block_size + 1))
+  with mesh_context(mesh):
+    state = setup.init(jax.random.key(0))
+    batch = global_batch(windows, mesh, config.batch_size)
+    start = time.perf_counter()
+    compiled = setup.train_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def one_step():
+      holder["state"], metrics = compiled(holder["state"], batch)
+      return metrics["loss"]
+
+    for _ in range(warmup):
+      jax.block_until_ready(one_step())
+    step_s = _median_seconds(one_step, steps)
+  tokens = config.batch_size * config.grad_accum_steps * config.block_size
+  model_config = ModelConfig.from_config(config)
+  memory = compiled.memory_analysis()
+  peak_bytes = None if memory is None else (
+      memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+      - memory.alias_size_in_bytes)
+  return dict(params=count_params(model_config).total, compile_s=compile_s, step_ms=1000 * step_s,
+              tokens_per_second=tokens / step_s,
+              mfu=mfu(flops_per_token(model_config) * tokens / step_s, jax.device_count(),
+                      device_peak_flops()),
+              peak_memory_mb=None if peak_bytes is None else peak_bytes / 2**20)
+
+
+def bench_sampling(config: ml_collections.ConfigDict, new_tokens: int = 100,
+                   num_samples: int = 1) -> dict:
+  """Tokens/s of KV-cache decoding against re-running the full forward pass for every token."""
+  model = GPT(dataclasses.replace(ModelConfig.from_config(config), dropout=0.0))
+  params = jax.jit(lambda t: nn.meta.unbox(model.init(jax.random.key(0), t)["params"]))(
+      jnp.zeros((1, config.block_size), jnp.int32))
+  new_tokens = min(new_tokens, config.block_size - 1)
+  prompt = [1]
+  rng = jax.random.key(0)
+  generate(model, params, prompt, 4, rng=rng, num_samples=num_samples)  # compile
+  cached_s = _median_seconds(lambda: generate(model, params, prompt, new_tokens, rng=rng,
+                                              num_samples=num_samples), 3)
+
+  forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
+  tokens = jnp.zeros((num_samples, config.block_size), jnp.int32)
+  forward(params, tokens).block_until_ready()
+
+  def uncached():  # nanoGPT's loop: a full forward over the (padded) context for every token
+    logits = None
+    for _ in range(new_tokens):
+      logits = forward(params, tokens)
+    return logits
+
+  uncached_s = _median_seconds(uncached, 1)
+  return dict(kv_cache_tokens_per_second=new_tokens * num_samples / cached_s,
+              full_forward_tokens_per_second=new_tokens * num_samples / uncached_s,
+              speedup=uncached_s / cached_s)

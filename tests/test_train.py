@@ -1,0 +1,122 @@
+"""The training loop end to end: learning, resuming, run-directory checks, divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from gptjax.checkpoint import Checkpointer
+from gptjax.errors import CheckpointError, DivergenceError
+from gptjax.train import train
+
+from conftest import assert_user_error, run_module
+
+
+def read_metrics(config):
+  with open(os.path.join(config.out_dir, config.model_name, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_tiny_run_learns_and_writes_its_run_directory(tiny):
+  config = tiny(max_iters=40, eval_interval=20, learning_rate=1e-2, min_lr=1e-3)
+  result = train(config)
+  records = read_metrics(config)
+  assert [r["step"] for r in records] == list(range(1, 41))
+  first, last = records[0], records[-1]
+  assert last["train_loss"] < first["train_loss"] - 1.5
+  assert result["val_loss"] == last["val_loss"] and last["val_loss"] < 3.5
+  for key in ("lr", "step_time_ms", "tokens_per_second"):
+    assert all(r[key] > 0 for r in records)
+  assert all(r["mfu"] is None for r in records)  # CPU: peak unknown, so none is invented
+  run_dir = os.path.join(config.out_dir, config.model_name)
+  for name in ("config.json", "loss.png", "tensorboard"):
+    assert os.path.exists(os.path.join(run_dir, name)), name
+  checkpointer = Checkpointer(run_dir, read_only=True)
+  assert checkpointer.latest_step() == 40 and set(checkpointer.manager.all_steps()) == {20, 40}
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny):
+  straight = tiny(model_name="straight", max_iters=12, lr_decay_iters=12, eval_interval=6,
+                  dropout=0.1)
+  train(straight)
+  interrupted = tiny(model_name="resumed", max_iters=6, lr_decay_iters=12, eval_interval=6,
+                     dropout=0.1)
+  train(interrupted)
+  interrupted.max_iters = 12
+  train(interrupted)  # the same command again, with the run extended: resumes from step 6
+  a, b = read_metrics(straight), read_metrics(interrupted)
+  assert [r["step"] for r in b] == list(range(1, 13))
+  for key in ("train_loss", "grad_norm", "lr", "val_loss"):
+    np.testing.assert_allclose([r.get(key, 0) for r in b], [r.get(key, 0) for r in a],
+                               rtol=1e-6, err_msg=key)
+
+
+def test_resuming_a_different_architecture_is_an_error(tiny):
+  config = tiny(max_iters=4)
+  train(config)
+  changed = tiny(max_iters=8, n_layer=3, n_embd=48)
+  with pytest.raises(CheckpointError, match="n_layer.*n_embd|n_embd.*n_layer") as error:
+    train(changed)
+  assert "model_name" in str(error.value)
+  assert Checkpointer(os.path.join(config.out_dir, "tiny"), read_only=True).latest_step() == 4
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny):
+  config = tiny(max_iters=4)
+  train(config)
+  run_dir = os.path.join(config.out_dir, "tiny")
+  checkpointer = Checkpointer(run_dir, read_only=True)
+  saved = set(checkpointer.manager.all_steps())
+  exploding = tiny(max_iters=12, learning_rate=1e6, min_lr=1e5, grad_clip=0.0, warmup_iters=0,
+                   eval_interval=4)
+  with pytest.raises(DivergenceError, match="last good checkpoint"):
+    train(exploding)
+  checkpointer = Checkpointer(run_dir, read_only=True)
+  assert set(checkpointer.manager.all_steps()) == saved  # nothing diverged was written
+
+
+def test_cli_trains_out_of_the_box_and_samples(tmp_path):
+  result = run_module("-m", "gptjax.train", "--config=configs/tiny_char.py",
+                      "--config.max_iters=3", "--config.eval_iters=1", "--config.n_layer=1",
+                      f"--config.out_dir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "step 3" in result.stdout and "val" in result.stdout
+  sample = run_module("-m", "gptjax.sample", f"--run_dir={tmp_path}/tiny_char", "--prompt=def ",
+                      "--max_new_tokens=20", "--num_samples=2")
+  assert sample.returncode == 0, sample.stderr[-3000:]
+  assert sample.stdout.count("def ") >= 2 and "---------------" in sample.stdout
+
+
+def test_cli_accepts_a_seed_json_preset(tmp_path):
+  preset = tmp_path / "my_custom.json"
+  preset.write_text(json.dumps({"name": "GPT-Custom", "n_layer": 1, "n_head": 2, "n_embd": 32,
+                                "block_size": 16, "vocab_size": 256, "batch_size": 4,
+                                "dropout": 0.0, "bias": False, "device": "cuda"}))
+  result = run_module("-m", "gptjax.train", f"--config={preset}", "--config.max_iters=2",
+                      "--config.eval_iters=1", f"--config.out_dir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.isdir(tmp_path / "my_custom" / "checkpoints")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--config=configs/nope.py"], ["nope.py", "does not exist"]),
+    (["--config=configs/tiny_char.py", "--config.n_embd=100", "--config.n_head=3"],
+     ["n_head", "100", "3"]),
+    (["--config=configs/tiny_char.py", "--config.input_file=/no/such.txt"], ["/no/such.txt"]),
+    (["--config=configs/tiny.py", "--config.tokenizer_path=/no/gpt2.tiktoken"],
+     ["/no/gpt2.tiktoken"]),
+    (["--config=configs/tiny.py", "--config.vocab_size=1000", "--config.tokenizer=gpt2"],
+     ["vocab_size", "1000", "50257"]),
+])
+def test_cli_bad_input_is_one_clear_error(tmp_path, args, fragments):
+  result = run_module("-m", "gptjax.train", *args, f"--config.out_dir={tmp_path}")
+  assert_user_error(result, *fragments)
+  assert not os.path.exists(tmp_path / "tiny_char" / "checkpoints")
+
+
+def test_sampling_from_a_directory_without_checkpoints_is_an_error(tmp_path):
+  assert_user_error(run_module("-m", "gptjax.sample", f"--run_dir={tmp_path}"), "no checkpoints")

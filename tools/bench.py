@@ -1,0 +1,56 @@
+"""Times the train step and sampling of a preset on this machine's devices, and prints a table.
+
+  python tools/bench.py --config=configs/recipes/shakespeare_char_cpu.py
+  python tools/bench.py --config=configs/small.py --config.dtype=bfloat16 --steps=50
+  python tools/bench.py --config=configs/tiny_char.py --config.remat=True --sampling=False
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from gptjax import cli  # noqa: E402
+from gptjax.benchmark import bench_sampling, bench_train_step  # noqa: E402
+from gptjax.config import validate  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Preset file to benchmark.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed train steps (after warm-up); the median is shown.")
+_SAMPLING = flags.DEFINE_bool("sampling", True, "Also time KV-cache sampling against full forwards.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 100, "Tokens generated when timing sampling.")
+
+
+def _fmt(value, spec: str) -> str:
+  return "n/a" if value is None else format(value, spec)
+
+
+def main(argv) -> None:
+  config = _CONFIG.value
+  validate(config)
+  device = jax.devices()[0]
+  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores | "
+        f"jax {jax.__version__} | {jax.device_count()} x {device.device_kind} ({device.platform})")
+  step = bench_train_step(config, steps=_STEPS.value)
+  print(f"\n{config.name}: {step['params']:,} params, batch {config.batch_size} x "
+        f"{config.grad_accum_steps} x {config.block_size} tokens, dtype {config.dtype}, "
+        f"remat {config.remat}")
+  print(f"{'compile s':>10} {'ms/step':>10} {'tokens/s':>12} {'MFU':>8} {'peak MB':>10}")
+  print(f"{step['compile_s']:>10.2f} {step['step_ms']:>10.1f} {step['tokens_per_second']:>12,.0f} "
+        f"{_fmt(step['mfu'] and 100 * step['mfu'], '.1f') + '%':>8} "
+        f"{_fmt(step['peak_memory_mb'], ',.1f'):>10}")
+  if _SAMPLING.value:
+    s = bench_sampling(config, new_tokens=_NEW_TOKENS.value)
+    print(f"\nsampling, batch 1: KV cache {s['kv_cache_tokens_per_second']:,.1f} tok/s | "
+          f"full forward per token {s['full_forward_tokens_per_second']:,.1f} tok/s | "
+          f"cache speed-up {s['speedup']:.1f}x")
+
+
+if __name__ == "__main__":
+  cli.run(main)
