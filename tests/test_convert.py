@@ -1,0 +1,292 @@
+"""GPT-2 interop: Hugging Face weights in and out, proven equal to transformers' GPT2LMHeadModel.
+
+Every HF model is built from a small random GPT2Config (nothing is downloaded), with every
+parameter perturbed away from its initial value so that biases and LayerNorms are checked too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from gptjax import convert, data as data_lib, sample, train as train_lib  # noqa: E402
+from gptjax.config import ModelConfig, get_base_config, load_config, validate  # noqa: E402
+from gptjax.errors import CheckpointError, ConfigError, UserError  # noqa: E402
+from gptjax.model import GPT  # noqa: E402
+from gptjax import params as params_lib  # noqa: E402
+
+from conftest import REPO_ROOT, assert_user_error, run_module, tiny_config  # noqa: E402
+
+# Two shapes: (n_layer, n_head, n_embd, n_positions, vocab_size). The second's vocab covers the
+# byte tokenizer, so it can be fine-tuned and sampled as a gptjax run.
+SHAPES = {"A": (2, 4, 64, 32, 100), "B": (3, 2, 32, 16, 257)}
+
+
+def make_hf(shape, seed=0):
+  n_layer, n_head, n_embd, n_positions, vocab_size = SHAPES[shape]
+  torch.manual_seed(seed)
+  config = transformers.GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                                   n_positions=n_positions, vocab_size=vocab_size, resid_pdrop=0.0,
+                                   embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=vocab_size - 1,
+                                   eos_token_id=vocab_size - 1)
+  config._attn_implementation = "eager"  # the reference: plain softmax(QK^T / sqrt(D)) V
+  model = transformers.GPT2LMHeadModel(config).eval()
+  with torch.no_grad():  # zero biases and unit norms would hide a mis-mapped bias or scale
+    for name, p in model.named_parameters():
+      p.add_(torch.randn_like(p) * (0.1 if "ln_" in name else 0.02))
+  return model
+
+
+def hf_logits(hf, tokens):
+  with torch.no_grad():
+    return hf(input_ids=torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
+
+
+def random_tokens(vocab_size, batch, length, seed=0):
+  return np.random.default_rng(seed).integers(0, vocab_size, (batch, length), dtype=np.int32)
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def hf_model(request, tmp_path_factory):
+  """(HF model, its save_pretrained directory, (gptjax model, params) imported from it)."""
+  hf = make_hf(request.param)
+  directory = str(tmp_path_factory.mktemp(f"hf_{request.param}"))
+  hf.save_pretrained(directory)
+  return hf, directory, convert.load_hf_gpt2(directory)
+
+
+@pytest.fixture(scope="module")
+def hf_bytes(tmp_path_factory):
+  """Shape B, whose vocabulary (257) the byte tokenizer fits into."""
+  hf = make_hf("B", seed=1)
+  directory = str(tmp_path_factory.mktemp("hf_bytes"))
+  hf.save_pretrained(directory)
+  return hf, directory
+
+
+@pytest.fixture(scope="module")
+def apply_fn():
+  return jax.jit(lambda model, params, tokens: model.apply({"params": params}, tokens),
+                 static_argnums=0)
+
+
+def test_import_gives_hf_logits(hf_model, apply_fn):
+  hf, _, (model, params) = hf_model
+  V, T = hf.config.vocab_size, hf.config.n_positions
+  assert model.config == ModelConfig(vocab_size=V, block_size=T, n_layer=hf.config.n_layer,
+                                     n_head=hf.config.n_head, n_embd=hf.config.n_embd, bias=True)
+  for seed, (batch, length) in enumerate([(3, T), (2, T // 2 + 1)]):
+    tokens = random_tokens(V, batch, length, seed)
+    ours = np.asarray(apply_fn(model, params, jnp.asarray(tokens)))
+    np.testing.assert_allclose(ours, hf_logits(hf, tokens), atol=1e-5, rtol=0)
+
+
+def test_export_loads_in_transformers_with_equal_logits_and_round_trips(hf_model, tmp_path):
+  hf, _, (model, params) = hf_model
+  convert.save_hf_gpt2(model, params, str(tmp_path))
+  loaded, info = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path),
+                                                              output_loading_info=True)
+  assert not any(info.values()), info  # no missing, unexpected or mismatched keys
+  tokens = random_tokens(hf.config.vocab_size, 2, hf.config.n_positions)
+  np.testing.assert_allclose(hf_logits(loaded.eval(), tokens), hf_logits(hf, tokens), atol=1e-6)
+  model2, params2 = convert.load_hf_gpt2(str(tmp_path))
+  assert model2.config == model.config
+  jax.tree.map(np.testing.assert_array_equal, params2, params)  # import . export = identity
+
+
+def test_greedy_generation_equals_hf_generate(hf_model):
+  hf, _, (model, params) = hf_model
+  prompt = random_tokens(hf.config.vocab_size, 1, 8, seed=3)
+  new_tokens = min(20, hf.config.n_positions - 8)  # HF cannot go past n_positions: A makes 20
+  ours = sample.generate(model, params, list(prompt[0]), new_tokens, rng=jax.random.key(0),
+                         temperature=0.0, top_k=0, vocab_limit=hf.config.vocab_size)
+  with torch.no_grad():
+    theirs = hf.generate(torch.as_tensor(prompt, dtype=torch.long), max_new_tokens=new_tokens,
+                         do_sample=False, pad_token_id=0).numpy()
+  np.testing.assert_array_equal(ours, theirs)
+
+
+def test_pytorch_bin_imports_like_safetensors(hf_model, tmp_path):
+  hf, directory, (_, params) = hf_model
+  with open(os.path.join(directory, "config.json")) as f:
+    (tmp_path / "config.json").write_text(f.read())
+  state = {f"transformer.{k}": v for k, v in hf.transformer.state_dict().items()}
+  state["lm_head.weight"] = hf.lm_head.weight.detach().clone()
+  state["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e4)  # old buffers are skipped
+  torch.save(state, tmp_path / "pytorch_model.bin")
+  _, params2 = convert.load_hf_gpt2(str(tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
+def test_export_of_a_bias_free_padded_model_keeps_the_logits(tmp_path, capsys):
+  config = ModelConfig(vocab_size=50304, block_size=16, n_layer=1, n_head=2, n_embd=32)
+  model = GPT(config)
+  tokens = random_tokens(50257, 2, 16)
+  params = model.init(jax.random.key(0), jnp.asarray(tokens))["params"]
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
+  convert.save_hf_gpt2(model, params, str(tmp_path))
+  assert "zeros" in capsys.readouterr().err
+  loaded = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+  assert loaded.config.vocab_size == 50257 and loaded.config.eos_token_id == 50256
+  ours = np.asarray(model.apply({"params": params}, jnp.asarray(tokens)))
+  np.testing.assert_allclose(hf_logits(loaded, tokens), ours[..., :50257], atol=1e-5, rtol=0)
+
+
+def test_init_params_from_places_the_checkpoint_on_the_target_shardings(hf_bytes, tmp_path):
+  config = tiny_config(tmp_path, init_from=hf_bytes[1])
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+  def abstract(config):
+    boxed = params_lib.abstract_params(ModelConfig.from_config(config))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                        nn.meta.unbox(boxed))
+
+  with pytest.raises(CheckpointError, match="call convert.apply_hf_architecture"):
+    convert.init_params_from(config, abstract(config))  # still the tiny config's architecture
+  convert.apply_hf_architecture(config, config.init_from)
+  params = convert.init_params_from(config, abstract(config))
+  assert all(p.sharding == device for p in jax.tree.leaves(params))
+  jax.tree.map(np.testing.assert_array_equal, params, convert.load_hf_gpt2(hf_bytes[1])[1])
+
+
+def test_fine_tuning_starts_from_hf_with_hf_loss(hf_bytes, tmp_path, capsys):
+  hf, directory = hf_bytes
+  config = tiny_config(tmp_path, init_from=directory, max_iters=3, eval_interval=1000,
+                       eval_iters=1, log_interval=1, batch_size=4)
+  # train.train() does this before validate(); the notes report every field it changes.
+  convert.apply_hf_architecture(config, config.init_from)
+  err = capsys.readouterr().err
+  assert f"init_from {directory}: n_layer 2 -> 3 (from the checkpoint)" in err
+  assert "vocab_size 256 -> 257" in err and "bias False -> True" in err
+  train_lib.train(config)
+  with open(os.path.join(config.out_dir, config.model_name, "metrics.jsonl")) as f:
+    first = json.loads(f.readline())
+  windows = data_lib.train_batch(data_lib.prepare(config).train, config.seed, 0, 1,
+                                 config.batch_size, config.block_size)[0]
+  with torch.no_grad():
+    logits = hf(input_ids=torch.as_tensor(windows[:, :-1], dtype=torch.long)).logits
+    expected = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), torch.as_tensor(windows[:, 1:]).long().reshape(-1))
+  assert first["step"] == 1
+  np.testing.assert_allclose(first["train_loss"], float(expected), rtol=1e-5)
+
+
+def test_from_hf_run_directory_samples_and_exports(hf_bytes, tmp_path):
+  hf, directory = hf_bytes
+  run_dir = str(tmp_path / "out" / "imported")
+  convert.import_to_run_dir(directory, run_dir)
+  model, params, config, step = sample.load_run(run_dir)
+  assert step == 0 and config.init_from == directory and config.tokenizer == "auto"
+  prompt = [int(t) for t in data_lib.ByteTokenizer().encode("ROMEO:")]
+  ours = sample.generate(model, params, prompt, 8, rng=jax.random.key(0), temperature=0.0,
+                         top_k=0, vocab_limit=257)
+  with torch.no_grad():
+    theirs = hf.generate(torch.as_tensor([prompt]), max_new_tokens=8, do_sample=False,
+                         pad_token_id=0).numpy()
+  np.testing.assert_array_equal(ours, theirs)
+  with pytest.raises(CheckpointError, match="already holds checkpoints"):
+    convert.import_to_run_dir(directory, run_dir)
+  convert.export_run_dir(run_dir, str(tmp_path / "exported"))
+  exported = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "exported")).eval()
+  tokens = random_tokens(256, 2, 16)
+  np.testing.assert_allclose(hf_logits(exported, tokens), hf_logits(hf, tokens), atol=1e-6)
+
+
+@pytest.mark.parametrize("preset, hf_count", [
+    ("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080),
+    ("gpt2-xl", 1_557_611_200)])
+def test_gpt2_presets_have_hf_shapes_and_counts(preset, hf_count):
+  config = load_config(os.path.join(REPO_ROOT, "configs", f"{preset}.py"))
+  validate(config)
+  hf_config = convert.hf_config_dict(ModelConfig.from_config(config), config.vocab_size)
+  with torch.device("meta"):  # shapes only: nothing is allocated
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config))
+  assert hf.num_parameters() == hf_count == params_lib.count_params(ModelConfig.from_config(config)).total
+  assert config.init_from == "" and config.bias and config.vocab_size == 50257
+
+
+def test_init_from_a_hub_name_uses_the_hub_cache_offline(hf_bytes, tmp_path, monkeypatch):
+  snapshot = tmp_path / "hub" / "models--gpt2" / "snapshots" / "0123abcd"
+  snapshot.mkdir(parents=True)
+  (tmp_path / "hub" / "models--gpt2" / "refs").mkdir()
+  (tmp_path / "hub" / "models--gpt2" / "refs" / "main").write_text("0123abcd")
+  for name in ("config.json", "model.safetensors"):
+    (snapshot / name).write_bytes(open(os.path.join(hf_bytes[1], name), "rb").read())
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("HF_HOME", str(tmp_path))
+  monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+  assert convert.resolve_hf("gpt2") == str(snapshot)
+  config = get_base_config()
+  convert.apply_hf_architecture(config, "gpt2")
+  assert (config.n_layer, config.n_embd, config.vocab_size, config.bias) == (3, 32, 257, True)
+
+
+# --- Bad input: one clear UserError each ------------------------------------------------------
+
+
+def test_directory_without_weights(hf_bytes, tmp_path):
+  (tmp_path / "config.json").write_text(open(os.path.join(hf_bytes[1], "config.json")).read())
+  with pytest.raises(CheckpointError, match="no weights .*model.safetensors"):
+    convert.load_hf_gpt2(str(tmp_path))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(model_type="llama"), "model_type is 'llama', not 'gpt2'"),
+    (dict(n_embd=None), "field 'n_embd' is None, not a positive integer"),
+    (dict(activation_function="relu"), "field 'activation_function' = 'relu' is not a tanh GELU"),
+])
+def test_non_gpt2_config(hf_bytes, tmp_path, change, message):
+  with open(os.path.join(hf_bytes[1], "config.json")) as f:
+    hf_config = json.load(f)
+  hf_config.update(change)
+  (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in hf_config.items()
+                                                    if v is not None}))
+  with pytest.raises(CheckpointError, match=message):
+    convert.load_hf_gpt2(str(tmp_path))
+
+
+def test_mismatched_tensor_shape(hf_bytes, tmp_path):
+  from safetensors.numpy import load_file, save_file
+  directory = hf_bytes[1]
+  (tmp_path / "config.json").write_text(open(os.path.join(directory, "config.json")).read())
+  tensors = load_file(os.path.join(directory, "model.safetensors"))
+  key = next(k for k in tensors if k.endswith("wpe.weight"))
+  tensors[key] = tensors[key][:-1]
+  save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+  with pytest.raises(CheckpointError, match=r"'wpe.weight' has shape \(15, 32\), but config.json "
+                     r"\(.*n_positions=16.*\) needs \(16, 32\)"):
+    convert.load_hf_gpt2(str(tmp_path))
+
+
+def test_init_from_a_hub_name_offline_without_a_cache(tmp_path, monkeypatch):
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+  monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+  config = get_base_config()
+  config.init_from = "gpt2"
+  with pytest.raises(ConfigError) as error:
+    convert.apply_hf_architecture(config, config.init_from)
+  assert isinstance(error.value, UserError)
+  assert "hf download gpt2 --local-dir DIR" in str(error.value)
+  assert "--config.init_from=DIR" in str(error.value)
+  with pytest.raises(ConfigError, match="directory './missing' does not exist"):
+    convert.resolve_hf("./missing")
+
+
+def test_cli_from_hf_without_weights_exits_2(tmp_path):
+  (tmp_path / "hf").mkdir()
+  (tmp_path / "hf" / "config.json").write_text(json.dumps(dict(
+      model_type="gpt2", n_layer=1, n_head=1, n_embd=8, n_positions=8, vocab_size=256)))
+  result = run_module("-m", "gptjax.convert", "--from_hf", str(tmp_path / "hf"), "--out",
+                      str(tmp_path / "out" / "run"))
+  assert_user_error(result, "no weights")
+  assert result.stderr.startswith("error:")
