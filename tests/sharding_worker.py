@@ -1,0 +1,126 @@
+"""Runs sharded computations on fake CPU devices and prints their results as JSON.
+
+tests/test_sharding.py starts this in a subprocess with XLA_FLAGS asking for 8 host devices (the
+flag must be set before JAX starts, so it cannot run inside the pytest process). The checks compare
+the numbers this prints.
+
+  python tests/sharding_worker.py {step,shards,restore} OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from conftest import tiny_config  # noqa: E402
+from gptjax import sharding  # noqa: E402
+from gptjax.checkpoint import Checkpointer  # noqa: E402
+from gptjax.train import build, global_batch, mesh_context, train  # noqa: E402
+
+MESHES = [(8, 1, 1), (1, 8, 1), (1, 4, 2), (2, 2, 2)]
+
+
+def config_for(out_dir, mesh, **overrides):
+  data, fsdp, tensor = mesh
+  return tiny_config(pathlib.Path(out_dir), batch_size=8, dropout=0.1,
+                     mesh=dict(data=data, fsdp=fsdp, tensor=tensor), **overrides)
+
+
+def one_step(config, devices, windows):
+  """Initial and updated params, loss and grad norm of one train step on `devices`."""
+  mesh = sharding.make_mesh(config, devices)
+  setup = build(config, mesh)
+  with mesh_context(mesh):
+    state = setup.init(jax.random.key(0))
+    initial = jax.device_get(state.params)
+    state, metrics = setup.train_step(state, global_batch(windows, mesh, config.batch_size))
+    return initial, jax.device_get(state.params), jax.device_get(metrics)
+
+
+def max_difference(a, b) -> float:
+  return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def check_step(out_dir):
+  windows = np.random.default_rng(0).integers(0, 256, size=(1, 8, 17)).astype(np.int32)
+  ref_init, ref_params, ref_metrics = one_step(config_for(out_dir, (1, 1, 1)), jax.devices()[:1],
+                                               windows)
+  results = {"reference_loss": float(ref_metrics["loss"])}
+  for mesh in MESHES:
+    init, params, metrics = one_step(config_for(out_dir, mesh), jax.devices(), windows)
+    results[str(mesh)] = dict(loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),
+                              reference_grad_norm=float(ref_metrics["grad_norm"]),
+                              init_difference=max_difference(init, ref_init),
+                              param_difference=max_difference(params, ref_params),
+                              update_size=max_difference(ref_params, ref_init))
+  return results
+
+
+def check_shards(out_dir):
+  """For an fsdp=8 mesh: each sharded leaf's per-device shard and the share of all scalars sharded."""
+  config = config_for(out_dir, (1, 8, 1))
+  mesh = sharding.make_mesh(config)
+  setup = build(config, mesh)
+  with mesh_context(mesh):
+    state = setup.init(jax.random.key(0))
+  report = {}
+  for part in ("params", "opt_state"):
+    leaves = jax.tree_util.tree_leaves_with_path(getattr(state, part))
+    rows = []
+    for path, leaf in leaves:
+      if leaf.ndim == 0:
+        continue
+      shard_sizes = {int(np.prod(s.data.shape)) for s in leaf.addressable_shards}
+      rows.append(dict(path=jax.tree_util.keystr(path), size=int(leaf.size),
+                       shard_sizes=sorted(shard_sizes), devices=len(leaf.sharding.device_set),
+                       spec=str(leaf.sharding.spec)))
+    report[part] = rows
+  return report
+
+
+def check_restore(out_dir):
+  """Train 4 steps on (1,8,1); restore onto (2,2,2) and 1 device; continue on (2,2,2) to 8."""
+  saved = config_for(out_dir, (1, 8, 1), model_name="moved", max_iters=4, lr_decay_iters=8)
+  train(saved)
+  run_dir = os.path.join(saved.out_dir, "moved")
+  checkpointer = Checkpointer(run_dir, read_only=True)
+  source_mesh = sharding.make_mesh(saved)
+  source = build(saved, source_mesh)
+  reference, _ = checkpointer.restore(4, source.abstract_state.params)
+  reference = jax.device_get(reference)
+  differences = {}
+  for name, mesh_shape, devices in (("(2, 2, 2)", (2, 2, 2), jax.devices()),
+                                    ("1 device", (1, 1, 1), jax.devices()[:1])):
+    config = config_for(out_dir, mesh_shape)
+    mesh = sharding.make_mesh(config, devices)
+    setup = build(config, mesh)
+    params, opt_state = checkpointer.restore(4, setup.abstract_state.params,
+                                             setup.abstract_state.opt_state)
+    shardings_ok = all(leaf.sharding == target.sharding for leaf, target in zip(
+        jax.tree.leaves(params), jax.tree.leaves(setup.abstract_state.params)))
+    differences[name] = dict(params=max_difference(jax.device_get(params), reference),
+                             devices=len(jax.tree.leaves(params)[0].sharding.device_set),
+                             shardings_match_target=shardings_ok)
+  checkpointer.close()
+  resumed = config_for(out_dir, (2, 2, 2), model_name="moved", max_iters=8, lr_decay_iters=8)
+  train(resumed)
+  straight = config_for(out_dir, (1, 8, 1), model_name="straight", max_iters=8, lr_decay_iters=8)
+  train(straight)
+  losses = {}
+  for name in ("moved", "straight"):
+    with open(os.path.join(out_dir, "out", name, "metrics.jsonl")) as f:
+      losses[name] = [json.loads(line)["train_loss"] for line in f]
+  return dict(restored=differences, losses=losses)
+
+
+if __name__ == "__main__":
+  scenario, out_dir = sys.argv[1], sys.argv[2]
+  result = {"step": check_step, "shards": check_shards, "restore": check_restore}[scenario](out_dir)
+  print("RESULT " + json.dumps(result))

@@ -1,0 +1,139 @@
+"""Sharded and multi-host training on fake CPU devices (8 per process, set in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from gptjax import sharding
+from gptjax.config import validate
+from gptjax.errors import ConfigError
+
+from conftest import REPO_ROOT, assert_user_error, run_module
+
+EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
+                              "--xla_backend_optimization_level=0"}
+
+
+def run_worker(scenario, tmp_path):
+  (tmp_path / "out").mkdir(exist_ok=True)
+  result = run_module(os.path.join("tests", "sharding_worker.py"), scenario, str(tmp_path),
+                      env=EIGHT_DEVICES, timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+  [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+  return json.loads(line[len("RESULT "):])
+
+
+def test_one_step_on_every_mesh_equals_the_single_device_step(tmp_path):
+  result = run_worker("step", tmp_path)
+  for mesh in ("(8, 1, 1)", "(1, 8, 1)", "(1, 4, 2)", "(2, 2, 2)"):
+    r = result[mesh]
+    assert r["init_difference"] == 0.0, mesh  # born sharded, the same values
+    np.testing.assert_allclose(r["loss"], result["reference_loss"], rtol=1e-6, err_msg=mesh)
+    np.testing.assert_allclose(r["grad_norm"], r["reference_grad_norm"], rtol=1e-5, err_msg=mesh)
+    assert r["param_difference"] < 2e-6, mesh  # float32 rounding of sharded reductions
+    assert r["update_size"] > 5e-4  # ... against an update that really moved the params
+
+
+def test_fsdp_really_shards_params_and_optimizer_state(tmp_path):
+  result = run_worker("shards", tmp_path)
+  for part in ("params", "opt_state"):
+    rows = result[part]
+    assert rows
+    for row in rows:
+      if "fsdp" in row["spec"]:
+        assert row["shard_sizes"] == [row["size"] // 8], row
+    sharded = sum(row["size"] for row in rows if "fsdp" in row["spec"])
+    assert sharded == sum(row["size"] for row in rows)  # every tensor has an `embed` axis here
+  assert len(result["opt_state"]) == 2 * len(result["params"])  # AdamW's mu and nu
+
+
+def test_checkpoint_restores_onto_other_meshes_and_training_continues(tmp_path):
+  result = run_worker("restore", tmp_path)
+  for target, r in result["restored"].items():
+    assert r["params"] == 0.0 and r["shardings_match_target"], target
+  assert result["restored"]["1 device"]["devices"] == 1
+  losses = result["losses"]
+  assert len(losses["moved"]) == len(losses["straight"]) == 8
+  np.testing.assert_allclose(losses["moved"], losses["straight"], rtol=1e-5)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def train_args(out_dir):
+  return ["-m", "gptjax.train", "--config=configs/tiny_char.py", "--config.max_iters=4",
+          "--config.eval_interval=2", "--config.eval_iters=2", "--config.log_interval=1",
+          "--config.dropout=0.1", f"--config.out_dir={out_dir}"]
+
+
+def read_metrics(out_dir):
+  with open(os.path.join(out_dir, "tiny_char", "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_two_processes_train_like_one(tmp_path):
+  """Two processes on localhost, 2 CPU devices each, log the losses of one single-device run."""
+  port = free_port()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+  workers = [subprocess.Popen(
+      [sys.executable, *train_args(tmp_path / "multi"), "--config.cpu_devices=2",
+       f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+       "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
+      cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [worker.communicate(timeout=600) for worker in workers]
+  for worker, (stdout, stderr) in zip(workers, outputs):
+    assert worker.returncode == 0, stderr[-4000:]
+  assert "fsdp': 4" in outputs[0][0]  # one mesh over both processes' devices
+  assert "step 4" in outputs[0][0]
+  assert "gptjax" not in outputs[1][0] and "step " not in outputs[1][0]  # only process 0 logs
+  single = run_module(*train_args(tmp_path / "single"))
+  assert single.returncode == 0, single.stderr[-4000:]
+  multi, one = read_metrics(tmp_path / "multi"), read_metrics(tmp_path / "single")
+  assert [r["step"] for r in multi] == [1, 2, 3, 4]
+  for key in ("train_loss", "grad_norm"):
+    np.testing.assert_allclose([r[key] for r in multi], [r[key] for r in one], rtol=2e-5,
+                               err_msg=key)
+  np.testing.assert_allclose([r["val_loss"] for r in multi if "val_loss" in r],
+                             [r["val_loss"] for r in one if "val_loss" in r], rtol=2e-5)
+
+
+def test_mesh_product_must_match_the_devices(tiny):
+  with pytest.raises(ConfigError, match="mesh.*2 devices.*1 are present"):
+    sharding.make_mesh(tiny(mesh=dict(data=2, fsdp=1, tensor=1)), jax.devices()[:1])
+  with pytest.raises(ConfigError, match="not a multiple of 3"):
+    sharding.mesh_shape(tiny(mesh=dict(data=3, fsdp=-1, tensor=1)), 8)
+  assert sharding.mesh_shape(tiny(mesh=dict(data=2, fsdp=-1, tensor=2)), 8) == (2, 2, 2)
+
+
+def test_heads_must_divide_over_tensor(tiny):
+  with pytest.raises(ConfigError, match="n_head=2 is not divisible by mesh.tensor=4"):
+    validate(tiny(mesh=dict(data=1, fsdp=-1, tensor=4)))
+
+
+def test_global_batch_must_divide_over_data_and_fsdp(tiny):
+  with pytest.raises(ConfigError, match="batch_size.*6.*data x fsdp = 4"):
+    sharding.validate_for_mesh(tiny(batch_size=6), (2, 2, 1))
+
+
+def test_vocab_must_divide_where_the_rules_shard_it(tiny):
+  with pytest.raises(ConfigError, match="vocab_size.*257.*mesh.tensor=2"):
+    sharding.validate_for_mesh(tiny(vocab_size=257), (1, 1, 2))
+
+
+def test_cli_mesh_error_is_one_clear_line(tmp_path):
+  result = run_module("-m", "gptjax.train", "--config=configs/tiny_char.py",
+                      "--config.mesh.data=2", "--config.mesh.fsdp=1", f"--config.out_dir={tmp_path}")
+  assert_user_error(result, "mesh", "data=2")
