@@ -17,7 +17,7 @@ import jax  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from gptjax import cli  # noqa: E402
+from gptjax import cli, sharding  # noqa: E402
 from gptjax.benchmark import bench_sampling, bench_train_step  # noqa: E402
 from gptjax.config import validate  # noqa: E402
 
@@ -34,16 +34,17 @@ def _fmt(value, spec: str) -> str:
 def main(argv) -> None:
   config = _CONFIG.value
   validate(config)
+  sharding.use_cpu_devices(config.cpu_devices)  # before JAX starts its backends
   device = jax.devices()[0]
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores | "
         f"jax {jax.__version__} | {jax.device_count()} x {device.device_kind} ({device.platform})")
   step = bench_train_step(config, steps=_STEPS.value)
-  print(f"\n{config.name}: {step['params']:,} params, batch {config.batch_size} x "
+  print(f"\n{config.name}: {step['params']:,} params, mesh {dict(sharding.make_mesh(config).shape)}, batch {config.batch_size} x "
         f"{config.grad_accum_steps} x {config.block_size} tokens, dtype {config.dtype}, "
         f"remat {config.remat}")
   print(f"{'compile s':>10} {'ms/step':>10} {'tokens/s':>12} {'MFU':>8} {'peak MB':>10}")
   print(f"{step['compile_s']:>10.2f} {step['step_ms']:>10.1f} {step['tokens_per_second']:>12,.0f} "
-        f"{_fmt(step['mfu'] and 100 * step['mfu'], '.1f') + '%':>8} "
+        f"{'n/a' if step['mfu'] is None else format(100 * step['mfu'], '.1f') + '%':>8} "
         f"{_fmt(step['peak_memory_mb'], ',.1f'):>10}")
   if _SAMPLING.value:
     s = bench_sampling(config, new_tokens=_NEW_TOKENS.value)
