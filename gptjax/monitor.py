@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -38,6 +39,7 @@ class MetricsWriter:
     self.path = os.path.join(run_dir, "metrics.jsonl")
     self.plot_path = os.path.join(run_dir, "loss.png")
     self.records: list[dict[str, Any]] = []
+    self.last_plot = time.monotonic()
     if not enabled:
       return
     if os.path.exists(self.path):  # Resuming: keep what led up to the checkpoint, drop the rest.
@@ -58,10 +60,16 @@ class MetricsWriter:
       if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
         self.tensorboard.add_scalar(key, value, record["step"])
 
-  def plot(self) -> None:
-    """Writes loss.png: train loss per logged step, train/val loss per evaluation."""
+  def plot(self, min_interval_s: float = 0.0) -> None:
+    """Writes loss.png: train loss per logged step, train/val loss per evaluation.
+
+    Skipped when the last plot is less than `min_interval_s` old.
+    """
     if not self.enabled or not self.records:
       return
+    if time.monotonic() - self.last_plot < min_interval_s:
+      return
+    self.last_plot = time.monotonic()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

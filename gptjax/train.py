@@ -270,8 +270,10 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 f"{record['step_time_ms']:.1f} ms/step, {tokens_per_second:,.0f} tok/s"
                 + ("" if record["mfu"] is None else f", MFU {100 * record['mfu']:.1f}%"))
         if is_eval:
+          eval_start = time.perf_counter()
           losses = estimate_loss(config, setup, state.params, token_data, rows)
-          record.update(val_loss=losses["val"], eval_train_loss=losses["train"])
+          record.update(val_loss=losses["val"], eval_train_loss=losses["train"],
+                        eval_s=time.perf_counter() - eval_start)
           line += f" | eval: train {losses['train']:.4f}, val {losses['val']:.4f}"
         progress.write(line) if is_main else None
         progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_second:,.0f}")
@@ -279,7 +281,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         if is_eval or (config.checkpoint_interval and step % config.checkpoint_interval == 0):
           losses = {k: record[k] for k in ("train_loss", "val_loss") if k in record}
           checkpointer.save(step, state, meta(losses), record.get("val_loss"))
-          writer.plot()
+          writer.plot(min_interval_s=60)  # a plot costs ~0.5 s: refreshed at most once a minute
         last_good = record
         timer_start, timer_step = time.perf_counter(), step
   except KeyboardInterrupt:
