@@ -237,6 +237,16 @@ def apply_overrides(config: ml_collections.ConfigDict, values: dict[str, Any], s
     config[key] = value
 
 
+def check_field_path(config: ml_collections.ConfigDict, dotted: str, source: str) -> None:
+  """Raises ConfigError unless `dotted` (e.g. "mesh.fsdp") names a field of `config`."""
+  node = config
+  for key in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+      raise ConfigError(_unknown_key_message(key, node if isinstance(node, ml_collections.ConfigDict)
+                                             else config, source))
+    node = node[key]
+
+
 def _unknown_key_message(key: str, config: ml_collections.ConfigDict, source: str) -> str:
   names = sorted(config.keys())
   close = difflib.get_close_matches(key, names, n=1)

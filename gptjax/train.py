@@ -15,7 +15,9 @@ import dataclasses
 import functools
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -195,6 +197,29 @@ def estimate_loss(config, setup: Setup, params, token_data, rows: slice) -> dict
   return losses
 
 
+class StopRequest:
+  """Turns SIGINT and SIGTERM (Ctrl-C, preemption) into a flag the loop checks between steps.
+
+  A signal landing inside the jitted step, after the state was donated, must not leave the loop
+  with a deleted state to save. A second Ctrl-C aborts at once.
+  """
+
+  def __init__(self):
+    self.requested, self.signal_name, self.previous = False, "", {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self.previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested, self.signal_name = True, signal.Signals(signum).name
+
+  def restore(self) -> None:
+    for sig, handler in self.previous.items():
+      signal.signal(sig, handler)
+
+
 def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Trains (or resumes) the run `config` describes. Returns the last step's losses."""
   if config.init_from:  # the architecture comes from the checkpoint; differences are noted on stderr
@@ -240,9 +265,10 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
                   disable=None if is_main else True,  # None: no bar when stdout is not a terminal
                   dynamic_ncols=True, file=sys.stdout)
   timer_start, timer_step, step = time.perf_counter(), start_step, start_step
+  stop = StopRequest()  # Ctrl-C / SIGTERM: finish the step, save, then stop
   try:
     with mesh_context(mesh):
-      while step < config.max_iters:
+      while step < config.max_iters and not stop.requested:
         windows = data_lib.train_batch(token_data.train, config.seed, step, config.grad_accum_steps,
                                        config.batch_size, config.block_size, rows)
         state, metrics = setup.train_step(state, global_batch(windows, mesh, config.batch_size))
@@ -284,14 +310,17 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
           writer.plot(min_interval_s=60)  # a plot costs ~0.5 s: refreshed at most once a minute
         last_good = record
         timer_start, timer_step = time.perf_counter(), step
-  except KeyboardInterrupt:
-    # The last dispatched step is finished before saving; its loss decides whether it is kept.
-    loss = float(metrics["loss"]) if step > start_step else math.nan
-    if math.isfinite(loss) and checkpointer.latest_step() != step:
-      checkpointer.save(step, state, meta(dict(train_loss=loss)))
-      say(f"\ninterrupted at step {step}: checkpoint saved. Run the same command to resume.")
-    raise
+    if stop.requested:  # between two steps: `state` is whole, never a donated buffer
+      loss = float(metrics["loss"]) if step > start_step else math.nan
+      saved = math.isfinite(loss)
+      if saved and checkpointer.latest_step() != step:
+        checkpointer.save(step, state, meta(dict(train_loss=loss)))
+      say(f"\n{stop.signal_name} at step {step}: "
+          + ("checkpoint saved" if saved else f"loss {loss} not saved, the last checkpoint kept")
+          + ". Run the same command to resume.")
+      raise KeyboardInterrupt
   finally:
+    stop.restore()
     progress.close()
     checkpointer.close()
     writer.close()
@@ -309,28 +338,39 @@ def main(argv) -> None:
   if not config.model_name:  # the preset's file name, as for JSON presets
     path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[-1]
     config.model_name = os.path.splitext(os.path.basename(path))[0]
-  train(config)
-
-
-def _json_preset_flag(arg: str) -> str:
-  """--config=x.json -> --config=<gptjax/config.py>:x.json, which loads it through load_config.
-
-  A missing or broken preset file is reported here, before absl would print a traceback for it.
-  """
-  if not arg.startswith("--config="):
-    return arg
-  path = arg.split("=", 1)[1]
   try:
-    load_config(path)
+    train(config)
+  except KeyboardInterrupt:  # train() has saved a checkpoint and said so
+    sys.exit(130)  # 128 + SIGINT, as a shell reports an interrupted command
+
+
+def _preflight(argv: list[str]) -> list[str]:
+  """Checks the preset and the override names before absl parses them; rewrites JSON presets.
+
+  absl would print a traceback for a missing preset or a misspelt --config.<field>; here each is
+  one clear error. --config=x.json becomes --config=<gptjax/config.py>:x.json, loaded by load_config.
+  """
+  try:
+    config, result = None, []
+    for arg in argv:
+      if arg.startswith("--config="):
+        path = arg.split("=", 1)[1]
+        config = load_config(path)
+        arg = f"--config={config_module.__file__}:{path}" if path.endswith(".json") else arg
+      result.append(arg)
+    for arg in argv:
+      if config is not None and arg.startswith("--config."):
+        field = arg[len("--config."):].split("=", 1)[0]
+        config_module.check_field_path(config, field, source=f"--config.{field}")
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
-  return f"--config={config_module.__file__}:{path}" if path.endswith(".json") else arg
+  return result
 
 
 if __name__ == "__main__":
   config_flags.DEFINE_config_file(
       "config", None, "Preset: configs/<name>.py, or a seed-style .json. Override fields with "
       "--config.<field>=<value>.", lock_config=True)
-  sys.argv = [_json_preset_flag(arg) for arg in sys.argv]
+  sys.argv = _preflight(sys.argv)
   cli.run(main)

@@ -105,6 +105,8 @@ def test_cli_accepts_a_seed_json_preset(tmp_path):
     (["--config=configs/nope.py"], ["nope.py", "does not exist"]),
     (["--config=configs/tiny_char.py", "--config.n_embd=100", "--config.n_head=3"],
      ["n_head", "100", "3"]),
+    (["--config=configs/tiny_char.py", "--config.n_layr=3"], ["n_layr", "n_layer"]),
+    (["--config=configs/tiny_char.py", "--config.mesh.fsdpp=3"], ["fsdpp", "fsdp"]),
     (["--config=configs/tiny_char.py", "--config.input_file=/no/such.txt"], ["/no/such.txt"]),
     (["--config=configs/tiny.py", "--config.tokenizer_path=/no/gpt2.tiktoken"],
      ["/no/gpt2.tiktoken"]),
@@ -119,3 +121,36 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, args, fragments):
 
 def test_sampling_from_a_directory_without_checkpoints_is_an_error(tmp_path):
   assert_user_error(run_module("-m", "gptjax.sample", f"--run_dir={tmp_path}"), "no checkpoints")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  from conftest import REPO_ROOT
+  command = ["-m", "gptjax.train", "--config=configs/tiny_char.py", "--config.n_layer=1",
+             "--config.log_interval=1", "--config.eval_interval=100000",
+             f"--config.out_dir={tmp_path}"]
+  args = [sys.executable, *command, "--config.max_iters=100000"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  for line in process.stdout:  # wait until training is under way
+    if line.startswith("step 3:"):
+      break
+  process.send_signal(signal.SIGINT)
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr[-3000:]
+  assert "checkpoint saved" in stdout and "Traceback" not in stderr
+  saved = Checkpointer(str(tmp_path / "tiny_char"), read_only=True).latest_step()
+  assert saved >= 3
+  resumed = run_module(*command, f"--config.max_iters={saved + 2}")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resuming from step {saved}" in resumed.stdout
+  steps = [r["step"] for r in read_metrics_dir(tmp_path / "tiny_char")]
+  assert steps[-2:] == [saved + 1, saved + 2] and len(steps) == len(set(steps))
+
+
+def read_metrics_dir(run_dir):
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
