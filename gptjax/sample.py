@@ -28,6 +28,7 @@ from gptjax.checkpoint import find_step
 from gptjax.config import ModelConfig, resolve_tokenizer
 from gptjax.errors import UserError
 from gptjax.model import GPT
+from gptjax.params import abstract_params
 
 
 def sample_logits(logits, rng, *, temperature: float, top_k: int, top_p: float, vocab_limit: int):
@@ -106,11 +107,9 @@ def load_run(run_dir: str, which: str = "latest"):
   checkpointer, step = find_step(run_dir, which)
   config = ml_collections.ConfigDict(checkpointer.read_meta(step)["config"])
   model = GPT(ModelConfig.from_config(config))
-  abstract = jax.eval_shape(lambda t: model.init(jax.random.key(0), t),
-                            jnp.zeros((1, config.block_size), jnp.int32))["params"]
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          nn.meta.unbox(abstract))
+                          nn.meta.unbox(abstract_params(model.config)))
   params, _ = checkpointer.restore(step, abstract)
   checkpointer.close()
   return model, params, config, step

@@ -301,7 +301,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
           record.update(val_loss=losses["val"], eval_train_loss=losses["train"],
                         eval_s=time.perf_counter() - eval_start)
           line += f" | eval: train {losses['train']:.4f}, val {losses['val']:.4f}"
-        progress.write(line) if is_main else None
+        if is_main:
+          progress.write(line)
         progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_second:,.0f}")
         writer.write(record)
         if is_eval or (config.checkpoint_interval and step % config.checkpoint_interval == 0):
