@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Callable
 
 import flax.linen as nn
 import jax
+import jax.flatten_util
 import ml_collections
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -121,6 +123,11 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(None, BATCH_AXES, None))
 
 
+def is_replicated_data_parallel(mesh: jax.sharding.Mesh) -> bool:
+  """True when the mesh only splits the batch (fsdp = tensor = 1): every device holds all params."""
+  return mesh.shape["fsdp"] == 1 and mesh.shape["tensor"] == 1 and mesh.shape["data"] > 1
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -170,3 +177,24 @@ def _in_cluster_environment() -> bool:
     return True
   hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
   return "," in hosts
+
+
+def flat_all_reduce(loss_and_grads: Callable, mesh: jax.sharding.Mesh) -> Callable:
+  """`loss_and_grads` per device on its rows, then one all-reduce of all gradients as one buffer.
+
+  For pure data parallelism (params replicated). XLA's partitioner all-reduces each weight's
+  gradient and combines them into one all-reduce of a tuple of buffers; on CPU devices a tuple of
+  the recipe model's 27 gradients took 2.3 ms against 0.4 ms for the same floats in one buffer
+  (PyTorch DDP buckets its gradients for the same reason). Each device runs the model on its own
+  rows, so dropout masks would differ from the unsharded step's: used only without dropout.
+  """
+  def per_device(params, windows, rng):
+    with nn.logical_axis_rules(()):  # the batch is already split: no activation constraints
+      loss, grads = loss_and_grads(params, windows, rng)
+    flat, unflatten = jax.flatten_util.ravel_pytree(grads)
+    loss, flat = jax.lax.pmean((loss, flat), BATCH_AXES)
+    return loss, unflatten(flat)
+
+  return jax.shard_map(per_device, mesh=mesh, check_vma=False,
+                       in_specs=(P(), batch_sharding(mesh).spec, P()),
+                       out_specs=(P(), P()))

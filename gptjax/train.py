@@ -61,25 +61,35 @@ def loss_fn(params, model: GPT, windows, dropout_rng=None):
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-def train_step(state: TrainState, windows, *, model: GPT, tx, schedule, seed: int):
-  """One update from `windows` (A, B, T+1): the mean gradient over A micro-batches, then AdamW.
-
-  Dropout keys come from fold_in(seed, step), so a resumed run draws the same masks.
-  """
-  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+def mean_loss_and_grads(params, windows, rng, *, model: GPT):
+  """Mean loss and gradient over the A micro-batches of `windows` (A, B, T+1)."""
   grad_fn = jax.value_and_grad(loss_fn)
   micro_batches = windows.shape[0]
   if micro_batches == 1:
-    loss, grads = grad_fn(state.params, model, windows[0], rng)
-  else:
-    def accumulate(carry, xs):
-      index, micro = xs
-      loss, grads = grad_fn(state.params, model, micro, jax.random.fold_in(rng, index))
-      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+    return grad_fn(params, model, windows[0], rng)
 
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-    (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(micro_batches), windows))
-    loss, grads = jax.tree.map(lambda x: x / micro_batches, (loss, grads))
+  def accumulate(carry, xs):
+    index, micro = xs
+    loss, grads = grad_fn(params, model, micro, jax.random.fold_in(rng, index))
+    return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(micro_batches), windows))
+  return jax.tree.map(lambda x: x / micro_batches, (loss, grads))
+
+
+def train_step(state: TrainState, windows, *, model: GPT, tx, schedule, seed: int,
+               flat_all_reduce_mesh: jax.sharding.Mesh | None = None):
+  """One update from `windows` (A, B, T+1): the mean gradient over A micro-batches, then AdamW.
+
+  Dropout keys come from fold_in(seed, step), so a resumed run draws the same masks. With
+  `flat_all_reduce_mesh` (pure data parallelism, no dropout) gradients are averaged as one buffer.
+  """
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  loss_and_grads = functools.partial(mean_loss_and_grads, model=model)
+  if flat_all_reduce_mesh is not None:
+    loss_and_grads = sharding.flat_all_reduce(loss_and_grads, flat_all_reduce_mesh)
+  loss, grads = loss_and_grads(state.params, windows, rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                          opt_state=opt_state)
@@ -130,7 +140,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
 
   batch = sharding.batch_sharding(mesh)
   step_fn = functools.partial(train_step, model=model, tx=tx,
-                              schedule=learning_rate_schedule(config), seed=config.seed)
+                              schedule=learning_rate_schedule(config), seed=config.seed,
+                              flat_all_reduce_mesh=mesh if config.dropout == 0
+                              and sharding.is_replicated_data_parallel(mesh) else None)
   return Setup(
       model=model, tx=tx, mesh=mesh, abstract_state=abstract,
       init=jax.jit(init, out_shardings=state_shardings),

@@ -29,19 +29,23 @@ MESHES = [(8, 1, 1), (1, 8, 1), (1, 4, 2), (2, 2, 2)]
 
 def config_for(out_dir, mesh, **overrides):
   data, fsdp, tensor = mesh
-  return tiny_config(pathlib.Path(out_dir), batch_size=8, dropout=0.1,
+  overrides = dict(dict(dropout=0.1), **overrides)
+  return tiny_config(pathlib.Path(out_dir), batch_size=8,
                      mesh=dict(data=data, fsdp=fsdp, tensor=tensor), **overrides)
 
 
 def one_step(config, devices, windows):
-  """Initial and updated params, loss and grad norm of one train step on `devices`."""
+  """Initial and updated params, loss and grad norm of one train step on `devices`, and whether
+  its gradients were all-reduced as one flat buffer (pure data parallelism without dropout)."""
   mesh = sharding.make_mesh(config, devices)
   setup = build(config, mesh)
   with mesh_context(mesh):
     state = setup.init(jax.random.key(0))
     initial = jax.device_get(state.params)
-    state, metrics = setup.train_step(state, global_batch(windows, mesh, config.batch_size))
-    return initial, jax.device_get(state.params), jax.device_get(metrics)
+    batch = global_batch(windows, mesh, config.batch_size)
+    flat = "shard_map" in str(jax.make_jaxpr(setup.train_step)(state, batch))
+    state, metrics = setup.train_step(state, batch)
+    return initial, jax.device_get(state.params), jax.device_get(metrics), flat
 
 
 def max_difference(a, b) -> float:
@@ -50,16 +54,24 @@ def max_difference(a, b) -> float:
 
 def check_step(out_dir):
   windows = np.random.default_rng(0).integers(0, 256, size=(1, 8, 17)).astype(np.int32)
-  ref_init, ref_params, ref_metrics = one_step(config_for(out_dir, (1, 1, 1)), jax.devices()[:1],
-                                               windows)
-  results = {"reference_loss": float(ref_metrics["loss"])}
-  for mesh in MESHES:
-    init, params, metrics = one_step(config_for(out_dir, mesh), jax.devices(), windows)
-    results[str(mesh)] = dict(loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),
-                              reference_grad_norm=float(ref_metrics["grad_norm"]),
-                              init_difference=max_difference(init, ref_init),
-                              param_difference=max_difference(params, ref_params),
-                              update_size=max_difference(ref_params, ref_init))
+  results = {}
+  # With dropout every mesh draws the unsharded step's masks; without it, pure data parallelism
+  # takes the flat all-reduce path (sharding.flat_all_reduce).
+  for dropout, meshes in ((0.1, MESHES), (0.0, [(8, 1, 1), (2, 1, 1), (1, 8, 1)])):
+    reference = one_step(config_for(out_dir, (1, 1, 1), dropout=dropout), jax.devices()[:1],
+                         windows)
+    ref_init, ref_params, ref_metrics, _ = reference
+    for mesh in meshes:
+      data, fsdp, tensor = mesh
+      devices = jax.devices()[:data * fsdp * tensor]
+      init, params, metrics, flat = one_step(config_for(out_dir, mesh, dropout=dropout), devices,
+                                             windows)
+      results[f"{mesh} dropout {dropout}"] = dict(
+          loss=float(metrics["loss"]), reference_loss=float(ref_metrics["loss"]),
+          grad_norm=float(metrics["grad_norm"]), reference_grad_norm=float(ref_metrics["grad_norm"]),
+          init_difference=max_difference(init, ref_init),
+          param_difference=max_difference(params, ref_params),
+          update_size=max_difference(ref_params, ref_init), flat_all_reduce=flat)
   return results
 
 
