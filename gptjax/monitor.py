@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -47,8 +48,21 @@ class MetricsWriter:
         self.records = [r for r in map(json.loads, filter(str.strip, f)) if r["step"] <= resume_step]
     with open(self.path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in self.records)
+    # tensorboardX takes ~1.5 s to import (it loads torch when installed): done in the background,
+    # while the train step compiles, and waited for at the first write.
+    self._tensorboard_ready = threading.Thread(
+        target=self._open_tensorboard, args=(os.path.join(run_dir, "tensorboard"), resume_step + 1),
+        daemon=True)
+    self._tensorboard_ready.start()
+
+  def _open_tensorboard(self, directory: str, purge_step: int) -> None:
     from tensorboardX import SummaryWriter
-    self.tensorboard = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=resume_step + 1)
+    self._tensorboard = SummaryWriter(directory, purge_step=purge_step)
+
+  @property
+  def tensorboard(self):
+    self._tensorboard_ready.join()
+    return self._tensorboard
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.enabled:
