@@ -157,3 +157,41 @@ def test_readme_presets_table_is_what_show_configs_prints():
     readme = f.read()
   table = readme.split("<!-- presets:begin -->\n")[1].split("<!-- presets:end -->")[0]
   assert table.strip() == result.stdout.strip()
+
+
+BENCH_NANOGPT = os.path.join("tools", "bench_nanogpt.py")
+
+
+def test_bench_nanogpt_runs_both_engines_side_by_side(tmp_path):
+  """Two iterations of each engine on a small text: one row each, finite losses, a plot."""
+  text = tmp_path / "input.txt"
+  text.write_text("".join(f"Line {i}: to be, or not to be, that is the question.\n"
+                          for i in range(300)), encoding="utf-8")
+  plot = tmp_path / "bench.png"
+  result = run_tool(BENCH_NANOGPT, f"--input_file={text}", "--max_iters=2", "--seeds=3",
+                    "--gptjax_args=", f"--plot={plot}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = {line.split()[0]: line for line in result.stdout.splitlines() if " seed " in line}
+  assert set(rows) == {"nanogpt", "gptjax"}, result.stdout
+  for line in rows.values():
+    assert 0 < float(line.rsplit("val loss", 1)[1]) < 10, line
+  assert "speed-up over nanoGPT" in result.stdout and plot.stat().st_size > 0
+
+
+def test_bench_nanogpt_reference_starts_at_chance_loss(tmp_path):
+  """The PyTorch nanoGPT reference, untrained: loss = ln(vocab) (GPT-2 init, std 0.02), which
+  holds only if its embedding, head and cross-entropy are wired as nanoGPT's."""
+  import math
+  sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+  import bench_nanogpt
+  text = tmp_path / "input.txt"
+  text.write_text("abcdefghij klmnopqrstuvwxyz\n" * 400, encoding="utf-8")
+  result = bench_nanogpt.nanogpt_train(str(text), seed=0, max_iters=0)
+  assert math.isclose(result["evals"][0]["val"], math.log(28), abs_tol=0.05), result
+
+
+def test_bench_nanogpt_missing_input_is_one_clear_error(tmp_path):
+  missing = tmp_path / "nope.txt"
+  result = run_tool(BENCH_NANOGPT, f"--input_file={missing}")
+  assert_user_error(result)
+  assert "nope.txt" in result.stderr and "Fix:" in result.stderr

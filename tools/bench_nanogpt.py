@@ -1,0 +1,244 @@
+"""nanoGPT against gptjax on nanoGPT's CPU recipe, side by side on this machine, same text, same seeds.
+
+  python tools/bench_nanogpt.py --input_file=../shared/data/tinyshakespeare.txt --seeds=1337,1,2
+
+Each run is a fresh subprocess, one after the other (never two at once, so neither steals the
+other's cores): nanoGPT's model and training loop in PyTorch (eager, as its CPU command runs it:
+`--compile=False`), then `python -m gptjax.train` with configs/recipes/shakespeare_char_cpu.py.
+Prints wall time (process start to exit), the median step time inside the loop, and the final
+val loss (each engine's own 20-batch estimate, as nanoGPT reports it), their means over seeds and
+gptjax's speed-up; writes a plot of val loss against wall time. Needs torch (the `[test]` extra).
+
+The PyTorch side follows nanoGPT's model.py and train.py: character vocabulary (65 for tiny
+Shakespeare) from its data/shakespeare_char/prepare.py, 90/10 split, GPT-2 init with scaled
+residual projections, tied head, exact GELU, no biases, fused scaled_dot_product_attention,
+AdamW (decay on 2-D weights), warmup + cosine lr, clipping at 1.0, evaluation every 250 steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from gptjax import cli  # noqa: E402
+from gptjax.errors import DataError  # noqa: E402
+RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_iters=2000,
+              lr_decay_iters=2000, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, beta1=0.9,
+              beta2=0.99, weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20)
+
+_INPUT = flags.DEFINE_string("input_file", os.path.join(REPO, "..", "shared", "data",
+                                                        "tinyshakespeare.txt"), "Text to train on.")
+_SEEDS = flags.DEFINE_list("seeds", ["1337"], "Seeds; every engine trains once per seed.")
+_ITERS = flags.DEFINE_integer("max_iters", RECIPE["max_iters"], "Iterations (the recipe: 2000).")
+_ENGINES = flags.DEFINE_list("engines", ["nanogpt", "gptjax"], "Which to run.")
+_GPTJAX_ARGS = flags.DEFINE_string(
+    "gptjax_args", "--config.cpu_devices=2 --config.mesh.data=-1 --config.mesh.fsdp=1",
+    "Extra flags for python -m gptjax.train.")
+_PLOT = flags.DEFINE_string("plot", "bench_nanogpt.png", "Val loss curves of every run ('' = none).")
+_WORKER = flags.DEFINE_string("nanogpt_worker", "", "Internal: run the PyTorch side, print JSON.")
+
+
+def nanogpt_train(input_file: str, seed: int, max_iters: int) -> dict:
+  """nanoGPT's train.py loop on its char-level tiny Shakespeare data; returns losses and times."""
+  import numpy as np
+  import torch
+  from torch import nn
+  from torch.nn import functional as F
+
+  r = dict(RECIPE, max_iters=max_iters)
+  text = open(input_file, encoding="utf-8").read()
+  chars = sorted(set(text))
+  stoi = {c: i for i, c in enumerate(chars)}
+  ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+  n = int(0.9 * len(ids))
+  splits = dict(train=ids[:n], val=ids[n:])
+  C, H, T, V = r["n_embd"], r["n_head"], r["block_size"], len(chars)
+
+  class LayerNorm(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.weight = nn.Parameter(torch.ones(C))
+
+    def forward(self, x):
+      return F.layer_norm(x, self.weight.shape, self.weight, None, 1e-5)
+
+  class Block(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.ln_1, self.ln_2 = LayerNorm(), LayerNorm()
+      self.c_attn, self.attn_proj = nn.Linear(C, 3 * C, bias=False), nn.Linear(C, C, bias=False)
+      self.c_fc, self.c_proj = nn.Linear(C, 4 * C, bias=False), nn.Linear(4 * C, C, bias=False)
+
+    def forward(self, x):
+      B, T_, _ = x.shape
+      q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+      q, k, v = (t.view(B, T_, H, C // H).transpose(1, 2) for t in (q, k, v))
+      y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=True)
+      x = x + self.attn_proj(y.transpose(1, 2).contiguous().view(B, T_, C))
+      return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+  class GPT(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
+      self.h = nn.ModuleList([Block() for _ in range(r["n_layer"])])
+      self.ln_f = LayerNorm()
+      self.lm_head = nn.Linear(C, V, bias=False)
+      self.wte.weight = self.lm_head.weight
+      for name, p in self.named_parameters():
+        if p.dim() >= 2:
+          std = 0.02 / math.sqrt(2 * r["n_layer"]) if name.endswith(("c_proj.weight",
+                                                                     "attn_proj.weight")) else 0.02
+          torch.nn.init.normal_(p, mean=0.0, std=std)
+
+    def forward(self, idx, targets):
+      x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+      for block in self.h:
+        x = block(x)
+      logits = self.lm_head(self.ln_f(x))
+      return F.cross_entropy(logits.view(-1, V), targets.view(-1), ignore_index=-1)
+
+  torch.manual_seed(seed)
+  model = GPT()
+  params = [p for p in model.parameters()]
+  optimizer = torch.optim.AdamW(
+      [{"params": [p for p in params if p.dim() >= 2], "weight_decay": r["weight_decay"]},
+       {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+      lr=r["learning_rate"], betas=(r["beta1"], r["beta2"]))
+
+  def get_batch(split):
+    data = splits[split]
+    ix = torch.randint(len(data) - T, (r["batch_size"],))
+    x = torch.stack([torch.from_numpy(data[i:i + T].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + T].astype(np.int64)) for i in ix])
+    return x, y
+
+  def get_lr(it):
+    if it < r["warmup_iters"]:
+      return r["learning_rate"] * (it + 1) / (r["warmup_iters"] + 1)
+    if it > r["lr_decay_iters"]:
+      return r["min_lr"]
+    ratio = (it - r["warmup_iters"]) / (r["lr_decay_iters"] - r["warmup_iters"])
+    return r["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (r["learning_rate"] - r["min_lr"])
+
+  @torch.no_grad()
+  def estimate_loss():
+    model.eval()
+    out = {split: float(torch.tensor([model(*get_batch(split)).item()
+                                      for _ in range(r["eval_iters"])]).mean())
+           for split in ("train", "val")}
+    model.train()
+    return out
+
+  evals, step_times = [], []
+  X, Y = get_batch("train")
+  t0 = time.perf_counter()
+  for it in range(max_iters + 1):  # nanoGPT stops once iter_num > max_iters
+    for group in optimizer.param_groups:
+      group["lr"] = get_lr(it)
+    if it % r["eval_interval"] == 0:
+      evals.append(dict(step=it, **estimate_loss()))
+      t0 = time.perf_counter()
+    loss = model(X, Y)
+    X, Y = get_batch("train")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), r["grad_clip"])
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss.item()  # nanoGPT's CPU command logs every step (--log_interval=1)
+    t1 = time.perf_counter()
+    step_times.append(t1 - t0)
+    t0 = t1
+  return dict(evals=evals, step_ms=1000 * statistics.median(step_times))
+
+
+def run_gptjax(seed: int, out_dir: str) -> tuple[list[dict], float]:
+  cmd = [sys.executable, "-m", "gptjax.train",
+         f"--config={os.path.join(REPO, 'configs', 'recipes', 'shakespeare_char_cpu.py')}",
+         f"--config.input_file={os.path.abspath(_INPUT.value)}", f"--config.seed={seed}",
+         f"--config.max_iters={_ITERS.value}", f"--config.out_dir={out_dir}",
+         f"--config.model_name=seed{seed}"] + _GPTJAX_ARGS.value.split()
+  subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+  with open(os.path.join(out_dir, f"seed{seed}", "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  step_ms = statistics.median(r["step_time_ms"] for r in records if r["step"] > 1)
+  return records, step_ms
+
+
+def main(argv) -> None:
+  if _WORKER.value:  # the PyTorch side, in its own process
+    seed, iters = (int(x) for x in _WORKER.value.split(","))
+    print("RESULT " + json.dumps(nanogpt_train(_INPUT.value, seed, iters)))
+    return
+  if not os.path.isfile(_INPUT.value):
+    raise DataError(f"--input_file {_INPUT.value!r} does not exist. Fix: pass a UTF-8 text file, "
+                    f"e.g. --input_file=../shared/data/tinyshakespeare.txt.")
+  import platform
+  import torch
+  import jax
+  print(f"machine: {platform.machine()}, {os.cpu_count()} cores | torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads) | jax {jax.__version__} | recipe: "
+        + ", ".join(f"{k}={v}" for k, v in dict(RECIPE, max_iters=_ITERS.value).items()))
+  rows, curves = [], {}
+  for seed in (int(s) for s in _SEEDS.value):
+    for engine in _ENGINES.value:
+      start = time.perf_counter()
+      if engine == "nanogpt":
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--input_file={_INPUT.value}",
+                              f"--nanogpt_worker={seed},{_ITERS.value}"],
+                             check=True, capture_output=True, text=True).stdout
+        result = json.loads(out.split("RESULT ", 1)[1])
+        wall = time.perf_counter() - start
+        val, step_ms = result["evals"][-1]["val"], result["step_ms"]
+        curve = [(e["step"], e["val"]) for e in result["evals"]]
+      else:
+        with tempfile.TemporaryDirectory() as out_dir:
+          records, step_ms = run_gptjax(seed, out_dir)
+        wall = time.perf_counter() - start
+        evals = [r for r in records if "val_loss" in r]
+        val = evals[-1]["val_loss"]
+        curve = [(r["step"], r["val_loss"]) for r in evals]
+      rows.append(dict(engine=engine, seed=seed, wall=wall, step_ms=step_ms, val=val))
+      curves[(engine, seed)] = curve
+      print(f"{engine:>8} seed {seed:>5}: wall {wall:6.1f} s | {step_ms:5.1f} ms/step in the loop | "
+            f"val loss {val:.4f}", flush=True)
+  print(f"\n{'engine':>8} {'runs':>5} {'wall s':>8} {'ms/step':>8} {'val loss':>18}")
+  means = {}
+  for engine in _ENGINES.value:
+    mine = [r for r in rows if r["engine"] == engine]
+    means[engine] = {k: statistics.mean(r[k] for r in mine) for k in ("wall", "step_ms", "val")}
+    spread = statistics.stdev(r["val"] for r in mine) if len(mine) > 1 else 0.0
+    print(f"{engine:>8} {len(mine):>5} {means[engine]['wall']:>8.1f} "
+          f"{means[engine]['step_ms']:>8.1f} {means[engine]['val']:>10.4f} ± {spread:.4f}")
+  if set(means) == {"nanogpt", "gptjax"}:
+    print(f"\ngptjax speed-up over nanoGPT: {means['nanogpt']['wall'] / means['gptjax']['wall']:.2f}x "
+          f"wall, {means['nanogpt']['step_ms'] / means['gptjax']['step_ms']:.2f}x per step")
+  if _PLOT.value:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (engine, seed), curve in curves.items():
+      ax.plot(*zip(*curve), marker="o", ms=3, color="C0" if engine == "gptjax" else "C1",
+              label=f"{engine} seed {seed}")
+    ax.set(xlabel="step", ylabel="val loss (20 batches)", ylim=(1.8, 2.6),
+           title="nanoGPT CPU recipe, tiny Shakespeare")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(_PLOT.value, dpi=120)
+    print(f"plot: {_PLOT.value}")
+
+
+if __name__ == "__main__":
+  cli.run(main)
