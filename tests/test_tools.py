@@ -179,15 +179,15 @@ def test_bench_nanogpt_runs_both_engines_side_by_side(tmp_path):
 
 
 def test_bench_nanogpt_reference_starts_at_chance_loss(tmp_path):
-  """The PyTorch nanoGPT reference, untrained: loss = ln(vocab) (GPT-2 init, std 0.02), which
-  holds only if its embedding, head and cross-entropy are wired as nanoGPT's."""
+  """The PyTorch nanoGPT reference, untrained: loss near ln(vocab) (GPT-2 init, std 0.02: logits of
+  std ~0.2, a little above chance), which a mis-wired embedding, head or cross-entropy would miss."""
   import math
   sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
   import bench_nanogpt
   text = tmp_path / "input.txt"
   text.write_text("abcdefghij klmnopqrstuvwxyz\n" * 400, encoding="utf-8")
   result = bench_nanogpt.nanogpt_train(str(text), seed=0, max_iters=0)
-  assert math.isclose(result["evals"][0]["val"], math.log(28), abs_tol=0.05), result
+  assert math.log(28) <= result["evals"][0]["val"] <= math.log(28) + 0.15, result
 
 
 def test_bench_nanogpt_missing_input_is_one_clear_error(tmp_path):
