@@ -7,7 +7,7 @@ other's cores): nanoGPT's model and training loop in PyTorch (eager, as its CPU 
 `--compile=False`), then `python -m gptjax.train` with configs/recipes/shakespeare_char_cpu.py.
 Prints wall time (process start to exit), the median step time inside the loop, and the final
 val loss (each engine's own 20-batch estimate, as nanoGPT reports it), their means over seeds and
-gptjax's speed-up; writes a plot of val loss against wall time. Needs torch (the `[test]` extra).
+gptjax's speed-up; writes a plot of every run's val loss against the step. Needs torch (the `[test]` extra).
 
 The PyTorch side follows nanoGPT's model.py and train.py: character vocabulary (65 for tiny
 Shakespeare) from its data/shakespeare_char/prepare.py, 90/10 split, GPT-2 init with scaled
@@ -32,10 +32,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from gptjax import cli  # noqa: E402
+from gptjax.config import load_config  # noqa: E402
 from gptjax.errors import DataError  # noqa: E402
-RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_iters=2000,
-              lr_decay_iters=2000, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, beta1=0.9,
-              beta2=0.99, weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20)
+
+RECIPE_FILE = os.path.join(REPO, "configs", "recipes", "shakespeare_char_cpu.py")
+# The PyTorch side trains with exactly the hyperparameters gptjax reads from the recipe file.
+_RECIPE_CONFIG = load_config(RECIPE_FILE)
+RECIPE = {key: _RECIPE_CONFIG[key] for key in (
+    "n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters", "lr_decay_iters",
+    "learning_rate", "min_lr", "warmup_iters", "beta1", "beta2", "weight_decay", "grad_clip",
+    "eval_interval", "eval_iters")}
 
 _INPUT = flags.DEFINE_string("input_file", os.path.join(REPO, "..", "shared", "data",
                                                         "tinyshakespeare.txt"), "Text to train on.")
@@ -165,7 +171,7 @@ def nanogpt_train(input_file: str, seed: int, max_iters: int) -> dict:
 
 def run_gptjax(seed: int, out_dir: str) -> tuple[list[dict], float]:
   cmd = [sys.executable, "-m", "gptjax.train",
-         f"--config={os.path.join(REPO, 'configs', 'recipes', 'shakespeare_char_cpu.py')}",
+         f"--config={RECIPE_FILE}",
          f"--config.input_file={os.path.abspath(_INPUT.value)}", f"--config.seed={seed}",
          f"--config.max_iters={_ITERS.value}", f"--config.out_dir={out_dir}",
          f"--config.model_name=seed{seed}"] + _GPTJAX_ARGS.value.split()
