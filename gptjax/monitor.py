@@ -56,12 +56,18 @@ class MetricsWriter:
     self._tensorboard_ready.start()
 
   def _open_tensorboard(self, directory: str, purge_step: int) -> None:
-    from tensorboardX import SummaryWriter
-    self._tensorboard = SummaryWriter(directory, purge_step=purge_step)
+    self._tensorboard, self._tensorboard_error = None, None
+    try:
+      from tensorboardX import SummaryWriter
+      self._tensorboard = SummaryWriter(directory, purge_step=purge_step)
+    except Exception as e:  # raised again, on the caller's thread, at the first use
+      self._tensorboard_error = e
 
   @property
   def tensorboard(self):
     self._tensorboard_ready.join()
+    if self._tensorboard_error is not None:
+      raise self._tensorboard_error
     return self._tensorboard
 
   def write(self, record: dict[str, Any]) -> None:
