@@ -98,8 +98,11 @@ def train_step(state: TrainState, windows, *, model: GPT, tx, schedule, seed: in
 
 
 def eval_step(params, windows, *, model: GPT):
-  """Loss of one evaluation batch (1, B, T+1), without dropout."""
-  return loss_fn(params, model, windows[0])
+  """Loss of each evaluation batch in `windows` (E, B, T+1), one batch at a time, without dropout.
+
+  One call for all E batches: one dispatch and one wait instead of E of each.
+  """
+  return jax.lax.map(lambda batch: loss_fn(params, model, batch), windows)
 
 
 @dataclasses.dataclass
@@ -111,7 +114,7 @@ class Setup:
   abstract_state: TrainState     # ShapeDtypeStructs carrying their target shardings
   init: Callable                 # rng -> TrainState, born sharded
   train_step: Callable           # (state, windows) -> (state, metrics), state donated
-  eval_step: Callable            # (params, windows) -> loss
+  eval_step: Callable            # (params, windows (E, B, T+1)) -> (E,) losses
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
@@ -167,6 +170,17 @@ def global_batch(windows: np.ndarray, mesh: jax.sharding.Mesh, global_rows: int)
   return jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), windows, shape)
 
 
+def one_step_in_flight() -> bool:
+  """Whether the loop must wait for each step before dispatching the next: several CPU devices.
+
+  XLA's CPU devices share one thread pool, and a device that runs ahead into the next program
+  blocks a pool thread in that program's all-reduce. With as many pool threads as cores (2 here),
+  two steps in flight deadlocked in jax 0.10.2 (XLA aborts after 40 s: "Expected 2 threads to join
+  the rendezvous"). Waiting costs nothing measurable: the next batch is made while a step runs.
+  """
+  return jax.devices()[0].platform == "cpu" and jax.local_device_count() > 1
+
+
 def run_directory(config: ml_collections.ConfigDict) -> str:
   return os.path.join(config.out_dir, config.model_name or config.name)
 
@@ -195,18 +209,22 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
   return TrainState(step=step_array, params=params, opt_state=opt_state), step
 
 
-def estimate_loss(config, setup: Setup, params, token_data, rows: slice) -> dict[str, float]:
-  """Mean loss over eval_iters fixed batches of each split."""
-  losses = {}
-  for split in ("train", "val"):
-    tokens = token_data.split(split)
-    batch_losses = [
-        setup.eval_step(params, global_batch(
-            data_lib.eval_batch(tokens, config.seed, i, config.batch_size, config.block_size, rows),
-            setup.mesh, config.batch_size))
-        for i in range(config.eval_iters)]
-    losses[split] = float(np.mean(jax.device_get(batch_losses)))
-  return losses
+EVAL_SPLITS = ("train", "val")
+
+
+def eval_windows(config, token_data, mesh: jax.sharding.Mesh, rows: slice) -> jax.Array:
+  """The fixed evaluation batches of both splits, as one global array (2 * eval_iters, B, T+1)."""
+  windows = [data_lib.eval_batch(token_data.split(split), config.seed, i, config.batch_size,
+                                 config.block_size, rows)
+             for split in EVAL_SPLITS for i in range(config.eval_iters)]
+  return global_batch(np.concatenate(windows), mesh, config.batch_size)
+
+
+def estimate_loss(setup: Setup, params, windows: jax.Array) -> dict[str, float]:
+  """Mean loss of each split over its eval_iters batches (`windows` from eval_windows)."""
+  losses = np.asarray(jax.device_get(setup.eval_step(params, windows)))
+  return {split: float(mean) for split, mean in
+          zip(EVAL_SPLITS, losses.reshape(len(EVAL_SPLITS), -1).mean(axis=1))}
 
 
 class StopRequest:
@@ -278,12 +296,15 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
                   dynamic_ncols=True, file=sys.stdout)
   timer_start, timer_step, step = time.perf_counter(), start_step, start_step
   stop = StopRequest()  # Ctrl-C / SIGTERM: finish the step, save, then stop
+  wait = jax.block_until_ready if one_step_in_flight() else (lambda tree: tree)
   try:
     with mesh_context(mesh):
+      evaluation_windows = eval_windows(config, token_data, mesh, rows)
       while step < config.max_iters and not stop.requested:
         windows = data_lib.train_batch(token_data.train, config.seed, step, config.grad_accum_steps,
                                        config.batch_size, config.block_size, rows)
-        state, metrics = setup.train_step(state, global_batch(windows, mesh, config.batch_size))
+        batch = global_batch(windows, mesh, config.batch_size)  # made while the last step runs
+        state, metrics = setup.train_step(wait(state), batch)
         step += 1
         progress.update(1)
         is_eval = step % config.eval_interval == 0 or step == config.max_iters
@@ -309,7 +330,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 + ("" if record["mfu"] is None else f", MFU {100 * record['mfu']:.1f}%"))
         if is_eval:
           eval_start = time.perf_counter()
-          losses = estimate_loss(config, setup, state.params, token_data, rows)
+          losses = estimate_loss(setup, wait(state).params, evaluation_windows)
           record.update(val_loss=losses["val"], eval_train_loss=losses["train"],
                         eval_s=time.perf_counter() - eval_start)
           line += f" | eval: train {losses['train']:.4f}, val {losses['val']:.4f}"

@@ -16,7 +16,7 @@ from gptjax import sharding
 from gptjax.config import validate
 from gptjax.errors import ConfigError
 
-from conftest import REPO_ROOT, assert_user_error, run_module
+from conftest import REPO_ROOT, TEXT, assert_user_error, run_module
 
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
                               "--xla_backend_optimization_level=0"}
@@ -110,6 +110,28 @@ def test_two_processes_train_like_one(tmp_path):
                                err_msg=key)
   np.testing.assert_allclose([r["val_loss"] for r in multi if "val_loss" in r],
                              [r["val_loss"] for r in one if "val_loss" in r], rtol=2e-5)
+
+
+def test_two_cpu_devices_train_hundreds_of_steps_between_logs(tmp_path):
+  """With nothing logged for 300 steps, the loop must not queue steps ahead on CPU devices.
+
+  Regression: XLA's CPU devices deadlocked in the gradient all-reduce when several data-parallel
+  steps were in flight (jax 0.10.2; XLA aborts after 40 s, "Expected 2 threads to join the
+  rendezvous"), which a --config.log_interval of a few hundred steps triggered on 2 cores.
+  """
+  input_file = tmp_path / "input.txt"
+  input_file.write_text(TEXT, encoding="utf-8")
+  result = run_module(
+      "-m", "gptjax.train", "--config=configs/recipes/shakespeare_char_cpu.py",
+      f"--config.input_file={input_file}", f"--config.out_dir={tmp_path / 'out'}",
+      "--config.cpu_devices=2", "--config.mesh.data=-1", "--config.mesh.fsdp=1",
+      "--config.max_iters=300", "--config.log_interval=1000", "--config.eval_interval=1000",
+      "--config.eval_iters=2", env={"XLA_FLAGS": ""})  # optimised code: steps as fast as a user's
+  assert result.returncode == 0, result.stderr[-4000:]
+  with open(tmp_path / "out" / "shakespeare_char_cpu" / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == [1, 300]
+  assert records[-1]["train_loss"] < records[0]["train_loss"] - 1.0
 
 
 def test_mesh_product_must_match_the_devices(tiny):
