@@ -105,6 +105,12 @@ def eval_step(params, windows, *, model: GPT):
   return jax.lax.map(lambda batch: loss_fn(params, model, batch), windows)
 
 
+# Compiler options for programs that run once (init). On CPU, LLVM's optimisations made init's
+# compile 2.5 s of a 2.7 s total for the nanoGPT recipe; at level 0 it compiles in 1.0 s and runs in
+# 0.08 s. GPU and TPU compilers keep their defaults.
+_RUN_ONCE_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
+
+
 @dataclasses.dataclass
 class Setup:
   """Everything compiled for one config on one mesh."""
@@ -148,7 +154,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
                               and sharding.is_replicated_data_parallel(mesh) else None)
   return Setup(
       model=model, tx=tx, mesh=mesh, abstract_state=abstract,
-      init=jax.jit(init, out_shardings=state_shardings),
+      init=jax.jit(init, out_shardings=state_shardings, compiler_options=_RUN_ONCE_OPTIONS.get(
+          jax.default_backend())),
       train_step=jax.jit(step_fn, in_shardings=(state_shardings, batch),
                          out_shardings=(state_shardings, sharding.replicated(mesh)),
                          donate_argnums=0),
