@@ -17,13 +17,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gptjax import data as data_lib
 from gptjax import sharding
 from gptjax.config import ModelConfig
 from gptjax.model import GPT
 from gptjax.monitor import device_peak_flops, mfu
 from gptjax.params import count_params, flops_per_token
 from gptjax.sample import generate
-from gptjax.train import build, global_batch, mesh_context
+from gptjax.train import build, global_batch, loss_fn, mesh_context
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -97,3 +98,19 @@ def bench_sampling(config: ml_collections.ConfigDict, new_tokens: int = 100,
   return dict(kv_cache_tokens_per_second=new_tokens * num_samples / cached_s,
               full_forward_tokens_per_second=new_tokens * num_samples / uncached_s,
               speedup=uncached_s / cached_s)
+
+
+def split_loss(model: GPT, params, tokens: np.ndarray, batch_size: int = 128) -> tuple[float, int]:
+  """The exact mean next-token loss over a whole split, and the number of tokens it predicts.
+
+  The split is cut into consecutive windows of block_size + 1 tokens overlapping by one, so every
+  token after the first is predicted once, with 0 to block_size - 1 tokens of context, as in
+  training. No sampling: unlike the eval_iters estimate, two runs of it on one model agree exactly.
+  """
+  T = model.config.block_size
+  n = (len(tokens) - 1) // T
+  windows = data_lib.windows(np.asarray(tokens), np.arange(n) * T, T + 1)
+  batch_loss = jax.jit(lambda p, w: loss_fn(p, model, w) * w.shape[0])
+  total = sum(float(batch_loss(params, jnp.asarray(windows[i:i + batch_size])))
+              for i in range(0, n, batch_size))
+  return total / n, n * T

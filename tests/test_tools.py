@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -174,7 +175,8 @@ def test_bench_nanogpt_runs_both_engines_side_by_side(tmp_path):
   rows = {line.split()[0]: line for line in result.stdout.splitlines() if " seed " in line}
   assert set(rows) == {"nanogpt", "gptjax"}, result.stdout
   for line in rows.values():
-    assert 0 < float(line.rsplit("val loss", 1)[1]) < 10, line
+    estimate, whole_split = re.search(r"val loss ([\d.]+) \(whole split ([\d.]+)\)", line).groups()
+    assert 0 < float(estimate) < 10 and 0 < float(whole_split) < 10, line
   assert "speed-up over nanoGPT" in result.stdout and plot.stat().st_size > 0
 
 
@@ -195,3 +197,26 @@ def test_bench_nanogpt_missing_input_is_one_clear_error(tmp_path):
   result = run_tool(BENCH_NANOGPT, f"--input_file={missing}")
   assert_user_error(result)
   assert "nope.txt" in result.stderr and "Fix:" in result.stderr
+
+
+def test_split_loss_predicts_every_token_once(tiny):
+  """benchmark.split_loss against a brute force: each window alone, log-softmax in numpy."""
+  import jax
+  import numpy as np
+  from gptjax.benchmark import split_loss
+  from gptjax.config import ModelConfig
+  from gptjax.model import GPT
+  model = GPT(ModelConfig.from_config(tiny()))
+  T = model.config.block_size
+  params = model.init(jax.random.key(0), np.zeros((1, T), np.int32))["params"]
+  tokens = np.random.default_rng(0).integers(0, 256, size=7 * T + 5).astype(np.uint16)
+  loss, predicted = split_loss(model, params, tokens, batch_size=3)  # 3 + 3 + a partial batch of 1
+  expected = []
+  for start in range(0, len(tokens) - T, T):
+    window = tokens[start:start + T + 1].astype(np.int32)
+    logits = np.asarray(model.apply({"params": params}, window[None, :-1])[0], np.float64)
+    peak = logits.max(-1, keepdims=True)
+    log_probs = logits - peak - np.log(np.exp(logits - peak).sum(-1, keepdims=True))
+    expected += [-log_probs[t, window[t + 1]] for t in range(T)]
+  assert predicted == len(expected) == 7 * T
+  np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
