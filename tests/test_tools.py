@@ -180,6 +180,21 @@ def test_bench_nanogpt_runs_both_engines_side_by_side(tmp_path):
   assert "speed-up over nanoGPT" in result.stdout and plot.stat().st_size > 0
 
 
+def test_bench_nanogpt_interleaves_both_engines_in_one_process(tmp_path):
+  """--interleaved_rounds alone: per-round medians of both engines and their ratio."""
+  text = tmp_path / "input.txt"
+  text.write_text("".join(f"Line {i}: to be, or not to be.\n" for i in range(300)), encoding="utf-8")
+  result = run_tool(BENCH_NANOGPT, f"--input_file={text}", "--seeds=", "--interleaved_rounds=1",
+                    "--gptjax_args=--config.cpu_devices=2 --config.mesh.data=-1 --config.mesh.fsdp=1",
+                    "--plot=")
+  assert result.returncode == 0, result.stderr[-3000:]
+  nano, jax_ms, ratio = re.search(r"round  1: nanoGPT +([\d.]+) \| gptjax +([\d.]+) \| ([\d.]+)x",
+                                  result.stdout).groups()
+  assert float(nano) > 0 and float(jax_ms) > 0
+  assert abs(float(ratio) - float(nano) / float(jax_ms)) < 0.01 + 0.01 * float(ratio)
+  assert "speed-up per step, interleaved" in result.stdout and " seed " not in result.stdout
+
+
 def test_bench_nanogpt_reference_starts_at_chance_loss(tmp_path):
   """The PyTorch nanoGPT reference, untrained: loss near ln(vocab) (GPT-2 init, std 0.02: logits of
   std ~0.2, a little above chance), which a mis-wired embedding, head or cross-entropy would miss."""
