@@ -217,7 +217,8 @@ def interleaved_steps(input_file: str, rounds: int, steps: int = 40) -> list[tup
   from gptjax.config import apply_overrides, validate
   config = load_config(RECIPE_FILE)
   config.input_file = input_file
-  config.out_dir = tempfile.mkdtemp()
+  scratch = tempfile.TemporaryDirectory()  # gptjax's token cache, removed on return
+  config.out_dir = scratch.name
   for arg in _GPTJAX_ARGS.value.split():  # --config.mesh.data=-1 -> {"mesh": {"data": -1}}
     *parents, field = arg.removeprefix("--config.").split("=", 1)[0].split(".")
     value = arg.split("=", 1)[1]
@@ -254,6 +255,7 @@ def interleaved_steps(input_file: str, rounds: int, steps: int = 40) -> list[tup
           times[name].append(time.perf_counter() - start)
           it += 1
       medians.append(tuple(1000 * float(np.median(times[k][2:])) for k in ("nanogpt", "gptjax")))
+  scratch.cleanup()
   return medians[1:]
 
 
