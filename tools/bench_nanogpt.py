@@ -355,13 +355,22 @@ def main(argv) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, end) = plt.subplots(1, 2, figsize=(9, 4), width_ratios=(3, 1))
     for (engine, seed), curve in curves.items():
       ax.plot(*zip(*curve), marker="o", ms=3, color="C0" if engine == "gptjax" else "C1",
               label=f"{engine} seed {seed}")
     ax.set(xlabel="step", ylabel="val loss (20 batches)", ylim=(1.8, 2.6),
            title="nanoGPT CPU recipe, tiny Shakespeare")
     ax.legend(fontsize=7)
+    for x, key in enumerate(("val", "full_val")):  # the final losses, both measures
+      for i, engine in enumerate(_ENGINES.value):
+        values = [r[key] for r in rows if r["engine"] == engine]
+        end.plot([x + 0.15 * (i - 0.5)] * len(values), values, "o",
+                 color="C0" if engine == "gptjax" else "C1", label=engine if x == 0 else None)
+    end.axhline(1.88, color="gray", ls="--", lw=1, label="1.88 (nanoGPT README)")
+    end.set(xticks=[0, 1], xticklabels=["20 batches", "whole split"], xlim=(-0.5, 1.5),
+            title=f"final val loss, step {_ITERS.value}")
+    end.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(_PLOT.value, dpi=120)
     print(f"plot: {_PLOT.value}")
