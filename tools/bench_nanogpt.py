@@ -370,7 +370,7 @@ def main(argv) -> None:
     end.axhline(1.88, color="gray", ls="--", lw=1, label="1.88 (nanoGPT README)")
     end.set(xticks=[0, 1], xticklabels=["20 batches", "whole split"], xlim=(-0.5, 1.5),
             title=f"final val loss, step {_ITERS.value}")
-    end.legend(fontsize=7)
+    end.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
     fig.savefig(_PLOT.value, dpi=120)
     print(f"plot: {_PLOT.value}")
