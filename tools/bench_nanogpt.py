@@ -25,8 +25,6 @@ AdamW (decay on 2-D weights), warmup + cosine lr, clipping at 1.0, evaluation ev
 
 from __future__ import annotations
 
-import ast
-import contextlib
 import json
 import math
 import os
@@ -37,6 +35,7 @@ import tempfile
 import time
 
 from absl import flags
+from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -214,19 +213,16 @@ def interleaved_steps(input_file: str, rounds: int, steps: int = 40) -> list[tup
   import numpy as np
   from gptjax import data as data_lib
   from gptjax import sharding
-  from gptjax.config import apply_overrides, validate
-  config = load_config(RECIPE_FILE)
+  from gptjax.config import validate
+  # --gptjax_args parsed as `python -m gptjax.train` parses them: ml_collections config flags.
+  argv = [sys.argv[0], f"--config={RECIPE_FILE}", *_GPTJAX_ARGS.value.split()]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  config = flag_values.config
   config.input_file = input_file
   scratch = tempfile.TemporaryDirectory()  # gptjax's token cache, removed on return
   config.out_dir = scratch.name
-  for arg in _GPTJAX_ARGS.value.split():  # --config.mesh.data=-1 -> {"mesh": {"data": -1}}
-    *parents, field = arg.removeprefix("--config.").split("=", 1)[0].split(".")
-    value = arg.split("=", 1)[1]
-    with contextlib.suppress(ValueError, SyntaxError):
-      value = ast.literal_eval(value)
-    for parent in reversed(parents):
-      value, field = {field: value}, parent
-    apply_overrides(config, {field: value}, source="--gptjax_args")
   validate(config)
   sharding.use_cpu_devices(config.cpu_devices)
   import jax
