@@ -214,6 +214,16 @@ def test_bench_nanogpt_missing_input_is_one_clear_error(tmp_path):
   assert "nope.txt" in result.stderr and "Fix:" in result.stderr
 
 
+def test_bench_nanogpt_bad_gptjax_args_is_one_clear_error(tmp_path):
+  """A bad value in --gptjax_args: gptjax.train's own message, then one line from the bench."""
+  text = tmp_path / "input.txt"
+  text.write_text("to be, or not to be.\n" * 300, encoding="utf-8")
+  result = run_tool(BENCH_NANOGPT, f"--input_file={text}", "--max_iters=1", "--seeds=3",
+                    "--engines=gptjax", "--gptjax_args=--config.batch_size=0", "--plot=")
+  assert_user_error(result)
+  assert "batch_size" in result.stderr and "--gptjax_args" in result.stderr
+
+
 def test_split_loss_predicts_every_token_once(tiny):
   """benchmark.split_loss against a brute force: each window alone, log-softmax in numpy."""
   import jax

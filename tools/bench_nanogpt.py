@@ -42,7 +42,7 @@ sys.path.insert(0, REPO)
 
 from gptjax import cli  # noqa: E402
 from gptjax.config import load_config  # noqa: E402
-from gptjax.errors import DataError  # noqa: E402
+from gptjax.errors import DataError, UserError  # noqa: E402
 
 RECIPE_FILE = os.path.join(REPO, "configs", "recipes", "shakespeare_char_cpu.py")
 # The PyTorch side trains with exactly the hyperparameters gptjax reads from the recipe file.
@@ -255,6 +255,19 @@ def interleaved_steps(input_file: str, rounds: int, steps: int = 40) -> list[tup
   return medians[1:]
 
 
+def _run(cmd: list[str], what: str, stdout=subprocess.PIPE, cwd: str | None = None) -> str:
+  """Runs a child to completion and returns its stdout; a failing child is one clear error (its
+  own message, e.g. a bad --gptjax_args value, is printed above it), not a traceback."""
+  proc = subprocess.run(cmd, cwd=cwd, stdout=stdout,
+                        stderr=None if stdout is subprocess.DEVNULL else subprocess.PIPE, text=True)
+  if proc.returncode:
+    if proc.stderr:
+      sys.stderr.write(proc.stderr[-3000:])
+    raise UserError(f"{what} failed with exit code {proc.returncode}; its error is above. Fix "
+                    f"that (e.g. the value passed with --gptjax_args) and run again.")
+  return proc.stdout
+
+
 def run_gptjax(seed: int, out_dir: str) -> tuple[list[dict], float, float, float]:
   """Trains in a subprocess; (metrics records, median ms/step, wall s, whole-split val loss)."""
   cmd = [sys.executable, "-m", "gptjax.train",
@@ -263,7 +276,7 @@ def run_gptjax(seed: int, out_dir: str) -> tuple[list[dict], float, float, float
          f"--config.max_iters={_ITERS.value}", f"--config.out_dir={out_dir}",
          f"--config.model_name=seed{seed}"] + _GPTJAX_ARGS.value.split()
   start = time.perf_counter()
-  subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+  _run(cmd, f"python -m gptjax.train (seed {seed})", stdout=subprocess.DEVNULL, cwd=REPO)
   wall = time.perf_counter() - start
   run_dir = os.path.join(out_dir, f"seed{seed}")
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -299,9 +312,8 @@ def main(argv) -> None:
     for engine in _ENGINES.value:
       if engine == "nanogpt":
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--input_file={_INPUT.value}",
-                              f"--nanogpt_worker={seed},{_ITERS.value}"],
-                             check=True, capture_output=True, text=True).stdout
+        out = _run([sys.executable, os.path.abspath(__file__), f"--input_file={_INPUT.value}",
+                    f"--nanogpt_worker={seed},{_ITERS.value}"], f"the nanoGPT run (seed {seed})")
         result = json.loads(out.split("RESULT ", 1)[1])
         # Process start to exit, less the whole-split evaluation after training (gptjax's is
         # made outside its process).
@@ -336,10 +348,9 @@ def main(argv) -> None:
     print(f"\ngptjax speed-up over nanoGPT: {means['nanogpt']['wall'] / means['gptjax']['wall']:.2f}x "
           f"wall, {means['nanogpt']['step_ms'] / means['gptjax']['step_ms']:.2f}x per step")
   if _INTERLEAVED.value:
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--input_file={_INPUT.value}",
-                          f"--interleaved_rounds={_INTERLEAVED.value}", "--interleaved_worker",
-                          f"--gptjax_args={_GPTJAX_ARGS.value}"],
-                         check=True, capture_output=True, text=True).stdout
+    out = _run([sys.executable, os.path.abspath(__file__), f"--input_file={_INPUT.value}",
+                f"--interleaved_rounds={_INTERLEAVED.value}", "--interleaved_worker",
+                f"--gptjax_args={_GPTJAX_ARGS.value}"], "the interleaved run")
     medians = json.loads(out.split("RESULT ", 1)[1])
     ratios = [nano / jax_ms for nano, jax_ms in medians]
     print(f"\ninterleaved in one process, {len(medians)} rounds of 40 steps each (median ms/step):")
