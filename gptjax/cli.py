@@ -1,14 +1,49 @@
-"""The shared start of the command-line entry points (train, sample, convert)."""
+"""The shared start of the command-line entry points (train, sample, convert), and the persistent
+compilation cache they share."""
 
 from __future__ import annotations
 
+import os
+
+import jax
 from absl import app
 from absl import logging as absl_logging
 
 from gptjax.errors import exit_on_user_error
+
+# Programs that compile faster than this are not worth a file in the cache (jax's default: 1 s,
+# which would leave out init and evaluation of small models on CPU).
+_CACHE_MIN_COMPILE_S = 0.25
+_cache_hits = 0
 
 
 def run(main) -> None:
   """absl's app.run, with Orbax's INFO and WARNING logs muted and user errors printed without traceback."""
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about read-only opens
   app.run(exit_on_user_error(main))
+
+
+def _count_hit(event: str, **kwargs) -> None:
+  global _cache_hits
+  if event == "/jax/compilation_cache/cache_hits":
+    _cache_hits += 1
+
+
+def use_compilation_cache(directory: str) -> None:
+  """Keeps compiled programs in `directory` (JAX's persistent compilation cache), so running a
+  command again (resuming, another seed, sampling) loads the train step instead of compiling it.
+  "" leaves JAX's own setting alone ($JAX_COMPILATION_CACHE_DIR, off unless set), and a set
+  $JAX_COMPILATION_CACHE_DIR wins over `directory`. Takes effect only before the process's first
+  compilation, as JAX reads the setting once."""
+  if directory and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_S)
+  if not getattr(use_compilation_cache, "listening", False):
+    jax.monitoring.register_event_listener(_count_hit)
+    use_compilation_cache.listening = True
+
+
+def compilation_cache_hits() -> int:
+  """Programs this process loaded from the persistent cache instead of compiling them."""
+  return _cache_hits

@@ -120,6 +120,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # trains from scratch. The architecture fields come from the checkpoint (gptjax/convert.py).
   config.init_from = ""
 
+  # JAX's persistent compilation cache: compiled programs are kept here, so running the same
+  # command again (resuming, another seed) skips compiling. A set $JAX_COMPILATION_CACHE_DIR wins;
+  # "" leaves the cache to it (off when unset).
+  config.compilation_cache_dir = "~/.cache/gptjax/jax"
+
   # Split the host CPU into this many XLA devices, so a CPU-only run can use the mesh (data
   # parallelism across cores). 1 = one CPU device. No effect on GPUs and TPUs.
   config.cpu_devices = 1

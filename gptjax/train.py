@@ -263,6 +263,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     convert.apply_hf_architecture(config, config.init_from)
   validate(config)
   sharding.use_cpu_devices(config.cpu_devices)
+  cli.use_compilation_cache(config.compilation_cache_dir)
   sharding.maybe_initialize_distributed(config)
   mesh = sharding.make_mesh(config)
   is_main = jax.process_index() == 0
@@ -332,9 +333,12 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
                       mfu=mfu(flops_per_step / step_time, jax.device_count(), peak))
         if step == start_step + 1:
           record["compile_and_first_step_s"] = elapsed
+          record["programs_from_cache"] = cli.compilation_cache_hits()
         line = (f"step {step}: loss {train_loss:.4f}, lr {record['lr']:.2e}, "
                 f"{record['step_time_ms']:.1f} ms/step, {tokens_per_second:,.0f} tok/s"
-                + ("" if record["mfu"] is None else f", MFU {100 * record['mfu']:.1f}%"))
+                + ("" if record["mfu"] is None else f", MFU {100 * record['mfu']:.1f}%")
+                + (f" (compile: {record['programs_from_cache']} programs from the cache)"
+                   if record.get("programs_from_cache") else ""))
         if is_eval:
           eval_start = time.perf_counter()
           losses = estimate_loss(setup, wait(state).params, evaluation_windows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -16,6 +17,11 @@ TINY_SHAKESPEARE = os.path.join(SHARED_DATA, "tinyshakespeare.txt")
 # Tests compile many tiny models: LLVM's optimisations cost seconds per compile and buy nothing at
 # these sizes. Set before JAX starts; subprocesses (the CLI tests) inherit it.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
+# JAX's persistent compilation cache: one for the session (subprocesses inherit it), not the
+# user's ~/.cache/gptjax/jax.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="gptjax-tests-jax-cache-"))
 
 # GPT-2 BPE offline: the ranks file that lies beside the project (see ../shared/data/README.md).
 if os.path.isfile(GPT2_TIKTOKEN):

@@ -90,6 +90,29 @@ def test_cli_trains_out_of_the_box_and_samples(tmp_path):
   assert sample.stdout.count("def ") >= 2 and "---------------" in sample.stdout
 
 
+def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
+  """Two fresh processes, one cache directory: the first compiles and fills it, the second loads
+  the train step from it (JAX's cache-hit events) and trains to the same losses."""
+  cache = tmp_path / "cache"
+  runs = []
+  for name in ("first", "second"):
+    result = run_module("-m", "gptjax.train", "--config=configs/tiny_char.py", "--config.n_layer=1",
+                        "--config.max_iters=3", "--config.eval_iters=1", "--config.log_interval=1",
+                        f"--config.out_dir={tmp_path}", f"--config.model_name={name}",
+                        f"--config.compilation_cache_dir={cache}",
+                        env={"JAX_COMPILATION_CACHE_DIR": "",
+                             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs.append(read_metrics_dir(tmp_path / name))
+  first, second = runs
+  # The first run can hit its own entries (a program it compiles twice); the second also loads
+  # init and the train step.
+  assert second[0]["programs_from_cache"] >= first[0]["programs_from_cache"] + 2, (first, second)
+  assert any(name.startswith("jit_train_step-") for name in os.listdir(cache))
+  for key in ("train_loss", "val_loss"):
+    assert [r.get(key) for r in second] == [r.get(key) for r in first], key
+
+
 def test_cli_accepts_a_seed_json_preset(tmp_path):
   preset = tmp_path / "my_custom.json"
   preset.write_text(json.dumps({"name": "GPT-Custom", "n_layer": 1, "n_head": 2, "n_embd": 32,
