@@ -170,7 +170,7 @@ def test_bench_nanogpt_runs_both_engines_side_by_side(tmp_path):
                           for i in range(300)), encoding="utf-8")
   plot = tmp_path / "bench.png"
   result = run_tool(BENCH_NANOGPT, f"--input_file={text}", "--max_iters=2", "--seeds=3",
-                    "--gptjax_args=", f"--plot={plot}")
+                    "--gptjax_args=", f"--plot={plot}", "--compilation_cache=warm")
   assert result.returncode == 0, result.stderr[-3000:]
   rows = {line.split()[0]: line for line in result.stdout.splitlines() if " seed " in line}
   assert set(rows) == {"nanogpt", "gptjax"}, result.stdout
@@ -195,16 +195,18 @@ def test_bench_nanogpt_interleaves_both_engines_in_one_process(tmp_path):
   assert "speed-up per step, interleaved" in result.stdout and " seed " not in result.stdout
 
 
-def test_bench_nanogpt_reference_starts_at_chance_loss(tmp_path):
+@pytest.mark.parametrize("vocab, size", [("chars", 28), ("bytes", 256)])
+def test_bench_nanogpt_reference_starts_at_chance_loss(tmp_path, vocab, size):
   """The PyTorch nanoGPT reference, untrained: loss near ln(vocab) (GPT-2 init, std 0.02: logits of
-  std ~0.2, a little above chance), which a mis-wired embedding, head or cross-entropy would miss."""
+  std ~0.2, a little above chance), which a mis-wired embedding, head or cross-entropy would miss.
+  28 characters in its own vocabulary, 256 in gptjax's bytes."""
   import math
   sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
   import bench_nanogpt
   text = tmp_path / "input.txt"
   text.write_text("abcdefghij klmnopqrstuvwxyz\n" * 400, encoding="utf-8")
-  result = bench_nanogpt.nanogpt_train(str(text), seed=0, max_iters=0)
-  assert math.log(28) <= result["evals"][0]["val"] <= math.log(28) + 0.15, result
+  result = bench_nanogpt.nanogpt_train(str(text), seed=0, max_iters=0, vocab=vocab)
+  assert math.log(size) <= result["evals"][0]["val"] <= math.log(size) + 0.15, result
 
 
 def test_bench_nanogpt_missing_input_is_one_clear_error(tmp_path):

@@ -5,7 +5,9 @@
 
 Each run is a fresh subprocess, one after the other (never two at once, so neither steals the
 other's cores): nanoGPT's model and training loop in PyTorch (eager, as its CPU command runs it:
-`--compile=False`), then `python -m gptjax.train` with configs/recipes/shakespeare_char_cpu.py.
+`--compile=False`; its checkpoint saved whenever val improves, as its shakespeare_char config
+does), then `python -m gptjax.train` with configs/recipes/shakespeare_char_cpu.py, by default with
+an empty compilation cache (a first run; --compilation_cache=warm: every later run).
 Prints wall time (process start to exit), the median step time inside the loop, the final val
 loss twice: each engine's own 20-batch estimate, as nanoGPT reports it (it varies by ~0.014 with the
 batches drawn), and the exact loss over the whole val split (gptjax.benchmark.split_loss; the same
@@ -18,7 +20,7 @@ With --interleaved_rounds, both engines' train steps also run in one process, al
 do, by up to 60%), that ratio is the fair per-step comparison; the sequential runs give wall time.
 
 The PyTorch side follows nanoGPT's model.py and train.py: character vocabulary (65 for tiny
-Shakespeare) from its data/shakespeare_char/prepare.py, 90/10 split, GPT-2 init with scaled
+Shakespeare) from its data/shakespeare_char/prepare.py (--nanogpt_vocab=bytes: gptjax's 256 bytes), 90/10 split, GPT-2 init with scaled
 residual projections, tied head, exact GELU, no biases, fused scaled_dot_product_attention,
 AdamW (decay on 2-D weights), warmup + cosine lr, clipping at 1.0, evaluation every 250 steps.
 """
@@ -64,14 +66,23 @@ _PLOT = flags.DEFINE_string("plot", "bench_nanogpt.png", "Val loss curves of eve
 _INTERLEAVED = flags.DEFINE_integer(
     "interleaved_rounds", 0, "Also time both engines' train steps in one process, alternating "
     "blocks of 40 steps for this many rounds (0 = off): the per-step ratio under the same load.")
+_VOCAB = flags.DEFINE_enum(
+    "nanogpt_vocab", "chars", ["chars", "bytes"], "nanoGPT's vocabulary: its prepare.py's "
+    "characters of the text (65 for tiny Shakespeare), or gptjax's 256 bytes (the same data and "
+    "output layer as gptjax, so the engines differ only in the engine).")
+_CACHE = flags.DEFINE_enum(
+    "compilation_cache", "cold", ["cold", "warm"], "gptjax's compiled programs: 'cold', an empty "
+    "cache per run (a first run), or 'warm', a cache filled by an untimed 1-step run beforehand "
+    "(every run after the first).")
 _WORKER = flags.DEFINE_string("nanogpt_worker", "", "Internal: run the PyTorch side, print JSON.")
 _INTERLEAVED_WORKER = flags.DEFINE_bool("interleaved_worker", False, "Internal: run "
                                         "interleaved_steps, print JSON.")
 
 
-def make_nanogpt(input_file: str, seed: int, max_iters: int) -> dict:
-  """nanoGPT's model, optimizer and data on its char-level tiny Shakespeare: a dict of closures,
-  step(it) (one iteration of its train.py loop), estimate_loss() and full_val() (whole split)."""
+def make_nanogpt(input_file: str, seed: int, max_iters: int, vocab: str = "chars") -> dict:
+  """nanoGPT's model, optimizer and data on its char-level tiny Shakespeare (or, vocab="bytes",
+  gptjax's byte-level data): a dict of closures, step(it) (one iteration of its train.py loop),
+  estimate_loss(), save(path) (its checkpoint) and full_val() (whole split)."""
   import numpy as np
   import torch
   from torch import nn
@@ -82,6 +93,8 @@ def make_nanogpt(input_file: str, seed: int, max_iters: int) -> dict:
   chars = sorted(set(text))
   stoi = {c: i for i, c in enumerate(chars)}
   ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+  if vocab == "bytes":  # gptjax's tokenizer for vocab 256: the UTF-8 bytes
+    chars, ids = range(256), np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.uint16)
   n = int(0.9 * len(ids))
   splits = dict(train=ids[:n], val=ids[n:])
   C, H, T, V = r["n_embd"], r["n_head"], r["block_size"], len(chars)
@@ -184,17 +197,26 @@ def make_nanogpt(input_file: str, seed: int, max_iters: int) -> dict:
     return sum(model(w[:, :-1], w[:, 1:].contiguous()).item() * len(w)
                for w in windows.split(128)) / n
 
-  return dict(step=step, estimate_loss=estimate_loss, full_val=full_val, eval_interval=r["eval_interval"])
+  def save(path):  # train.py's checkpoint, written whenever the val loss improves
+    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=r), path)
+
+  return dict(step=step, estimate_loss=estimate_loss, full_val=full_val, save=save,
+              eval_interval=r["eval_interval"])
 
 
-def nanogpt_train(input_file: str, seed: int, max_iters: int) -> dict:
+def nanogpt_train(input_file: str, seed: int, max_iters: int, vocab: str = "chars") -> dict:
   """nanoGPT's train.py loop on its char-level tiny Shakespeare data; returns losses and times."""
-  nano = make_nanogpt(input_file, seed, max_iters)
+  nano = make_nanogpt(input_file, seed, max_iters, vocab)
+  out_dir = tempfile.TemporaryDirectory()
+  best_val = math.inf
   evals, step_times = [], []
   t0 = time.perf_counter()
   for it in range(max_iters + 1):  # nanoGPT stops once iter_num > max_iters
     if it % nano["eval_interval"] == 0:
       evals.append(dict(step=it, **nano["estimate_loss"]()))
+      if it > 0 and evals[-1]["val"] < best_val:  # its shakespeare_char config saves on improvement
+        best_val = evals[-1]["val"]
+        nano["save"](os.path.join(out_dir.name, "ckpt.pt"))
       t0 = time.perf_counter()
     nano["step"](it)
     t1 = time.perf_counter()
@@ -202,6 +224,7 @@ def nanogpt_train(input_file: str, seed: int, max_iters: int) -> dict:
     t0 = t1
   full_val_start = time.perf_counter()
   full_val = nano["full_val"]()
+  out_dir.cleanup()
   return dict(evals=evals, step_ms=1000 * statistics.median(step_times), full_val=full_val,
               full_val_s=time.perf_counter() - full_val_start)
 
@@ -227,7 +250,7 @@ def interleaved_steps(input_file: str, rounds: int, steps: int = 40) -> list[tup
   sharding.use_cpu_devices(config.cpu_devices)
   import jax
   from gptjax.train import build, global_batch, mesh_context
-  nano = make_nanogpt(input_file, seed=0, max_iters=10 ** 9)
+  nano = make_nanogpt(input_file, seed=0, max_iters=10 ** 9, vocab=_VOCAB.value)
   mesh = sharding.make_mesh(config)
   setup, tokens = build(config, mesh), data_lib.prepare(config).train
   rows = sharding.process_batch_rows(mesh, config.batch_size)
@@ -255,10 +278,11 @@ def interleaved_steps(input_file: str, rounds: int, steps: int = 40) -> list[tup
   return medians[1:]
 
 
-def _run(cmd: list[str], what: str, stdout=subprocess.PIPE, cwd: str | None = None) -> str:
+def _run(cmd: list[str], what: str, stdout=subprocess.PIPE, cwd: str | None = None,
+         env: dict | None = None) -> str:
   """Runs a child to completion and returns its stdout; a failing child is one clear error (its
   own message, e.g. a bad --gptjax_args value, is printed above it), not a traceback."""
-  proc = subprocess.run(cmd, cwd=cwd, stdout=stdout,
+  proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=stdout,
                         stderr=None if stdout is subprocess.DEVNULL else subprocess.PIPE, text=True)
   if proc.returncode:
     if proc.stderr:
@@ -268,16 +292,24 @@ def _run(cmd: list[str], what: str, stdout=subprocess.PIPE, cwd: str | None = No
   return proc.stdout
 
 
-def run_gptjax(seed: int, out_dir: str) -> tuple[list[dict], float, float, float]:
-  """Trains in a subprocess; (metrics records, median ms/step, wall s, whole-split val loss)."""
+def train_gptjax(seed: int, out_dir: str, cache_dir: str, max_iters: int) -> float:
+  """`python -m gptjax.train` on the recipe in a subprocess, its compilation cache in `cache_dir`
+  (not the user's); returns the wall time, process start to exit."""
   cmd = [sys.executable, "-m", "gptjax.train",
          f"--config={RECIPE_FILE}",
          f"--config.input_file={os.path.abspath(_INPUT.value)}", f"--config.seed={seed}",
-         f"--config.max_iters={_ITERS.value}", f"--config.out_dir={out_dir}",
-         f"--config.model_name=seed{seed}"] + _GPTJAX_ARGS.value.split()
+         f"--config.max_iters={max_iters}", f"--config.out_dir={out_dir}",
+         f"--config.model_name=seed{seed}", f"--config.compilation_cache_dir={cache_dir}",
+         ] + _GPTJAX_ARGS.value.split()
   start = time.perf_counter()
-  _run(cmd, f"python -m gptjax.train (seed {seed})", stdout=subprocess.DEVNULL, cwd=REPO)
-  wall = time.perf_counter() - start
+  _run(cmd, f"python -m gptjax.train (seed {seed})", stdout=subprocess.DEVNULL, cwd=REPO,
+       env={**os.environ, "JAX_COMPILATION_CACHE_DIR": ""})
+  return time.perf_counter() - start
+
+
+def run_gptjax(seed: int, out_dir: str, cache_dir: str) -> tuple[list[dict], float, float, float]:
+  """Trains; (metrics records, median ms/step, wall s, whole-split val loss)."""
+  wall = train_gptjax(seed, out_dir, cache_dir, _ITERS.value)
   run_dir = os.path.join(out_dir, f"seed{seed}")
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
@@ -293,7 +325,7 @@ def run_gptjax(seed: int, out_dir: str) -> tuple[list[dict], float, float, float
 def main(argv) -> None:
   if _WORKER.value:  # the PyTorch side, in its own process
     seed, iters = (int(x) for x in _WORKER.value.split(","))
-    print("RESULT " + json.dumps(nanogpt_train(_INPUT.value, seed, iters)))
+    print("RESULT " + json.dumps(nanogpt_train(_INPUT.value, seed, iters, _VOCAB.value)))
     return
   if _INTERLEAVED_WORKER.value:  # both engines in one process of their own
     print("RESULT " + json.dumps(interleaved_steps(_INPUT.value, _INTERLEAVED.value)))
@@ -306,14 +338,20 @@ def main(argv) -> None:
   import jax
   print(f"machine: {platform.machine()}, {os.cpu_count()} cores | torch {torch.__version__} "
         f"({torch.get_num_threads()} threads) | jax {jax.__version__} | recipe: "
-        + ", ".join(f"{k}={v}" for k, v in dict(RECIPE, max_iters=_ITERS.value).items()))
+        + ", ".join(f"{k}={v}" for k, v in dict(RECIPE, max_iters=_ITERS.value).items())
+        + f" | nanoGPT vocabulary: {_VOCAB.value} | gptjax compilation cache: {_CACHE.value}")
   rows, curves = [], {}
+  shared_cache = tempfile.TemporaryDirectory()
+  if _CACHE.value == "warm" and "gptjax" in _ENGINES.value and _SEEDS.value:
+    with tempfile.TemporaryDirectory() as out_dir:  # untimed: fills the cache
+      train_gptjax(0, out_dir, shared_cache.name, max_iters=1)
   for seed in (int(s) for s in _SEEDS.value):
     for engine in _ENGINES.value:
       if engine == "nanogpt":
         start = time.perf_counter()
         out = _run([sys.executable, os.path.abspath(__file__), f"--input_file={_INPUT.value}",
-                    f"--nanogpt_worker={seed},{_ITERS.value}"], f"the nanoGPT run (seed {seed})")
+                    f"--nanogpt_worker={seed},{_ITERS.value}", f"--nanogpt_vocab={_VOCAB.value}"],
+                   f"the nanoGPT run (seed {seed})")
         result = json.loads(out.split("RESULT ", 1)[1])
         # Process start to exit, less the whole-split evaluation after training (gptjax's is
         # made outside its process).
@@ -321,8 +359,9 @@ def main(argv) -> None:
         val, step_ms, full_val = result["evals"][-1]["val"], result["step_ms"], result["full_val"]
         curve = [(e["step"], e["val"]) for e in result["evals"]]
       else:
-        with tempfile.TemporaryDirectory() as out_dir:
-          records, step_ms, wall, full_val = run_gptjax(seed, out_dir)
+        with tempfile.TemporaryDirectory() as out_dir, tempfile.TemporaryDirectory() as empty:
+          cache = shared_cache.name if _CACHE.value == "warm" else empty
+          records, step_ms, wall, full_val = run_gptjax(seed, out_dir, cache)
         evals = [r for r in records if "val_loss" in r]
         val = evals[-1]["val_loss"]
         curve = [(r["step"], r["val_loss"]) for r in evals]
@@ -331,6 +370,7 @@ def main(argv) -> None:
       curves[(engine, seed)] = curve
       print(f"{engine:>8} seed {seed:>5}: wall {wall:6.1f} s | {step_ms:5.1f} ms/step in the loop | "
             f"val loss {val:.4f} (whole split {full_val:.4f})", flush=True)
+  shared_cache.cleanup()
   if rows:
     print(f"\n{'engine':>8} {'runs':>5} {'wall s':>8} {'ms/step':>8} {'val, 20 batches':>18} "
           f"{'val, whole split':>18}")
@@ -350,6 +390,7 @@ def main(argv) -> None:
   if _INTERLEAVED.value:
     out = _run([sys.executable, os.path.abspath(__file__), f"--input_file={_INPUT.value}",
                 f"--interleaved_rounds={_INTERLEAVED.value}", "--interleaved_worker",
+                f"--nanogpt_vocab={_VOCAB.value}",
                 f"--gptjax_args={_GPTJAX_ARGS.value}"], "the interleaved run")
     medians = json.loads(out.split("RESULT ", 1)[1])
     ratios = [nano / jax_ms for nano, jax_ms in medians]
