@@ -15,6 +15,7 @@ from gptjax.errors import exit_on_user_error
 # which would leave out init and evaluation of small models on CPU).
 _CACHE_MIN_COMPILE_S = 0.25
 _cache_hits = 0
+_counting_hits = False
 
 
 def run(main) -> None:
@@ -39,9 +40,10 @@ def use_compilation_cache(directory: str) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
       jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_S)
-  if not getattr(use_compilation_cache, "listening", False):
+  global _counting_hits
+  if not _counting_hits:  # once per process: listeners cannot be removed
     jax.monitoring.register_event_listener(_count_hit)
-    use_compilation_cache.listening = True
+    _counting_hits = True
 
 
 def compilation_cache_hits() -> int:
