@@ -140,7 +140,8 @@ def main(argv) -> None:
     if not ok:
       raise UserError(f"--{name}={f[name].value} is out of range. Fix: see "
                       f"`python -m gptjax.sample --help`.")
-  model, params, config, step = load_run(f.run_dir, f.checkpoint)
+  model, params, config, step = load_run(f.run_dir, f.checkpoint)  # compiles nothing
+  cli.use_compilation_cache(config.get("compilation_cache_dir", ""))  # the run's own cache
   tokenizer = data_lib.get_tokenizer(resolve_tokenizer(config), config.tokenizer_path)
   prompt_text = f.prompt
   if prompt_text.startswith("FILE:"):

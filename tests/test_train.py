@@ -92,7 +92,8 @@ def test_cli_trains_out_of_the_box_and_samples(tmp_path):
 
 def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
   """Two fresh processes, one cache directory: the first compiles and fills it, the second loads
-  the train step from it (JAX's cache-hit events) and trains to the same losses."""
+  the train step from it (JAX's cache-hit events) and trains to the same losses; sampling from the
+  run caches its decode step there too."""
   cache = tmp_path / "cache"
   runs = []
   for name in ("first", "second"):
@@ -111,6 +112,12 @@ def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
   assert any(name.startswith("jit_train_step-") for name in os.listdir(cache))
   for key in ("train_loss", "val_loss"):
     assert [r.get(key) for r in second] == [r.get(key) for r in first], key
+  # Sampling from the run uses the cache its config names: the decode step lands there.
+  sample = run_module("-m", "gptjax.sample", f"--run_dir={tmp_path / 'second'}",
+                      "--max_new_tokens=5", env={"JAX_COMPILATION_CACHE_DIR": "",
+                                                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+  assert sample.returncode == 0, sample.stderr[-3000:]
+  assert any(name.startswith("jit_decode_step-") for name in os.listdir(cache))
 
 
 def test_cli_accepts_a_seed_json_preset(tmp_path):
