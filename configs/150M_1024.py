@@ -12,4 +12,8 @@ def get_config():
   config.n_embd = 768
   config.block_size = 1024
   config.batch_size = 24
+  # Accelerator settings (README, "Will it fit?"): bfloat16 compute (params and optimizer state stay
+  # float32) and remat, which the fit planner shows keep it on the devices named above.
+  config.dtype = "bfloat16"
+  config.remat = True
   return config

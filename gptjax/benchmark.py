@@ -1,8 +1,8 @@
 """Timing of the compiled train step and of sampling, for tools/bench.py.
 
 The step is measured alone: compiled ahead of time, warmed up, each call waited for with
-block_until_ready, the median of many calls reported. Peak memory is XLA's own account of the
-compiled step (arguments + outputs + temporaries, less donated aliases).
+block_until_ready, the median of many calls reported. Memory: XLA's own account of the compiled
+step (what gptjax.plan reports), beside the device allocator's measured peak where there is one.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from gptjax.model import GPT
 from gptjax.monitor import device_peak_flops, mfu
 from gptjax.params import count_params, flops_per_token
 from gptjax.sample import generate
-from gptjax.train import build, global_batch, loss_fn, mesh_context
+from gptjax.step import build, compile_train_step, global_batch, loss_fn, mesh_context
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -37,18 +37,22 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3) -> dict:
-  """Compile time, median ms/step, tokens/s, MFU and peak memory of one config's train step."""
+  """Compile time, median ms/step, tokens/s, MFU and memory of one config's train step.
+
+  Memory: `planned_bytes` is XLA's account of the compiled step per device (what the planner
+  reads), `peak_bytes_in_use` the device allocator's measured peak (GPUs and TPUs; None on CPU).
+  """
   mesh = sharding.make_mesh(config)
   setup = build(config, mesh)
+  start = time.perf_counter()
+  compiled = compile_train_step(setup, config)
+  compile_s = time.perf_counter() - start
   rng = np.random.default_rng(0)
   windows = rng.integers(0, min(config.vocab_size, 256), dtype=np.int32,
                          size=(config.grad_accum_steps, config.batch_size, config.block_size + 1))
   with mesh_context(mesh):
     state = setup.init(jax.random.key(0))
     batch = global_batch(windows, mesh, config.batch_size)
-    start = time.perf_counter()
-    compiled = setup.train_step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
     holder = {"state": state}
 
     def one_step():
@@ -61,14 +65,18 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20, warmup:
   tokens = config.batch_size * config.grad_accum_steps * config.block_size
   model_config = ModelConfig.from_config(config)
   memory = compiled.memory_analysis()
-  peak_bytes = None if memory is None else (
-      memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
-      - memory.alias_size_in_bytes)
+  planned = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
+             + memory.generated_code_size_in_bytes
+             + max(0, memory.output_size_in_bytes - memory.alias_size_in_bytes))
+  try:
+    peak_in_use = jax.local_devices()[0].memory_stats().get("peak_bytes_in_use")
+  except Exception:  # CPU devices keep no allocator statistics
+    peak_in_use = None
   return dict(params=count_params(model_config).total, compile_s=compile_s, step_ms=1000 * step_s,
               tokens_per_second=tokens / step_s,
               mfu=mfu(flops_per_token(model_config) * tokens / step_s, jax.device_count(),
                       device_peak_flops()),
-              peak_memory_mb=None if peak_bytes is None else peak_bytes / 2**20)
+              planned_bytes=planned, peak_bytes_in_use=peak_in_use)
 
 
 def bench_sampling(config: ml_collections.ConfigDict, new_tokens: int = 100,

@@ -26,6 +26,7 @@ BYTE_VOCAB_SIZE = 256
 TOKENIZER_VOCAB_SIZES = {"bytes": BYTE_VOCAB_SIZE, "gpt2": GPT2_VOCAB_SIZE}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+DROPOUT_RNGS = ("auto", "threefry2x32", "rbg")
 # Seed JSON fields that gptjax accepts but does not need (JAX picks its devices itself).
 IGNORED_SEED_FIELDS = ("device",)
 
@@ -88,6 +89,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Attention kernel: "xla" (einsum + causal mask: fastest on CPU), "cudnn" (fused, GPU, bf16/fp16),
   # or "auto" (cudnn on GPU with a 16-bit dtype, else xla).
   config.attention = "auto"
+  # Random bits for dropout: "threefry2x32" (JAX's default: the same masks on every machine and
+  # mesh), "rbg" (XLA's RngBitGenerator: faster on TPU, and there the only one with which remat
+  # saves memory when dropout is on), or "auto" (rbg on TPU, threefry2x32 elsewhere).
+  config.dropout_rng = "auto"
 
   # --- Evaluation and logging -----------------------------------------------------------------------
   # Evaluate train and val loss every this many steps (and at the last step).
@@ -266,6 +271,13 @@ def resolve_tokenizer(config: ml_collections.ConfigDict) -> str:
   return "bytes" if config.vocab_size < GPT2_VOCAB_SIZE else "gpt2"
 
 
+def resolve_dropout_rng(config: ml_collections.ConfigDict, platform: str) -> str:
+  """The PRNG implementation dropout uses on `platform`: "auto" is rbg on TPU, else threefry2x32."""
+  if config.dropout_rng != "auto":
+    return config.dropout_rng
+  return "rbg" if platform == "tpu" else "threefry2x32"
+
+
 def _divisors(n: int) -> list[int]:
   return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -320,6 +332,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.attention not in ATTENTION_IMPLEMENTATIONS:
     fail("attention", f"{config.attention!r} is not an attention implementation",
          f"use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+  if config.dropout_rng not in DROPOUT_RNGS:
+    fail("dropout_rng", f"{config.dropout_rng!r} is not a random bit generator",
+         f"use one of {', '.join(DROPOUT_RNGS)}")
   if not 0.0 < config.train_split < 1.0:
     fail("train_split", f"{config.train_split!r} is outside (0, 1)", "use e.g. 0.9")
   mesh_sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
@@ -352,6 +367,14 @@ class ModelConfig:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "ModelConfig":
     return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+
+  def for_platform(self, platform: str) -> "ModelConfig":
+    """This config with attention "auto" decided for `platform` ("cpu", "gpu", "tpu"): cuDNN's
+    fused kernel on GPUs in 16 bits without dropout (it has no dropout), XLA's einsum elsewhere."""
+    if self.attention != "auto":
+      return self
+    cudnn = platform == "gpu" and self.dtype in ("bfloat16", "float16") and self.dropout == 0.0
+    return dataclasses.replace(self, attention="cudnn" if cudnn else "xla")
 
   def architecture(self) -> dict[str, Any]:
     """The fields that fix the parameter shapes (what a checkpoint must agree on)."""

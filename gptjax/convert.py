@@ -340,7 +340,7 @@ def import_to_run_dir(hf: str, run_dir: str) -> ml_collections.ConfigDict:
   from gptjax.checkpoint import Checkpointer
   from gptjax.config import get_base_config
   from gptjax.optim import make_optimizer
-  from gptjax.train import TrainState
+  from gptjax.step import TrainState
   checkpoints = os.path.join(run_dir, "checkpoints")
   if os.path.isdir(checkpoints) and os.listdir(checkpoints):
     raise CheckpointError(f"--out {run_dir!r} already holds checkpoints. Fix: choose a new run "

@@ -22,6 +22,10 @@ class CheckpointError(UserError):
   """A run directory without checkpoints, or one holding a different architecture."""
 
 
+class DeviceMemoryError(UserError):
+  """The train step needs more memory than a device has (found before allocating, or by XLA)."""
+
+
 class DivergenceError(UserError):
   """Training produced a NaN or infinite loss; the run stopped before saving it."""
 

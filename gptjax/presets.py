@@ -161,3 +161,97 @@ def format_preset_details(path: str, config: ml_collections.ConfigDict) -> str:
       rule,
   ]
   return "\n".join(lines)
+
+
+# --- Memory per preset and target (tools/show_configs.py --memory) -----------------------------------
+
+def fix_label(settings: dict[str, Any], config: ml_collections.ConfigDict) -> str:
+  """A short name for the planner's changes: 'remat', 'bf16+remat', 'batch 4x2', 'fsdp 8'."""
+  parts = []
+  if settings["dtype"] != config.dtype:
+    parts.append("bf16" if settings["dtype"] == "bfloat16" else settings["dtype"])
+  if settings["remat"] != config.remat:
+    parts.append("remat" if settings["remat"] else "no remat")
+  if (settings["batch_size"], settings["grad_accum_steps"]) != (config.batch_size,
+                                                                config.grad_accum_steps):
+    parts.append(f"batch {settings['batch_size']}x{settings['grad_accum_steps']}")
+  parts += [f"{axis} {size}" for axis, size in settings["mesh"].items()
+            if size != config.mesh[axis] and not (axis == "fsdp" and config.mesh.fsdp == -1)]
+  return "+".join(parts) or "as shipped"
+
+
+def memory_rows(directory: str = "configs", target_names=None, compile: bool = False,
+                log=lambda line: None) -> list[dict[str, Any]]:
+  """Per preset and target: training memory per device at the shipped settings, whether it fits,
+  and where it does not, the fewest changes that fit with 10% free; and sampling memory.
+
+  With `compile`, every figure is XLA's for the compiled step (per-layer extrapolation of 1- and
+  2-layer compiles, for devices that are not here) and every suggested change is compiled too;
+  the analytic model's figure is kept beside it. Without, the analytic model alone (seconds).
+  """
+  from gptjax import estimate
+  from gptjax import targets as targets_lib
+  rows = []
+  for row in preset_table(directory):
+    config = load_validated(os.path.join(directory, row["file"]))
+    cells = {}
+    for name in target_names or targets_lib.COMMON_TARGETS:
+      log(f"{row['file']} on {name}")
+      cells[name] = memory_cell(config, targets_lib.parse_target(name), compile)
+    generation = estimate.generation_memory(
+        config_lib.ModelConfig.from_config(config), batch=1).total
+    rows.append(dict(file=row["file"], params=row["params"], dtype=config.dtype,
+                     remat=config.remat, batch=f"{config.batch_size}x{config.block_size}",
+                     targets=cells, generation=generation))
+  return rows
+
+
+def memory_cell(config: ml_collections.ConfigDict, target, compile: bool) -> dict[str, Any]:
+  """One cell of the memory table (see memory_rows)."""
+  from gptjax import estimate, plan
+  cell = dict(total=None, analytic=None, fits=False, fix=None, fix_total=None,
+              method=estimate.DEVICELESS if compile else estimate.ANALYTIC)
+  try:
+    cell["analytic"] = estimate.estimate(config, target, method=estimate.ANALYTIC).memory.total
+    cell["total"] = (estimate.estimate(config, target, method="compile", fast=True).memory.total
+                     if compile else cell["analytic"])
+    cell["fits"] = cell["total"] <= target.device_memory_bytes
+  except ConfigError:  # the shipped batch does not split over this many devices
+    pass
+  if cell["fits"]:
+    return cell
+  fitting, _ = plan.search(config, target, verify=0)
+  fitting.sort(key=lambda c: (c.changes, c.estimate.step_seconds or 0))
+  for candidate in fitting[:3 if compile else 1]:
+    total = candidate.estimate.memory.total
+    if compile:
+      total = estimate.estimate(candidate.config, target, method="compile", fast=True).memory.total
+    if total <= (1 - plan.REQUIRED_HEADROOM) * target.device_memory_bytes:
+      cell.update(fix=fix_label(candidate.estimate.settings, config), fix_total=total)
+      break
+  return cell
+
+
+def _memory_cell(cell: dict[str, Any]) -> str:
+  shipped = "batch ∤ devices" if cell["total"] is None else f"{cell['total'] / 2**30:.1f}"
+  if cell["fits"]:
+    return f"{shipped} ✓"
+  if cell["fix"]:
+    return f"{shipped} ✗ → {cell['fix']} {cell['fix_total'] / 2**30:.1f}"
+  return f"{shipped} ✗"
+
+
+def format_memory_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+  """GiB per device for training (✓ fits, ✗ does not → what fits, and its GiB) and sampling."""
+  names = list(rows[0]["targets"]) if rows else []
+  headings = ["File", "Batch", "Train dtype", *names, "Sample (1 seq)"]
+  body = [[row["file"], row["batch"], row["dtype"] + ("+remat" if row["remat"] else ""),
+           *[_memory_cell(row["targets"][n]) for n in names], f"{row['generation'] / 2**30:.2f}"]
+          for row in rows]
+  if markdown:
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    lines += ["| " + " | ".join([f"`{r[0]}`", *r[1:]]) + " |" for r in body]
+    return "\n".join(lines)
+  widths = [max(len(c) for c in column) for column in zip(headings, *body)]
+  line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+  return "\n".join([line(headings), "  ".join("-" * w for w in widths), *map(line, body)])

@@ -1,4 +1,4 @@
-"""Training: the pure jitted steps, the loop, and `python -m gptjax.train`.
+"""Training: the loop and `python -m gptjax.train` (the step itself is gptjax/step.py).
 
   python -m gptjax.train --config=configs/tiny_char.py --config.max_iters=200
 
@@ -10,7 +10,6 @@ tensorboard/, loss.png). Re-running the same command resumes from the latest che
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -19,162 +18,27 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import flags
 from absl.app import UsageError
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from gptjax import cli, convert
+from gptjax import cli, convert, plan
 from gptjax import data as data_lib
 from gptjax import sharding
 from gptjax.checkpoint import Checkpointer, architecture_mismatch
-from gptjax import config as config_module
-from gptjax.config import ModelConfig, load_config, validate
-from gptjax.errors import EXIT_USER_ERROR, CheckpointError, DivergenceError, UserError
-from gptjax.model import GPT
+from gptjax.config import ModelConfig, validate
+from gptjax.errors import CheckpointError, DivergenceError, UserError
 from gptjax.monitor import MetricsWriter, device_peak_flops, mfu
-from gptjax.optim import learning_rate_schedule, make_optimizer
 from gptjax.params import count_params, flops_per_token
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # int32 scalar: optimizer updates done
-  params: Any
-  opt_state: Any
-
-
-def loss_fn(params, model: GPT, windows, dropout_rng=None):
-  """Mean next-token cross-entropy of `windows` (B, T+1): inputs [:, :-1], targets [:, 1:]."""
-  inputs, targets = windows[:, :-1], windows[:, 1:]
-  logits = model.apply({"params": params}, inputs, deterministic=dropout_rng is None,
-                       rngs=None if dropout_rng is None else {"dropout": dropout_rng})
-  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-
-
-def mean_loss_and_grads(params, windows, rng, *, model: GPT):
-  """Mean loss and gradient over the A micro-batches of `windows` (A, B, T+1)."""
-  grad_fn = jax.value_and_grad(loss_fn)
-  micro_batches = windows.shape[0]
-  if micro_batches == 1:
-    return grad_fn(params, model, windows[0], rng)
-
-  def accumulate(carry, xs):
-    index, micro = xs
-    loss, grads = grad_fn(params, model, micro, jax.random.fold_in(rng, index))
-    return jax.tree.map(jnp.add, carry, (loss, grads)), None
-
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-  (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(micro_batches), windows))
-  return jax.tree.map(lambda x: x / micro_batches, (loss, grads))
-
-
-def train_step(state: TrainState, windows, *, model: GPT, tx, schedule, seed: int,
-               flat_all_reduce_mesh: jax.sharding.Mesh | None = None):
-  """One update from `windows` (A, B, T+1): the mean gradient over A micro-batches, then AdamW.
-
-  Dropout keys come from fold_in(seed, step), so a resumed run draws the same masks. With
-  `flat_all_reduce_mesh` (pure data parallelism, no dropout) gradients are averaged as one buffer.
-  """
-  rng = jax.random.fold_in(jax.random.key(seed), state.step)
-  loss_and_grads = functools.partial(mean_loss_and_grads, model=model)
-  if flat_all_reduce_mesh is not None:
-    loss_and_grads = sharding.flat_all_reduce(loss_and_grads, flat_all_reduce_mesh)
-  loss, grads = loss_and_grads(state.params, windows, rng)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state)
-  metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
-  return new_state, metrics
-
-
-def eval_step(params, windows, *, model: GPT):
-  """Loss of each evaluation batch in `windows` (E, B, T+1), one batch at a time, without dropout.
-
-  One call for all E batches: one dispatch and one wait instead of E of each.
-  """
-  return jax.lax.map(lambda batch: loss_fn(params, model, batch), windows)
-
-
-# Compiler options for programs that run once (init). On CPU, LLVM's optimisations made init's
-# compile 2.5 s of a 2.7 s total for the nanoGPT recipe; at level 0 it compiles in 1.0 s and runs in
-# 0.08 s. GPU and TPU compilers keep their defaults.
-_RUN_ONCE_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
-
-
-@dataclasses.dataclass
-class Setup:
-  """Everything compiled for one config on one mesh."""
-  model: GPT
-  tx: optax.GradientTransformation
-  mesh: jax.sharding.Mesh
-  abstract_state: TrainState     # ShapeDtypeStructs carrying their target shardings
-  init: Callable                 # rng -> TrainState, born sharded
-  train_step: Callable           # (state, windows) -> (state, metrics), state donated
-  eval_step: Callable            # (params, windows (E, B, T+1)) -> (E,) losses
-
-
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
-  """Model, optimizer, state shardings from the logical-axis rules, and the jitted functions."""
-  model = GPT(ModelConfig.from_config(config))
-  tx = make_optimizer(config)
-
-  def init_boxed(rng):  # params keep their logical-axis boxes, so eval_shape shows the names
-    params = model.init(rng, jnp.zeros((1, config.block_size), jnp.int32))["params"]
-    return params, tx.init(nn.meta.unbox(params))
-
-  boxed_params, abstract_opt_state = jax.eval_shape(init_boxed, jax.random.key(0))
-  param_shardings = sharding.logical_shardings(boxed_params, mesh)
-  state_shardings = TrainState(
-      step=sharding.replicated(mesh), params=param_shardings,
-      opt_state=sharding.optimizer_shardings(tx, abstract_opt_state, param_shardings, mesh))
-  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=nn.meta.unbox(boxed_params),
-                        opt_state=abstract_opt_state)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, state_shardings)
-
-  def init(rng):
-    params, opt_state = init_boxed(rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=nn.meta.unbox(params),
-                      opt_state=opt_state)
-
-  batch = sharding.batch_sharding(mesh)
-  step_fn = functools.partial(train_step, model=model, tx=tx,
-                              schedule=learning_rate_schedule(config), seed=config.seed,
-                              flat_all_reduce_mesh=mesh if config.dropout == 0
-                              and sharding.is_replicated_data_parallel(mesh) else None)
-  return Setup(
-      model=model, tx=tx, mesh=mesh, abstract_state=abstract,
-      init=jax.jit(init, out_shardings=state_shardings, compiler_options=_RUN_ONCE_OPTIONS.get(
-          jax.default_backend())),
-      train_step=jax.jit(step_fn, in_shardings=(state_shardings, batch),
-                         out_shardings=(state_shardings, sharding.replicated(mesh)),
-                         donate_argnums=0),
-      eval_step=jax.jit(functools.partial(eval_step, model=model),
-                        in_shardings=(param_shardings, batch),
-                        out_shardings=sharding.replicated(mesh)))
-
-
-@contextlib.contextmanager
-def mesh_context(mesh: jax.sharding.Mesh):
-  """The mesh and logical-axis rules that the model's activation constraints resolve against."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
-    yield
-
-
-def global_batch(windows: np.ndarray, mesh: jax.sharding.Mesh, global_rows: int) -> jax.Array:
-  """This process's rows of the batch -> one global jax.Array sharded over data x fsdp."""
-  shape = (windows.shape[0], global_rows, windows.shape[2])
-  return jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), windows, shape)
+from gptjax.step import (Setup, TrainState, build, compile_train_step, global_batch,
+                         mesh_context)
 
 
 def one_step_in_flight() -> bool:
@@ -271,9 +135,15 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   run_dir = run_directory(config)
   token_data = data_lib.prepare(config)
   setup = build(config, mesh)
+  compile_start = time.perf_counter()
+  with plan.explain_out_of_memory(config):
+    compiled_step = compile_train_step(setup, config)
+  step_memory = plan.ensure_fits(config, compiled_step)  # before any state is allocated
+  setup = dataclasses.replace(setup, train_step=compiled_step)
+  compile_seconds = time.perf_counter() - compile_start
   model_config = ModelConfig.from_config(config)
   checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
-  with mesh_context(mesh):
+  with mesh_context(mesh), plan.explain_out_of_memory(config):
     state, start_step = restore_or_init(config, setup, checkpointer)
   if start_step >= config.max_iters:
     say(f"{run_dir} is already trained to step {start_step} >= max_iters={config.max_iters}. "
@@ -289,7 +159,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   flops_per_step = flops_per_token(model_config) * tokens_per_step
   peak = device_peak_flops()
   say(f"gptjax | {config.name}: {count_params(model_config).total:,} parameters | mesh "
-      f"{dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s) | "
+      f"{dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
+      f"{step_memory / 2**30:.2f} GiB each for the step | "
       f"{len(token_data.train):,} train / {len(token_data.val):,} val tokens "
       f"({token_data.tokenizer.name}) | run dir {run_dir}"
       + (f" | resuming from step {start_step}" if start_step else ""))
@@ -306,7 +177,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   stop = StopRequest()  # Ctrl-C / SIGTERM: finish the step, save, then stop
   wait = jax.block_until_ready if one_step_in_flight() else (lambda tree: tree)
   try:
-    with mesh_context(mesh):
+    with mesh_context(mesh), plan.explain_out_of_memory(config):
       evaluation_windows = eval_windows(config, token_data, mesh, rows)
       while step < config.max_iters and not stop.requested:
         windows = data_lib.train_batch(token_data.train, config.seed, step, config.grad_accum_steps,
@@ -332,7 +203,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
                       tokens_per_second=tokens_per_second,
                       mfu=mfu(flops_per_step / step_time, jax.device_count(), peak))
         if step == start_step + 1:
-          record["compile_and_first_step_s"] = elapsed
+          record["compile_s"], record["first_step_s"] = compile_seconds, elapsed
+          record["step_memory_bytes"] = step_memory  # per device, as gptjax.plan reports it
           record["programs_from_cache"] = cli.compilation_cache_hits()
         line = (f"step {step}: loss {train_loss:.4f}, lr {record['lr']:.2e}, "
                 f"{record['step_time_ms']:.1f} ms/step, {tokens_per_second:,.0f} tok/s"
@@ -389,33 +261,9 @@ def main(argv) -> None:
     sys.exit(130)  # 128 + SIGINT, as a shell reports an interrupted command
 
 
-def _preflight(argv: list[str]) -> list[str]:
-  """Checks the preset and the override names before absl parses them; rewrites JSON presets.
-
-  absl would print a traceback for a missing preset or a misspelt --config.<field>; here each is
-  one clear error. --config=x.json becomes --config=<gptjax/config.py>:x.json, loaded by load_config.
-  """
-  try:
-    config, result = None, []
-    for arg in argv:
-      if arg.startswith("--config="):
-        path = arg.split("=", 1)[1]
-        config = load_config(path)
-        arg = f"--config={config_module.__file__}:{path}" if path.endswith(".json") else arg
-      result.append(arg)
-    for arg in argv:
-      if config is not None and arg.startswith("--config."):
-        field = arg[len("--config."):].split("=", 1)[0]
-        config_module.check_field_path(config, field, source=f"--config.{field}")
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
-  return result
-
-
 if __name__ == "__main__":
   config_flags.DEFINE_config_file(
       "config", None, "Preset: configs/<name>.py, or a seed-style .json. Override fields with "
       "--config.<field>=<value>.", lock_config=True)
-  sys.argv = _preflight(sys.argv)
+  sys.argv = cli.preflight(sys.argv)
   cli.run(main)

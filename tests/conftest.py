@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -13,6 +15,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 GPT2_TIKTOKEN = os.path.join(SHARED_DATA, "gpt2.tiktoken")
 TINY_SHAKESPEARE = os.path.join(SHARED_DATA, "tinyshakespeare.txt")
+
+# Tests run on the CPU, also where the planner's compile-only TPU and GPU libraries are installed
+# (JAX would otherwise try, and loudly fail, to start those backends).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # Tests compile many tiny models: LLVM's optimisations cost seconds per compile and buy nothing at
 # these sizes. Set before JAX starts; subprocesses (the CLI tests) inherit it.
@@ -53,11 +59,29 @@ def tiny_config(tmp_path, **overrides):
   return config
 
 
+def read_metrics(run_dir):
+  """The records of a run directory's metrics.jsonl."""
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
 def run_module(*args, cwd=REPO_ROOT, timeout=300, env=None):
   """Runs `python -m ...` or a script as a user would; returns the CompletedProcess."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
   return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                         timeout=timeout, env=env)
+
+
+# What jax's CUDA plugin (the [test] extra installs it for the planner's GPU targets) prints when
+# it is loaded on a machine without a GPU, before any gptjax code runs: not gptjax's output.
+_PLUGIN_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are "
+                         r"written to STDERR|I\d{4} [\d:.]+ +\d+ cudart_stub\.cc:\d+\] .*)$")
+
+
+def own_stderr(result) -> str:
+  """A finished command's stderr without the CUDA plugin's start-up lines."""
+  return "".join(line for line in result.stderr.splitlines(keepends=True)
+                 if not _PLUGIN_LOG.match(line.rstrip("\n")))
 
 
 def assert_user_error(result, *fragments):

@@ -29,6 +29,12 @@ PRESETS = {
     "350M_1024": (24, 16, 1024, 1024, 12, GPT2),
     "500M_1024": (24, 16, 1280, 1024, 8, GPT2),
 }
+# Larger presets of the same family, sized and set by the fit planner to fit the devices their
+# descriptions name (README, "Will it fit?").
+LARGE_PRESETS = {
+    "400M_1024": (28, 16, 1024, 1024, 8, GPT2),
+    "1B_1024": (32, 24, 1536, 1024, 8, GPT2),
+}
 # The GPT-2 family (issue 5): OpenAI's shapes, with biases, GPT-2's own vocabulary, no dropout.
 GPT2_FAMILY = {
     "gpt2": (12, 12, 768, 1024),
@@ -58,7 +64,7 @@ def write_json(tmp_path, values, name="my_custom.json"):
 
 def test_every_preset_in_the_issue_exists():
   assert sorted(os.path.splitext(name)[0] for name in preset_files()) == sorted(
-      [*PRESETS, *GPT2_FAMILY])
+      [*PRESETS, *LARGE_PRESETS, *GPT2_FAMILY])
 
 
 @pytest.mark.parametrize("preset", sorted(GPT2_FAMILY))
@@ -76,10 +82,10 @@ def test_preset_loads_and_validates(file_name):
   assert config.name.startswith("GPT-") and config.description
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("preset", sorted({**PRESETS, **LARGE_PRESETS}))
 def test_preset_architecture(preset):
   config = config_lib.load_config(os.path.join(CONFIGS_DIR, f"{preset}.py"))
-  assert tuple(config[field] for field in ARCHITECTURE) == PRESETS[preset]
+  assert tuple(config[field] for field in ARCHITECTURE) == {**PRESETS, **LARGE_PRESETS}[preset]
   assert config.dropout == 0.2
   assert config.bias is False
   expected_tokenizer = "bytes" if preset.endswith("_char") else "gpt2"

@@ -24,7 +24,7 @@ from gptjax.errors import CheckpointError, ConfigError, UserError  # noqa: E402
 from gptjax.model import GPT  # noqa: E402
 from gptjax import params as params_lib  # noqa: E402
 
-from conftest import REPO_ROOT, assert_user_error, run_module, tiny_config  # noqa: E402
+from conftest import REPO_ROOT, assert_user_error, own_stderr, run_module, tiny_config  # noqa: E402
 
 # Two shapes: (n_layer, n_head, n_embd, n_positions, vocab_size). The second's vocab covers the
 # byte tokenizer, so it can be fine-tuned and sampled as a gptjax run.
@@ -289,4 +289,4 @@ def test_cli_from_hf_without_weights_exits_2(tmp_path):
   result = run_module("-m", "gptjax.convert", "--from_hf", str(tmp_path / "hf"), "--out",
                       str(tmp_path / "out" / "run"))
   assert_user_error(result, "no weights")
-  assert result.stderr.startswith("error:")
+  assert own_stderr(result).startswith("error:")

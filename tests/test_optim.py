@@ -9,7 +9,7 @@ import numpy as np
 
 from gptjax import sharding
 from gptjax.optim import learning_rate_schedule, weight_decay_mask
-from gptjax.train import build, global_batch, mesh_context
+from gptjax.step import build, global_batch, mesh_context
 
 
 def nanogpt_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):

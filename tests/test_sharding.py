@@ -16,7 +16,7 @@ from gptjax import sharding
 from gptjax.config import validate
 from gptjax.errors import ConfigError
 
-from conftest import REPO_ROOT, TEXT, assert_user_error, run_module
+from conftest import REPO_ROOT, TEXT, assert_user_error, read_metrics, run_module
 
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
                               "--xla_backend_optimization_level=0"}
@@ -79,9 +79,6 @@ def train_args(out_dir):
           "--config.dropout=0.1", f"--config.out_dir={out_dir}"]
 
 
-def read_metrics(out_dir):
-  with open(os.path.join(out_dir, "tiny_char", "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
 
 
 def test_two_processes_train_like_one(tmp_path):
@@ -103,7 +100,8 @@ def test_two_processes_train_like_one(tmp_path):
   assert "gptjax" not in outputs[1][0] and "step " not in outputs[1][0]  # only process 0 logs
   single = run_module(*train_args(tmp_path / "single"))
   assert single.returncode == 0, single.stderr[-4000:]
-  multi, one = read_metrics(tmp_path / "multi"), read_metrics(tmp_path / "single")
+  multi, one = (read_metrics(tmp_path / "multi" / "tiny_char"),
+                read_metrics(tmp_path / "single" / "tiny_char"))
   assert [r["step"] for r in multi] == [1, 2, 3, 4]
   for key in ("train_loss", "grad_norm"):
     np.testing.assert_allclose([r[key] for r in multi], [r[key] for r in one], rtol=2e-5,

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from conftest import own_stderr
+
 from gptjax import config as config_lib
 from gptjax import params as params_lib
 
@@ -40,7 +42,7 @@ def preset_total(file_name):
 
 def assert_user_error(result):
   assert result.returncode == 2, (result.stdout, result.stderr)
-  assert result.stderr.startswith("error:"), result.stderr
+  assert own_stderr(result).startswith("error:"), result.stderr
   assert "Traceback" not in result.stderr + result.stdout
 
 
@@ -54,7 +56,7 @@ def test_show_configs_lists_every_preset_with_exact_counts():
     [line] = [line for line in lines if line.startswith(file_name + " ")]
     assert line.split()[1] == name
     assert f"{preset_total(file_name):,}" in line.split()
-  assert len(PRESET_FILES) == 16  # the issue's 12 and the GPT-2 family
+  assert len(PRESET_FILES) == 18  # the seed's 12, 400M_1024, 1B_1024 and the GPT-2 family
 
 
 def test_show_configs_details_of_150m():
@@ -151,13 +153,50 @@ def test_show_configs_missing_file():
   assert_user_error(run_tool(SHOW_CONFIGS, "--config_file", "configs/no_such_preset.json"))
 
 
+def readme_block(name: str) -> str:
+  with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  return readme.split(f"<!-- {name}:begin -->\n")[1].split(f"<!-- {name}:end -->")[0].strip()
+
+
 def test_readme_presets_table_is_what_show_configs_prints():
   result = run_tool(SHOW_CONFIGS, "--markdown")
   assert result.returncode == 0, result.stderr
-  with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
-    readme = f.read()
-  table = readme.split("<!-- presets:begin -->\n")[1].split("<!-- presets:end -->")[0]
-  assert table.strip() == result.stdout.strip()
+  assert readme_block("presets") == result.stdout.strip()
+
+
+def test_readme_memory_table_is_what_show_configs_prints():
+  result = run_tool(SHOW_CONFIGS, "--memory", "--markdown")
+  assert result.returncode == 0, result.stderr
+  assert readme_block("memory") == result.stdout.strip()
+
+
+def test_memory_table_fits_are_the_planners():
+  """Every ✓ of the table is a fit by the planner's analytic model, every ✗ is not, and every
+  suggested change fits."""
+  from gptjax import estimate, presets, targets
+  rows = presets.memory_rows(CONFIGS_DIR, ["gpu-rtx4090-24gb", "tpu-v5e-1"])
+  assert len(rows) == len(PRESET_FILES)
+  for row in rows:
+    config = presets.load_validated(os.path.join(CONFIGS_DIR, row["file"]))
+    for name, cell in row["targets"].items():
+      target = targets.parse_target(name)
+      planned = estimate.estimate(config, target, method=estimate.ANALYTIC)
+      assert cell["fits"] == (planned.memory.total <= target.device_memory_bytes)
+      if cell["fix"]:
+        assert cell["fix_total"] <= 0.9 * target.device_memory_bytes
+
+
+def test_preset_memory_claims_hold_on_the_targets_they_name():
+  """A preset whose description names a device must fit it at its shipped settings."""
+  from gptjax import estimate, presets, targets
+  claims = {"400M_1024.py": "gpu-rtx4090-24gb", "1B_1024.py": "gpu-a100-40gb",
+            "500M_1024.py": "gpu-rtx4090-24gb", "350M_1024.py": "gpu-rtx4090-24gb"}
+  for file_name, target_name in claims.items():
+    config = presets.load_validated(os.path.join(CONFIGS_DIR, file_name))
+    result = estimate.estimate(config, targets.parse_target(target_name),
+                               method=estimate.ANALYTIC)
+    assert result.headroom >= 0.1, (file_name, result.memory.total / 2**30)
 
 
 BENCH_NANOGPT = os.path.join("tools", "bench_nanogpt.py")

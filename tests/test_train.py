@@ -12,18 +12,17 @@ from gptjax.checkpoint import Checkpointer
 from gptjax.errors import CheckpointError, DivergenceError
 from gptjax.train import train
 
-from conftest import assert_user_error, run_module
+from conftest import assert_user_error, read_metrics, run_module
 
 
-def read_metrics(config):
-  with open(os.path.join(config.out_dir, config.model_name, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+def run_metrics(config):
+  return read_metrics(os.path.join(config.out_dir, config.model_name))
 
 
 def test_tiny_run_learns_and_writes_its_run_directory(tiny):
   config = tiny(max_iters=40, eval_interval=20, learning_rate=1e-2, min_lr=1e-3)
   result = train(config)
-  records = read_metrics(config)
+  records = run_metrics(config)
   assert [r["step"] for r in records] == list(range(1, 41))
   first, last = records[0], records[-1]
   assert last["train_loss"] < first["train_loss"] - 1.5
@@ -47,7 +46,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny):
   train(interrupted)
   interrupted.max_iters = 12
   train(interrupted)  # the same command again, with the run extended: resumes from step 6
-  a, b = read_metrics(straight), read_metrics(interrupted)
+  a, b = run_metrics(straight), run_metrics(interrupted)
   assert [r["step"] for r in b] == list(range(1, 13))
   for key in ("train_loss", "grad_norm", "lr", "val_loss"):
     np.testing.assert_allclose([r.get(key, 0) for r in b], [r.get(key, 0) for r in a],
@@ -104,7 +103,7 @@ def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
                         env={"JAX_COMPILATION_CACHE_DIR": "",
                              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
     assert result.returncode == 0, result.stderr[-3000:]
-    runs.append(read_metrics_dir(tmp_path / name))
+    runs.append(read_metrics(tmp_path / name))
   first, second = runs
   # The first run can hit its own entries (a program it compiles twice); the second also loads
   # init and the train step.
@@ -177,10 +176,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
   resumed = run_module(*command, f"--config.max_iters={saved + 2}")
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resuming from step {saved}" in resumed.stdout
-  steps = [r["step"] for r in read_metrics_dir(tmp_path / "tiny_char")]
+  steps = [r["step"] for r in read_metrics(tmp_path / "tiny_char")]
   assert steps[-2:] == [saved + 1, saved + 2] and len(steps) == len(set(steps))
 
 
-def read_metrics_dir(run_dir):
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]

@@ -42,10 +42,12 @@ def main(argv) -> None:
   print(f"\n{config.name}: {step['params']:,} params, mesh {dict(sharding.make_mesh(config).shape)}, batch {config.batch_size} x "
         f"{config.grad_accum_steps} x {config.block_size} tokens, dtype {config.dtype}, "
         f"remat {config.remat}")
-  print(f"{'compile s':>10} {'ms/step':>10} {'tokens/s':>12} {'MFU':>8} {'peak MB':>10}")
+  print(f"{'compile s':>10} {'ms/step':>10} {'tokens/s':>12} {'MFU':>8} {'planned MiB':>12} "
+        f"{'peak MiB':>10}")
   print(f"{step['compile_s']:>10.2f} {step['step_ms']:>10.1f} {step['tokens_per_second']:>12,.0f} "
         f"{'n/a' if step['mfu'] is None else format(100 * step['mfu'], '.1f') + '%':>8} "
-        f"{_fmt(step['peak_memory_mb'], ',.1f'):>10}")
+        f"{step['planned_bytes'] / 2**20:>12,.1f} "
+        f"{_fmt(step['peak_bytes_in_use'] and step['peak_bytes_in_use'] / 2**20, ',.1f'):>10}")
   if _SAMPLING.value:
     s = bench_sampling(config, new_tokens=_NEW_TOKENS.value)
     print(f"\nsampling, batch 1: KV cache {s['kv_cache_tokens_per_second']:,.1f} tok/s | "

@@ -249,7 +249,7 @@ def interleaved_steps(input_file: str, rounds: int, steps: int = 40) -> list[tup
   validate(config)
   sharding.use_cpu_devices(config.cpu_devices)
   import jax
-  from gptjax.train import build, global_batch, mesh_context
+  from gptjax.step import build, global_batch, mesh_context
   nano = make_nanogpt(input_file, seed=0, max_iters=10 ** 9, vocab=_VOCAB.value)
   mesh = sharding.make_mesh(config)
   setup, tokens = build(config, mesh), data_lib.prepare(config).train

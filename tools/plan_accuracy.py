@@ -1,0 +1,138 @@
+"""How far the planner's analytic model and its per-layer extrapolation are from full compiles.
+
+  python tools/plan_accuracy.py --targets=tpu-v5e-1,tpu-v4-8 --out=/tmp/accuracy.jsonl
+  python tools/plan_accuracy.py --targets=tpu-v5e-1 --presets=small,350M_1024 --fast_too
+  python tools/plan_accuracy.py --report /tmp/accuracy.jsonl        # markdown tables
+  python tools/plan_accuracy.py --cpu_peak=tiny_char,small_char      # plan vs the real process
+
+For every preset (at its shipped settings, and in bfloat16 with remat) and target it compiles the
+real train step without the hardware and puts the analytic model's per-device bytes beside the
+compiled ones; --fast_too adds the 1- and 2-layer extrapolation. --cpu_peak trains a few steps of
+each preset on this CPU in a child process and compares its peak resident memory with the plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+  sys.path.insert(0, REPO_ROOT)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX is imported: it compiles, runs nothing
+
+GiB = 2**30
+VARIANTS = (("shipped", {}), ("float32", {"dtype": "float32", "remat": False}),
+            ("bf16+remat", {"dtype": "bfloat16", "remat": True}))
+
+
+def preset_paths(names: str | None) -> list[str]:
+  from gptjax import presets
+  paths = presets.list_preset_files(os.path.join(REPO_ROOT, "configs"))
+  if names:
+    wanted = set(names.split(","))
+    paths = [p for p in paths if os.path.splitext(os.path.basename(p))[0] in wanted]
+  return paths
+
+
+def compare(paths: list[str], target_names: list[str], fast_too: bool, out):
+  from gptjax import estimate, presets, targets
+  for name in target_names:
+    target = targets.parse_target(name)
+    for path, (variant, fields) in ((p, v) for p in paths for v in VARIANTS):
+      config = presets.load_validated(path)
+      if variant != "shipped" and all(config[k] == v for k, v in fields.items()):
+        continue  # the preset ships with these settings
+      config.update(fields)
+      row = dict(preset=os.path.basename(path), target=name, variant=variant)
+      analytic = estimate.estimate(config, target, method=estimate.ANALYTIC)
+      row["analytic"] = analytic.memory.total
+      start = time.perf_counter()
+      compiled = estimate.estimate(config, target, method="compile")
+      row.update(compiled=compiled.memory.total, method=compiled.method,
+                 compile_seconds=time.perf_counter() - start, notes=compiled.notes,
+                 step_seconds=compiled.step_seconds, source=compiled.step_time_source,
+                 roofline_seconds=compiled.roofline_seconds, mfu=compiled.mfu,
+                 device_memory=target.device_memory_bytes)
+      if fast_too and config.n_layer > 2:
+        fast = estimate.estimate(config, target, method="compile", fast=True)
+        row.update(fast=fast.memory.total, fast_compile_seconds=fast.compile_seconds)
+      print(json.dumps(row), file=out, flush=True)
+      print(f"{row['preset']:<16} {name:<16} {variant:<11} analytic {row['analytic'] / GiB:7.2f} "
+            f"compiled {row['compiled'] / GiB:7.2f} GiB ({row['compile_seconds']:.0f} s)",
+            file=sys.stderr, flush=True)
+
+
+def report(rows: list[dict]) -> str:
+  """Markdown: per target and variant, analytic and extrapolated against the full compile."""
+  lines = ["| preset | target | settings | compiled GiB | analytic GiB | error | extrapolated "
+           "GiB | error | step (XLA) | MFU |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for row in rows:
+    compiled = row["compiled"]
+    err = lambda x: f"{100 * (x / compiled - 1):+.1f}%"  # noqa: E731
+    fast = row.get("fast")
+    lines.append(
+        f"| `{row['preset']}` | {row['target']} | {row['variant']} | {compiled / GiB:.2f} | "
+        f"{row['analytic'] / GiB:.2f} | {err(row['analytic'])} | "
+        + (f"{fast / GiB:.2f} | {err(fast)}" if fast else "– | –")
+        + f" | {1000 * row['step_seconds']:.0f} ms | "
+        + (f"{100 * row['mfu']:.0f}%" if row.get("mfu") else "–") + " |")
+  errors = [abs(r["analytic"] / r["compiled"] - 1) for r in rows]
+  fast_errors = [abs(r["fast"] / r["compiled"] - 1) for r in rows if r.get("fast")]
+  lines.append("")
+  lines.append(f"Analytic: mean |error| {100 * sum(errors) / len(errors):.1f}%, worst "
+               f"{100 * max(errors):.1f}% over {len(errors)} compiles." + (
+                   f" Extrapolated: mean {100 * sum(fast_errors) / len(fast_errors):.1f}%, "
+                   f"worst {100 * max(fast_errors):.1f}% over {len(fast_errors)}."
+                   if fast_errors else ""))
+  return "\n".join(lines)
+
+
+def cpu_peak(paths: list[str], steps: int = 3) -> str:
+  """Trains each preset `steps` steps in a child process; the plan beside its peak RSS."""
+  from gptjax import estimate, presets, targets
+  lines = ["| preset | planned step (compiled) | process peak RSS | peak − planned |",
+           "|---|---:|---:|---:|"]
+  for path in paths:
+    config = presets.load_validated(path)
+    planned = estimate.estimate(config, targets.local_target()).memory.total
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([sys.executable, "-m", "gptjax.train", f"--config={path}",
+                    f"--config.max_iters={steps}", f"--config.eval_interval={steps}",
+                    "--config.eval_iters=1", "--config.out_dir=/tmp/gptjax-plan-accuracy",
+                    "--config.compilation_cache_dir="], cwd=REPO_ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    if peak <= before * 1024:
+      peak = float("nan")  # RUSAGE_CHILDREN keeps the largest child so far
+    lines.append(f"| `{os.path.basename(path)}` | {planned / GiB:.2f} GiB | {peak / GiB:.2f} GiB "
+                 f"| {(peak - planned) / GiB:+.2f} GiB |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--targets", help="comma-separated planner targets")
+  parser.add_argument("--presets", help="comma-separated preset names (default: all)")
+  parser.add_argument("--fast_too", action="store_true", help="also the per-layer extrapolation")
+  parser.add_argument("--out", help="JSON-lines file for the rows (default: stdout)")
+  parser.add_argument("--report", nargs="+", metavar="ROWS", help="markdown tables of these rows")
+  parser.add_argument("--cpu_peak", metavar="PRESETS", help="plan vs process peak on this CPU")
+  args = parser.parse_args(argv)
+  if args.targets:
+    with open(args.out, "w") if args.out else sys.stdout as out:
+      compare(preset_paths(args.presets), args.targets.split(","), args.fast_too, out)
+  if args.report:
+    print(report([json.loads(line) for path in args.report for line in open(path)
+                  if line.strip()]))
+  if args.cpu_peak:
+    print(cpu_peak(preset_paths(args.cpu_peak)))
+
+
+if __name__ == "__main__":
+  main()
