@@ -187,7 +187,9 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         step += 1
         progress.update(1)
         is_eval = step % config.eval_interval == 0 or step == config.max_iters
-        if not (is_eval or step % config.log_interval == 0 or step == start_step + 1):
+        is_save = is_eval or bool(config.checkpoint_interval
+                                  and step % config.checkpoint_interval == 0)
+        if not (is_save or step % config.log_interval == 0 or step == start_step + 1):
           continue
         train_loss = float(metrics["loss"])  # waits for the step: the timer covers whole steps
         if not math.isfinite(train_loss):
@@ -221,7 +223,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
           progress.write(line)
         progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_second:,.0f}")
         writer.write(record)
-        if is_eval or (config.checkpoint_interval and step % config.checkpoint_interval == 0):
+        if is_save:
           losses = {k: record[k] for k in ("train_loss", "val_loss") if k in record}
           checkpointer.save(step, state, meta(losses), record.get("val_loss"))
           writer.plot(min_interval_s=60)  # a plot costs ~0.5 s: refreshed at most once a minute

@@ -37,6 +37,15 @@ def test_tiny_run_learns_and_writes_its_run_directory(tiny):
   assert checkpointer.latest_step() == 40 and set(checkpointer.manager.all_steps()) == {20, 40}
 
 
+def test_checkpoint_interval_saves_between_log_steps(tiny):
+  """Saves land every checkpoint_interval steps, also on steps that neither log nor evaluate."""
+  config = tiny(max_iters=10, log_interval=2, checkpoint_interval=3, eval_interval=100,
+                keep_checkpoints=10)
+  train(config)
+  checkpointer = Checkpointer(os.path.join(config.out_dir, config.model_name), read_only=True)
+  assert sorted(checkpointer.manager.all_steps()) == [3, 6, 9, 10]  # 10: the final evaluation
+
+
 def test_resumed_run_equals_uninterrupted_run(tiny):
   straight = tiny(model_name="straight", max_iters=12, lr_decay_iters=12, eval_interval=6,
                   dropout=0.1)
