@@ -31,6 +31,9 @@ from gptjax.optim import make_optimizer
 
 COMPILED, DEVICELESS, ANALYTIC = "compiled", "compiled-deviceless", "analytic"
 EXTRAPOLATION_LAYERS = (1, 2)  # --fast compiles these depths and extrapolates per layer
+# Custom calls libtpu 0.0.42's cost model prices at -1 s each (seen: ConcatBitcast in the backward
+# pass; X64Combine beside every rng-bit-generator of rbg dropout).
+UNPRICED_TPU_CALLS = ("ConcatBitcast", "X64Combine", "X64SplitLow", "X64SplitHigh")
 
 
 @dataclasses.dataclass
@@ -78,6 +81,7 @@ class Estimate:
   compile_seconds: float = 0.0
   extrapolated_from_layers: tuple[int, ...] | None = None
   measured_peak_bytes: int | None = None  # --measure: the allocator's (or on CPU the process's)
+  memory_is_lower_bound: bool = False     # XLA refused the program: it needs at least this
   notes: list[str] = dataclasses.field(default_factory=list)
 
   @property
@@ -111,7 +115,7 @@ class Estimate:
         devices=self.target.num_devices, mesh=self.mesh, settings=self.settings,
         memory_bytes_per_device={**memory, "total": self.memory.total},
         total_bytes_per_device=self.memory.total, device_memory_bytes=self.device_memory_bytes,
-        fits=self.fits, headroom=self.headroom,
+        fits=self.fits, headroom=self.headroom, memory_is_lower_bound=self.memory_is_lower_bound,
         step_seconds=self.step_seconds, step_time_source=self.step_time_source,
         roofline_seconds=self.roofline_seconds, tokens_per_step=self.tokens_per_step,
         tokens_per_second=self.tokens_per_second,
@@ -154,7 +158,8 @@ class _Compiled:
   optimal_seconds: float | None  # XLA's TPU cost model
   kernel_seconds: float | None   # GPUs: roofline.kernel_roofline of the optimised program
   seconds: float
-
+  refused: str | None = None     # XLA's words when it refused the program (too big): temp is
+                                 # then the lower bound it gave
   @property
   def total(self) -> int:
     """What the step occupies on a device: inputs, temporaries, new outputs and the program."""
@@ -171,15 +176,34 @@ class _Compiled:
                                                                   other.bytes_accessed),
         optimal_seconds=line(self.optimal_seconds, other.optimal_seconds),
         kernel_seconds=line(self.kernel_seconds, other.kernel_seconds),
-        seconds=self.seconds + other.seconds)
+        seconds=self.seconds + other.seconds, refused=self.refused or other.refused)
 
 
 def _compile(config: ml_collections.ConfigDict, devices) -> _Compiled:
   start = time.perf_counter()
   mesh = sharding.make_mesh(config, devices=devices)
-  _, lowered = lower_train_step(config, mesh)
-  compiled = lowered.compile()
+  setup, lowered = lower_train_step(config, mesh)
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # noqa: BLE001  (libtpu refuses a program larger than the chip's HBM)
+    temp = _refused_temporaries(e)
+    if temp is None:
+      raise
+    arguments = per_device_bytes(setup.abstract_state) + per_device_bytes(
+        step.abstract_batch(config, mesh))
+    return _Compiled(arguments=arguments, outputs_not_aliased=0, temp=temp, code=0, flops=None,
+                     bytes_accessed=None, optimal_seconds=None, kernel_seconds=None,
+                     seconds=time.perf_counter() - start, refused=out_of_memory_line(e))
   return figures_of(compiled, devices[0], time.perf_counter() - start)
+
+
+def _refused_temporaries(error: Exception) -> int | None:
+  """The temporaries XLA says a program needs when it refuses to compile it for lack of memory:
+  libtpu's 'the total memory required for HLO temporaries (17.04G) exceeds available HBM'."""
+  match = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\)", str(error))
+  if match is None:
+    return None
+  return int(float(match.group(1)) * 1024 ** ("KMGT".index(match.group(2)) + 1))
 
 
 def figures_of(compiled, device=None, seconds: float = 0.0) -> _Compiled:
@@ -196,9 +220,10 @@ def figures_of(compiled, device=None, seconds: float = 0.0) -> _Compiled:
     kernel_seconds = kernels["seconds"]
   optimal = cost.get("optimal_seconds")
   if optimal is not None and optimal < 0:
-    # libtpu prices each ConcatBitcast it cannot cost at -1 s; with them counted as free the
-    # figure is XLA's estimate for everything else (checked against rooflines: docs/performance.md).
-    optimal += len(re.findall(r'custom_call_target="ConcatBitcast"', compiled.as_text()))
+    # libtpu prices each custom call it cannot cost at -1 s; with them counted as free the figure
+    # is XLA's estimate for everything else (checked against rooflines: docs/performance.md).
+    targets_called = re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())
+    optimal += sum(name in UNPRICED_TPU_CALLS for name in targets_called)
   return _Compiled(
       arguments=memory.argument_size_in_bytes,
       outputs_not_aliased=max(0, memory.output_size_in_bytes - memory.alias_size_in_bytes),
@@ -222,6 +247,8 @@ def compiled_figures(config: ml_collections.ConfigDict, devices, fast: bool) -> 
   if not fast or config.n_layer <= EXTRAPOLATION_LAYERS[-1]:
     return _compile(config, devices)
   shallow = [_compile(_with(config, n_layer=depth), devices) for depth in EXTRAPOLATION_LAYERS]
+  if shallow[0].refused:  # one layer is already too big: all of them are
+    return dataclasses.replace(shallow[0], arguments=shallow[1].arguments)
   return shallow[0].extrapolate(shallow[1], config.n_layer - EXTRAPOLATION_LAYERS[1])
 
 
@@ -302,10 +329,10 @@ def estimate(config: ml_collections.ConfigDict, target: targets.Target, *, metho
       if method == "compile":
         raise
       result.notes.append(f"analytic model: {e}")
-    except Exception as e:  # noqa: BLE001  (XLA reports a program too large for the device here)
-      if out_of_memory_line(e) is None:
-        raise
-      result.notes.append(f"XLA refused the program: {out_of_memory_line(e)}")
+    if figures is not None and figures.refused:
+      result.memory_is_lower_bound = True
+      result.notes.append(f"XLA refused to compile the step for {target.chip.name}, so its memory "
+                          f"is a lower bound: {figures.refused}")
   if figures is None:
     _fill_analytic(result, config, model, mesh_shape)
   else:
@@ -329,7 +356,8 @@ def _fill_compiled(result, config, model, mesh_shape, figures: _Compiled, fast: 
   result.roofline_seconds = roofline.step_roofline(
       target, model, flops, None if target.platform == "cpu" else figures.bytes_accessed, config,
       mesh_shape)
-  if figures.optimal_seconds is not None and figures.optimal_seconds > 0:
+  if figures.optimal_seconds is not None and figures.optimal_seconds > 0.5 * (
+      result.roofline_seconds or 0):
     result.step_seconds, result.step_time_source = figures.optimal_seconds, "XLA's TPU cost model"
   elif figures.kernel_seconds:
     result.step_seconds = figures.kernel_seconds
@@ -344,6 +372,9 @@ def _fill_compiled(result, config, model, mesh_shape, figures: _Compiled, fast: 
     result.step_seconds = result.roofline_seconds
     result.step_time_source = ("roofline: max(FLOPs / peak, bytes / bandwidth) of the compiled "
                                "step, plus communication")
+    if figures.optimal_seconds is not None:
+      result.notes.append(f"XLA's TPU cost model gave {figures.optimal_seconds:.3g} s, not a "
+                          f"time this step can take: the roofline is reported instead")
   else:
     result.step_time_source = "unknown: no peak FLOP/s for this device (measure with --measure)"
 

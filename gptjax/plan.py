@@ -88,13 +88,31 @@ def memory_problem(config: ml_collections.ConfigDict, target: targets.Target, ne
 
 
 def memory_fix(config: ml_collections.ConfigDict, target: targets.Target) -> str:
-  """The settings with the fewest changes that fit `target`, as --config flags."""
-  suggestion = suggest(config, target)
-  if suggestion is None:
+  """The settings with the fewest changes that fit `target`, as --config flags (compiled for the
+  local devices when they are the target: cheap there, and exact)."""
+  found = fewest_changes_that_fit(config, target, compile=target.name == "local")
+  if found is None:
     return "more devices (a larger --target) or a smaller model"
-  return (f"{format_overrides(suggestion.estimate.settings, config)} (planned "
-          f"{gib(suggestion.estimate.memory.total)} per device; `python -m gptjax.plan --search` "
-          f"ranks every option)")
+  candidate, total = found
+  return (f"{format_overrides(candidate.estimate.settings, config)} (planned {gib(total)} per "
+          f"device; `python -m gptjax.plan --search` ranks every option)")
+
+
+def fewest_changes_that_fit(config: ml_collections.ConfigDict, target: targets.Target,
+                            compile: bool, tries: int = 3) -> tuple["Candidate", int] | None:
+  """The analytic search's fitting settings with the fewest changes (then the fastest) and their
+  bytes per device; with `compile`, the first of the `tries` best whose compiled step (per-layer
+  extrapolated) also keeps REQUIRED_HEADROOM free."""
+  fitting, _ = search(config, target, verify=0)
+  fitting.sort(key=lambda c: (c.changes, _speed_order(c)))
+  for candidate in fitting[:tries if compile else 1]:
+    total = candidate.estimate.memory.total
+    if compile:
+      total = estimate_lib.estimate(candidate.config, target, method="compile",
+                                    fast=True).memory.total
+    if total <= (1 - REQUIRED_HEADROOM) * target.device_memory_bytes:
+      return candidate, total
+  return None
 
 
 # --- The trainer's check ----------------------------------------------------------------------------
@@ -208,12 +226,6 @@ def search(config: ml_collections.ConfigDict, target: targets.Target, *, verify:
   return verified + unverified, rejected
 
 
-def suggest(config: ml_collections.ConfigDict, target: targets.Target) -> Candidate | None:
-  """The analytic search's fitting settings with the fewest changes (then the fastest)."""
-  fitting, _ = search(config, target, verify=0)
-  return min(fitting, key=lambda c: (c.changes, _speed_order(c))) if fitting else None
-
-
 def resolved_settings(config: ml_collections.ConfigDict, target: targets.Target) -> dict[str, Any]:
   """The config's planned settings with a -1 mesh entry resolved for the target's devices."""
   settings = estimate_lib.planned_settings(config)
@@ -298,7 +310,8 @@ def format_estimate(result: Estimate, config: ml_collections.ConfigDict) -> str:
           ("gradients (float32)", memory.gradients),
           ("activations and temporaries", memory.activations), ("compiled program", memory.code),
           ("batch and other", memory.other))],
-      f"  {'total':<30}{memory.total / GiB:>9.2f} GiB of {gib(result.device_memory_bytes)}"
+      f"  {'total' + (' (at least)' if result.memory_is_lower_bound else ''):<30}"
+      f"{memory.total / GiB:>9.2f} GiB of {gib(result.device_memory_bytes)}"
       f" ({target.chip.memory_note or 'device memory'}): {fit}",
       *([f"  {'measured peak':<30}{result.measured_peak_bytes / GiB:>9.2f} GiB"]
         if result.measured_peak_bytes else []),

@@ -218,17 +218,9 @@ def memory_cell(config: ml_collections.ConfigDict, target, compile: bool) -> dic
     cell["fits"] = cell["total"] <= target.device_memory_bytes
   except ConfigError:  # the shipped batch does not split over this many devices
     pass
-  if cell["fits"]:
-    return cell
-  fitting, _ = plan.search(config, target, verify=0)
-  fitting.sort(key=lambda c: (c.changes, c.estimate.step_seconds or 0))
-  for candidate in fitting[:3 if compile else 1]:
-    total = candidate.estimate.memory.total
-    if compile:
-      total = estimate.estimate(candidate.config, target, method="compile", fast=True).memory.total
-    if total <= (1 - plan.REQUIRED_HEADROOM) * target.device_memory_bytes:
-      cell.update(fix=fix_label(candidate.estimate.settings, config), fix_total=total)
-      break
+  found = None if cell["fits"] else plan.fewest_changes_that_fit(config, target, compile)
+  if found:
+    cell.update(fix=fix_label(found[0].estimate.settings, config), fix_total=found[1])
   return cell
 
 

@@ -252,6 +252,9 @@ def _topology(target: Target):
   if target.platform == "tpu":
     add_libtpu_flags()
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server off a TPU VM
+    # libtpu lets one process at a time load it (a lock file); compiling touches no TPU, so
+    # planners may run side by side, and beside a training run on a TPU VM.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     generation = target.topology.split(":")[0]
     chip_config = _TPU_NAMING[generation][2]
     kwargs = {"chip_config_name": chip_config} if chip_config else {}

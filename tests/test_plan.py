@@ -223,8 +223,8 @@ def test_an_out_of_memory_error_from_xla_becomes_one_clear_error(tiny):
 class _FakeCompiled:
   """A compiled step's analyses, as libtpu returns them for a module with unpriced ops."""
 
-  def __init__(self, optimal_seconds, concat_bitcasts):
-    self._optimal, self._count = optimal_seconds, concat_bitcasts
+  def __init__(self, optimal_seconds, concat_bitcasts, call="ConcatBitcast"):
+    self._optimal, self._count, self._call = optimal_seconds, concat_bitcasts, call
 
   def memory_analysis(self):
     fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
@@ -235,11 +235,14 @@ class _FakeCompiled:
     return {"flops": 1e12, "bytes accessed": 1e10, "optimal_seconds": self._optimal}
 
   def as_text(self):
-    return 'custom_call_target="ConcatBitcast"\n' * self._count
+    return (f'custom_call_target="{self._call}"\n' * self._count
+            + 'custom_call_target="AssumeGatherIndicesInBound"\n')  # priced: not added back
 
 
 def test_unpriced_tpu_ops_are_added_back_to_the_cost_models_time():
   assert estimate.figures_of(_FakeCompiled(-25.98, 26)).optimal_seconds == pytest.approx(0.02)
+  assert estimate.figures_of(_FakeCompiled(-12.9985, 13, "X64Combine")).optimal_seconds == (
+      pytest.approx(0.0015))
   assert estimate.figures_of(_FakeCompiled(0.5, 0)).optimal_seconds == 0.5
   # Still negative after adding them back: not a time; the planner uses its roofline instead.
   assert estimate.figures_of(_FakeCompiled(-30.0, 2)).optimal_seconds < 0
