@@ -356,8 +356,9 @@ def _fill_compiled(result, config, model, mesh_shape, figures: _Compiled, fast: 
   result.roofline_seconds = roofline.step_roofline(
       target, model, flops, None if target.platform == "cpu" else figures.bytes_accessed, config,
       mesh_shape)
-  if figures.optimal_seconds is not None and figures.optimal_seconds > 0.5 * (
-      result.roofline_seconds or 0):
+  # No step is faster than its FLOPs at the chip's peak: a cost-model time below that is not one.
+  compute_floor = flops / target.peak_flops_for(model.dtype) if target.chip.peak_flops else 0.0
+  if figures.optimal_seconds is not None and figures.optimal_seconds >= compute_floor > 0:
     result.step_seconds, result.step_time_source = figures.optimal_seconds, "XLA's TPU cost model"
   elif figures.kernel_seconds:
     result.step_seconds = figures.kernel_seconds
@@ -373,8 +374,8 @@ def _fill_compiled(result, config, model, mesh_shape, figures: _Compiled, fast: 
     result.step_time_source = ("roofline: max(FLOPs / peak, bytes / bandwidth) of the compiled "
                                "step, plus communication")
     if figures.optimal_seconds is not None:
-      result.notes.append(f"XLA's TPU cost model gave {figures.optimal_seconds:.3g} s, not a "
-                          f"time this step can take: the roofline is reported instead")
+      result.notes.append(f"XLA's TPU cost model gave {figures.optimal_seconds:.3g} s, less than "
+                          f"the step's FLOPs take at the chip's peak: the roofline is reported")
   else:
     result.step_time_source = "unknown: no peak FLOP/s for this device (measure with --measure)"
 

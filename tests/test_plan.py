@@ -252,6 +252,7 @@ def test_generation_memory_is_params_and_the_kv_cache():
   model = ModelConfig.from_config(load_config("configs/350M_1024.py"))
   generation = estimate.generation_memory(model, batch=4)
   assert generation.params == 4 * params.count_params(model).total
-  assert generation.kv_cache == 2 * 24 * 4 * 1024 * 1024 * 4  # K and V, L x B x T x C, float32
+  # K and V: L x B x T x C in the compute dtype (the preset's bfloat16)
+  assert generation.kv_cache == 2 * 24 * 4 * 1024 * 1024 * params.dtype_bytes(model.dtype)
   assert math.isclose(generation.total,
                       generation.params + generation.kv_cache + generation.working)

@@ -76,7 +76,7 @@ def report(rows: list[dict]) -> str:
   compared with the extrapolation (XLA's need before that pass) and the row is marked.
   """
   lines = ["| preset | target | settings | compiled GiB | extrapolated GiB | error | analytic GiB "
-           "| error | step (XLA) | MFU |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "| error |", "|---|---|---|---:|---:|---:|---:|---:|"]
   fits_errors, analytic_errors = [], []
   for row in rows:
     compiled, fast = row["compiled"], row.get("fast")
@@ -91,9 +91,7 @@ def report(rows: list[dict]) -> str:
         f"| `{row['preset']}` | {row['target']} | {row['variant']} | {compiled / GiB:.2f}"
         + (" (XLA squeezed)" if squeezed else "") + " | "
         + (f"{fast / GiB:.2f} | {err(fast, compiled)}" if fast else "– | –")
-        + f" | {row['analytic'] / GiB:.2f} | {err(row['analytic'], reference)}"
-        + f" | {1000 * row['step_seconds']:.0f} ms | "
-        + (f"{100 * row['mfu']:.0f}%" if row.get("mfu") else "–") + " |")
+        + f" | {row['analytic'] / GiB:.2f} | {err(row['analytic'], reference)} |")
   lines.append("")
   if fits_errors:
     lines.append(f"Extrapolated against the full compile where the step fits: worst "
