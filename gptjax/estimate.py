@@ -30,7 +30,10 @@ from gptjax.config import ModelConfig
 from gptjax.optim import make_optimizer
 
 COMPILED, DEVICELESS, ANALYTIC = "compiled", "compiled-deviceless", "analytic"
-EXTRAPOLATION_LAYERS = (1, 2)  # --fast compiles these depths and extrapolates per layer
+# --fast compiles these depths and extrapolates per layer. Not 1 and 2: on TPUs with FSDP a
+# 2-layer step can need less than a 1-layer one (400M_1024 on v5e-8: 0.584, 0.538, 0.564 and
+# 0.591 GiB of temporaries at 1-4 layers, 1.248 at 28), which extrapolates below zero.
+EXTRAPOLATION_LAYERS = (2, 3)
 # Custom calls libtpu 0.0.42's cost model prices at -1 s each (seen: ConcatBitcast in the backward
 # pass; X64Combine beside every rng-bit-generator of rbg dropout).
 UNPRICED_TPU_CALLS = ("ConcatBitcast", "X64Combine", "X64SplitLow", "X64SplitHigh")
@@ -166,9 +169,10 @@ class _Compiled:
     return self.arguments + self.temp + self.outputs_not_aliased + self.code
 
   def extrapolate(self, other: "_Compiled", steps: int) -> "_Compiled":
-    """self at depth l, other at l + 1: the figures `steps` layers past other, linearly."""
+    """self at depth l, other at l + 1: the figures `steps` layers past other, linearly (a layer
+    never takes less than nothing: a negative difference counts as none)."""
     def line(a, b):
-      return None if a is None or b is None else b + steps * (b - a)
+      return None if a is None or b is None else b + steps * max(0, b - a)
     return _Compiled(
         arguments=other.arguments, outputs_not_aliased=other.outputs_not_aliased,
         temp=int(line(self.temp, other.temp)), code=int(line(self.code, other.code)),
@@ -295,7 +299,7 @@ def estimate(config: ml_collections.ConfigDict, target: targets.Target, *, metho
     target: from targets.parse_target.
     method: "auto" compiles where possible (local devices, or compile-only TPU/GPU devices when
       their library is installed) and falls back to "analytic"; "compile" insists on compiling.
-    fast: compile 1- and 2-layer versions of the step and extrapolate per layer (for deep models
+    fast: compile 2- and 3-layer versions of the step and extrapolate per layer (for deep models
       whose full compile takes minutes on a small CPU).
     num_samples: sequences sampled at once, for the generation memory.
   Raises:

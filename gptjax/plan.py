@@ -355,9 +355,16 @@ def _format_found(found, rejected, config, command, target) -> list[str]:
   lines = [f"fastest configuration that fits {target.name} with >= "
            f"{100 * REQUIRED_HEADROOM:.0f}% of memory free ({best.estimate.method}):", "",
            f"  {command} {format_overrides(best.estimate.settings, config)}".rstrip(), "",
-           "  " + _summary(best.estimate), "", "runners-up:"]
-  lines += [f"  {_summary(c.estimate)}  {format_overrides(c.estimate.settings, config) or '(as given)'}"
-            for c in found[1:6]] or ["  (none)"]
+           "  " + _summary(best.estimate)]
+  compiled = [c for c in found[1:] if c.estimate.method != estimate_lib.ANALYTIC]
+  analytic = [c for c in found[1:] if c.estimate.method == estimate_lib.ANALYTIC]
+  row = lambda c: (f"  {_summary(c.estimate)}  "  # noqa: E731
+                   f"{format_overrides(c.estimate.settings, config) or '(as given)'}")
+  if compiled:
+    lines += ["", "runners-up, compiled:", *map(row, compiled[:5])]
+  if analytic:
+    lines += ["", "also fitting by the analytic model, not compiled (rooflines: compare them "
+              "with each other, not with compiled times):", *map(row, analytic[:5])]
   lines += ["", "left out:", *[f"  - {line}" for line in rejected]] if rejected else []
   return lines
 
@@ -399,7 +406,7 @@ def define_flags() -> None:
                     "exit status 2 if there are any.")
   flags.DEFINE_enum("method", "auto", ["auto", "compile", "analytic"], "auto compiles where the "
                     "target's compiler is installed, else uses the analytic model.")
-  flags.DEFINE_bool("fast", False, "Compile 1- and 2-layer versions and extrapolate per layer "
+  flags.DEFINE_bool("fast", False, "Compile 2- and 3-layer versions and extrapolate per layer "
                     "instead of compiling every layer (minutes -> seconds for deep models).")
   flags.DEFINE_integer("verify", 3, "--search: compile this many of the fastest candidates.")
   flags.DEFINE_bool("measure", False, "--target=local: also run the step (allocating it) and "
@@ -448,7 +455,10 @@ def main(argv) -> None:
                    if found else None),
           runners_up=[c.estimate.to_json() for c in found[1:6]], rejected=rejected), indent=1))
     else:
-      given = estimate_lib.estimate(config, target, method=estimate_lib.ANALYTIC)
+      try:  # the config as given, compiled like the candidates where the target compiles
+        given = estimate_lib.estimate(config, target, fast=True)
+      except ConfigError:  # its batch does not split over these devices
+        given = None
       print(format_search(found, rejected, config, command, target, given))
     sys.exit(0 if found else 2)
   method = {"auto": "auto", "compile": "compile", "analytic": estimate_lib.ANALYTIC}[f.method]

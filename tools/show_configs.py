@@ -67,10 +67,28 @@ def memory_table(args) -> list[dict]:
                              compile=args.refresh,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
   if args.refresh:
-    import jax
-    with open(MEMORY_TABLE, "w") as f:
-      json.dump(dict(about=f"python tools/show_configs.py --memory --refresh, jax "
-                           f"{jax.__version__}, {datetime.date.today()}", rows=rows), f, indent=1)
+    rows = _store_memory_table(rows)
+  return rows
+
+
+def _store_memory_table(rows: list[dict]) -> list[dict]:
+  """Writes the refreshed columns into MEMORY_TABLE, keeping the other targets' columns (several
+  --refresh --targets=... runs may share the file: it is locked while it is rewritten)."""
+  import fcntl
+  import jax
+  from gptjax import targets
+  with open(MEMORY_TABLE, "a+") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    text = f.read()
+    old = {row["file"]: row for row in json.loads(text)["rows"]} if text.strip() else {}
+    for row in rows:
+      cells = {**old.get(row["file"], {}).get("targets", {}), **row["targets"]}
+      row["targets"] = {name: cells[name] for name in targets.COMMON_TARGETS if name in cells}
+    f.seek(0)
+    f.truncate()
+    json.dump(dict(about=f"python tools/show_configs.py --memory --refresh, jax "
+                         f"{jax.__version__}, {datetime.date.today()}", rows=rows), f, indent=1)
   return rows
 
 
