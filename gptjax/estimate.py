@@ -246,6 +246,12 @@ def _cost(stage) -> dict[str, float]:
   return dict(cost or {})
 
 
+def fast_is_exact(target: targets.Target) -> bool:
+  """Whether per-layer extrapolation matches full compiles there: to 0.05% on GPUs and CPUs;
+  TPU steps are not linear in depth at 1-3 layers (docs/performance.md)."""
+  return target.platform != "tpu"
+
+
 def compiled_figures(config: ml_collections.ConfigDict, devices, fast: bool) -> _Compiled:
   """One compile of the real step, or with `fast` two shallow ones extrapolated per layer."""
   if not fast or config.n_layer <= EXTRAPOLATION_LAYERS[-1]:
@@ -355,6 +361,10 @@ def _fill_compiled(result, config, model, mesh_shape, figures: _Compiled, fast: 
   result.compile_seconds = figures.seconds
   if fast and config.n_layer > EXTRAPOLATION_LAYERS[-1]:
     result.extrapolated_from_layers = EXTRAPOLATION_LAYERS
+    if result.target.platform == "tpu":
+      result.notes.append("extrapolated per layer: on TPUs XLA's memory is not linear in depth "
+                          "at 1-3 layers, and this was off by -50% to +66% (docs/performance.md); "
+                          "drop --fast for the exact figure")
   target = result.target
   flops = figures.flops or roofline.step_flops(config, model) / target.num_devices
   result.roofline_seconds = roofline.step_roofline(

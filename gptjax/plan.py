@@ -109,7 +109,7 @@ def fewest_changes_that_fit(config: ml_collections.ConfigDict, target: targets.T
     total = candidate.estimate.memory.total
     if compile:
       total = estimate_lib.estimate(candidate.config, target, method="compile",
-                                    fast=True).memory.total
+                                    fast=estimate_lib.fast_is_exact(target)).memory.total
     if total <= (1 - REQUIRED_HEADROOM) * target.device_memory_bytes:
       return candidate, total
   return None
@@ -203,6 +203,7 @@ def search(config: ml_collections.ConfigDict, target: targets.Target, *, verify:
     (ranked if result.headroom >= REQUIRED_HEADROOM else too_big).append(entry)
   ranked.sort(key=_speed_order)
   verified = []
+  fast = fast and estimate_lib.fast_is_exact(target)
   for entry in ranked[:verify]:
     log(f"compiling {format_overrides(entry.estimate.settings, config) or 'the config as given'}")
     try:
@@ -456,7 +457,7 @@ def main(argv) -> None:
           runners_up=[c.estimate.to_json() for c in found[1:6]], rejected=rejected), indent=1))
     else:
       try:  # the config as given, compiled like the candidates where the target compiles
-        given = estimate_lib.estimate(config, target, fast=True)
+        given = estimate_lib.estimate(config, target, fast=estimate_lib.fast_is_exact(target))
       except ConfigError:  # its batch does not split over these devices
         given = None
       print(format_search(found, rejected, config, command, target, given))

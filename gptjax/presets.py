@@ -185,8 +185,9 @@ def memory_rows(directory: str = "configs", target_names=None, compile: bool = F
   """Per preset and target: training memory per device at the shipped settings, whether it fits,
   and where it does not, the fewest changes that fit with 10% free; and sampling memory.
 
-  With `compile`, every figure is XLA's for the compiled step (per-layer extrapolation of 1- and
-  2-layer compiles, for devices that are not here) and every suggested change is compiled too;
+  With `compile`, every figure is XLA's for the compiled step (without the hardware; on GPUs
+  extrapolated per layer from 2- and 3-layer compiles, exact there) and every suggested change is
+  compiled too;
   the analytic model's figure is kept beside it. Without, the analytic model alone (seconds).
   """
   from gptjax import estimate
@@ -213,7 +214,8 @@ def memory_cell(config: ml_collections.ConfigDict, target, compile: bool) -> dic
               method=estimate.DEVICELESS if compile else estimate.ANALYTIC)
   try:
     cell["analytic"] = estimate.estimate(config, target, method=estimate.ANALYTIC).memory.total
-    cell["total"] = (estimate.estimate(config, target, method="compile", fast=True).memory.total
+    cell["total"] = (estimate.estimate(config, target, method="compile",
+                                       fast=estimate.fast_is_exact(target)).memory.total
                      if compile else cell["analytic"])
     cell["fits"] = cell["total"] <= target.device_memory_bytes
   except ConfigError:  # the shipped batch does not split over this many devices

@@ -4,6 +4,7 @@
   python tools/plan_accuracy.py --targets=tpu-v5e-1 --presets=small,350M_1024 --fast_too
   python tools/plan_accuracy.py --report /tmp/accuracy.jsonl        # markdown tables
   python tools/plan_accuracy.py --cpu_peak=tiny_char,small_char      # plan vs the real process
+  python tools/plan_accuracy.py --table docs/memory_table.json       # analytic vs every preset
 
 For every preset (at its shipped settings, and in bfloat16 with remat) and target it compiles the
 real train step without the hardware and puts the analytic model's per-device bytes beside the
@@ -102,6 +103,30 @@ def report(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def table_report(path: str) -> str:
+  """Markdown: per target, the analytic model against the compiled memory table (every preset at
+  its shipped settings), where the compiled step fits the device (beyond it XLA's own
+  rematerialization changes the compiled figure)."""
+  from gptjax import targets
+  with open(path) as f:
+    rows = json.load(f)["rows"]
+  lines = ["| target | presets compared | mean abs. error | worst (preset) | mean abs. error, GiB |",
+           "|---|---:|---:|---|---:|"]
+  for name in rows[0]["targets"]:
+    memory = targets.parse_target(name).device_memory_bytes
+    cells = [(row["targets"][name], row["file"]) for row in rows]
+    # Steps under 1 GiB (the tiny presets, or big ones split 8 ways) are left out of the relative
+    # errors: there XLA's fixed buffers dominate, and no one asks whether they fit.
+    compared = [(c["analytic"], c["total"], file) for c, file in cells
+                if c["total"] and c["analytic"] and GiB <= c["total"] <= memory]
+    errors = [(abs(a / t - 1), file) for a, t, file in compared]
+    worst = max(errors)
+    absolute = sum(abs(a - t) for a, t, _ in compared) / len(compared) / GiB
+    lines.append(f"| {name} | {len(errors)} | {100 * sum(e for e, _ in errors) / len(errors):.1f}% "
+                 f"| {100 * worst[0]:.1f}% (`{worst[1]}`) | {absolute:.2f} |")
+  return "\n".join(lines)
+
+
 def cpu_peak(paths: list[str], steps: int = 3) -> str:
   """Trains each preset `steps` steps in a child process; the plan beside its peak RSS."""
   from gptjax import estimate, presets, targets
@@ -133,6 +158,8 @@ def main(argv=None):
   parser.add_argument("--out", help="JSON-lines file for the rows (default: stdout)")
   parser.add_argument("--report", nargs="+", metavar="ROWS", help="markdown tables of these rows")
   parser.add_argument("--cpu_peak", metavar="PRESETS", help="plan vs process peak on this CPU")
+  parser.add_argument("--table", metavar="JSON", help="analytic vs compiled over a memory table "
+                      "(docs/memory_table.json)")
   args = parser.parse_args(argv)
   if args.targets:
     with open(args.out, "w") if args.out else sys.stdout as out:
@@ -142,6 +169,8 @@ def main(argv=None):
                   if line.strip()]))
   if args.cpu_peak:
     print(cpu_peak(preset_paths(args.cpu_peak)))
+  if args.table:
+    print(table_report(args.table))
 
 
 if __name__ == "__main__":
