@@ -1,14 +1,22 @@
-"""What a run reports: MFU against a table of device peaks, metrics.jsonl, TensorBoard, a loss plot."""
+"""What a run reports: MFU against a table of device peaks, the step records (log line, progress
+bar, metrics.jsonl, TensorBoard) and a loss plot."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
 from typing import Any
 
 import jax
+from tqdm import tqdm
+
+from gptjax import cli
+from gptjax.config import ModelConfig
+from gptjax.errors import DivergenceError
+from gptjax.params import flops_per_token
 
 # Dense bf16/fp16 matmul peak FLOP/s per device (vendor datasheets; GPUs without sparsity). Keys are
 # matched as lower-case substrings of jax's device_kind, most specific first.
@@ -111,3 +119,91 @@ class MetricsWriter:
     if self.enabled:
       self.plot()
       self.tensorboard.close()
+
+
+def metrics_read_late() -> bool:
+  """Whether a step's metrics are read only after the next step is dispatched (as nanodo does),
+  so that logging never drains the device queue: on accelerators. On a CPU the step and the host
+  share the cores, and reading at once measured as fast (docs/performance.md)."""
+  return jax.devices()[0].platform != "cpu"
+
+
+class Recorder:
+  """A run's step records: timing, the log line, the progress bar, metrics.jsonl and TensorBoard.
+
+  `step_done` is called right after a step is dispatched. On accelerators a log step's metrics are
+  kept until the next step is dispatched (`metrics_read_late`); a step that evaluates or saves is
+  read at once, since the host waits for its state anyway.
+  """
+
+  def __init__(self, config, writer: MetricsWriter, progress: tqdm, start_step: int, first: dict,
+               last_checkpoint):
+    self.last_metrics = None  # of the last step dispatched
+    self.config, self.writer, self.progress = config, writer, progress
+    self.last_checkpoint = last_checkpoint  # () -> the latest saved step, for a divergence
+    self.start_step, self.first = start_step, first  # first: extra fields of the first record
+    self.tokens_per_step = config.batch_size * config.grad_accum_steps * config.block_size
+    self.flops_per_step = flops_per_token(ModelConfig.from_config(config)) * self.tokens_per_step
+    self.peak = device_peak_flops()
+    self.late = metrics_read_late()
+    self.pending = None  # (step, metrics) of a log step not yet read
+    self.last = dict(step=start_step)  # the last record written
+    self.restart_timer(start_step)
+
+  def restart_timer(self, step: int) -> None:
+    self.timer_start, self.timer_step = time.perf_counter(), step
+
+  def is_log_step(self, step: int) -> bool:
+    return step % self.config.log_interval == 0 or step == self.start_step + 1
+
+  def step_done(self, step: int, metrics, read_now: bool) -> dict[str, Any] | None:
+    """Writes the pending record; returns this step's record if it is read now (the caller adds
+    to it and writes it), or keeps it pending."""
+    self.progress.update(1)
+    self.last_metrics = metrics
+    self.flush()
+    if read_now or (self.is_log_step(step) and (not self.late or step == self.start_step + 1)):
+      return self.read(step, metrics)
+    if self.is_log_step(step):
+      self.pending = (step, metrics)
+    return None
+
+  def flush(self) -> None:
+    if self.pending:
+      pending, self.pending = self.pending, None
+      self.write(self.read(*pending))
+
+  def read(self, step: int, metrics) -> dict[str, Any]:
+    """The step's record; waits for the step. The timer covers whole steps since the last record."""
+    train_loss = float(metrics["loss"])
+    if not math.isfinite(train_loss):
+      raise DivergenceError(
+          f"training loss became {train_loss} at step {step}; stopping without saving. The last "
+          f"good checkpoint (step {self.last_checkpoint()}) is intact. Fix: lower "
+          f"--config.learning_rate, keep --config.grad_clip > 0, or use float32.")
+    elapsed = time.perf_counter() - self.timer_start
+    step_time = elapsed / (step - self.timer_step)
+    record = dict(step=step, train_loss=train_loss, lr=float(metrics["lr"]),
+                  grad_norm=float(metrics["grad_norm"]), step_time_ms=1000 * step_time,
+                  tokens_per_second=self.tokens_per_step / step_time,
+                  mfu=mfu(self.flops_per_step / step_time, jax.device_count(), self.peak))
+    if step == self.start_step + 1:
+      record.update(self.first, first_step_s=elapsed,
+                    programs_from_cache=cli.compilation_cache_hits())
+    return record
+
+  def write(self, record: dict[str, Any]) -> None:
+    line = (f"step {record['step']}: loss {record['train_loss']:.4f}, lr {record['lr']:.2e}, "
+            f"{record['step_time_ms']:.1f} ms/step, {record['tokens_per_second']:,.0f} tok/s"
+            + ("" if record["mfu"] is None else f", MFU {100 * record['mfu']:.1f}%")
+            + (f" (compile: {record['programs_from_cache']} programs from the cache)"
+               if record.get("programs_from_cache") else "")
+            + (f" | eval: train {record['eval_train_loss']:.4f}, val {record['val_loss']:.4f}"
+               if "val_loss" in record else ""))
+    if self.writer.enabled:  # process 0
+      self.progress.write(line)
+    self.progress.set_postfix(loss=f"{record['train_loss']:.3f}",
+                              tok_s=f"{record['tokens_per_second']:,.0f}")
+    self.writer.write(record)
+    self.last = record
+    self.restart_timer(record["step"])

@@ -34,9 +34,9 @@ from gptjax import data as data_lib
 from gptjax import sharding
 from gptjax.checkpoint import Checkpointer, architecture_mismatch
 from gptjax.config import ModelConfig, validate
-from gptjax.errors import CheckpointError, DivergenceError, UserError
-from gptjax.monitor import MetricsWriter, device_peak_flops, mfu
-from gptjax.params import count_params, flops_per_token
+from gptjax.errors import CheckpointError, UserError
+from gptjax.monitor import MetricsWriter, Recorder, device_peak_flops
+from gptjax.params import count_params
 from gptjax.step import (Setup, TrainState, build, compile_train_step, global_batch,
                          mesh_context)
 
@@ -121,8 +121,37 @@ class StopRequest:
       signal.signal(sig, handler)
 
 
-def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Trains (or resumes) the run `config` describes. Returns the last step's losses."""
+def evaluate(setup: Setup, state: TrainState, windows: jax.Array) -> dict[str, float]:
+  start = time.perf_counter()
+  losses = estimate_loss(setup, state.params, windows)
+  return dict(val_loss=losses["val"], eval_train_loss=losses["train"],
+              eval_s=time.perf_counter() - start)
+
+
+def save(checkpointer: Checkpointer, config, step: int, state: TrainState,
+         losses: dict[str, float]) -> None:
+  """Starts an asynchronous save of `state` at `step`, with the architecture, config and losses."""
+  meta = dict(architecture=ModelConfig.from_config(config).architecture(),
+              config=config.to_dict(), **losses)
+  checkpointer.save(step, state, meta, losses.get("val_loss"))
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a run needs before its first step."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  setup: Setup  # its train_step compiled ahead of time
+  token_data: data_lib.TokenData
+  checkpointer: Checkpointer
+  state: TrainState
+  start_step: int
+  first_record: dict[str, Any]  # compile time and step memory, logged with the first step
+
+
+def start(config: ml_collections.ConfigDict) -> Run:
+  """Validates, builds the mesh and the data, compiles the step and checks that it fits (before
+  any state is allocated), then restores the latest checkpoint or initialises."""
   if config.init_from:  # the architecture comes from the checkpoint; differences are noted on stderr
     convert.apply_hf_architecture(config, config.init_from)
   validate(config)
@@ -130,122 +159,106 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   cli.use_compilation_cache(config.compilation_cache_dir)
   sharding.maybe_initialize_distributed(config)
   mesh = sharding.make_mesh(config)
-  is_main = jax.process_index() == 0
-  say = functools.partial(print, flush=True) if is_main else (lambda *a, **k: None)
-  run_dir = run_directory(config)
   token_data = data_lib.prepare(config)
   setup = build(config, mesh)
   compile_start = time.perf_counter()
   with plan.explain_out_of_memory(config):
     compiled_step = compile_train_step(setup, config)
-  step_memory = plan.ensure_fits(config, compiled_step)  # before any state is allocated
+  step_memory = plan.ensure_fits(config, compiled_step)
   setup = dataclasses.replace(setup, train_step=compiled_step)
-  compile_seconds = time.perf_counter() - compile_start
-  model_config = ModelConfig.from_config(config)
-  checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
+  first_record = dict(compile_s=time.perf_counter() - compile_start,
+                      step_memory_bytes=step_memory)  # per device, as gptjax.plan reports it
+  checkpointer = Checkpointer(run_directory(config), keep=config.keep_checkpoints)
   with mesh_context(mesh), plan.explain_out_of_memory(config):
     state, start_step = restore_or_init(config, setup, checkpointer)
-  if start_step >= config.max_iters:
-    say(f"{run_dir} is already trained to step {start_step} >= max_iters={config.max_iters}. "
-        f"Raise --config.max_iters to train on.")
+  return Run(config, mesh, setup, token_data, checkpointer, state, start_step, first_record)
+
+
+def banner(run: Run) -> str:
+  config, mesh = run.config, run.mesh
+  return (f"gptjax | {config.name}: {count_params(ModelConfig.from_config(config)).total:,} "
+          f"parameters | mesh {dict(mesh.shape)} on {jax.device_count()} "
+          f"{jax.devices()[0].platform} device(s), "
+          f"{run.first_record['step_memory_bytes'] / 2**30:.2f} GiB each for the step | "
+          f"{len(run.token_data.train):,} train / {len(run.token_data.val):,} val tokens "
+          f"({run.token_data.tokenizer.name}) | run dir {run_directory(config)}"
+          + (f" | resuming from step {run.start_step}" if run.start_step else ""))
+
+
+def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Trains (or resumes) the run `config` describes. Returns the last step's record."""
+  run = start(config)
+  is_main = jax.process_index() == 0
+  say = functools.partial(print, flush=True) if is_main else (lambda *a, **k: None)
+  setup, mesh, checkpointer, state, step = (run.setup, run.mesh, run.checkpointer, run.state,
+                                            run.start_step)
+  if step >= config.max_iters:
+    say(f"{run_directory(config)} is already trained to step {step} >= "
+        f"max_iters={config.max_iters}. Raise --config.max_iters to train on.")
     checkpointer.close()
-    return {"step": start_step}
+    return {"step": step}
   if is_main:
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
+    with open(os.path.join(run_directory(config), "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
-  writer = MetricsWriter(run_dir, is_main, resume_step=start_step)
-  rows = sharding.process_batch_rows(mesh, config.batch_size)
-  tokens_per_step = config.batch_size * config.grad_accum_steps * config.block_size
-  flops_per_step = flops_per_token(model_config) * tokens_per_step
-  peak = device_peak_flops()
-  say(f"gptjax | {config.name}: {count_params(model_config).total:,} parameters | mesh "
-      f"{dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
-      f"{step_memory / 2**30:.2f} GiB each for the step | "
-      f"{len(token_data.train):,} train / {len(token_data.val):,} val tokens "
-      f"({token_data.tokenizer.name}) | run dir {run_dir}"
-      + (f" | resuming from step {start_step}" if start_step else ""))
-  if peak is None:
+  say(banner(run))
+  if device_peak_flops() is None:
     say(f"MFU: not reported, the peak FLOP/s of {jax.devices()[0].device_kind!r} is unknown.")
 
-  meta = lambda losses: dict(architecture=model_config.architecture(), config=config.to_dict(),
-                             **losses)
-  last_good = dict(step=start_step)
-  progress = tqdm(total=config.max_iters, initial=start_step, unit="step", mininterval=1.0,
+  rows = sharding.process_batch_rows(mesh, config.batch_size)
+  progress = tqdm(total=config.max_iters, initial=step, unit="step", mininterval=1.0,
                   disable=None if is_main else True,  # None: no bar when stdout is not a terminal
                   dynamic_ncols=True, file=sys.stdout)
-  timer_start, timer_step, step = time.perf_counter(), start_step, start_step
+  writer = MetricsWriter(run_directory(config), is_main, resume_step=step)
+  log = Recorder(config, writer, progress, step, run.first_record, checkpointer.latest_step)
   stop = StopRequest()  # Ctrl-C / SIGTERM: finish the step, save, then stop
   wait = jax.block_until_ready if one_step_in_flight() else (lambda tree: tree)
   try:
     with mesh_context(mesh), plan.explain_out_of_memory(config):
-      evaluation_windows = eval_windows(config, token_data, mesh, rows)
+      evaluation_windows = eval_windows(config, run.token_data, mesh, rows)
       while step < config.max_iters and not stop.requested:
-        windows = data_lib.train_batch(token_data.train, config.seed, step, config.grad_accum_steps,
-                                       config.batch_size, config.block_size, rows)
+        windows = data_lib.train_batch(run.token_data.train, config.seed, step,
+                                       config.grad_accum_steps, config.batch_size,
+                                       config.block_size, rows)
         batch = global_batch(windows, mesh, config.batch_size)  # made while the last step runs
         state, metrics = setup.train_step(wait(state), batch)
         step += 1
-        progress.update(1)
-        is_eval = step % config.eval_interval == 0 or step == config.max_iters
-        is_save = is_eval or bool(config.checkpoint_interval
-                                  and step % config.checkpoint_interval == 0)
-        if not (is_save or step % config.log_interval == 0 or step == start_step + 1):
-          continue
-        train_loss = float(metrics["loss"])  # waits for the step: the timer covers whole steps
-        if not math.isfinite(train_loss):
-          raise DivergenceError(
-              f"training loss became {train_loss} at step {step}; stopping without saving. The "
-              f"last good checkpoint (step {checkpointer.latest_step()}) is intact. Fix: lower "
-              f"--config.learning_rate, keep --config.grad_clip > 0, or use float32.")
-        elapsed = time.perf_counter() - timer_start
-        step_time = elapsed / (step - timer_step)
-        tokens_per_second = tokens_per_step / step_time
-        record = dict(step=step, train_loss=train_loss, lr=float(metrics["lr"]),
-                      grad_norm=float(metrics["grad_norm"]), step_time_ms=1000 * step_time,
-                      tokens_per_second=tokens_per_second,
-                      mfu=mfu(flops_per_step / step_time, jax.device_count(), peak))
-        if step == start_step + 1:
-          record["compile_s"], record["first_step_s"] = compile_seconds, elapsed
-          record["step_memory_bytes"] = step_memory  # per device, as gptjax.plan reports it
-          record["programs_from_cache"] = cli.compilation_cache_hits()
-        line = (f"step {step}: loss {train_loss:.4f}, lr {record['lr']:.2e}, "
-                f"{record['step_time_ms']:.1f} ms/step, {tokens_per_second:,.0f} tok/s"
-                + ("" if record["mfu"] is None else f", MFU {100 * record['mfu']:.1f}%")
-                + (f" (compile: {record['programs_from_cache']} programs from the cache)"
-                   if record.get("programs_from_cache") else ""))
-        if is_eval:
-          eval_start = time.perf_counter()
-          losses = estimate_loss(setup, wait(state).params, evaluation_windows)
-          record.update(val_loss=losses["val"], eval_train_loss=losses["train"],
-                        eval_s=time.perf_counter() - eval_start)
-          line += f" | eval: train {losses['train']:.4f}, val {losses['val']:.4f}"
-        if is_main:
-          progress.write(line)
-        progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_second:,.0f}")
-        writer.write(record)
-        if is_save:
-          losses = {k: record[k] for k in ("train_loss", "val_loss") if k in record}
-          checkpointer.save(step, state, meta(losses), record.get("val_loss"))
+        evaluating = step % config.eval_interval == 0 or step == config.max_iters
+        saving = evaluating or bool(config.checkpoint_interval
+                                    and step % config.checkpoint_interval == 0)
+        record = log.step_done(step, metrics, read_now=saving)
+        if evaluating:
+          record.update(evaluate(setup, wait(state), evaluation_windows))
+        if saving:
+          save(checkpointer, config, step, state,
+               {k: record[k] for k in ("train_loss", "val_loss") if k in record})
           writer.plot(min_interval_s=60)  # a plot costs ~0.5 s: refreshed at most once a minute
-        last_good = record
-        timer_start, timer_step = time.perf_counter(), step
-    if stop.requested:  # between two steps: `state` is whole, never a donated buffer
-      loss = float(metrics["loss"]) if step > start_step else math.nan
-      saved = math.isfinite(loss)
-      if saved and checkpointer.latest_step() != step:
-        checkpointer.save(step, state, meta(dict(train_loss=loss)))
-      say(f"\n{stop.signal_name} at step {step}: "
-          + ("checkpoint saved" if saved else f"loss {loss} not saved, the last checkpoint kept")
-          + ". Run the same command to resume.")
-      raise KeyboardInterrupt
+        if record:
+          log.write(record)
+      log.flush()
+    if stop.requested:
+      stop_and_save(stop, checkpointer, config, step, state, log.last_metrics, run.start_step, say)
   finally:
     stop.restore()
     progress.close()
     checkpointer.close()
     writer.close()
-  say(f"done: step {step}, val loss {last_good.get('val_loss', float('nan')):.4f}; "
+  say(f"done: step {step}, val loss {log.last.get('val_loss', float('nan')):.4f}; "
       f"checkpoints in {checkpointer.directory}")
-  return last_good
+  return log.last
+
+
+def stop_and_save(stop: StopRequest, checkpointer: Checkpointer, config, step: int, state,
+                  metrics, start_step: int, say) -> None:
+  """After a signal, between two steps (`state` is whole, never a donated buffer): saves the step
+  unless it is saved already or its loss is not finite, says so, and stops."""
+  loss = float(metrics["loss"]) if step > start_step else math.nan
+  saved = math.isfinite(loss)
+  if saved and checkpointer.latest_step() != step:
+    save(checkpointer, config, step, state, dict(train_loss=loss))
+  say(f"\n{stop.signal_name} at step {step}: "
+      + ("checkpoint saved" if saved else f"loss {loss} not saved, the last checkpoint kept")
+      + ". Run the same command to resume.")
+  raise KeyboardInterrupt
 
 
 def main(argv) -> None:

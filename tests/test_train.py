@@ -189,3 +189,21 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
   assert steps[-2:] == [saved + 1, saved + 2] and len(steps) == len(set(steps))
 
 
+
+
+def test_reading_metrics_a_step_late_logs_the_same_records(tiny, monkeypatch):
+  """On accelerators a log step's metrics are read after the next step is dispatched: the records
+  (steps, losses, evaluations) equal those read at once, as on a CPU."""
+  from gptjax import monitor
+  runs = {}
+  for late in (False, True):
+    monkeypatch.setattr(monitor, "metrics_read_late", lambda late=late: late)
+    config = tiny(model_name=f"late_{late}", max_iters=11, log_interval=2, eval_interval=5,
+                  checkpoint_interval=3, keep_checkpoints=10)
+    train(config)
+    runs[late] = run_metrics(config)
+    checkpointer = Checkpointer(os.path.join(config.out_dir, config.model_name), read_only=True)
+    assert sorted(checkpointer.manager.all_steps()) == [3, 5, 6, 9, 10, 11]
+  assert [r["step"] for r in runs[True]] == [1, 2, 3, 4, 5, 6, 8, 9, 10, 11]
+  for key in ("step", "train_loss", "grad_norm", "lr", "val_loss", "eval_train_loss"):
+    assert [r.get(key) for r in runs[True]] == [r.get(key) for r in runs[False]], key
