@@ -122,7 +122,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Parent directory of all runs.
   config.out_dir = "out"
   # Fine-tune from Hugging Face GPT-2: a local directory or a hub name (gpt2, gpt2-medium, ...); ""
-  # trains from scratch. The architecture fields come from the checkpoint (gptjax/convert.py).
+  # trains from scratch. The architecture fields come from the checkpoint (gptjax/hf_gpt2.py).
   config.init_from = ""
 
   # JAX's persistent compilation cache: compiled programs are kept here, so running the same
