@@ -19,16 +19,14 @@ from absl import flags
 
 from gptjax import cli, hf_gpt2
 from gptjax.checkpoint import Checkpointer, load_run
-from gptjax.config import get_base_config
+from gptjax.config import (GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE, get_base_config)
 from gptjax.errors import CheckpointError, UserError
 from gptjax.optim import make_optimizer
 from gptjax.step import TrainState
 
 # (n_layer, n_head, n_embd, block_size, vocab_size) of OpenAI's GPT-2 sizes -> their presets.
-GPT2_PRESETS = {(12, 12, 768, 1024, 50257): "configs/gpt2.py",
-                (24, 16, 1024, 1024, 50257): "configs/gpt2-medium.py",
-                (36, 20, 1280, 1024, 50257): "configs/gpt2-large.py",
-                (48, 25, 1600, 1024, 50257): "configs/gpt2-xl.py"}
+GPT2_PRESETS = {(*sizes, GPT2_BLOCK_SIZE, GPT2_VOCAB_SIZE): f"configs/{name}.py"
+                for name, sizes in GPT2_SIZES.items()}
 
 
 def import_to_run_dir(hf: str, run_dir: str) -> ml_collections.ConfigDict:

@@ -34,7 +34,6 @@ SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN = (
 # HF's causal-mask buffers, saved by old transformers versions: constants, not parameters.
 _BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # gptjax's GELU is the tanh form
-ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 
 
 def _fail(where: str, problem: str, fix: str):
@@ -295,12 +294,11 @@ def apply_hf_architecture(config: ml_collections.ConfigDict, init_from: str) -> 
     config: the run's ConfigDict (changed in place).
     init_from: an HF GPT-2 directory or hub name (see `resolve_hf`).
   """
-  architecture = read_hf_config(resolve_hf(init_from)).architecture()
-  for field in ARCHITECTURE_FIELDS:
-    if config[field] != architecture[field]:
-      print(f"note: init_from {init_from}: {field} {config[field]} -> {architecture[field]} (from "
-            f"the checkpoint)", file=sys.stderr)
-      config[field] = architecture[field]
+  for field, value in read_hf_config(resolve_hf(init_from)).architecture().items():
+    if config[field] != value:
+      print(f"note: init_from {init_from}: {field} {config[field]} -> {value} (from the "
+            f"checkpoint)", file=sys.stderr)
+      config[field] = value
 
 
 def init_params_from(config: ml_collections.ConfigDict, abstract_params):
