@@ -76,7 +76,7 @@ def test_show_configs_seed_json(tmp_path):
   result = run_tool(SHOW_CONFIGS, "--config_file", str(path))
   assert result.returncode == 0, result.stderr
   total = expected_total(n_layer=8, n_head=8, n_embd=512, block_size=512)
-  assert f"Total         : {total:,}" in result.stdout
+  assert f"Total           : {total:,}" in result.stdout
 
 
 def test_calculate_params_explicit_sizes():
@@ -196,9 +196,9 @@ def test_memory_table_covers_every_preset_and_its_marks_are_its_figures():
 def test_memory_table_is_what_the_planner_compiles_today(file_name, target):
   """The stored table is not stale: compiling two of its cells again gives the same bytes (when
   this fails, the step changed: python tools/show_configs.py --memory --refresh)."""
-  from gptjax import presets, targets
-  config = presets.load_validated(os.path.join(CONFIGS_DIR, file_name))
-  cell = presets.memory_cell(config, targets.parse_target(target), compile=True)
+  from gptjax import describe, targets
+  config = describe.load_validated(os.path.join(CONFIGS_DIR, file_name))
+  cell = describe.memory_cell(config, targets.parse_target(target), compile=True)
   assert cell["total"] == pytest.approx(memory_table()[file_name]["targets"][target]["total"],
                                         rel=0.01)
 
