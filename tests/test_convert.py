@@ -25,7 +25,8 @@ from gptjax.errors import CheckpointError, ConfigError, UserError  # noqa: E402
 from gptjax.model import GPT  # noqa: E402
 from gptjax import params as params_lib  # noqa: E402
 
-from conftest import REPO_ROOT, assert_user_error, own_stderr, run_module, tiny_config  # noqa: E402
+from conftest import (CONFIGS_DIR, assert_user_error, own_stderr, read_metrics,  # noqa: E402
+                      run_module, tiny_config)
 
 # Two shapes: (n_layer, n_head, n_embd, n_positions, vocab_size). The second's vocab covers the
 # byte tokenizer, so it can be fine-tuned and sampled as a gptjax run.
@@ -169,8 +170,7 @@ def test_fine_tuning_starts_from_hf_with_hf_loss(hf_bytes, tmp_path, capsys):
   assert f"init_from {directory}: n_layer 2 -> 3 (from the checkpoint)" in err
   assert "vocab_size 256 -> 257" in err and "bias False -> True" in err
   train_lib.train(config)
-  with open(os.path.join(config.out_dir, config.model_name, "metrics.jsonl")) as f:
-    first = json.loads(f.readline())
+  first = read_metrics(os.path.join(config.out_dir, config.model_name))[0]
   windows = data_lib.train_batch(data_lib.prepare(config).train, config.seed, 0, 1,
                                  config.batch_size, config.block_size)[0]
   with torch.no_grad():
@@ -206,7 +206,7 @@ def test_from_hf_run_directory_samples_and_exports(hf_bytes, tmp_path):
     ("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080),
     ("gpt2-xl", 1_557_611_200)])
 def test_gpt2_presets_have_hf_shapes_and_counts(preset, hf_count):
-  config = load_config(os.path.join(REPO_ROOT, "configs", f"{preset}.py"))
+  config = load_config(os.path.join(CONFIGS_DIR, f"{preset}.py"))
   validate(config)
   hf_config = hf_gpt2.hf_config_dict(ModelConfig.from_config(config), config.vocab_size)
   with torch.device("meta"):  # shapes only: nothing is allocated

@@ -11,15 +11,14 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from conftest import CONFIGS_DIR, preset_files
+
 from gptjax import config as config_lib
 from gptjax import describe
 from gptjax import params as params_lib
 from gptjax.model import GPT
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
-PRESET_FILES = sorted(name for name in os.listdir(CONFIGS_DIR)
-                      if name.endswith((".py", ".json")) and not name.startswith("_"))
+PRESET_FILES = preset_files()
 
 
 def preset_model_config(file_name, **changes):

@@ -10,17 +10,14 @@ import sys
 
 import pytest
 
-from conftest import own_stderr
+from conftest import CONFIGS_DIR, REPO_ROOT, own_stderr, preset_files
 
 from gptjax import config as config_lib
 from gptjax import params as params_lib
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
 SHOW_CONFIGS = os.path.join("tools", "show_configs.py")
 CALCULATE_PARAMS = os.path.join("tools", "calculate_params.py")
-PRESET_FILES = sorted(name for name in os.listdir(CONFIGS_DIR)
-                      if name.endswith((".py", ".json")) and not name.startswith("_"))
+PRESET_FILES = preset_files()
 
 
 def run_tool(tool, *args, stdin=None):
@@ -56,7 +53,7 @@ def test_show_configs_lists_every_preset_with_exact_counts():
     [line] = [line for line in lines if line.startswith(file_name + " ")]
     assert line.split()[1] == name
     assert f"{preset_total(file_name):,}" in line.split()
-  assert len(PRESET_FILES) == 18  # the seed's 12, 400M_1024, 1B_1024 and the GPT-2 family
+  assert len(PRESET_FILES) == 18  # the 12 original sizes, 400M_1024, 1B_1024 and the GPT-2 family
 
 
 def test_show_configs_details_of_150m():
@@ -67,7 +64,7 @@ def test_show_configs_details_of_150m():
   assert "--config=configs/150M.py --config.model_name=my_model" in result.stdout
 
 
-def test_show_configs_seed_json(tmp_path):
+def test_show_configs_json_preset(tmp_path):
   path = tmp_path / "my_custom.json"
   path.write_text(json.dumps({"name": "GPT-Custom", "description": "My custom configuration",
                               "batch_size": 32, "block_size": 512, "vocab_size": 50304,
