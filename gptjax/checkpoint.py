@@ -2,7 +2,8 @@
 
 A checkpoint holds three items: `params`, `opt_state` (Orbax StandardSave, sharded arrays) and
 `meta` (JSON: the resolved config and losses). Restoring takes an abstract target whose leaves carry
-the *target* shardings, so a checkpoint written on one mesh restores onto any other.
+the *target* shardings, so a checkpoint written on one mesh restores onto any other. `load_run` is
+what the tools that read a finished run (sample, convert, benchmarks) start from.
 """
 
 from __future__ import annotations
@@ -10,10 +11,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import flax.linen as nn
+import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from gptjax.config import ModelConfig
 from gptjax.errors import CheckpointError
+from gptjax.model import GPT
+from gptjax.params import abstract_params
 
 
 class Checkpointer:
@@ -86,3 +93,16 @@ def architecture_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> lis
   """'field: saved X, now Y' for every architecture field that differs."""
   return [f"{k}: checkpoint has {saved.get(k)!r}, config has {v!r}"
           for k, v in current.items() if saved.get(k) != v]
+
+
+def load_run(run_dir: str, which: str = "latest"):
+  """(model, params, config, step) from a run directory's latest or best checkpoint."""
+  checkpointer, step = find_step(run_dir, which)
+  config = ml_collections.ConfigDict(checkpointer.read_meta(step)["config"])
+  model = GPT(ModelConfig.from_config(config))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          nn.meta.unbox(abstract_params(model.config)))
+  params, _ = checkpointer.restore(step, abstract)
+  checkpointer.close()
+  return model, params, config, step

@@ -1,7 +1,8 @@
-"""Configuration: the base ConfigDict, preset loading (.py and seed-style .json), validation.
+"""Configuration: the base ConfigDict, preset loading (.py and nanoGPT-style JSON), validation.
 
-Every preset in `configs/` is a `get_config()` that starts from `get_base_config()` and overrides a few
-fields. Seed-style JSON presets (`{"name": ..., "n_layer": ...}`) load through the same `load_config`.
+Every preset in `configs/` is a `get_config()` that starts from `get_base_config()` (the GPT-2 ones
+from `gpt2_finetune_config`) and overrides a few fields. nanoGPT-style JSON presets
+(`{"name": ..., "n_layer": ...}`) load through the same `load_config`.
 `validate(config)` runs before anything is compiled and raises `ConfigError` naming field, value and fix.
 `ModelConfig` is the frozen, hashable architecture handed to the model.
 """
@@ -27,8 +28,15 @@ TOKENIZER_VOCAB_SIZES = {"bytes": BYTE_VOCAB_SIZE, "gpt2": GPT2_VOCAB_SIZE}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 DROPOUT_RNGS = ("auto", "threefry2x32", "rbg")
-# Seed JSON fields that gptjax accepts but does not need (JAX picks its devices itself).
-IGNORED_SEED_FIELDS = ("device",)
+# JSON preset fields that gptjax accepts but does not need (JAX picks its devices itself).
+IGNORED_JSON_FIELDS = ("device",)
+# The fields that fix the parameter shapes (what a checkpoint must agree on), in the order shown.
+ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
+# OpenAI's GPT-2 sizes by Hugging Face model name: (n_layer, n_head, n_embd), each with a context of
+# GPT2_BLOCK_SIZE, GPT-2's vocabulary and biases, and a preset configs/<name>.py.
+GPT2_SIZES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
+              "gpt2-xl": (48, 25, 1600)}
+GPT2_BLOCK_SIZE = 1024
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -122,7 +130,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Parent directory of all runs.
   config.out_dir = "out"
   # Fine-tune from Hugging Face GPT-2: a local directory or a hub name (gpt2, gpt2-medium, ...); ""
-  # trains from scratch. The architecture fields come from the checkpoint (gptjax/convert.py).
+  # trains from scratch. The architecture fields come from the checkpoint (gptjax/hf_gpt2.py).
   config.init_from = ""
 
   # JAX's persistent compilation cache: compiled programs are kept here, so running the same
@@ -155,6 +163,30 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def gpt2_finetune_config(model_type: str) -> ml_collections.ConfigDict:
+  """The base config with OpenAI's `model_type` GPT-2 (a GPT2_SIZES name) and fine-tuning defaults.
+
+  The GPT-2 presets (configs/gpt2*.py) start from it and set their name and micro-batches.
+  """
+  config = get_base_config()
+  config.n_layer, config.n_head, config.n_embd = GPT2_SIZES[model_type]
+  config.block_size = GPT2_BLOCK_SIZE
+  config.vocab_size = GPT2_VOCAB_SIZE  # GPT-2's own, unpadded: HF weights import and export exactly
+  config.bias = True
+  config.tokenizer = "gpt2"
+  # Fine-tuning defaults, after nanoGPT's finetune_shakespeare: a rate 20x below pretraining's, so
+  # the updates adjust GPT-2's weights rather than overwrite them. Dropout off as there; try 0.1
+  # (GPT-2's pretraining value) when a small corpus starts to overfit.
+  config.dropout = 0.0
+  config.learning_rate = 3e-5
+  config.min_lr = 3e-6
+  config.warmup_iters = 20
+  config.max_iters = 1000
+  config.eval_interval = 100
+  config.eval_iters = 40
+  return config
+
+
 def get_config(path: str | None = None) -> ml_collections.ConfigDict:
   """ml_collections entry point: `--config=gptjax/config.py:configs/x.json` loads any preset file."""
   return get_base_config() if not path else load_config(path)
@@ -165,7 +197,7 @@ def _preset_name(path: str) -> str:
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """Loads a preset: a Python file with `get_config()` or a seed-style JSON object.
+  """Loads a preset: a Python file with `get_config()` or a nanoGPT-style JSON object.
 
   Args:
     path: `configs/150M.py`, `configs/my_custom.json`, ...
@@ -184,7 +216,7 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     config = _load_python_config(path)
   else:
     raise ConfigError(f"config file {path!r}: unknown extension {extension!r}. Fix: use a .py file "
-                      f"with get_config() or a seed-style .json preset.")
+                      f"with get_config() or a nanoGPT-style JSON preset.")
   if not config.model_name:
     config.model_name = _preset_name(path)
   return config
@@ -214,7 +246,7 @@ def _load_json_config(path: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"config file {path!r} must hold a JSON object of fields, got "
                       f"{type(values).__name__}.")
   config = get_base_config()
-  for key in IGNORED_SEED_FIELDS:
+  for key in IGNORED_JSON_FIELDS:
     if values.pop(key, None) is not None:
       print(f"note: {path}: field {key!r} is ignored (JAX chooses its devices; see config.mesh).",
             file=sys.stderr)
@@ -377,6 +409,5 @@ class ModelConfig:
     return dataclasses.replace(self, attention="cudnn" if cudnn else "xla")
 
   def architecture(self) -> dict[str, Any]:
-    """The fields that fix the parameter shapes (what a checkpoint must agree on)."""
-    return dict(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
-                n_head=self.n_head, n_embd=self.n_embd, bias=self.bias)
+    """The ARCHITECTURE_FIELDS: those that fix the parameter shapes (a checkpoint must agree)."""
+    return {field: getattr(self, field) for field in ARCHITECTURE_FIELDS}

@@ -45,18 +45,6 @@ class ParamBreakdown:
     """
     return self.total - self.position_embedding
 
-  def rows(self) -> list[tuple[str, int]]:
-    """(component, count) rows for printing, summing to `total`."""
-    return [
-        ("token embedding (wte, tied output head)", self.token_embedding),
-        ("position embedding (wpe)", self.position_embedding),
-        (f"attention ({self.n_layer} x {self.attention:,})", self.n_layer * self.attention),
-        (f"MLP ({self.n_layer} x {self.mlp:,})", self.n_layer * self.mlp),
-        (f"layer norms ({self.n_layer} x {self.layer_norms:,})", self.n_layer * self.layer_norms),
-        ("final layer norm (ln_f)", self.final_norm),
-        ("output head (tied to wte)", 0),
-    ]
-
 
 def count_params(config: ModelConfig) -> ParamBreakdown:
   """The analytic parameter count of `config`'s architecture."""
@@ -106,14 +94,6 @@ def training_memory_bytes(config: ModelConfig) -> int:
   compiled step's real peak.
   """
   return 4 * 4 * count_params(config).total
-
-
-def format_count(n: int) -> str:
-  """150,260,736 -> '150.26M'."""
-  for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
-    if n >= scale:
-      return f"{n / scale:.2f}{unit}"
-  return str(n)
 
 
 # --- Activation memory: the textbook count per token, and XLA's multipliers of it -------------------

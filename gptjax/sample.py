@@ -14,21 +14,18 @@ from __future__ import annotations
 import functools
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import flags
 from tqdm import tqdm
 
 from gptjax import cli
 from gptjax import data as data_lib
-from gptjax.checkpoint import find_step
-from gptjax.config import ModelConfig, resolve_tokenizer
+from gptjax.checkpoint import load_run
+from gptjax.config import resolve_tokenizer
 from gptjax.errors import UserError
 from gptjax.model import GPT
-from gptjax.params import abstract_params
 
 
 def sample_logits(logits, rng, *, temperature: float, top_k: int, top_p: float, vocab_limit: int):
@@ -100,19 +97,6 @@ def generate(model: GPT, params, prompt: list[int], max_new_tokens: int, *, rng,
       cache, next_token, _ = decode_step(params, cache, jnp.asarray(generated[-1][:, None]),
                                          step_rng, model=model, sampling=sampling)
   return np.concatenate([tokens, np.stack(generated, 1)], 1) if generated else tokens
-
-
-def load_run(run_dir: str, which: str = "latest"):
-  """(model, params, config, step) from a run directory's latest or best checkpoint."""
-  checkpointer, step = find_step(run_dir, which)
-  config = ml_collections.ConfigDict(checkpointer.read_meta(step)["config"])
-  model = GPT(ModelConfig.from_config(config))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          nn.meta.unbox(abstract_params(model.config)))
-  params, _ = checkpointer.restore(step, abstract)
-  checkpointer.close()
-  return model, params, config, step
 
 
 def define_flags() -> None:

@@ -29,7 +29,7 @@ from absl.app import UsageError
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from gptjax import cli, convert, plan
+from gptjax import cli, hf_gpt2, plan
 from gptjax import data as data_lib
 from gptjax import sharding
 from gptjax.checkpoint import Checkpointer, architecture_mismatch
@@ -62,7 +62,7 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
   if step is None and not config.init_from:
     return setup.init(jax.random.key(config.seed)), 0
   if step is None:  # fine-tuning: GPT-2's weights instead of a random init
-    params = convert.init_params_from(config, setup.abstract_state.params)
+    params = hf_gpt2.init_params_from(config, setup.abstract_state.params)
     opt_shardings = jax.tree.map(lambda a: a.sharding, setup.abstract_state.opt_state)
     opt_state = jax.jit(setup.tx.init, out_shardings=opt_shardings)(params)
     step = 0
@@ -153,7 +153,7 @@ def start(config: ml_collections.ConfigDict) -> Run:
   """Validates, builds the mesh and the data, compiles the step and checks that it fits (before
   any state is allocated), then restores the latest checkpoint or initialises."""
   if config.init_from:  # the architecture comes from the checkpoint; differences are noted on stderr
-    convert.apply_hf_architecture(config, config.init_from)
+    hf_gpt2.apply_hf_architecture(config, config.init_from)
   validate(config)
   sharding.use_cpu_devices(config.cpu_devices)
   cli.use_compilation_cache(config.compilation_cache_dir)
@@ -278,7 +278,7 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   config_flags.DEFINE_config_file(
-      "config", None, "Preset: configs/<name>.py, or a seed-style .json. Override fields with "
-      "--config.<field>=<value>.", lock_config=True)
+      "config", None, "Preset: configs/<name>.py, or a nanoGPT-style JSON preset. Override "
+      "fields with --config.<field>=<value>.", lock_config=True)
   sys.argv = cli.preflight(sys.argv)
   cli.run(main)

@@ -1,4 +1,4 @@
-"""Shared test set-up: offline GPT-2 BPE, tiny configs, the repo's paths."""
+"""Shared test set-up: offline GPT-2 BPE, tiny configs, the repo's paths and presets, run helpers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import tempfile
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 GPT2_TIKTOKEN = os.path.join(SHARED_DATA, "gpt2.tiktoken")
 TINY_SHAKESPEARE = os.path.join(SHARED_DATA, "tinyshakespeare.txt")
@@ -24,7 +25,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # these sizes. Set before JAX starts; subprocesses (the CLI tests) inherit it.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
-# JAX's persistent compilation cache: one for the session (subprocesses inherit it), not the
+# JAX's persistent compilation cache: one for the test run (subprocesses inherit it), not the
 # user's ~/.cache/gptjax/jax.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       tempfile.mkdtemp(prefix="gptjax-tests-jax-cache-"))
@@ -57,6 +58,12 @@ def tiny_config(tmp_path, **overrides):
     else:
       config[key] = value
   return config
+
+
+def preset_files() -> list[str]:
+  """The file names of the presets in configs/ (*.py, *.json; not _private ones), sorted."""
+  return sorted(name for name in os.listdir(CONFIGS_DIR)
+                if name.endswith((".py", ".json")) and not name.startswith("_"))
 
 
 def read_metrics(run_dir):

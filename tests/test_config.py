@@ -1,4 +1,4 @@
-"""Config loading and validation: every preset, seed-style JSON, and the error messages."""
+"""Config loading and validation: every preset, nanoGPT-style JSON, and the error messages."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import os
 
 import pytest
 
+from conftest import CONFIGS_DIR, preset_files
+
 from gptjax import config as config_lib
 from gptjax.errors import ConfigError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
-
-# The issue's table: (n_layer, n_head, n_embd, block_size, batch_size, vocab_size).
+# The presets' table: (n_layer, n_head, n_embd, block_size, batch_size, vocab_size).
 GPT2 = config_lib.GPT2_PADDED_VOCAB_SIZE
 PRESETS = {
     "tiny": (4, 4, 192, 128, 16, GPT2),
@@ -35,7 +34,7 @@ LARGE_PRESETS = {
     "400M_1024": (28, 16, 1024, 1024, 8, GPT2),
     "1B_1024": (32, 24, 1536, 1024, 8, GPT2),
 }
-# The GPT-2 family (issue 5): OpenAI's shapes, with biases, GPT-2's own vocabulary, no dropout.
+# The GPT-2 family: OpenAI's shapes, with biases, GPT-2's own vocabulary, no dropout.
 GPT2_FAMILY = {
     "gpt2": (12, 12, 768, 1024),
     "gpt2-medium": (24, 16, 1024, 1024),
@@ -43,17 +42,12 @@ GPT2_FAMILY = {
     "gpt2-xl": (48, 25, 1600, 1024),
 }
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
-# The seed README's "Create from Scratch" example, verbatim.
-SEED_CUSTOM_JSON = {
+# A nanoGPT-style JSON preset: every architecture field, as users write them.
+CUSTOM_JSON = {
     "name": "GPT-Custom", "description": "My custom configuration", "batch_size": 32,
     "block_size": 512, "vocab_size": 50304, "n_embd": 512, "n_head": 8, "n_layer": 8,
     "dropout": 0.2, "bias": False,
 }
-
-
-def preset_files():
-  return sorted(name for name in os.listdir(CONFIGS_DIR)
-                if name.endswith((".py", ".json")) and not name.startswith("_"))
 
 
 def write_json(tmp_path, values, name="my_custom.json"):
@@ -62,7 +56,7 @@ def write_json(tmp_path, values, name="my_custom.json"):
   return str(path)
 
 
-def test_every_preset_in_the_issue_exists():
+def test_every_listed_preset_exists():
   assert sorted(os.path.splitext(name)[0] for name in preset_files()) == sorted(
       [*PRESETS, *LARGE_PRESETS, *GPT2_FAMILY])
 
@@ -94,25 +88,25 @@ def test_preset_architecture(preset):
   assert model_config.n_embd % model_config.n_head == 0
 
 
-def test_seed_json_loads_with_the_same_fields(tmp_path):
-  path = write_json(tmp_path, SEED_CUSTOM_JSON)
+def test_json_preset_loads_with_the_same_fields(tmp_path):
+  path = write_json(tmp_path, CUSTOM_JSON)
   config = config_lib.load_config(path)
   config_lib.validate(config)
-  for key, value in SEED_CUSTOM_JSON.items():
+  for key, value in CUSTOM_JSON.items():
     assert config[key] == value, key
   assert config.model_name == "my_custom"
   assert isinstance(config.dropout, float)
 
 
-def test_seed_json_device_field_is_ignored(tmp_path, capsys):
-  path = write_json(tmp_path, {**SEED_CUSTOM_JSON, "device": "cuda"})
+def test_json_preset_device_field_is_ignored(tmp_path, capsys):
+  path = write_json(tmp_path, {**CUSTOM_JSON, "device": "cuda"})
   config = config_lib.load_config(path)
   assert "device" not in config
   assert "device" in capsys.readouterr().err
 
 
 def test_json_misspelt_key_names_key_suggestion_and_valid_fields(tmp_path):
-  path = write_json(tmp_path, {**SEED_CUSTOM_JSON, "n_layers": 8})
+  path = write_json(tmp_path, {**CUSTOM_JSON, "n_layers": 8})
   with pytest.raises(ConfigError) as info:
     config_lib.load_config(path)
   message = str(info.value)
@@ -124,14 +118,14 @@ def test_json_misspelt_key_names_key_suggestion_and_valid_fields(tmp_path):
 @pytest.mark.parametrize("key, value", [("n_layer", "eight"), ("bias", 1), ("dropout", "0.2"),
                                         ("name", 3), ("n_embd", True)])
 def test_json_wrong_type_is_an_error(tmp_path, key, value):
-  path = write_json(tmp_path, {**SEED_CUSTOM_JSON, key: value})
+  path = write_json(tmp_path, {**CUSTOM_JSON, key: value})
   with pytest.raises(ConfigError, match=key):
     config_lib.load_config(path)
 
 
 @pytest.mark.parametrize("values", [{"n_layer": 4.5}, {"mesh": {"fsdp": 2.0}}])
 def test_json_float_for_an_int_field_is_a_config_error(tmp_path, values):
-  path = write_json(tmp_path, {**SEED_CUSTOM_JSON, **values})
+  path = write_json(tmp_path, {**CUSTOM_JSON, **values})
   with pytest.raises(ConfigError, match="must be an integer"):
     config_lib.load_config(path)
 

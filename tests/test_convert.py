@@ -18,13 +18,15 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gptjax import convert, data as data_lib, sample, train as train_lib  # noqa: E402
+from gptjax import checkpoint, convert, hf_gpt2, sample, train as train_lib  # noqa: E402
+from gptjax import data as data_lib  # noqa: E402
 from gptjax.config import ModelConfig, get_base_config, load_config, validate  # noqa: E402
 from gptjax.errors import CheckpointError, ConfigError, UserError  # noqa: E402
 from gptjax.model import GPT  # noqa: E402
 from gptjax import params as params_lib  # noqa: E402
 
-from conftest import REPO_ROOT, assert_user_error, own_stderr, run_module, tiny_config  # noqa: E402
+from conftest import (CONFIGS_DIR, assert_user_error, own_stderr, read_metrics,  # noqa: E402
+                      run_module, tiny_config)
 
 # Two shapes: (n_layer, n_head, n_embd, n_positions, vocab_size). The second's vocab covers the
 # byte tokenizer, so it can be fine-tuned and sampled as a gptjax run.
@@ -61,7 +63,7 @@ def hf_model(request, tmp_path_factory):
   hf = make_hf(request.param)
   directory = str(tmp_path_factory.mktemp(f"hf_{request.param}"))
   hf.save_pretrained(directory)
-  return hf, directory, convert.load_hf_gpt2(directory)
+  return hf, directory, hf_gpt2.load_hf_gpt2(directory)
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +94,13 @@ def test_import_gives_hf_logits(hf_model, apply_fn):
 
 def test_export_loads_in_transformers_with_equal_logits_and_round_trips(hf_model, tmp_path):
   hf, _, (model, params) = hf_model
-  convert.save_hf_gpt2(model, params, str(tmp_path))
+  hf_gpt2.save_hf_gpt2(model, params, str(tmp_path))
   loaded, info = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path),
                                                               output_loading_info=True)
   assert not any(info.values()), info  # no missing, unexpected or mismatched keys
   tokens = random_tokens(hf.config.vocab_size, 2, hf.config.n_positions)
   np.testing.assert_allclose(hf_logits(loaded.eval(), tokens), hf_logits(hf, tokens), atol=1e-6)
-  model2, params2 = convert.load_hf_gpt2(str(tmp_path))
+  model2, params2 = hf_gpt2.load_hf_gpt2(str(tmp_path))
   assert model2.config == model.config
   jax.tree.map(np.testing.assert_array_equal, params2, params)  # import . export = identity
 
@@ -123,7 +125,7 @@ def test_pytorch_bin_imports_like_safetensors(hf_model, tmp_path):
   state["lm_head.weight"] = hf.lm_head.weight.detach().clone()
   state["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e4)  # old buffers are skipped
   torch.save(state, tmp_path / "pytorch_model.bin")
-  _, params2 = convert.load_hf_gpt2(str(tmp_path))
+  _, params2 = hf_gpt2.load_hf_gpt2(str(tmp_path))
   jax.tree.map(np.testing.assert_array_equal, params2, params)
 
 
@@ -133,7 +135,7 @@ def test_export_of_a_bias_free_padded_model_keeps_the_logits(tmp_path, capsys):
   tokens = random_tokens(50257, 2, 16)
   params = model.init(jax.random.key(0), jnp.asarray(tokens))["params"]
   params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
-  convert.save_hf_gpt2(model, params, str(tmp_path))
+  hf_gpt2.save_hf_gpt2(model, params, str(tmp_path))
   assert "zeros" in capsys.readouterr().err
   loaded = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
   assert loaded.config.vocab_size == 50257 and loaded.config.eos_token_id == 50256
@@ -150,12 +152,12 @@ def test_init_params_from_places_the_checkpoint_on_the_target_shardings(hf_bytes
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                         nn.meta.unbox(boxed))
 
-  with pytest.raises(CheckpointError, match="call convert.apply_hf_architecture"):
-    convert.init_params_from(config, abstract(config))  # still the tiny config's architecture
-  convert.apply_hf_architecture(config, config.init_from)
-  params = convert.init_params_from(config, abstract(config))
+  with pytest.raises(CheckpointError, match="call hf_gpt2.apply_hf_architecture"):
+    hf_gpt2.init_params_from(config, abstract(config))  # still the tiny config's architecture
+  hf_gpt2.apply_hf_architecture(config, config.init_from)
+  params = hf_gpt2.init_params_from(config, abstract(config))
   assert all(p.sharding == device for p in jax.tree.leaves(params))
-  jax.tree.map(np.testing.assert_array_equal, params, convert.load_hf_gpt2(hf_bytes[1])[1])
+  jax.tree.map(np.testing.assert_array_equal, params, hf_gpt2.load_hf_gpt2(hf_bytes[1])[1])
 
 
 def test_fine_tuning_starts_from_hf_with_hf_loss(hf_bytes, tmp_path, capsys):
@@ -163,13 +165,12 @@ def test_fine_tuning_starts_from_hf_with_hf_loss(hf_bytes, tmp_path, capsys):
   config = tiny_config(tmp_path, init_from=directory, max_iters=3, eval_interval=1000,
                        eval_iters=1, log_interval=1, batch_size=4)
   # train.train() does this before validate(); the notes report every field it changes.
-  convert.apply_hf_architecture(config, config.init_from)
+  hf_gpt2.apply_hf_architecture(config, config.init_from)
   err = capsys.readouterr().err
   assert f"init_from {directory}: n_layer 2 -> 3 (from the checkpoint)" in err
   assert "vocab_size 256 -> 257" in err and "bias False -> True" in err
   train_lib.train(config)
-  with open(os.path.join(config.out_dir, config.model_name, "metrics.jsonl")) as f:
-    first = json.loads(f.readline())
+  first = read_metrics(os.path.join(config.out_dir, config.model_name))[0]
   windows = data_lib.train_batch(data_lib.prepare(config).train, config.seed, 0, 1,
                                  config.batch_size, config.block_size)[0]
   with torch.no_grad():
@@ -184,7 +185,7 @@ def test_from_hf_run_directory_samples_and_exports(hf_bytes, tmp_path):
   hf, directory = hf_bytes
   run_dir = str(tmp_path / "out" / "imported")
   convert.import_to_run_dir(directory, run_dir)
-  model, params, config, step = sample.load_run(run_dir)
+  model, params, config, step = checkpoint.load_run(run_dir)
   assert step == 0 and config.init_from == directory and config.tokenizer == "auto"
   prompt = [int(t) for t in data_lib.ByteTokenizer().encode("ROMEO:")]
   ours = sample.generate(model, params, prompt, 8, rng=jax.random.key(0), temperature=0.0,
@@ -205,9 +206,9 @@ def test_from_hf_run_directory_samples_and_exports(hf_bytes, tmp_path):
     ("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080),
     ("gpt2-xl", 1_557_611_200)])
 def test_gpt2_presets_have_hf_shapes_and_counts(preset, hf_count):
-  config = load_config(os.path.join(REPO_ROOT, "configs", f"{preset}.py"))
+  config = load_config(os.path.join(CONFIGS_DIR, f"{preset}.py"))
   validate(config)
-  hf_config = convert.hf_config_dict(ModelConfig.from_config(config), config.vocab_size)
+  hf_config = hf_gpt2.hf_config_dict(ModelConfig.from_config(config), config.vocab_size)
   with torch.device("meta"):  # shapes only: nothing is allocated
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config))
   assert hf.num_parameters() == hf_count == params_lib.count_params(ModelConfig.from_config(config)).total
@@ -224,9 +225,9 @@ def test_init_from_a_hub_name_uses_the_hub_cache_offline(hf_bytes, tmp_path, mon
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   monkeypatch.setenv("HF_HOME", str(tmp_path))
   monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-  assert convert.resolve_hf("gpt2") == str(snapshot)
+  assert hf_gpt2.resolve_hf("gpt2") == str(snapshot)
   config = get_base_config()
-  convert.apply_hf_architecture(config, "gpt2")
+  hf_gpt2.apply_hf_architecture(config, "gpt2")
   assert (config.n_layer, config.n_embd, config.vocab_size, config.bias) == (3, 32, 257, True)
 
 
@@ -236,7 +237,7 @@ def test_init_from_a_hub_name_uses_the_hub_cache_offline(hf_bytes, tmp_path, mon
 def test_directory_without_weights(hf_bytes, tmp_path):
   (tmp_path / "config.json").write_text(open(os.path.join(hf_bytes[1], "config.json")).read())
   with pytest.raises(CheckpointError, match="no weights .*model.safetensors"):
-    convert.load_hf_gpt2(str(tmp_path))
+    hf_gpt2.load_hf_gpt2(str(tmp_path))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -251,7 +252,7 @@ def test_non_gpt2_config(hf_bytes, tmp_path, change, message):
   (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in hf_config.items()
                                                     if v is not None}))
   with pytest.raises(CheckpointError, match=message):
-    convert.load_hf_gpt2(str(tmp_path))
+    hf_gpt2.load_hf_gpt2(str(tmp_path))
 
 
 def test_mismatched_tensor_shape(hf_bytes, tmp_path):
@@ -264,7 +265,7 @@ def test_mismatched_tensor_shape(hf_bytes, tmp_path):
   save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
   with pytest.raises(CheckpointError, match=r"'wpe.weight' has shape \(15, 32\), but config.json "
                      r"\(.*n_positions=16.*\) needs \(16, 32\)"):
-    convert.load_hf_gpt2(str(tmp_path))
+    hf_gpt2.load_hf_gpt2(str(tmp_path))
 
 
 def test_init_from_a_hub_name_offline_without_a_cache(tmp_path, monkeypatch):
@@ -274,12 +275,12 @@ def test_init_from_a_hub_name_offline_without_a_cache(tmp_path, monkeypatch):
   config = get_base_config()
   config.init_from = "gpt2"
   with pytest.raises(ConfigError) as error:
-    convert.apply_hf_architecture(config, config.init_from)
+    hf_gpt2.apply_hf_architecture(config, config.init_from)
   assert isinstance(error.value, UserError)
   assert "hf download gpt2 --local-dir DIR" in str(error.value)
   assert "--config.init_from=DIR" in str(error.value)
   with pytest.raises(ConfigError, match="directory './missing' does not exist"):
-    convert.resolve_hf("./missing")
+    hf_gpt2.resolve_hf("./missing")
 
 
 def test_cli_from_hf_without_weights_exits_2(tmp_path):

@@ -11,14 +11,14 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from conftest import CONFIGS_DIR, preset_files
+
 from gptjax import config as config_lib
+from gptjax import describe
 from gptjax import params as params_lib
 from gptjax.model import GPT
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
-PRESET_FILES = sorted(name for name in os.listdir(CONFIGS_DIR)
-                      if name.endswith((".py", ".json")) and not name.startswith("_"))
+PRESET_FILES = preset_files()
 
 
 def preset_model_config(file_name, **changes):
@@ -74,7 +74,7 @@ def test_analytic_count_matches_pytree_and_nanogpt(file_name, bias):
   breakdown = params_lib.count_params(mc)
   assert breakdown.total == params_lib.count_pytree_params(mc)
   assert breakdown.total == nanogpt_count(mc.vocab_size, mc.block_size, mc.n_layer, mc.n_embd, bias)
-  assert sum(count for _, count in breakdown.rows()) == breakdown.total
+  assert sum(count for _, count in describe.breakdown_rows(breakdown)) == breakdown.total
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -129,4 +129,4 @@ def test_training_memory_is_16_bytes_a_parameter():
 @pytest.mark.parametrize("n, text", [(152_101_632, "152.10M"), (1_844_928, "1.84M"),
                                      (1_500, "1.50K"), (999, "999"), (2_000_000_000, "2.00B")])
 def test_format_count(n, text):
-  assert params_lib.format_count(n) == text
+  assert describe.format_count(n) == text

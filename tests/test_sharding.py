@@ -126,8 +126,7 @@ def test_two_cpu_devices_train_hundreds_of_steps_between_logs(tmp_path):
       "--config.max_iters=300", "--config.log_interval=1000", "--config.eval_interval=1000",
       "--config.eval_iters=2", env={"XLA_FLAGS": ""})  # optimised code: steps as fast as a user's
   assert result.returncode == 0, result.stderr[-4000:]
-  with open(tmp_path / "out" / "shakespeare_char_cpu" / "metrics.jsonl") as f:
-    records = [json.loads(line) for line in f]
+  records = read_metrics(tmp_path / "out" / "shakespeare_char_cpu")
   assert [r["step"] for r in records] == [1, 300]
   assert records[-1]["train_loss"] < records[0]["train_loss"] - 1.0
 

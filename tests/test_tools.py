@@ -10,17 +10,14 @@ import sys
 
 import pytest
 
-from conftest import own_stderr
+from conftest import CONFIGS_DIR, REPO_ROOT, own_stderr, preset_files
 
 from gptjax import config as config_lib
 from gptjax import params as params_lib
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
 SHOW_CONFIGS = os.path.join("tools", "show_configs.py")
 CALCULATE_PARAMS = os.path.join("tools", "calculate_params.py")
-PRESET_FILES = sorted(name for name in os.listdir(CONFIGS_DIR)
-                      if name.endswith((".py", ".json")) and not name.startswith("_"))
+PRESET_FILES = preset_files()
 
 
 def run_tool(tool, *args, stdin=None):
@@ -56,7 +53,7 @@ def test_show_configs_lists_every_preset_with_exact_counts():
     [line] = [line for line in lines if line.startswith(file_name + " ")]
     assert line.split()[1] == name
     assert f"{preset_total(file_name):,}" in line.split()
-  assert len(PRESET_FILES) == 18  # the seed's 12, 400M_1024, 1B_1024 and the GPT-2 family
+  assert len(PRESET_FILES) == 18  # the 12 original sizes, 400M_1024, 1B_1024 and the GPT-2 family
 
 
 def test_show_configs_details_of_150m():
@@ -67,7 +64,7 @@ def test_show_configs_details_of_150m():
   assert "--config=configs/150M.py --config.model_name=my_model" in result.stdout
 
 
-def test_show_configs_seed_json(tmp_path):
+def test_show_configs_json_preset(tmp_path):
   path = tmp_path / "my_custom.json"
   path.write_text(json.dumps({"name": "GPT-Custom", "description": "My custom configuration",
                               "batch_size": 32, "block_size": 512, "vocab_size": 50304,
@@ -76,7 +73,7 @@ def test_show_configs_seed_json(tmp_path):
   result = run_tool(SHOW_CONFIGS, "--config_file", str(path))
   assert result.returncode == 0, result.stderr
   total = expected_total(n_layer=8, n_head=8, n_embd=512, block_size=512)
-  assert f"Total         : {total:,}" in result.stdout
+  assert f"Total           : {total:,}" in result.stdout
 
 
 def test_calculate_params_explicit_sizes():
@@ -196,9 +193,9 @@ def test_memory_table_covers_every_preset_and_its_marks_are_its_figures():
 def test_memory_table_is_what_the_planner_compiles_today(file_name, target):
   """The stored table is not stale: compiling two of its cells again gives the same bytes (when
   this fails, the step changed: python tools/show_configs.py --memory --refresh)."""
-  from gptjax import presets, targets
-  config = presets.load_validated(os.path.join(CONFIGS_DIR, file_name))
-  cell = presets.memory_cell(config, targets.parse_target(target), compile=True)
+  from gptjax import describe, targets
+  config = describe.load_validated(os.path.join(CONFIGS_DIR, file_name))
+  cell = describe.memory_cell(config, targets.parse_target(target), compile=True)
   assert cell["total"] == pytest.approx(memory_table()[file_name]["targets"][target]["total"],
                                         rel=0.01)
 

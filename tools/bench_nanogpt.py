@@ -316,7 +316,7 @@ def run_gptjax(seed: int, out_dir: str, cache_dir: str) -> tuple[list[dict], flo
   step_ms = statistics.median(r["step_time_ms"] for r in records if r["step"] > 1)
   from gptjax import data as data_lib
   from gptjax.benchmark import split_loss
-  from gptjax.sample import load_run
+  from gptjax.checkpoint import load_run
   model, params, config, _ = load_run(run_dir)
   full_val, _ = split_loss(model, params, data_lib.prepare(config).val)
   return records, step_ms, wall, full_val

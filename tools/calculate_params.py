@@ -1,6 +1,6 @@
 """Exact GPT parameter counts: from a preset, from explicit sizes, or interactively.
 
-  python tools/calculate_params.py --config_file configs/150M_1024.py      # .py or seed .json
+  python tools/calculate_params.py --config_file configs/150M_1024.py      # .py or .json
   python tools/calculate_params.py --n_layer 16 --n_embd 768 --n_head 12 --block_size 1024
   python tools/calculate_params.py --interactive
   python tools/calculate_params.py --show_formula
@@ -18,7 +18,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # `import gptjax` without `pip install -e .`
   sys.path.insert(0, REPO_ROOT)
 
-from gptjax import presets, report  # noqa: E402
+from gptjax import describe  # noqa: E402
 from gptjax.config import GPT2_PADDED_VOCAB_SIZE, ModelConfig  # noqa: E402
 from gptjax.errors import EXIT_USER_ERROR, UserError, exit_on_user_error  # noqa: E402
 
@@ -36,7 +36,7 @@ def parse_args(argv):
   parser = _ArgumentParser(description=__doc__.splitlines()[0],
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog="\n".join(__doc__.splitlines()[1:]))
-  parser.add_argument("--config_file", help="a preset (.py or seed-style .json)")
+  parser.add_argument("--config_file", help="a preset (.py or nanoGPT-style JSON)")
   parser.add_argument("--interactive", action="store_true", help="ask for the sizes on stdin")
   parser.add_argument("--show_formula", action="store_true",
                       help="print the exact formula, the usual approximation and the FLOPs formula")
@@ -61,10 +61,10 @@ def _model_config(args):
     extra = (["--config_file"] if args.config_file else []) + given
     if extra:
       raise UserError(f"--interactive asks for every size; drop {', '.join(extra)}.")
-    return ModelConfig.from_config(report.ask_architecture())
+    return ModelConfig.from_config(describe.ask_architecture())
   if args.config_file:
     return ModelConfig.from_config(
-        report.config_from_values(sizes, base=presets.load_validated(args.config_file)))
+        describe.config_from_values(sizes, base=describe.load_validated(args.config_file)))
   if not given and args.show_formula:
     return None
   missing = [f"--{field}" for field in REQUIRED_SIZES if sizes[field] is None]
@@ -72,7 +72,7 @@ def _model_config(args):
     raise UserError(f"missing {', '.join(missing)}. Fix: give all of "
                     f"{', '.join('--' + f for f in REQUIRED_SIZES)} (and optionally --vocab_size, "
                     f"--bias), or use --config_file, --interactive or --show_formula.")
-  return ModelConfig.from_config(report.config_from_values(sizes))
+  return ModelConfig.from_config(describe.config_from_values(sizes))
 
 
 @exit_on_user_error
@@ -82,11 +82,11 @@ def main(argv=None):
   if model_config is not None:
     if args.interactive:
       print()
-    print(report.format_report(model_config))
+    print(describe.format_report(model_config))
   if args.show_formula:
     if model_config is not None:
       print()
-    print(report.format_formula(model_config))
+    print(describe.format_formula(model_config))
 
 
 if __name__ == "__main__":

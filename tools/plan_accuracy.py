@@ -33,8 +33,8 @@ VARIANTS = (("shipped", {}), ("float32", {"dtype": "float32", "remat": False}),
 
 
 def preset_paths(names: str | None) -> list[str]:
-  from gptjax import presets
-  paths = presets.list_preset_files(os.path.join(REPO_ROOT, "configs"))
+  from gptjax import describe
+  paths = describe.list_preset_files(os.path.join(REPO_ROOT, "configs"))
   if names:
     wanted = set(names.split(","))
     paths = [p for p in paths if os.path.splitext(os.path.basename(p))[0] in wanted]
@@ -42,11 +42,11 @@ def preset_paths(names: str | None) -> list[str]:
 
 
 def compare(paths: list[str], target_names: list[str], fast_too: bool, out):
-  from gptjax import estimate, presets, targets
+  from gptjax import describe, estimate, targets
   for name in target_names:
     target = targets.parse_target(name)
     for path, (variant, fields) in ((p, v) for p in paths for v in VARIANTS):
-      config = presets.load_validated(path)
+      config = describe.load_validated(path)
       if variant != "shipped" and all(config[k] == v for k, v in fields.items()):
         continue  # the preset ships with these settings
       config.update(fields)
@@ -129,11 +129,11 @@ def table_report(path: str) -> str:
 
 def cpu_peak(paths: list[str], steps: int = 3) -> str:
   """Trains each preset `steps` steps in a child process; the plan beside its peak RSS."""
-  from gptjax import estimate, presets, targets
+  from gptjax import describe, estimate, targets
   lines = ["| preset | planned step (compiled) | process peak RSS | peak − planned |",
            "|---|---:|---:|---:|"]
   for path in paths:
-    config = presets.load_validated(path)
+    config = describe.load_validated(path)
     planned = estimate.estimate(config, targets.local_target()).memory.total
     with tempfile.TemporaryDirectory() as out_dir:
       child = subprocess.Popen(

@@ -21,7 +21,7 @@ MEMORY_TABLE = os.path.join(REPO_ROOT, "docs", "memory_table.json")
 if REPO_ROOT not in sys.path:  # `import gptjax` without `pip install -e .`
   sys.path.insert(0, REPO_ROOT)
 
-from gptjax import presets  # noqa: E402
+from gptjax import describe  # noqa: E402
 from gptjax.errors import EXIT_USER_ERROR, UserError, exit_on_user_error  # noqa: E402
 
 
@@ -34,7 +34,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def parse_args(argv):
   parser = _ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config_file", help="a preset (.py or seed-style .json) to show in detail")
+  parser.add_argument("--config_file", help="a preset (.py or nanoGPT-style JSON) to show in detail")
   parser.add_argument("--configs_dir", default=os.path.join(REPO_ROOT, "configs"),
                       help="directory of presets to list (default: the repository's configs/)")
   parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
@@ -63,7 +63,7 @@ def memory_table(args) -> list[dict]:
       return json.load(f)["rows"]
   from gptjax import targets
   targets.compile_only_process()  # nothing runs here: keep JAX off any accelerator
-  rows = presets.memory_rows(args.configs_dir, args.targets and args.targets.split(","),
+  rows = describe.memory_rows(args.configs_dir, args.targets and args.targets.split(","),
                              compile=args.refresh,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
   if args.refresh:
@@ -96,13 +96,15 @@ def _store_memory_table(rows: list[dict]) -> list[dict]:
 def main(argv=None):
   args = parse_args(argv)
   if args.config_file:
-    print(presets.format_preset_details(args.config_file, presets.load_validated(args.config_file)))
+    config = describe.load_validated(args.config_file)
+    print(describe.format_preset_details(args.config_file, config))
     return
   if args.memory:
-    print(presets.format_memory_table(memory_table(args), markdown=args.markdown))
+    print(describe.format_memory_table(memory_table(args), markdown=args.markdown))
     return
-  rows = presets.preset_table(args.configs_dir)
-  print(presets.format_preset_markdown(rows) if args.markdown else presets.format_preset_table(rows))
+  rows = describe.preset_table(args.configs_dir)
+  print(describe.format_preset_markdown(rows) if args.markdown
+        else describe.format_preset_table(rows))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,451 @@
+"""What the tools print about a preset: the catalogue, one preset in detail, the parameter report
+and its formula, the memory table (`tools/show_configs.py`, `tools/calculate_params.py`, README).
+
+Every count is the exact integer from `gptjax.params.count_params`, never an approximation; the
+numbers come from gptjax/params.py and the planner, the words and layout from here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+import ml_collections
+
+from gptjax import config as config_lib
+from gptjax import estimate, plan
+from gptjax import params as params_lib
+from gptjax import targets as targets_lib
+from gptjax.errors import ConfigError, UserError
+
+PRESET_EXTENSIONS = (".py", ".json")
+# (heading, row key, right-aligned) for the table columns.
+TABLE_COLUMNS = (("File", "file", False), ("Name", "name", False), ("Params", "params", True),
+                 ("Layers", "n_layer", True), ("Heads", "n_head", True), ("Embed", "n_embd", True),
+                 ("Block", "block_size", True), ("Vocab", "vocab_size", True),
+                 ("Batch", "batch_size", True))
+RULE_WIDTH = 70
+# The label of each architecture field, with the letter the formula calls it by.
+ARCHITECTURE_LABELS = {"n_layer": "Layers (L)", "n_head": "Heads", "n_embd": "Embedding (C)",
+                       "block_size": "Block size (T)", "vocab_size": "Vocab size (V)",
+                       "bias": "Bias"}
+LABEL_WIDTH = len("FLOPs per token")
+
+
+# --- Presets: listing, loading, validating --------------------------------------------------------
+
+def list_preset_files(directory: str = "configs") -> list[str]:
+  """Paths of the preset files (`*.py`, `*.json`) in `directory`, sorted by name.
+
+  Files starting with `_` or `.` (e.g. `__init__.py`) are not presets.
+  Raises:
+    ConfigError: `directory` does not exist.
+  """
+  if not os.path.isdir(directory):
+    raise ConfigError(f"preset directory {directory!r} does not exist. Fix: run from the repository "
+                      f"root or pass the directory holding the presets.")
+  names = sorted(name for name in os.listdir(directory)
+                 if name.endswith(PRESET_EXTENSIONS) and not name.startswith(("_", "."))
+                 and os.path.isfile(os.path.join(directory, name)))
+  return [os.path.join(directory, name) for name in names]
+
+
+def load_validated(path: str) -> ml_collections.ConfigDict:
+  """`load_config(path)` then `validate`, with the file named in a validation error."""
+  config = config_lib.load_config(path)
+  try:
+    config_lib.validate(config)
+  except ConfigError as e:
+    raise ConfigError(f"{path}: {e}") from e
+  return config
+
+
+def config_from_values(values: dict, base: ml_collections.ConfigDict | None = None
+                       ) -> ml_collections.ConfigDict:
+  """`base` (default: `get_base_config()`) with `values` set, validated by `gptjax.config.validate`.
+
+  Raises:
+    ConfigError: the library's message for the first invalid field.
+  """
+  config = config_lib.get_base_config() if base is None else base
+  for key, value in values.items():
+    if value is not None:
+      config[key] = value
+  config_lib.validate(config)
+  return config
+
+
+# --- The catalogue (tools/show_configs.py, the README's table) ------------------------------------
+
+def preset_row(path: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """One table row: file, name, exact counts and the architecture of a loaded preset."""
+  breakdown = params_lib.count_params(config_lib.ModelConfig.from_config(config))
+  return dict(file=os.path.basename(path), name=config.name, params=breakdown.total,
+              non_embedding=breakdown.non_embedding, n_layer=config.n_layer, n_head=config.n_head,
+              n_embd=config.n_embd, block_size=config.block_size, vocab_size=config.vocab_size,
+              batch_size=config.batch_size)
+
+
+def preset_table(directory: str = "configs") -> list[dict[str, Any]]:
+  """One row per preset in `directory`, smallest model first (ties by file name).
+
+  Raises:
+    ConfigError: a preset does not load or does not validate (the message names the file).
+  """
+  rows = [preset_row(path, load_validated(path)) for path in list_preset_files(directory)]
+  return sorted(rows, key=lambda row: (row["params"], row["file"]))
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+  return [f"{row[key]:,}" if key == "params" else str(row[key]) for _, key, _ in TABLE_COLUMNS]
+
+
+def format_preset_table(rows: list[dict[str, Any]]) -> str:
+  """The plain-text catalogue: a heading, then aligned columns with exact parameter counts."""
+  headings = [heading for heading, _, _ in TABLE_COLUMNS]
+  body = [_cells(row) for row in rows]
+  widths = [max(len(cell) for cell in column) for column in zip(headings, *body)]
+
+  def line(cells):
+    return "  ".join(cell.rjust(width) if right else cell.ljust(width)
+                     for cell, width, (_, _, right) in zip(cells, widths, TABLE_COLUMNS)).rstrip()
+
+  rule_width = max(RULE_WIDTH, sum(widths) + 2 * (len(widths) - 1))
+  lines = ["Available Model Configurations", "=" * rule_width, "", line(headings),
+           "  ".join("-" * width for width in widths)]
+  lines += [line(cells) for cells in body]
+  lines += ["", f"{len(rows)} presets. Params are exact (tied output head counted once); "
+            f"details: --config_file=<file>."]
+  return "\n".join(lines)
+
+
+def format_preset_markdown(rows: list[dict[str, Any]]) -> str:
+  """The catalogue as a markdown table (same columns, exact Params with thousands separators)."""
+  headings = [heading for heading, _, _ in TABLE_COLUMNS]
+  lines = ["| " + " | ".join(headings) + " |",
+           "| " + " | ".join("---:" if right else "---" for _, _, right in TABLE_COLUMNS) + " |"]
+  for row in rows:
+    cells = _cells(row)
+    cells[0] = f"`{cells[0]}`"
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+# --- One architecture: the blocks both tools print ------------------------------------------------
+
+def format_count(n: int) -> str:
+  """150,260,736 -> '150.26M'."""
+  for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+    if n >= scale:
+      return f"{n / scale:.2f}{unit}"
+  return str(n)
+
+
+def format_bytes(n: int) -> str:
+  """2_433_626_112 -> '2.27 GiB'."""
+  for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if n >= scale:
+      return f"{n / scale:.2f} {unit}"
+  return f"{n} B"
+
+
+def _field(label: str, value) -> str:
+  return f"  {label:<{LABEL_WIDTH}} : {value}"
+
+
+def architecture_lines(model_config: config_lib.ModelConfig, *more: tuple[str, Any]) -> list[str]:
+  """The "Architecture:" block: every ARCHITECTURE_FIELDS entry, then the (label, value) `more`."""
+  values = {**model_config.architecture(),
+            "n_head": f"{model_config.n_head} (head dim {model_config.head_dim})"}
+  return ["Architecture:",
+          *[_field(ARCHITECTURE_LABELS[field], values[field])
+            for field in config_lib.ARCHITECTURE_FIELDS],
+          *[_field(label, value) for label, value in more]]
+
+
+def count_lines(model_config: config_lib.ModelConfig, pytree_count: int | None = None) -> list[str]:
+  """Per layer, total and non-embedding counts (and the pytree's, when given), FLOPs per token."""
+  breakdown = params_lib.count_params(model_config)
+  total, non_embedding = breakdown.total, breakdown.non_embedding
+  flops = params_lib.flops_per_token(model_config)
+  lines = [_field("Per layer", f"{breakdown.per_layer:,}"),
+           _field("Total", f"{total:,} ({format_count(total)})"),
+           _field("Non-embedding", f"{non_embedding:,} ({format_count(non_embedding)}; nanoGPT's "
+                                   f"get_num_params(), without wpe)")]
+  if pytree_count is not None:
+    check = ("(matches)" if pytree_count == total else
+             f"(MISMATCH: differs from the analytic count by {pytree_count - total:+,})")
+    lines.append(_field("Pytree count", f"{pytree_count:,} {check}"))
+  return lines + [_field("FLOPs per token",
+                         f"{flops:,} ({flops / 1e9:.2f} GFLOP, training: forward + backward)")]
+
+
+def breakdown_rows(breakdown: params_lib.ParamBreakdown) -> list[tuple[str, int]]:
+  """(component, count) rows for printing, summing to `breakdown.total`."""
+  L = breakdown.n_layer
+  return [("token embedding (wte, tied output head)", breakdown.token_embedding),
+          ("position embedding (wpe)", breakdown.position_embedding),
+          (f"attention ({L} x {breakdown.attention:,})", L * breakdown.attention),
+          (f"MLP ({L} x {breakdown.mlp:,})", L * breakdown.mlp),
+          (f"layer norms ({L} x {breakdown.layer_norms:,})", L * breakdown.layer_norms),
+          ("final layer norm (ln_f)", breakdown.final_norm),
+          ("output head (tied to wte)", 0)]
+
+
+def format_preset_details(path: str, config: ml_collections.ConfigDict) -> str:
+  """The detailed view of one (validated) preset: architecture, exact counts, FLOPs, memory, usage."""
+  model_config = config_lib.ModelConfig.from_config(config)
+  memory = params_lib.training_memory_bytes(model_config)
+  rule = "=" * RULE_WIDTH
+  tokenizer = config_lib.resolve_tokenizer(config)
+  return "\n".join([
+      rule, f"Config: {config.name}", f"File: {path}", rule,
+      f"Description: {config.description}", "",
+      *architecture_lines(model_config, ("Tokenizer", f"{tokenizer} (auto)"
+                                         if config.tokenizer == "auto" else tokenizer),
+                          ("Dropout", config.dropout)), "",
+      "Parameters:", *count_lines(model_config),
+      _field("Train memory", f"{memory:,} bytes ({format_bytes(memory)}: float32 params + grads "
+                             f"+ AdamW moments, before activations)"),
+      _field("Batch size", config.batch_size), "",
+      "Usage:",
+      f"  python -m gptjax.train --config={path} --config.model_name=my_model "
+      f"--config.input_file=input.txt",
+      rule])
+
+
+# --- The parameter report (tools/calculate_params.py) ---------------------------------------------
+
+def format_report(model_config: config_lib.ModelConfig, pytree_count: int | None = None) -> str:
+  """Architecture, per-component breakdown with percentages, and the exact totals.
+
+  Args:
+    model_config: the architecture.
+    pytree_count: `count_pytree_params(model_config)` if already known; computed when None.
+  """
+  total = params_lib.count_params(model_config).total
+  if pytree_count is None:
+    pytree_count = params_lib.count_pytree_params(model_config)
+  rows = breakdown_rows(params_lib.count_params(model_config))
+  label_width = max(len(label) for label, _ in rows + [("Total", 0)])
+  count_width = len(f"{total:,}")
+
+  def row(label, count):
+    return f"  {label:<{label_width}}  {count:>{count_width},}  {100 * count / total:6.2f}%"
+
+  return "\n".join([*architecture_lines(model_config), "", "Parameter breakdown:",
+                    *[row(label, count) for label, count in rows],
+                    "  " + "-" * (label_width + count_width + 11), row("Total", total), "",
+                    *count_lines(model_config, pytree_count)])
+
+
+def usual_approximation(model_config: config_lib.ModelConfig) -> int:
+  """The usual estimate 12·L·C² + 2·V·C (an untied head, no wpe, norms or biases)."""
+  mc = model_config
+  return 12 * mc.n_layer * mc.n_embd**2 + 2 * mc.vocab_size * mc.n_embd
+
+
+FORMULA = """\
+Exact parameter count (gptjax.params.count_params), with
+  V = vocab_size, T = block_size, C = n_embd, L = n_layer, b = 1 with --bias else 0:
+
+  token embedding   wte           V*C            (also the output head: tied, counted once)
+  position embed.   wpe           T*C
+  per layer (x L):
+    ln_1, ln_2      scale (+bias) 2*(C + b*C)
+    attn.c_attn     C x 3C        3*C^2 + b*3*C
+    attn.c_proj     C x C         C^2   + b*C
+    mlp.c_fc        C x 4C        4*C^2 + b*4*C
+    mlp.c_proj      4C x C        4*C^2 + b*C
+                    = per layer   12*C^2 + 2*C + b*11*C
+  final norm        ln_f          C + b*C
+  output head       lm_head       0              (tied to wte)
+
+  total         = V*C + T*C + L*(12*C^2 + (2 + 11*b)*C) + (1 + b)*C
+  non-embedding = total - T*C    (nanoGPT's get_num_params(): wte stays in, as it is the head)
+
+The usual approximation:
+  total ~ 12*L*C^2 + 2*V*C
+It is off because it counts the output head as a second V*C matrix, but the head is tied to wte
+and counted once (an overcount of V*C: 38,633,472 for V=50304, C=768), and it leaves out the
+position embeddings (T*C), the layer norms ((2L + 1)*C scales, and as many biases with --bias) and
+the dense-layer biases (9*C per layer with --bias).
+
+Training FLOPs per token (gptjax.params.flops_per_token; PaLM appendix B):
+  flops = 6*N + 12*L*T*C,   N = non-embedding count
+  6*N: each weight does a multiply-add forward (2) and two backward (4), the tied head included;
+  12*L*T*C: the attention scores QK^T and the weighted sum AV at full context T, forward + backward.
+Training state (gptjax.params.training_memory_bytes): 16 bytes a parameter in float32
+  (params + grads + AdamW's two moments), activations on top."""
+
+
+def format_formula(model_config: config_lib.ModelConfig | None = None) -> str:
+  """The formula text; with a config, the exact count and the approximation side by side."""
+  if model_config is None:
+    return FORMULA
+  exact = params_lib.count_params(model_config).total
+  approx = usual_approximation(model_config)
+  return (f"{FORMULA}\n\nFor this architecture:\n"
+          f"  exact         : {exact:,}\n"
+          f"  approximation : {approx:,} ({approx - exact:+,}, {100 * (approx - exact) / exact:+.2f}%)")
+
+
+def _parse_positive_int(answer: str) -> int:
+  try:
+    value = int(answer)
+  except ValueError:
+    raise ValueError(f"{answer!r} is not an integer") from None
+  if value <= 0:
+    raise ValueError(f"{value} must be a positive integer")
+  return value
+
+
+def _parse_yes_no(answer: str) -> bool:
+  if answer.lower() in ("y", "yes", "true", "1"):
+    return True
+  if answer.lower() in ("n", "no", "false", "0"):
+    return False
+  raise ValueError(f"{answer!r} is not y or n")
+
+
+def ask_architecture(read_line: Callable[[], str] = None, write: Callable[[str], object] = None,
+                     echo: bool | None = None) -> ml_collections.ConfigDict:
+  """Asks for the architecture one field at a time; re-asks with the reason after a bad answer.
+
+  Args:
+    read_line: returns the next line of input, "" at end of input (default: sys.stdin.readline).
+    write: writes prompts and messages (default: sys.stdout.write, flushed).
+    echo: write each answer after its prompt (default: when stdin is not a terminal, so piped
+      answers show up in the transcript).
+  Returns:
+    The validated ConfigDict (base config with the answers set).
+  Raises:
+    UserError: the input ended before every field was answered.
+  """
+  read_line = read_line or sys.stdin.readline
+  write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+  echo = not sys.stdin.isatty() if echo is None else echo
+  questions = (
+      ("n_layer", "Number of layers (n_layer)", None, _parse_positive_int),
+      ("n_head", "Number of attention heads (n_head)", None, _parse_positive_int),
+      ("n_embd", "Embedding dimension (n_embd)", None, _parse_positive_int),
+      ("block_size", "Context length (block_size)", None, _parse_positive_int),
+      ("vocab_size", "Vocabulary size (vocab_size)", config_lib.GPT2_PADDED_VOCAB_SIZE,
+       _parse_positive_int),
+      ("bias", "Use bias (y/n)", False, _parse_yes_no),
+  )
+  answers = {}
+  for field, question, default, parse in questions:
+    shown_default = (f" [{'y' if default else 'n'}]" if isinstance(default, bool)
+                     else "" if default is None else f" [{default}]")
+    while True:
+      write(f"{question}{shown_default}: ")
+      line = read_line()
+      if not line:  # End of input: readline gives "" only there; an empty answer is "\n".
+        write("\n")
+        raise UserError(f"input ended before {field} was answered. Fix: give all of "
+                        f"{', '.join(config_lib.ARCHITECTURE_FIELDS)}, one per line (empty keeps a "
+                        f"default).")
+      answer = line.strip()
+      if echo:
+        write(f"{answer}\n")
+      try:
+        if not answer and default is not None:
+          value = default
+        elif not answer:
+          raise ValueError("an answer is required")
+        else:
+          value = parse(answer)
+        if field in ("n_embd", "vocab_size"):  # Let the library judge the fields asked so far.
+          config_from_values({**answers, field: value})
+      except (ValueError, ConfigError) as e:
+        write(f"  invalid {field}: {str(e).rstrip('.')}. Try again.\n")
+        continue
+      answers[field] = value
+      break
+  return config_from_values(answers)
+
+
+# --- Memory per preset and target (tools/show_configs.py --memory) --------------------------------
+
+def fix_label(settings: dict[str, Any], config: ml_collections.ConfigDict) -> str:
+  """A short name for the planner's changes: 'remat', 'bf16+remat', 'batch 4x2', 'fsdp 8'."""
+  parts = []
+  if settings["dtype"] != config.dtype:
+    parts.append("bf16" if settings["dtype"] == "bfloat16" else settings["dtype"])
+  if settings["remat"] != config.remat:
+    parts.append("remat" if settings["remat"] else "no remat")
+  if (settings["batch_size"], settings["grad_accum_steps"]) != (config.batch_size,
+                                                                config.grad_accum_steps):
+    parts.append(f"batch {settings['batch_size']}x{settings['grad_accum_steps']}")
+  parts += [f"{axis} {size}" for axis, size in settings["mesh"].items()
+            if size != config.mesh[axis] and not (axis == "fsdp" and config.mesh.fsdp == -1)]
+  return "+".join(parts) or "as shipped"
+
+
+def memory_rows(directory: str = "configs", target_names=None, compile: bool = False,
+                log=lambda line: None) -> list[dict[str, Any]]:
+  """Per preset and target: training memory per device at the shipped settings, whether it fits,
+  and where it does not, the fewest changes that fit with 10% free; and sampling memory.
+
+  With `compile`, every figure is XLA's for the compiled step (without the hardware; on GPUs
+  extrapolated per layer from 2- and 3-layer compiles, exact there) and every suggested change is
+  compiled too; the analytic model's figure is kept beside it. Without, the analytic model alone.
+  """
+  rows = []
+  for row in preset_table(directory):
+    config = load_validated(os.path.join(directory, row["file"]))
+    cells = {}
+    for name in target_names or targets_lib.COMMON_TARGETS:
+      log(f"{row['file']} on {name}")
+      cells[name] = memory_cell(config, targets_lib.parse_target(name), compile)
+    generation = estimate.generation_memory(
+        config_lib.ModelConfig.from_config(config), batch=1).total
+    rows.append(dict(file=row["file"], params=row["params"], dtype=config.dtype,
+                     remat=config.remat, batch=f"{config.batch_size}x{config.block_size}",
+                     targets=cells, generation=generation))
+  return rows
+
+
+def memory_cell(config: ml_collections.ConfigDict, target, compile: bool) -> dict[str, Any]:
+  """One cell of the memory table (see memory_rows)."""
+  cell = dict(total=None, analytic=None, fits=False, fix=None, fix_total=None,
+              method=estimate.DEVICELESS if compile else estimate.ANALYTIC)
+  try:
+    cell["analytic"] = estimate.estimate(config, target, method=estimate.ANALYTIC).memory.total
+    cell["total"] = (estimate.estimate(config, target, method="compile",
+                                       fast=estimate.fast_is_exact(target)).memory.total
+                     if compile else cell["analytic"])
+    cell["fits"] = cell["total"] <= target.device_memory_bytes
+  except ConfigError:  # the shipped batch does not split over this many devices
+    pass
+  found = None if cell["fits"] else plan.fewest_changes_that_fit(config, target, compile)
+  if found:
+    cell.update(fix=fix_label(found[0].estimate.settings, config), fix_total=found[1])
+  return cell
+
+
+def _memory_cell(cell: dict[str, Any]) -> str:
+  shipped = "batch ∤ devices" if cell["total"] is None else f"{cell['total'] / 2**30:.1f}"
+  if cell["fits"]:
+    return f"{shipped} ✓"
+  if cell["fix"]:
+    return f"{shipped} ✗ → {cell['fix']} {cell['fix_total'] / 2**30:.1f}"
+  return f"{shipped} ✗"
+
+
+def format_memory_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+  """GiB per device for training (✓ fits, ✗ does not → what fits, and its GiB) and sampling."""
+  names = list(rows[0]["targets"]) if rows else []
+  headings = ["File", "Batch", "Train dtype", *names, "Sample (1 seq)"]
+  body = [[row["file"], row["batch"], row["dtype"] + ("+remat" if row["remat"] else ""),
+           *[_memory_cell(row["targets"][n]) for n in names], f"{row['generation'] / 2**30:.2f}"]
+          for row in rows]
+  if markdown:
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    lines += ["| " + " | ".join([f"`{r[0]}`", *r[1:]]) + " |" for r in body]
+    return "\n".join(lines)
+  widths = [max(len(c) for c in column) for column in zip(headings, *body)]
+  line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+  return "\n".join([line(headings), "  ".join("-" * w for w in widths), *map(line, body)])
