@@ -1,19 +1,24 @@
-"""Configuration: the base ConfigDict, preset loading (.py and seed-style .json), validation.
+"""Configuration: the base ConfigDict, preset loading (.py and nanoGPT-style .json), validation.
 
 Every preset in `configs/` is a `get_config()` that starts from `get_base_config()` and overrides a few
-fields. Seed-style JSON presets (`{"name": ..., "n_layer": ...}`) load through the same `load_config`.
+fields. nanoGPT-style JSON presets (`{"name": ..., "n_layer": ...}`) load through the same
+`load_config`. The comment above each field of `get_base_config()` is its documentation:
+`field_comments()` reads it for `--help`.
 `validate(config)` runs before anything is compiled and raises `ConfigError` naming field, value and fix.
 `ModelConfig` is the frozen, hashable architecture handed to the model.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import importlib.util
+import inspect
 import json
 import os
 import sys
+import textwrap
 from typing import Any
 
 import ml_collections
@@ -27,8 +32,8 @@ TOKENIZER_VOCAB_SIZES = {"bytes": BYTE_VOCAB_SIZE, "gpt2": GPT2_VOCAB_SIZE}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 DROPOUT_RNGS = ("auto", "threefry2x32", "rbg")
-# Seed JSON fields that gptjax accepts but does not need (JAX picks its devices itself).
-IGNORED_SEED_FIELDS = ("device",)
+# JSON preset fields that gptjax accepts but does not need (JAX picks its devices itself).
+IGNORED_JSON_FIELDS = ("device",)
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -155,6 +160,31 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def field_comments() -> dict[str, str]:
+  """The comment above each field of `get_base_config()`, by dotted name ("n_layer", "mesh.fsdp"),
+  in the order of the source: the fields' documentation, which `--help` prints. Section headers
+  (`# --- ... ---`) and the nested ConfigDicts themselves are left out."""
+  source = textwrap.dedent(inspect.getsource(get_base_config))
+  lines = source.splitlines()
+  comments = {}
+  for node in ast.parse(source).body[0].body:
+    if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)):
+      continue
+    path, target = [], node.targets[0]
+    while isinstance(target, ast.Attribute):
+      path.insert(0, target.attr)
+      target = target.value
+    if isinstance(node.value, ast.Call) and ast.unparse(node.value.func).endswith("ConfigDict"):
+      continue
+    above, index = [], node.lineno - 2  # the line above the assignment, 0-based
+    while index >= 0 and lines[index].lstrip().startswith("#") and not lines[
+        index].lstrip().startswith("# ---"):
+      above.insert(0, lines[index].strip().lstrip("#").strip())
+      index -= 1
+    comments[".".join(path)] = " ".join(above)
+  return comments
+
+
 def get_config(path: str | None = None) -> ml_collections.ConfigDict:
   """ml_collections entry point: `--config=gptjax/config.py:configs/x.json` loads any preset file."""
   return get_base_config() if not path else load_config(path)
@@ -165,7 +195,7 @@ def _preset_name(path: str) -> str:
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """Loads a preset: a Python file with `get_config()` or a seed-style JSON object.
+  """Loads a preset: a Python file with `get_config()` or a nanoGPT-style JSON object.
 
   Args:
     path: `configs/150M.py`, `configs/my_custom.json`, ...
@@ -184,7 +214,7 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     config = _load_python_config(path)
   else:
     raise ConfigError(f"config file {path!r}: unknown extension {extension!r}. Fix: use a .py file "
-                      f"with get_config() or a seed-style .json preset.")
+                      f"with get_config() or a nanoGPT-style .json preset.")
   if not config.model_name:
     config.model_name = _preset_name(path)
   return config
@@ -214,12 +244,21 @@ def _load_json_config(path: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"config file {path!r} must hold a JSON object of fields, got "
                       f"{type(values).__name__}.")
   config = get_base_config()
-  for key in IGNORED_SEED_FIELDS:
+  for key in IGNORED_JSON_FIELDS:
     if values.pop(key, None) is not None:
       print(f"note: {path}: field {key!r} is ignored (JAX chooses its devices; see config.mesh).",
             file=sys.stderr)
   apply_overrides(config, values, source=path)
+  if "description" not in values:  # not the base config's, which describes another shape
+    config.description = shape_description(config)
   return config
+
+
+def shape_description(config: ml_collections.ConfigDict) -> str:
+  """One line naming the architecture, e.g. "16-layer, 16-head, 1024-channel GPT (block 1024,
+  vocab 50304)": the description of a JSON preset that gives none."""
+  return (f"{config.n_layer}-layer, {config.n_head}-head, {config.n_embd}-channel GPT "
+          f"(block {config.block_size}, vocab {config.vocab_size})")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, values: dict[str, Any], source: str) -> None:
