@@ -15,7 +15,7 @@ from gptjax import config as config_lib
 from gptjax import params as params_lib
 from gptjax.errors import ConfigError, UserError
 
-ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
+ARCHITECTURE_FIELDS = ("n_layer", "n_embd", "n_head", "block_size", "vocab_size", "bias")
 
 
 def config_from_values(values: dict, base: ml_collections.ConfigDict | None = None
@@ -174,8 +174,8 @@ def ask_architecture(read_line: Callable[[], str] = None, write: Callable[[str],
     echo = not sys.stdin.isatty()
   questions = (
       ("n_layer", "Number of layers (n_layer)", None, _parse_positive_int),
-      ("n_head", "Number of attention heads (n_head)", None, _parse_positive_int),
       ("n_embd", "Embedding dimension (n_embd)", None, _parse_positive_int),
+      ("n_head", "Number of attention heads (n_head)", None, _parse_positive_int),
       ("block_size", "Context length (block_size)", None, _parse_positive_int),
       ("vocab_size", "Vocabulary size (vocab_size)", config_lib.GPT2_PADDED_VOCAB_SIZE,
        _parse_positive_int),
@@ -204,7 +204,9 @@ def ask_architecture(read_line: Callable[[], str] = None, write: Callable[[str],
           raise ValueError("an answer is required")
         else:
           value = parse(answer)
-        if field in ("n_embd", "vocab_size"):  # Let the library judge the fields asked so far.
+        # Let the library judge the fields asked so far, once n_head can be checked against
+        # n_embd: a bad n_head is what is asked again, not the n_embd before it.
+        if field in ("n_head", "vocab_size"):
           config_from_values({**answers, field: value})
       except (ValueError, ConfigError) as e:
         write(f"  invalid {field}: {str(e).rstrip('.')}. Try again.\n")

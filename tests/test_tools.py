@@ -99,20 +99,24 @@ def test_calculate_params_config_file_with_bias_override():
 
 
 def test_calculate_params_interactive():
-  result = run_tool(CALCULATE_PARAMS, "--interactive", stdin="16\n12\n768\n1024\n\n\n")
+  result = run_tool(CALCULATE_PARAMS, "--interactive", stdin="16\n768\n12\n1024\n\n\n")
   assert result.returncode == 0, result.stderr
   total = expected_total(n_layer=16, n_head=12, n_embd=768, block_size=1024)
   assert f"Total           : {total:,}" in result.stdout
 
 
 def test_calculate_params_interactive_reprompts_after_bad_answers():
-  answers = "2\n3\n100\n96\nabc\n64\n300\ny\n"  # 100 % 3 != 0, "abc" is not a number
+  """Each bad answer asks that same question again: n_head=3 does not divide n_embd=100, so n_head
+  is asked again (not n_embd); "abc" is not a block_size."""
+  answers = "2\n100\n3\n4\nabc\n64\n300\ny\n"
   result = run_tool(CALCULATE_PARAMS, "--interactive", stdin=answers)
   assert result.returncode == 0, result.stderr
-  assert result.stdout.count("Embedding dimension (n_embd)") == 2
+  assert result.stdout.count("Embedding dimension (n_embd)") == 1
+  assert result.stdout.count("Number of attention heads (n_head)") == 2
   assert result.stdout.count("Context length (block_size)") == 2
-  assert "invalid n_embd" in result.stdout and "invalid block_size" in result.stdout
-  total = expected_total(n_layer=2, n_head=3, n_embd=96, block_size=64, vocab_size=300, bias=True)
+  assert "invalid n_head" in result.stdout and "[1, 2, 4, 5, 10, 20, 25, 50, 100]" in result.stdout
+  assert "invalid n_embd" not in result.stdout and "invalid block_size" in result.stdout
+  total = expected_total(n_layer=2, n_head=4, n_embd=100, block_size=64, vocab_size=300, bias=True)
   assert f"Total           : {total:,}" in result.stdout
 
 
