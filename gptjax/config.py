@@ -249,7 +249,10 @@ def _load_json_config(path: str) -> ml_collections.ConfigDict:
       print(f"note: {path}: field {key!r} is ignored (JAX chooses its devices; see config.mesh).",
             file=sys.stderr)
   apply_overrides(config, values, source=path)
-  if "description" not in values:  # not the base config's, which describes another shape
+  # Not the base config's name and description, which describe another shape.
+  if "name" not in values:
+    config.name = _preset_name(path)
+  if "description" not in values:
     config.description = shape_description(config)
   return config
 
