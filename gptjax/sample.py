@@ -159,6 +159,10 @@ def main(argv) -> None:
       print("---------------")
 
 
+def cli_main() -> None:
+  """`python -m gptjax.sample` and the gptjax-sample console script."""
+  cli.entry_point(main, define_flags, __doc__)
+
+
 if __name__ == "__main__":
-  define_flags()
-  cli.run(main)
+  cli_main()
