@@ -13,7 +13,7 @@ from conftest import REPO_ROOT, assert_user_error, own_stderr, run_module
 
 from gptjax import config as config_lib
 
-CONFIG_COMMANDS = [("-m", "gptjax.train"), ("-m", "gptjax.plan")]
+CONFIG_COMMANDS = [("-m", "gptjax.train"), ("-m", "gptjax.plan"), ("tools/bench.py",)]
 
 
 def assert_one_line_error(result, message):
@@ -78,6 +78,24 @@ def test_an_unknown_flag_is_one_line_with_the_flag_it_resembles():
   result = run_module("-m", "gptjax.plan", "--config=configs/tiny_char.py", "--targt=local")
   assert_one_line_error(result, "unknown flag --targt. Did you mean --target? Fix: see --help "
                                 "for the flags and the --config.<field> names.")
+
+
+def test_bench_takes_a_json_preset_like_train(tmp_path):
+  preset = tmp_path / "my_bench.json"
+  preset.write_text(json.dumps({"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16,
+                                "vocab_size": 256, "batch_size": 2, "dropout": 0.0}))
+  result = run_module("tools/bench.py", f"--config={preset}", "--steps=1", "--nosampling")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "my_bench: " in result.stdout and "ms/step" in result.stdout
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--config=configs/no_such_preset.json"], ["no_such_preset.json", "does not exist"]),
+    (["--config=configs/tiny_char.py", "--config.n_layr=2"], ["n_layr", "n_layer"]),
+    (["--config=configs/tiny_char.py", "--max_iters=5"], ["use --config.max_iters=5"]),
+])
+def test_bench_preset_mistakes_are_train_s_clear_errors(args, fragments):
+  assert_user_error(run_module("tools/bench.py", *args), *fragments)
 
 
 def console_scripts() -> dict[str, str]:

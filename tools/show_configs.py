@@ -34,7 +34,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def parse_args(argv):
   parser = _ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config_file", help="a preset (.py or seed-style .json) to show in detail")
+  parser.add_argument("--config_file", help="a preset (.py or nanoGPT-style .json) to show in detail")
   parser.add_argument("--configs_dir", default=os.path.join(REPO_ROOT, "configs"),
                       help="directory of presets to list (default: the repository's configs/)")
   parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
