@@ -115,6 +115,20 @@ def load_run(run_dir: str, which: str = "latest"):
   return model, params, config, step
 
 
+def read_prompt(prompt: str) -> str:
+  """The --prompt text: `prompt` itself, or with FILE:path the UTF-8 text of that file."""
+  if not prompt.startswith("FILE:"):
+    return prompt
+  path = prompt[len("FILE:"):]
+  try:
+    with open(path, encoding="utf-8") as prompt_file:
+      return prompt_file.read()
+  except (OSError, UnicodeDecodeError) as e:
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    raise UserError(f"--prompt FILE:{path}: cannot read {path!r} ({reason}). Fix: give the path "
+                    f"of a UTF-8 text file, or the prompt itself without FILE:.") from e
+
+
 def define_flags() -> None:
   flags.DEFINE_string("run_dir", None, "Run directory, e.g. out/tiny_char.")
   flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
@@ -140,13 +154,10 @@ def main(argv) -> None:
     if not ok:
       raise UserError(f"--{name}={f[name].value} is out of range. Fix: see "
                       f"`python -m gptjax.sample --help`.")
+  prompt_text = read_prompt(f.prompt)  # before loading anything
   model, params, config, step = load_run(f.run_dir, f.checkpoint)  # compiles nothing
   cli.use_compilation_cache(config.get("compilation_cache_dir", ""))  # the run's own cache
   tokenizer = data_lib.get_tokenizer(resolve_tokenizer(config), config.tokenizer_path)
-  prompt_text = f.prompt
-  if prompt_text.startswith("FILE:"):
-    with open(prompt_text[5:], encoding="utf-8") as prompt_file:
-      prompt_text = prompt_file.read()
   prompt = list(tokenizer.encode(prompt_text)) or (
       list(tokenizer.encode("\n")) if tokenizer.name == "bytes" else [tokenizer.n_vocab - 1])
   print(f"# {config.name} from {f.run_dir}, step {step}", file=sys.stderr)

@@ -98,6 +98,13 @@ def test_bench_preset_mistakes_are_train_s_clear_errors(args, fragments):
   assert_user_error(run_module("tools/bench.py", *args), *fragments)
 
 
+def test_sample_prompt_from_a_missing_file_is_one_clear_error(tmp_path):
+  missing = tmp_path / "missing.txt"
+  result = run_module("-m", "gptjax.sample", f"--run_dir={tmp_path}", f"--prompt=FILE:{missing}")
+  assert_user_error(result, str(missing), "Fix:")
+  assert len(own_stderr(result).strip().splitlines()) == 1, result.stderr
+
+
 def console_scripts() -> dict[str, str]:
   parser = configparser.ConfigParser()
   parser.read(os.path.join(REPO_ROOT, "setup.cfg"))
