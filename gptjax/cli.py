@@ -22,7 +22,7 @@ from absl import logging as absl_logging
 
 from gptjax import config as config_module
 from gptjax import targets
-from gptjax.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
+from gptjax.errors import UserError, exit_on_user_error
 
 HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
 # Flags absl reads itself while parsing, beside the ones defined in flags.FLAGS.
@@ -75,7 +75,7 @@ def entry_point(main, define_flags, doc: str | None, *, takes_config: bool = Fal
   if takes_config:
     argv = preflight(argv)
   else:
-    _exit_on_user_error(_check_flags, argv, config_fields={})
+    exit_on_user_error(_check_flags)(argv, config_fields={})
   sys.argv = argv  # what the command sees, e.g. gptjax.plan's train_command
   run(main, argv)
 
@@ -142,15 +142,7 @@ def preflight(argv: list[str]) -> list[str]:
   for nanoGPT's habits (--config_file x.json, --max_iters=5000); here each is one clear error
   with its fix. --config=x.json becomes --config=<gptjax/config.py>:x.json, loaded by load_config.
   """
-  return _exit_on_user_error(_check_preset, _join_config_value(argv))
-
-
-def _exit_on_user_error(function, *args, **kwargs):
-  try:
-    return function(*args, **kwargs)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+  return exit_on_user_error(_check_preset)(_join_config_value(argv))
 
 
 def _check_preset(argv: list[str]) -> list[str]:
