@@ -82,7 +82,7 @@ def format_report(model_config: config_lib.ModelConfig, pytree_count: int | None
 
 
 def seed_approximation(model_config: config_lib.ModelConfig) -> int:
-  """The seed README's estimate 12·L·C² + 2·V·C (an untied head, no wpe, norms or biases)."""
+  """The old presets README's estimate 12·L·C² + 2·V·C (an untied head, no wpe, norms or biases)."""
   mc = model_config
   return 12 * mc.n_layer * mc.n_embd**2 + 2 * mc.vocab_size * mc.n_embd
 
@@ -106,7 +106,7 @@ Exact parameter count (gptjax.params.count_params), with
   total         = V*C + T*C + L*(12*C^2 + (2 + 11*b)*C) + (1 + b)*C
   non-embedding = total - T*C    (nanoGPT's get_num_params(): wte stays in, as it is the head)
 
-The seed README's approximation:
+The old presets README's approximation:
   total ~ 12*L*C^2 + 2*V*C
 It is off because it counts the output head as a second V*C matrix, but the head is tied to wte
 and counted once (an overcount of V*C: 38,633,472 for V=50304, C=768), and it leaves out the

@@ -1,4 +1,4 @@
-"""Config loading and validation: every preset, seed-style JSON, and the error messages."""
+"""Config loading and validation: every preset, nanoGPT-style JSON, and the error messages."""
 
 from __future__ import annotations
 
