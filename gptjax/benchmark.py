@@ -1,8 +1,9 @@
-"""Timing of the compiled train step and of sampling, for tools/bench.py.
+"""Timing of the compiled train step and of sampling, for tools/bench.py and tools/bench_nanogpt.py.
 
 The step is measured alone: compiled ahead of time, warmed up, each call waited for with
 block_until_ready, the median of many calls reported. Memory: XLA's own account of the compiled
 step (what gptjax.plan reports), beside the device allocator's measured peak where there is one.
+`train_loop_steps` runs the real training one step per call, for timing against another engine.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -77,6 +79,32 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20, warmup:
               mfu=mfu(flops_per_token(model_config) * tokens / step_s, jax.device_count(),
                       device_peak_flops()),
               planned_bytes=planned, peak_bytes_in_use=peak_in_use)
+
+
+def train_loop_steps(config: ml_collections.ConfigDict) -> Callable[[int], float]:
+  """gptjax's training one step per call, as gptjax.train's loop runs it: step(it) draws step it's
+  batch from the config's corpus (data.train_batch), runs the compiled train step on it and waits
+  for its loss, which it returns. The first call after this returns is already compiled.
+
+  The config is validated and its CPU devices set up by the caller (before JAX starts); the token
+  cache is written under config.out_dir.
+  """
+  mesh = sharding.make_mesh(config)
+  setup = build(config, mesh)
+  compiled = compile_train_step(setup, config)
+  tokens = data_lib.prepare(config).train
+  rows = sharding.process_batch_rows(mesh, config.batch_size)
+  with mesh_context(mesh):
+    holder = {"state": setup.init(jax.random.key(config.seed))}
+
+  def step(it: int) -> float:
+    windows = data_lib.train_batch(tokens, config.seed, it, config.grad_accum_steps,
+                                   config.batch_size, config.block_size, rows)
+    holder["state"], metrics = compiled(holder["state"],
+                                        global_batch(windows, mesh, config.batch_size))
+    return float(metrics["loss"])
+
+  return step
 
 
 def bench_sampling(config: ml_collections.ConfigDict, new_tokens: int = 100,

@@ -1,18 +1,32 @@
-"""The shared start of the command-line entry points (train, sample, convert), and the persistent
-compilation cache they share."""
+"""The shared start of the command-line entry points (train, sample, convert, plan, tools/bench.py),
+and the persistent compilation cache they share.
+
+  def cli_main():  # python -m gptjax.train, and the gptjax-train console script
+    cli.entry_point(main, define_flags, __doc__, takes_config=True)
+
+`entry_point` defines the command's flags, answers --help (with every config field, its default and
+its comment, for commands that take --config), turns a missing preset, a misspelt field and
+nanoGPT's flag habits into one `error:` line with the fix (exit 2), then runs `main` under absl.
+"""
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import sys
 
 import jax
-from absl import app
+from absl import app, flags
 from absl import logging as absl_logging
 
 from gptjax import config as config_module
 from gptjax import targets
-from gptjax.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
+from gptjax.errors import UserError, exit_on_user_error
+
+HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
+# Flags absl reads itself while parsing, beside the ones defined in flags.FLAGS.
+_ABSL_PARSER_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "flagfile", "undefok")
 
 # Programs that compile faster than this are not worth a file in the cache (jax's default: 1 s,
 # which would leave out init and evaluation of small models on CPU).
@@ -21,38 +35,193 @@ _cache_hits = 0
 _counting_hits = False
 
 
-def run(main) -> None:
+def run(main, argv: list[str] | None = None) -> None:
   """absl's app.run, with Orbax's INFO and WARNING logs muted and user errors printed without
   traceback. Before JAX starts: GPUs lend JAX 90% of their memory (JAX's default is 75%; a set
   XLA_PYTHON_CLIENT_MEM_FRACTION wins), and libtpu gets gptjax's flags (targets.LIBTPU_FLAGS)."""
   os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{targets.GPTJAX_GPU_MEMORY_FRACTION:.2f}")
   targets.add_libtpu_flags()
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about read-only opens
-  app.run(exit_on_user_error(main))
+  app.run(exit_on_user_error(main), argv=argv)
+
+
+def define_config_flag(what: str) -> None:
+  """The --config flag of every command that takes a preset."""
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file(
+      "config", None, f"{what}: configs/<name>.py or a nanoGPT-style .json. Override its fields "
+      f"with --config.<field>=<value> (every field is listed below).", lock_config=True)
+
+
+def entry_point(main, define_flags, doc: str | None, *, takes_config: bool = False,
+                argv: list[str] | None = None) -> None:
+  """Runs a command: defines its flags, answers --help, checks the arguments, then runs `main`.
+
+  Args:
+    main: absl's main(argv).
+    define_flags: defines the command's flags (called once, here).
+    doc: what --help prints above the flags (the module's docstring).
+    takes_config: the command takes --config: --help lists every config field, and the preset,
+      the --config.<field> names and nanoGPT-style flags are checked before absl parses them.
+    argv: the command line (default: sys.argv).
+  """
+  before = set(flags.FLAGS)
+  define_flags()
+  own = [flags.FLAGS[name] for name in flags.FLAGS if name not in before]
+  argv = list(sys.argv if argv is None else argv)
+  if any(arg in HELP_ARGS for arg in argv[1:]):
+    print(usage(doc, own, argv if takes_config else None))
+    sys.exit(0)
+  if takes_config:
+    argv = preflight(argv)
+  else:
+    exit_on_user_error(_check_flags)(argv, config_fields={})
+  sys.argv = argv  # what the command sees, e.g. gptjax.plan's train_command
+  run(main, argv)
+
+
+def usage(doc: str | None, own_flags: list, config_argv: list[str] | None = None) -> str:
+  """--help: the docstring, the command's flags, and (with `config_argv`, the command line of a
+  command that takes --config) every config field with its default and comment, the preset's value
+  beside it where --config names one."""
+  lines = [(doc or "").strip(), "", "flags:"]
+  seen = set()
+  for flag in own_flags:
+    if id(flag) in seen:
+      continue
+    seen.add(id(flag))
+    name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
+    default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+    lines.append(flags.text_wrap(f"{name}: {flag.help}{default}", length=100, indent="      ",
+                                 firstline_indent="  "))
+  if config_argv is not None:
+    preset, preset_path = None, _config_path(config_argv)
+    if preset_path:
+      try:
+        preset = config_module.load_config(preset_path)
+      except UserError:
+        preset = None
+    base = config_module.get_base_config()
+    lines += ["", "config fields, set with --config.<field>=<value> (the defaults of "
+              "gptjax/config.py" + (f"; {preset_path}'s value beside them where it differs"
+                                    if preset is not None else "") + "):"]
+    for field, comment in config_module.field_comments().items():
+      default = _lookup(base, field)
+      line = f"--config.{field}={_format_value(default)}"
+      if preset is not None and _lookup(preset, field) != default:
+        line += f"  ({preset_path}: {_format_value(_lookup(preset, field))})"
+      lines.append("  " + line)
+      lines.append(flags.text_wrap(comment, length=100, indent="      "))
+  return "\n".join(lines)
+
+
+def _lookup(config, dotted: str):
+  for key in dotted.split("."):
+    config = config[key]
+  return config
+
+
+def _format_value(value) -> str:
+  return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def _config_path(argv: list[str]) -> str | None:
+  for index, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and index + 1 < len(argv):
+      return argv[index + 1]
+  return None
 
 
 def preflight(argv: list[str]) -> list[str]:
-  """Checks the preset and the override names before absl parses them; rewrites JSON presets.
+  """Checks the preset, the override names and every flag before absl parses them; rewrites JSON
+  presets. Exits 2 with one `error:` line on a mistake.
 
-  absl would print a traceback for a missing preset or a misspelt --config.<field>; here each is
-  one clear error. --config=x.json becomes --config=<gptjax/config.py>:x.json, loaded by load_config.
+  absl would print a traceback for a missing preset or a misspelt --config.<field>, and a FATAL
+  for nanoGPT's habits (--config_file x.json, --max_iters=5000); here each is one clear error
+  with its fix. --config=x.json becomes --config=<gptjax/config.py>:x.json, loaded by load_config.
   """
-  try:
-    config, result = None, []
-    for arg in argv:
-      if arg.startswith("--config="):
-        path = arg.split("=", 1)[1]
-        config = config_module.load_config(path)
-        arg = f"--config={config_module.__file__}:{path}" if path.endswith(".json") else arg
-      result.append(arg)
-    for arg in argv:
-      if config is not None and arg.startswith("--config."):
-        field = arg[len("--config."):].split("=", 1)[0]
-        config_module.check_field_path(config, field, source=f"--config.{field}")
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+  return exit_on_user_error(_check_preset)(_join_config_value(argv))
+
+
+def _check_preset(argv: list[str]) -> list[str]:
+  _check_flags(argv, config_module.field_comments())
+  config, result = None, []
+  for arg in argv:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+      config = config_module.load_config(path)
+      arg = f"--config={config_module.__file__}:{path}" if path.endswith(".json") else arg
+    result.append(arg)
+  for arg in argv:
+    if arg.startswith("--config."):
+      field = arg[len("--config."):].split("=", 1)[0]
+      if config is None:
+        raise UserError(f"--config.{field} needs a preset to override: add --config=<preset>, "
+                        f"e.g. --config=configs/tiny_char.py.")
+      config_module.check_field_path(config, field, source=f"--config.{field}")
   return result
+
+
+def _join_config_value(argv: list[str]) -> list[str]:
+  """`--config path` as `--config=path`, so that one form is checked and rewritten."""
+  result, index = [], 0
+  while index < len(argv):
+    if argv[index] == "--config" and index + 1 < len(argv):
+      result.append(f"--config={argv[index + 1]}")
+      index += 2
+    else:
+      result.append(argv[index])
+      index += 1
+  return result
+
+
+def _check_flags(argv: list[str], config_fields: dict[str, str]) -> None:
+  """Raises UserError for a flag the command does not have, naming the one it means: for commands
+  with a preset (`config_fields` given), nanoGPT's and the old presets README's --config_file and
+  --<field>, and a preset given as a plain argument; for all, a misspelt flag."""
+  previous = ""
+  for index, arg in enumerate(argv[1:], 1):
+    if arg == "--":
+      return
+    if not arg.startswith("-") or arg == "-":
+      takes_value = previous.startswith("-") and "=" not in previous and not _is_bool(previous)
+      if config_fields and arg.endswith((".py", ".json")) and not takes_value:
+        raise UserError(f"{arg!r} is not an argument of this command: use --config={arg}")
+      previous = arg
+      continue
+    previous = arg
+    name, has_value, value = arg.lstrip("-").partition("=")
+    if name.startswith("config.") or name in flags.FLAGS or name in _ABSL_PARSER_FLAGS or (
+        name.startswith("no") and name[2:] in flags.FLAGS and flags.FLAGS[name[2:]].boolean):
+      continue
+    if not has_value and index + 1 < len(argv) and not argv[index + 1].startswith("-"):
+      value, has_value = argv[index + 1], "="
+    if config_fields and name == "config_file":
+      raise UserError(f"--config_file is not a flag of gptjax: use --config={value or '<preset>'}")
+    field = name[2:] if name.startswith("no") and name[2:] in config_fields and not has_value \
+        else name
+    if field in config_fields:
+      if field != name:  # --nobias
+        value = "False"
+      elif not has_value:
+        value = "True" if isinstance(_lookup(config_module.get_base_config(), field), bool) \
+            else "<value>"
+      raise UserError(f"--{name} is not a flag of gptjax: use --config.{field}={value}")
+    known = sorted({flags.FLAGS[n].name for n in flags.FLAGS}
+                   | {f"config.{field}" for field in config_fields})
+    close = difflib.get_close_matches(name, known, n=1)
+    raise UserError(f"unknown flag --{name}." + (f" Did you mean --{close[0]}?" if close else "")
+                    + " Fix: see --help for the flags"
+                    + (" and the --config.<field> names." if config_fields else "."))
+
+
+def _is_bool(arg: str) -> bool:
+  name = arg.lstrip("-")
+  if name in flags.FLAGS:
+    return flags.FLAGS[name].boolean
+  return name.startswith("no") and name[2:] in flags.FLAGS and flags.FLAGS[name[2:]].boolean
 
 
 def _count_hit(event: str, **kwargs) -> None:

@@ -1,20 +1,24 @@
-"""Configuration: the base ConfigDict, preset loading (.py and nanoGPT-style JSON), validation.
+"""Configuration: the base ConfigDict, preset loading (.py and nanoGPT-style .json), validation.
 
 Every preset in `configs/` is a `get_config()` that starts from `get_base_config()` (the GPT-2 ones
-from `gpt2_finetune_config`) and overrides a few fields. nanoGPT-style JSON presets
-(`{"name": ..., "n_layer": ...}`) load through the same `load_config`.
+from `gpt2_finetune_config`) and overrides a few fields. nanoGPT-style JSON presets (`{"name": ..., "n_layer": ...}`) load through the same
+`load_config`. The comment above each field of `get_base_config()` is its documentation:
+`field_comments()` reads it for `--help`.
 `validate(config)` runs before anything is compiled and raises `ConfigError` naming field, value and fix.
 `ModelConfig` is the frozen, hashable architecture handed to the model.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import importlib.util
+import inspect
 import json
 import os
 import sys
+import textwrap
 from typing import Any
 
 import ml_collections
@@ -185,6 +189,29 @@ def gpt2_finetune_config(model_type: str) -> ml_collections.ConfigDict:
   config.eval_interval = 100
   config.eval_iters = 40
   return config
+def field_comments() -> dict[str, str]:
+  """The comment above each field of `get_base_config()`, by dotted name ("n_layer", "mesh.fsdp"),
+  in the order of the source: the fields' documentation, which `--help` prints. Section headers
+  (`# --- ... ---`) and the nested ConfigDicts themselves are left out."""
+  source = textwrap.dedent(inspect.getsource(get_base_config))
+  lines = source.splitlines()
+  comments = {}
+  for node in ast.parse(source).body[0].body:
+    if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)):
+      continue
+    path, target = [], node.targets[0]
+    while isinstance(target, ast.Attribute):
+      path.insert(0, target.attr)
+      target = target.value
+    if isinstance(node.value, ast.Call) and ast.unparse(node.value.func).endswith("ConfigDict"):
+      continue
+    above, index = [], node.lineno - 2  # the line above the assignment, 0-based
+    while index >= 0 and lines[index].lstrip().startswith("#") and not lines[
+        index].lstrip().startswith("# ---"):
+      above.insert(0, lines[index].strip().lstrip("#").strip())
+      index -= 1
+    comments[".".join(path)] = " ".join(above)
+  return comments
 
 
 def get_config(path: str | None = None) -> ml_collections.ConfigDict:
@@ -251,7 +278,19 @@ def _load_json_config(path: str) -> ml_collections.ConfigDict:
       print(f"note: {path}: field {key!r} is ignored (JAX chooses its devices; see config.mesh).",
             file=sys.stderr)
   apply_overrides(config, values, source=path)
+  # Not the base config's name and description, which describe another shape.
+  if "name" not in values:
+    config.name = _preset_name(path)
+  if "description" not in values:
+    config.description = shape_description(config)
   return config
+
+
+def shape_description(config: ml_collections.ConfigDict) -> str:
+  """One line naming the architecture, e.g. "16-layer, 16-head, 1024-channel GPT (block 1024,
+  vocab 50304)": the description of a JSON preset that gives none."""
+  return (f"{config.n_layer}-layer, {config.n_head}-head, {config.n_embd}-channel GPT "
+          f"(block {config.block_size}, vocab {config.vocab_size})")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, values: dict[str, Any], source: str) -> None:

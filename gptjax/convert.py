@@ -87,6 +87,10 @@ def main(argv) -> None:
                     "--to_hf DIR (export).")
 
 
+def cli_main() -> None:
+  """`python -m gptjax.convert` and the gptjax-convert console script."""
+  cli.entry_point(main, define_flags, __doc__)
+
+
 if __name__ == "__main__":
-  define_flags()
-  cli.run(main)
+  cli_main()

@@ -328,8 +328,8 @@ def ask_architecture(read_line: Callable[[], str] = None, write: Callable[[str],
   echo = not sys.stdin.isatty() if echo is None else echo
   questions = (
       ("n_layer", "Number of layers (n_layer)", None, _parse_positive_int),
-      ("n_head", "Number of attention heads (n_head)", None, _parse_positive_int),
       ("n_embd", "Embedding dimension (n_embd)", None, _parse_positive_int),
+      ("n_head", "Number of attention heads (n_head)", None, _parse_positive_int),
       ("block_size", "Context length (block_size)", None, _parse_positive_int),
       ("vocab_size", "Vocabulary size (vocab_size)", config_lib.GPT2_PADDED_VOCAB_SIZE,
        _parse_positive_int),
@@ -357,7 +357,9 @@ def ask_architecture(read_line: Callable[[], str] = None, write: Callable[[str],
           raise ValueError("an answer is required")
         else:
           value = parse(answer)
-        if field in ("n_embd", "vocab_size"):  # Let the library judge the fields asked so far.
+        # Let the library judge the fields asked so far, once n_head can be checked against
+        # n_embd: a bad n_head is what is asked again, not the n_embd before it.
+        if field in ("n_head", "vocab_size"):
           config_from_values({**answers, field: value})
       except (ValueError, ConfigError) as e:
         write(f"  invalid {field}: {str(e).rstrip('.')}. Try again.\n")

@@ -394,10 +394,8 @@ def train_command(argv: list[str]) -> str:
 
 def define_flags() -> None:
   from absl import flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Preset to plan: configs/<name>.py or a "
-                                  "seed-style .json; override fields with --config.<field>=<value>.",
-                                  lock_config=True)
+  from gptjax import cli
+  cli.define_config_flag("Preset to plan")
   flags.DEFINE_string("target", "local", "Where it would run: local, tpu-v5e-1, tpu-v5e-8, "
                       "tpu-v4-8, tpu-v5p-8, tpu-v6e-8 (any Cloud size), gpu-h100-80gb, "
                       "gpu-h200-141gb, gpu-a100-40gb, gpu-a100-80gb, gpu-l4-24gb, gpu-rtx4090-24gb, "
@@ -476,8 +474,11 @@ def main(argv) -> None:
   print(json.dumps(result.to_json(), indent=1) if f.json else format_estimate(result, config))
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+  """`python -m gptjax.plan`, tools/plan.py and the gptjax-plan console script."""
   from gptjax import cli
-  define_flags()
-  sys.argv = cli.preflight(sys.argv)
-  cli.run(main)
+  cli.entry_point(main, define_flags, __doc__, takes_config=True)
+
+
+if __name__ == "__main__":
+  cli_main()

@@ -99,6 +99,20 @@ def generate(model: GPT, params, prompt: list[int], max_new_tokens: int, *, rng,
   return np.concatenate([tokens, np.stack(generated, 1)], 1) if generated else tokens
 
 
+def read_prompt(prompt: str) -> str:
+  """The --prompt text: `prompt` itself, or with FILE:path the UTF-8 text of that file."""
+  if not prompt.startswith("FILE:"):
+    return prompt
+  path = prompt[len("FILE:"):]
+  try:
+    with open(path, encoding="utf-8") as prompt_file:
+      return prompt_file.read()
+  except (OSError, UnicodeDecodeError) as e:
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    raise UserError(f"--prompt FILE:{path}: cannot read {path!r} ({reason}). Fix: give the path "
+                    f"of a UTF-8 text file, or the prompt itself without FILE:.") from e
+
+
 def define_flags() -> None:
   flags.DEFINE_string("run_dir", None, "Run directory, e.g. out/tiny_char.")
   flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
@@ -124,13 +138,10 @@ def main(argv) -> None:
     if not ok:
       raise UserError(f"--{name}={f[name].value} is out of range. Fix: see "
                       f"`python -m gptjax.sample --help`.")
+  prompt_text = read_prompt(f.prompt)  # before loading anything
   model, params, config, step = load_run(f.run_dir, f.checkpoint)  # compiles nothing
   cli.use_compilation_cache(config.get("compilation_cache_dir", ""))  # the run's own cache
   tokenizer = data_lib.get_tokenizer(resolve_tokenizer(config), config.tokenizer_path)
-  prompt_text = f.prompt
-  if prompt_text.startswith("FILE:"):
-    with open(prompt_text[5:], encoding="utf-8") as prompt_file:
-      prompt_text = prompt_file.read()
   prompt = list(tokenizer.encode(prompt_text)) or (
       list(tokenizer.encode("\n")) if tokenizer.name == "bytes" else [tokenizer.n_vocab - 1])
   print(f"# {config.name} from {f.run_dir}, step {step}", file=sys.stderr)
@@ -143,6 +154,10 @@ def main(argv) -> None:
       print("---------------")
 
 
+def cli_main() -> None:
+  """`python -m gptjax.sample` and the gptjax-sample console script."""
+  cli.entry_point(main, define_flags, __doc__)
+
+
 if __name__ == "__main__":
-  define_flags()
-  cli.run(main)
+  cli_main()

@@ -276,9 +276,14 @@ def main(argv) -> None:
     sys.exit(130)  # 128 + SIGINT, as a shell reports an interrupted command
 
 
+def define_flags() -> None:
+  cli.define_config_flag("Preset to train")
+
+
+def cli_main() -> None:
+  """`python -m gptjax.train` and the gptjax-train console script."""
+  cli.entry_point(main, define_flags, __doc__, takes_config=True)
+
+
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file(
-      "config", None, "Preset: configs/<name>.py, or a nanoGPT-style JSON preset. Override "
-      "fields with --config.<field>=<value>.", lock_config=True)
-  sys.argv = cli.preflight(sys.argv)
-  cli.run(main)
+  cli_main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import ml_collections
 import pytest
 
 from conftest import CONFIGS_DIR, preset_files
@@ -103,6 +104,33 @@ def test_json_preset_device_field_is_ignored(tmp_path, capsys):
   config = config_lib.load_config(path)
   assert "device" not in config
   assert "device" in capsys.readouterr().err
+
+
+def test_json_preset_without_name_or_description_is_named_by_its_file_and_shape(tmp_path):
+  values = {key: value for key, value in SEED_CUSTOM_JSON.items() if key != "description"}
+  config = config_lib.load_config(write_json(tmp_path, {**values, "n_layer": 16, "n_head": 16,
+                                                        "n_embd": 1024, "block_size": 1024}))
+  assert config.description == "16-layer, 16-head, 1024-channel GPT (block 1024, vocab 50304)"
+  assert config.name == "GPT-Custom"
+  assert config_lib.load_config(write_json(tmp_path, {"n_layer": 2}, "unnamed.json")
+                                ).name == "unnamed"
+  assert config_lib.load_config(write_json(tmp_path, SEED_CUSTOM_JSON, "described.json")
+                                ).description == "My custom configuration"
+
+
+def test_every_config_field_has_its_comment():
+  """field_comments() (what --help prints) reads a comment for every leaf of the base config."""
+  def leaves(config, prefix=""):
+    for key, value in config.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        yield from leaves(value, f"{prefix}{key}.")
+      else:
+        yield prefix + key
+  comments = config_lib.field_comments()
+  assert sorted(comments) == sorted(leaves(config_lib.get_base_config()))
+  assert all(len(comment) > 10 and "---" not in comment for comment in comments.values()), comments
+  assert comments["max_iters"] == "Number of optimizer updates to run."
+  assert comments["mesh.fsdp"].startswith("Fully sharded data parallelism")
 
 
 def test_json_misspelt_key_names_key_suggestion_and_valid_fields(tmp_path):

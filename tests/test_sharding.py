@@ -31,6 +31,7 @@ def run_worker(scenario, tmp_path):
   return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow
 def test_one_step_on_every_mesh_equals_the_single_device_step(tmp_path):
   result = run_worker("step", tmp_path)
   assert len(result) == 7
@@ -44,6 +45,7 @@ def test_one_step_on_every_mesh_equals_the_single_device_step(tmp_path):
     assert r["update_size"] > 5e-4  # ... against an update that really moved the params
 
 
+@pytest.mark.slow
 def test_fsdp_really_shards_params_and_optimizer_state(tmp_path):
   result = run_worker("shards", tmp_path)
   for part in ("params", "opt_state"):
@@ -57,6 +59,7 @@ def test_fsdp_really_shards_params_and_optimizer_state(tmp_path):
   assert len(result["opt_state"]) == 2 * len(result["params"])  # AdamW's mu and nu
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_onto_other_meshes_and_training_continues(tmp_path):
   result = run_worker("restore", tmp_path)
   for target, r in result["restored"].items():
@@ -81,6 +84,7 @@ def train_args(out_dir):
 
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
   """Two processes on localhost, 2 CPU devices each, log the losses of one single-device run."""
   port = free_port()
@@ -110,6 +114,7 @@ def test_two_processes_train_like_one(tmp_path):
                              [r["val_loss"] for r in one if "val_loss" in r], rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_two_cpu_devices_train_hundreds_of_steps_between_logs(tmp_path):
   """With nothing logged for 300 steps, the loop must not queue steps ahead on CPU devices.
 

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import CONFIGS_DIR, REPO_ROOT, own_stderr, preset_files
@@ -20,10 +21,10 @@ CALCULATE_PARAMS = os.path.join("tools", "calculate_params.py")
 PRESET_FILES = preset_files()
 
 
-def run_tool(tool, *args, stdin=None):
+def run_tool(tool, *args, stdin=None, timeout=120):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   return subprocess.run([sys.executable, tool, *args], cwd=REPO_ROOT, input=stdin, env=env,
-                        capture_output=True, text=True, timeout=120)
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def expected_total(**architecture):
@@ -96,20 +97,24 @@ def test_calculate_params_config_file_with_bias_override():
 
 
 def test_calculate_params_interactive():
-  result = run_tool(CALCULATE_PARAMS, "--interactive", stdin="16\n12\n768\n1024\n\n\n")
+  result = run_tool(CALCULATE_PARAMS, "--interactive", stdin="16\n768\n12\n1024\n\n\n")
   assert result.returncode == 0, result.stderr
   total = expected_total(n_layer=16, n_head=12, n_embd=768, block_size=1024)
   assert f"Total           : {total:,}" in result.stdout
 
 
 def test_calculate_params_interactive_reprompts_after_bad_answers():
-  answers = "2\n3\n100\n96\nabc\n64\n300\ny\n"  # 100 % 3 != 0, "abc" is not a number
+  """Each bad answer asks that same question again: n_head=3 does not divide n_embd=100, so n_head
+  is asked again (not n_embd); "abc" is not a block_size."""
+  answers = "2\n100\n3\n4\nabc\n64\n300\ny\n"
   result = run_tool(CALCULATE_PARAMS, "--interactive", stdin=answers)
   assert result.returncode == 0, result.stderr
-  assert result.stdout.count("Embedding dimension (n_embd)") == 2
+  assert result.stdout.count("Embedding dimension (n_embd)") == 1
+  assert result.stdout.count("Number of attention heads (n_head)") == 2
   assert result.stdout.count("Context length (block_size)") == 2
-  assert "invalid n_embd" in result.stdout and "invalid block_size" in result.stdout
-  total = expected_total(n_layer=2, n_head=3, n_embd=96, block_size=64, vocab_size=300, bias=True)
+  assert "invalid n_head" in result.stdout and "[1, 2, 4, 5, 10, 20, 25, 50, 100]" in result.stdout
+  assert "invalid n_embd" not in result.stdout and "invalid block_size" in result.stdout
+  total = expected_total(n_layer=2, n_head=4, n_embd=100, block_size=64, vocab_size=300, bias=True)
   assert f"Total           : {total:,}" in result.stdout
 
 
@@ -222,6 +227,7 @@ def test_preset_memory_claims_hold_on_the_devices_they_name(file_name):
 BENCH_NANOGPT = os.path.join("tools", "bench_nanogpt.py")
 
 
+@pytest.mark.slow
 def test_bench_nanogpt_runs_both_engines_side_by_side(tmp_path):
   """Two iterations of each engine on a small text: one row each, finite losses, a plot."""
   text = tmp_path / "input.txt"
@@ -229,7 +235,7 @@ def test_bench_nanogpt_runs_both_engines_side_by_side(tmp_path):
                           for i in range(300)), encoding="utf-8")
   plot = tmp_path / "bench.png"
   result = run_tool(BENCH_NANOGPT, f"--input_file={text}", "--max_iters=2", "--seeds=3",
-                    "--gptjax_args=", f"--plot={plot}", "--compilation_cache=warm")
+                    "--gptjax_args=", f"--plot={plot}", "--compilation_cache=warm", timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = {line.split()[0]: line for line in result.stdout.splitlines() if " seed " in line}
   assert set(rows) == {"nanogpt", "gptjax"}, result.stdout
@@ -239,13 +245,14 @@ def test_bench_nanogpt_runs_both_engines_side_by_side(tmp_path):
   assert "speed-up over nanoGPT" in result.stdout and plot.stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_bench_nanogpt_interleaves_both_engines_in_one_process(tmp_path):
   """--interleaved_rounds alone: per-round medians of both engines and their ratio."""
   text = tmp_path / "input.txt"
   text.write_text("".join(f"Line {i}: to be, or not to be.\n" for i in range(300)), encoding="utf-8")
   result = run_tool(BENCH_NANOGPT, f"--input_file={text}", "--seeds=", "--interleaved_rounds=1",
                     "--gptjax_args=--config.cpu_devices=2 --config.mesh.data=-1 --config.mesh.fsdp=1",
-                    "--plot=")
+                    "--plot=", timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   nano, jax_ms, ratio = re.search(r"round  1: nanoGPT +([\d.]+) \| gptjax +([\d.]+) \| ([\d.]+)x",
                                   result.stdout).groups()
@@ -254,18 +261,62 @@ def test_bench_nanogpt_interleaves_both_engines_in_one_process(tmp_path):
   assert "speed-up per step, interleaved" in result.stdout and " seed " not in result.stdout
 
 
+def nanogpt_reference():
+  pytest.importorskip("torch")
+  sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+  import nanogpt_reference
+  return nanogpt_reference
+
+
+def test_nanogpt_reference_trains_exactly_as_upstream_nanogpt(tmp_path):
+  """The port against karpathy/nanoGPT itself (commit 93a43d9), run on this text as `python
+  train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=2
+  --log_interval=1 --block_size=32 --batch_size=4 --n_layer=2 --n_head=2 --n_embd=32
+  --max_iters=6 --lr_decay_iters=6 --dropout=0.0 --warmup_iters=2 --eval_interval=3`: the same
+  evaluations and per-step losses (to the 4 decimals it prints), and its checkpoint."""
+  from conftest import TEXT
+  reference = nanogpt_reference()
+  settings = reference.TrainSettings(
+      n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_iters=6, lr_decay_iters=6,
+      learning_rate=1e-3, min_lr=1e-4, warmup_iters=2, beta1=0.9, beta2=0.99, weight_decay=0.1,
+      grad_clip=1.0, eval_interval=3, eval_iters=2)
+  trainer = reference.Trainer(TEXT, settings, seed=1337)
+  losses, reference_step = [], trainer.step
+  trainer.step = lambda it: (reference_step(it), losses.append(trainer.last_loss))
+  result = reference.train(trainer, str(tmp_path))
+  upstream_evals = [(0, 3.5008, 3.4963), (3, 3.4273, 3.4340), (6, 3.3507, 3.3682)]
+  assert [e["step"] for e in result["evals"]] == [step for step, _, _ in upstream_evals]
+  np.testing.assert_allclose([(e["train"], e["val"]) for e in result["evals"]],
+                             [(train, val) for _, train, val in upstream_evals], atol=2e-4)
+  np.testing.assert_allclose(losses, [3.5098, 3.4940, 3.4863, 3.4281, 3.3979, 3.3901, 3.3968],
+                             atol=2e-4)
+  assert len(result["step_seconds"]) == 7 and (tmp_path / "ckpt.pt").stat().st_size > 0
+
+
 @pytest.mark.parametrize("vocab, size", [("chars", 28), ("bytes", 256)])
-def test_bench_nanogpt_reference_starts_at_chance_loss(tmp_path, vocab, size):
+def test_nanogpt_reference_starts_at_chance_loss(vocab, size):
   """The PyTorch nanoGPT reference, untrained: loss near ln(vocab) (GPT-2 init, std 0.02: logits of
   std ~0.2, a little above chance), which a mis-wired embedding, head or cross-entropy would miss.
-  28 characters in its own vocabulary, 256 in gptjax's bytes."""
+  28 characters in its own vocabulary, 256 in gptjax's bytes; the bench's recipe settings."""
   import math
-  sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+  reference = nanogpt_reference()
   import bench_nanogpt
-  text = tmp_path / "input.txt"
-  text.write_text("abcdefghij klmnopqrstuvwxyz\n" * 400, encoding="utf-8")
-  result = bench_nanogpt.nanogpt_train(str(text), seed=0, max_iters=0, vocab=vocab)
-  assert math.log(size) <= result["evals"][0]["val"] <= math.log(size) + 0.15, result
+  trainer = reference.Trainer("abcdefghij klmnopqrstuvwxyz\n" * 400,
+                              reference.TrainSettings(**bench_nanogpt.recipe(0)), 0, vocab)
+  assert math.log(size) <= trainer.estimate_loss()["val"] <= math.log(size) + 0.15
+
+
+def test_bench_nanogpt_imports_without_work_and_defaults_to_the_embedded_corpus():
+  """Importing the tool defines no flags, loads no preset and no torch; its text defaults to
+  gptjax's default corpus, which every clone has."""
+  code = ("import sys; sys.path.insert(0, 'tools'); import bench_nanogpt; from absl import flags; "
+          "assert 'input_file' not in flags.FLAGS and 'torch' not in sys.modules; "
+          "assert 'gptjax.config' not in sys.modules; print('clean')")
+  assert run_tool("-c", code).stdout.strip() == "clean"
+  result = run_tool(BENCH_NANOGPT, "--help")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "--input_file: UTF-8 text to train on; '' is gptjax's embedded default corpus" in (
+      result.stdout.replace("\n      ", " "))
 
 
 def test_bench_nanogpt_missing_input_is_one_clear_error(tmp_path):

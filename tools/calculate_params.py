@@ -1,6 +1,6 @@
 """Exact GPT parameter counts: from a preset, from explicit sizes, or interactively.
 
-  python tools/calculate_params.py --config_file configs/150M_1024.py      # .py or .json
+  python tools/calculate_params.py --config_file configs/150M_1024.py      # .py or nanoGPT-style .json
   python tools/calculate_params.py --n_layer 16 --n_embd 768 --n_head 12 --block_size 1024
   python tools/calculate_params.py --interactive
   python tools/calculate_params.py --show_formula
@@ -36,7 +36,7 @@ def parse_args(argv):
   parser = _ArgumentParser(description=__doc__.splitlines()[0],
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog="\n".join(__doc__.splitlines()[1:]))
-  parser.add_argument("--config_file", help="a preset (.py or nanoGPT-style JSON)")
+  parser.add_argument("--config_file", help="a preset (.py or nanoGPT-style .json)")
   parser.add_argument("--interactive", action="store_true", help="ask for the sizes on stdin")
   parser.add_argument("--show_formula", action="store_true",
                       help="print the exact formula, the usual approximation and the FLOPs formula")

@@ -11,9 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gptjax import cli, plan  # noqa: E402
+from gptjax import plan  # noqa: E402
 
 if __name__ == "__main__":
-  plan.define_flags()
-  sys.argv = cli.preflight(sys.argv)
-  cli.run(plan.main)
+  plan.cli_main()
