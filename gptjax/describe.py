@@ -392,7 +392,7 @@ def memory_rows(directory: str = "configs", target_names=None, compile: bool = F
   and where it does not, the fewest changes that fit with 10% free; and sampling memory.
 
   With `compile`, every figure is XLA's for the compiled step (without the hardware; on GPUs
-  extrapolated per layer from 2- and 3-layer compiles, exact there) and every suggested change is
+  extrapolated per layer from 1- and 2-layer compiles, exact there) and every suggested change is
   compiled too; the analytic model's figure is kept beside it. Without, the analytic model alone.
   """
   rows = []

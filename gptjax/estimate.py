@@ -30,10 +30,11 @@ from gptjax.config import ModelConfig
 from gptjax.optim import make_optimizer
 
 COMPILED, DEVICELESS, ANALYTIC = "compiled", "compiled-deviceless", "analytic"
-# --fast compiles these depths and extrapolates per layer. Not 1 and 2: on TPUs with FSDP a
-# 2-layer step can need less than a 1-layer one (400M_1024 on v5e-8: 0.584, 0.538, 0.564 and
-# 0.591 GiB of temporaries at 1-4 layers, 1.248 at 28), which extrapolates below zero.
-EXTRAPOLATION_LAYERS = (2, 3)
+# --fast compiles these depths and extrapolates per layer: on GPUs equal to the full compile to
+# 0.05% (from 2 and 3 layers: 2.2%). TPUs are not extrapolated (fast_is_exact): there a 2-layer
+# step can need less than a 1-layer one (400M_1024 on v5e-8: 0.584, 0.538, 0.564 and 0.591 GiB of
+# temporaries at 1-4 layers, 1.248 at 28).
+EXTRAPOLATION_LAYERS = (1, 2)
 # Custom calls libtpu 0.0.42's cost model prices at -1 s each (seen: ConcatBitcast in the backward
 # pass; X64Combine beside every rng-bit-generator of rbg dropout).
 UNPRICED_TPU_CALLS = ("ConcatBitcast", "X64Combine", "X64SplitLow", "X64SplitHigh")
@@ -305,7 +306,7 @@ def estimate(config: ml_collections.ConfigDict, target: targets.Target, *, metho
     target: from targets.parse_target.
     method: "auto" compiles where possible (local devices, or compile-only TPU/GPU devices when
       their library is installed) and falls back to "analytic"; "compile" insists on compiling.
-    fast: compile 2- and 3-layer versions of the step and extrapolate per layer (for deep models
+    fast: compile 1- and 2-layer versions of the step and extrapolate per layer (for deep models
       whose full compile takes minutes on a small CPU).
     num_samples: sequences sampled at once, for the generation memory.
   Raises:

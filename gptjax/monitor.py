@@ -124,7 +124,8 @@ class MetricsWriter:
 def metrics_read_late() -> bool:
   """Whether a step's metrics are read only after the next step is dispatched (as nanodo does),
   so that logging never drains the device queue: on accelerators. On a CPU the step and the host
-  share the cores, and reading at once measured as fast (docs/performance.md)."""
+  share the cores; there neither was measurably faster (docs/performance.md), and reading at once
+  is kept."""
   return jax.devices()[0].platform != "cpu"
 
 

@@ -405,7 +405,7 @@ def define_flags() -> None:
                     "exit status 2 if there are any.")
   flags.DEFINE_enum("method", "auto", ["auto", "compile", "analytic"], "auto compiles where the "
                     "target's compiler is installed, else uses the analytic model.")
-  flags.DEFINE_bool("fast", False, "Compile 2- and 3-layer versions and extrapolate per layer "
+  flags.DEFINE_bool("fast", False, "Compile 1- and 2-layer versions and extrapolate per layer "
                     "instead of compiling every layer (minutes -> seconds for deep models).")
   flags.DEFINE_integer("verify", 3, "--search: compile this many of the fastest candidates.")
   flags.DEFINE_bool("measure", False, "--target=local: also run the step (allocating it) and "

@@ -132,12 +132,12 @@ def test_gpu_compile_path_and_roofline_time(tmp_path):
 
 
 def test_extrapolation_from_shallow_compiles_matches_the_full_compile(tmp_path):
-  """--fast (2- and 3-layer compiles, extrapolated) against compiling all 6 layers."""
+  """--fast (1- and 2-layer compiles, extrapolated) against compiling all 6 layers."""
   preset = write_config(tmp_path, n_layer=6, n_head=4, n_embd=128, block_size=128, batch_size=8,
                         dtype="bfloat16", vocab_size=4096, tokenizer="bytes")
   full = plan_json(f"--config={preset}", "--target=gpu-a100-40gb")
   fast = plan_json(f"--config={preset}", "--target=gpu-a100-40gb", "--fast")
-  assert fast["extrapolated_from_layers"] == [2, 3] and full["extrapolated_from_layers"] is None
+  assert fast["extrapolated_from_layers"] == [1, 2] and full["extrapolated_from_layers"] is None
   assert fast["total_bytes_per_device"] == pytest.approx(full["total_bytes_per_device"], rel=0.05)
 
 

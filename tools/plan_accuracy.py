@@ -8,7 +8,7 @@
 
 For every preset (at its shipped settings, and in bfloat16 with remat) and target it compiles the
 real train step without the hardware and puts the analytic model's per-device bytes beside the
-compiled ones; --fast_too adds the 2- and 3-layer extrapolation. --cpu_peak trains a few steps of
+compiled ones; --fast_too adds the 1- and 2-layer extrapolation. --cpu_peak trains a few steps of
 each preset on this CPU in a child process and compares its peak resident memory with the plan.
 """
 
