@@ -128,7 +128,7 @@ def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
   assert any(name.startswith("jit_decode_step-") for name in os.listdir(cache))
 
 
-def test_cli_accepts_a_seed_json_preset(tmp_path):
+def test_cli_accepts_a_nanogpt_style_json_preset(tmp_path):
   preset = tmp_path / "my_custom.json"
   preset.write_text(json.dumps({"name": "GPT-Custom", "n_layer": 1, "n_head": 2, "n_embd": 32,
                                 "block_size": 16, "vocab_size": 256, "batch_size": 4,

@@ -1,6 +1,7 @@
 """nanoGPT against gptjax on nanoGPT's CPU recipe, side by side on this machine: same text, seeds.
 
-  python tools/bench_nanogpt.py --input_file=../shared/data/tinyshakespeare.txt --seeds=1337,1,2
+  curl -Lo input.txt https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
+  python tools/bench_nanogpt.py --input_file=input.txt --seeds=1337,1,2
   python tools/bench_nanogpt.py --seeds= --interleaved_rounds=20   # per-step ratio only
 
 Without --input_file both engines train on gptjax's embedded default corpus (Python's standard
@@ -269,7 +270,8 @@ def main(argv) -> None:
     return
   if f.input_file and not os.path.isfile(f.input_file):
     raise DataError(f"--input_file {f.input_file!r} does not exist. Fix: pass a UTF-8 text file, "
-                    f"e.g. --input_file=../shared/data/tinyshakespeare.txt, or leave it out to "
+                    f"e.g. tiny Shakespeare (https://raw.githubusercontent.com/karpathy/char-rnn/"
+                    f"master/data/tinyshakespeare/input.txt), or leave it out to "
                     f"train on gptjax's default corpus.")
   _text(f.input_file)  # an unreadable file: one clear error before any run
   import platform
