@@ -1,15 +1,26 @@
 """Orbax checkpoints of a run: save (async), keep the last N plus the best by val loss, restore.
 
 A checkpoint holds three items: `params`, `opt_state` (Orbax StandardSave, sharded arrays) and
-`meta` (JSON: the resolved config and losses). Restoring takes an abstract target whose leaves carry
-the *target* shardings, so a checkpoint written on one mesh restores onto any other. `load_run` is
-what the tools that read a finished run (sample, convert, benchmarks) start from.
+`meta` (JSON: the resolved config and losses); Orbax's `metrics` item holds the val loss, so the
+best step is known again after a resume. Restoring takes an abstract target whose leaves carry the
+*target* shardings, so a checkpoint written on one mesh restores onto any other. A step that does
+not restore (a truncated or overwritten file) is skipped for the newest one that does, and moved
+aside to `<step>.damaged`. `load_run` is what the tools that read a finished run (sample, convert,
+benchmarks) start from.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import glob
 import os
-from typing import Any
+import shutil
+import sys
+import tempfile
+import time
+import types
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -22,30 +33,68 @@ from gptjax.errors import CheckpointError
 from gptjax.model import GPT
 from gptjax.params import abstract_params
 
+UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a save still being written
+
+
+def note(message: str) -> None:
+  """One line on stderr, from process 0 only."""
+  if jax.process_index() == 0:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def metric_val_loss(metrics) -> float:
+  return metrics["val_loss"]
+
 
 class Checkpointer:
   """A run's checkpoints under `<run_dir>/checkpoints/`."""
 
   def __init__(self, run_dir: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+    self.read_only = read_only
+    if not read_only:
+      self.remove_unfinished()
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=keep),
-        checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
+        checkpoint_managers.BestN(get_metric_fn=metric_val_loss, reverse=True, n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, read_only=read_only,
+    # best_fn is what makes Orbax write each step's metrics to disk (and read them back); the
+    # preservation policy alone keeps them in memory only, so a resumed run forgot its best step.
+    options = ocp.CheckpointManagerOptions(best_fn=metric_val_loss, best_mode="min",
+                                           preservation_policy=policy, read_only=read_only,
                                            create=not read_only,
                                            enable_async_checkpointing=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def remove_unfinished(self) -> None:
+    """Deletes the folders of saves that a kill interrupted (never restorable), and says so."""
+    unfinished = sorted(glob.glob(os.path.join(self.directory, f"*{UNFINISHED_SUFFIX}*")))
+    if unfinished and jax.process_index() == 0:  # Orbax never lists them: they only take space
+      note(f"removing {len(unfinished)} unfinished checkpoint save(s) an interrupted run left in "
+           f"{self.directory}: " + ", ".join(os.path.basename(p) for p in unfinished))
+      for path in unfinished:
+        shutil.rmtree(path)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def best_step(self) -> int | None:
     """The kept step with the lowest val loss (None when no checkpoint has one)."""
-    scored = [(m["val_loss"], step) for step in self.manager.all_steps()
-              if (m := self.manager.metrics(step)) and m.get("val_loss") is not None]
-    return min(scored)[1] if scored else None
+    return self.manager.best_step()
+
+  def val_loss(self, step: int) -> float | None:
+    metrics = self.manager.metrics(step)
+    return metrics.get("val_loss") if metrics else None
+
+  def steps_to_try(self, which: str = "latest") -> list[int]:
+    """Every step, newest first; for "best", those with a val loss first, lowest first."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if which != "best":
+      return steps
+    losses = {step: self.val_loss(step) for step in steps}
+    return (sorted((s for s in steps if losses[s] is not None), key=losses.get)
+            + [s for s in steps if losses[s] is None])
 
   def save(self, step: int, state, meta: dict[str, Any], val_loss: float | None = None) -> None:
     """Starts an asynchronous save of `state` (params, opt_state) and `meta` at `step`."""
@@ -66,6 +115,46 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored["params"], restored.get("opt_state") if abstract_opt_state is not None else None
 
+  def first_intact(self, steps: list[int], load: Callable[[int], Any]) -> tuple[int, Any] | None:
+    """(step, load(step)) for the first of `steps` that loads; None when there are no steps.
+
+    A step whose files do not load is damaged: it is skipped with a note on stderr and, unless
+    read-only, moved aside to `<step>.damaged` (kept to look at, out of Orbax's way: a later save
+    may reuse its number). A CheckpointError from `load` and running out of memory are not damage
+    and pass through. When every step is damaged, nothing is moved and a CheckpointError says so.
+    """
+    damaged = []
+    for step in steps:
+      loaded, reason = try_load(step, load)
+      if reason is not None:
+        damaged.append((step, reason))
+        continue
+      for bad_step, bad_reason in damaged:
+        self.set_aside(bad_step, bad_reason, instead=step)
+      return step, loaded
+    if damaged:
+      raise CheckpointError(
+          f"no checkpoint in {self.directory!r} can be read (" + "; ".join(
+              f"step {step}: {reason}" for step, reason in damaged) + "). Fix: move "
+          f"{os.path.dirname(self.directory)!r} away and train again, or train into a new "
+          f"directory with --config.model_name=<new name>.")
+    return None
+
+  def set_aside(self, step: int, reason: str, instead: int) -> None:
+    """Notes that `step` is damaged and, unless read-only, renames it to `<step>.damaged`."""
+    path = os.path.join(self.directory, str(step))
+    kept = "left in place"
+    if not self.read_only:
+      target, n = f"{path}.damaged", 1
+      while os.path.exists(target):
+        target, n = f"{path}.damaged{n}", n + 1
+      if jax.process_index() == 0:
+        os.rename(path, target)
+      self.manager.reload()
+      kept = f"moved aside to {target}"
+    note(f"checkpoint step {step} in {self.directory} is damaged ({reason}); using step "
+         f"{instead} instead, the damaged one {kept}.")
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
@@ -74,19 +163,66 @@ class Checkpointer:
     self.manager.close()
 
 
-def find_step(run_dir: str, which: str = "latest") -> tuple["Checkpointer", int]:
-  """Opens a run's checkpoints read-only and picks the latest or best step."""
+@contextlib.contextmanager
+def held_stderr():
+  """Holds what file descriptor 2 receives meanwhile (TensorStore's threads write there too) and
+  passes it on at the end, unless the yielded namespace's `keep` was set to False."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    hold = types.SimpleNamespace(file=held, keep=True)
+    os.dup2(held.fileno(), 2)
+    try:
+      yield hold
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      held.seek(0)
+      if hold.keep:
+        os.write(2, held.read())
+
+
+def try_load(step: int, load: Callable[[int], Any]) -> tuple[Any, str | None]:
+  """(load(step), None), or (None, why) when the step's files are damaged.
+
+  A failed restore leaves Orbax's other reads behind; they fail on a closed event loop and print
+  tracebacks from TensorStore's threads and the garbage collector. Those are waited for and
+  dropped: `why` names the root cause once.
+  """
+  with held_stderr() as hold:
+    try:
+      return load(step), None
+    except CheckpointError:
+      raise
+    except Exception as e:  # Orbax, TensorStore and json raise many types for a bad file
+      if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+        raise
+      while e.__cause__ is not None:  # the root cause names the file; its wrappers do not
+        e = e.__cause__
+      why = f"{type(e).__name__}: {(str(e).strip() or '?').splitlines()[0][:300]}"
+    # Out of the except block, the traceback (which holds the abandoned reads) is gone.
+    size = -1
+    for _ in range(40):  # until they are quiet for 0.25 s (10 s at most)
+      gc.collect()
+      if size == (size := os.fstat(hold.file.fileno()).st_size):
+        break
+      time.sleep(0.25)
+    hold.keep = False
+    return None, why
+
+
+def open_run(run_dir: str) -> Checkpointer:
+  """A run's checkpoints, read-only; a CheckpointError when it has none."""
   directory = os.path.join(run_dir, "checkpoints")
   if not os.path.isdir(directory):
     raise CheckpointError(f"run directory {run_dir!r} holds no checkpoints (no {directory}). Fix: "
                           f"train first (python -m gptjax.train ...) or pass the right --run_dir.")
   checkpointer = Checkpointer(run_dir, read_only=True)
-  step = checkpointer.best_step() if which == "best" else None
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
+  if checkpointer.latest_step() is None:
     raise CheckpointError(f"run directory {run_dir!r} holds no finished checkpoint. Fix: train "
                           f"until the first checkpoint is saved, or pass another --run_dir.")
-  return checkpointer, step
+  return checkpointer
 
 
 def architecture_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -96,13 +232,20 @@ def architecture_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> lis
 
 
 def load_run(run_dir: str, which: str = "latest"):
-  """(model, params, config, step) from a run directory's latest or best checkpoint."""
-  checkpointer, step = find_step(run_dir, which)
-  config = ml_collections.ConfigDict(checkpointer.read_meta(step)["config"])
-  model = GPT(ModelConfig.from_config(config))
+  """(model, params, config, step, val_loss or None) from a run directory's latest or best
+  checkpoint ("best": the lowest val loss; the latest when none has one). A damaged step is
+  skipped for the next one, with a note."""
+  checkpointer = open_run(run_dir)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          nn.meta.unbox(abstract_params(model.config)))
-  params, _ = checkpointer.restore(step, abstract)
+
+  def load(step):
+    config = ml_collections.ConfigDict(checkpointer.read_meta(step)["config"])
+    model = GPT(ModelConfig.from_config(config))
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                            nn.meta.unbox(abstract_params(model.config)))
+    return model, checkpointer.restore(step, abstract)[0], config
+
+  step, (model, params, config) = checkpointer.first_intact(checkpointer.steps_to_try(which), load)
+  loss = checkpointer.val_loss(step)
   checkpointer.close()
-  return model, params, config, step
+  return model, params, config, step, loss

@@ -56,7 +56,7 @@ def import_to_run_dir(hf: str, run_dir: str) -> ml_collections.ConfigDict:
 
 def export_run_dir(run_dir: str, hf_dir: str, which: str = "latest") -> None:
   """Writes a run directory's latest (or best) checkpoint as an HF GPT-2 directory."""
-  model, params, _, _ = load_run(run_dir, which)
+  model, params, _, _, _ = load_run(run_dir, which)
   hf_gpt2.save_hf_gpt2(model, params, hf_dir)
 
 

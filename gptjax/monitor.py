@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 from gptjax import cli
 from gptjax.config import ModelConfig
-from gptjax.errors import DivergenceError
+from gptjax.errors import DataError, DivergenceError
 from gptjax.params import flops_per_token
 
 # Dense bf16/fp16 matmul peak FLOP/s per device (vendor datasheets; GPUs without sparsity). Keys are
@@ -40,6 +41,24 @@ def mfu(flops_per_second: float, num_devices: int, peak: float | None) -> float 
   return None if peak is None else flops_per_second / (peak * num_devices)
 
 
+def read_records(path: str) -> list[dict[str, Any]]:
+  """The records of a metrics.jsonl. A torn last line (a write cut short by a kill or a full disk)
+  is dropped with a note; an unreadable line before it is a DataError."""
+  with open(path, encoding="utf-8", errors="replace") as f:
+    lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+  records = []
+  for number, line in lines:
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if number != lines[-1][0]:
+        raise DataError(f"{path}, line {number}, is not a JSON record ({e}). Fix: delete or "
+                        f"repair that line, then run again.") from e
+      print(f"note: {path}: dropped its torn last line ({len(line.rstrip())} characters, an "
+            f"interrupted write): {line.strip()[:60]!r}", file=sys.stderr)
+  return records
+
+
 class MetricsWriter:
   """metrics.jsonl + TensorBoard events + loss.png in the run directory (process 0 only)."""
 
@@ -52,10 +71,10 @@ class MetricsWriter:
     if not enabled:
       return
     if os.path.exists(self.path):  # Resuming: keep what led up to the checkpoint, drop the rest.
-      with open(self.path) as f:
-        self.records = [r for r in map(json.loads, filter(str.strip, f)) if r["step"] <= resume_step]
-    with open(self.path, "w") as f:
+      self.records = [r for r in read_records(self.path) if r["step"] <= resume_step]
+    with open(self.path + ".tmp", "w") as f:  # replaced at once: a cut here loses nothing
       f.writelines(json.dumps(r) + "\n" for r in self.records)
+    os.replace(self.path + ".tmp", self.path)
     # tensorboardX takes ~1.5 s to import (it loads torch when installed): done in the background,
     # while the train step compiles, and waited for at the first write.
     self._tensorboard_ready = threading.Thread(

@@ -139,12 +139,15 @@ def main(argv) -> None:
       raise UserError(f"--{name}={f[name].value} is out of range. Fix: see "
                       f"`python -m gptjax.sample --help`.")
   prompt_text = read_prompt(f.prompt)  # before loading anything
-  model, params, config, step = load_run(f.run_dir, f.checkpoint)  # compiles nothing
+  model, params, config, step, val_loss = load_run(f.run_dir, f.checkpoint)  # compiles nothing
   cli.use_compilation_cache(config.get("compilation_cache_dir", ""))  # the run's own cache
   tokenizer = data_lib.get_tokenizer(resolve_tokenizer(config), config.tokenizer_path)
   prompt = list(tokenizer.encode(prompt_text)) or (
       list(tokenizer.encode("\n")) if tokenizer.name == "bytes" else [tokenizer.n_vocab - 1])
-  print(f"# {config.name} from {f.run_dir}, step {step}", file=sys.stderr)
+  which = ("latest" if f.checkpoint == "latest" else "no val loss recorded: the latest"
+           if val_loss is None else f"best by val loss {val_loss:.4f}")
+  print(f"# {config.name} from {f.run_dir}: loaded checkpoint step {step} ({which})",
+        file=sys.stderr)
   samples = generate(model, params, prompt, f.max_new_tokens, rng=jax.random.key(f.seed),
                      num_samples=f.num_samples, temperature=f.temperature, top_k=f.top_k,
                      top_p=f.top_p, vocab_limit=tokenizer.n_vocab, progress=True)

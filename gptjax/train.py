@@ -57,16 +57,10 @@ def run_directory(config: ml_collections.ConfigDict) -> str:
 
 
 def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[TrainState, int]:
-  """The latest checkpoint restored into this mesh's shardings, else GPT-2 weights or a fresh init."""
-  step = checkpointer.latest_step()
-  if step is None and not config.init_from:
-    return setup.init(jax.random.key(config.seed)), 0
-  if step is None:  # fine-tuning: GPT-2's weights instead of a random init
-    params = hf_gpt2.init_params_from(config, setup.abstract_state.params)
-    opt_shardings = jax.tree.map(lambda a: a.sharding, setup.abstract_state.opt_state)
-    opt_state = jax.jit(setup.tx.init, out_shardings=opt_shardings)(params)
-    step = 0
-  else:
+  """The newest intact checkpoint restored into this mesh's shardings (a damaged one is skipped
+  with a note), else GPT-2 weights or a fresh init."""
+
+  def load(step):
     saved = checkpointer.read_meta(step)["architecture"]
     differing = architecture_mismatch(saved, ModelConfig.from_config(config).architecture())
     if differing:
@@ -74,8 +68,18 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
           f"run directory {checkpointer.directory!r} holds a different architecture ("
           + "; ".join(differing) + "). Fix: train into a new directory with "
           "--config.model_name=<new name>, or use the checkpoint's architecture.")
-    params, opt_state = checkpointer.restore(step, setup.abstract_state.params,
-                                             setup.abstract_state.opt_state)
+    return checkpointer.restore(step, setup.abstract_state.params, setup.abstract_state.opt_state)
+
+  found = checkpointer.first_intact(checkpointer.steps_to_try(), load)
+  if found is None and not config.init_from:
+    return setup.init(jax.random.key(config.seed)), 0
+  if found is None:  # fine-tuning: GPT-2's weights instead of a random init
+    params = hf_gpt2.init_params_from(config, setup.abstract_state.params)
+    opt_shardings = jax.tree.map(lambda a: a.sharding, setup.abstract_state.opt_state)
+    opt_state = jax.jit(setup.tx.init, out_shardings=opt_shardings)(params)
+    step = 0
+  else:
+    step, (params, opt_state) = found
   step_array = jax.device_put(jnp.asarray(step, jnp.int32), sharding.replicated(setup.mesh))
   return TrainState(step=step_array, params=params, opt_state=opt_state), step
 

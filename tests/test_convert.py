@@ -185,7 +185,7 @@ def test_from_hf_run_directory_samples_and_exports(hf_bytes, tmp_path):
   hf, directory = hf_bytes
   run_dir = str(tmp_path / "out" / "imported")
   convert.import_to_run_dir(directory, run_dir)
-  model, params, config, step = checkpoint.load_run(run_dir)
+  model, params, config, step, _ = checkpoint.load_run(run_dir)
   assert step == 0 and config.init_from == directory and config.tokenizer == "auto"
   prompt = [int(t) for t in data_lib.ByteTokenizer().encode("ROMEO:")]
   ours = sample.generate(model, params, prompt, 8, rng=jax.random.key(0), temperature=0.0,

@@ -187,7 +187,7 @@ def run_gptjax(seed: int, max_iters: int, cache_dir: str) -> dict:
     run_dir = os.path.join(out_dir, f"seed{seed}")
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
       records = [json.loads(line) for line in f]
-    model, params, config, _ = load_run(run_dir)
+    model, params, config, _, _ = load_run(run_dir)
     full_val, _ = split_loss(model, params, data_lib.prepare(config).val)
   return dict(evals=[dict(step=r["step"], val=r["val_loss"]) for r in records if "val_loss" in r],
               step_ms=statistics.median(r["step_time_ms"] for r in records if r["step"] > 1),

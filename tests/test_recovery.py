@@ -1,0 +1,134 @@
+"""Never losing a run: the best checkpoint across resumes, damaged checkpoints, a torn
+metrics.jsonl, unfinished saves left by a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from gptjax.checkpoint import Checkpointer
+from gptjax.errors import DataError
+from gptjax.monitor import read_records
+from gptjax.train import train
+
+from conftest import assert_user_error, read_metrics, run_module
+
+
+def run_dir_of(config) -> str:
+  return os.path.join(config.out_dir, config.model_name)
+
+
+def damage(run_dir: str, step: int) -> None:
+  """Truncates every non-empty file of a step's params, as a full disk or a bad copy would."""
+  for root, _, files in os.walk(os.path.join(run_dir, "checkpoints", str(step), "params")):
+    for name in files:
+      path = os.path.join(root, name)
+      if os.path.getsize(path) > 0:
+        os.truncate(path, os.path.getsize(path) // 3)
+
+
+def sample(run_dir: str, *args):
+  return run_module("-m", "gptjax.sample", f"--run_dir={run_dir}", "--max_new_tokens=3", *args)
+
+
+def test_best_checkpoint_survives_resumes_and_is_what_sample_loads(tiny):
+  config = tiny(max_iters=4, eval_interval=2, keep_checkpoints=1)
+  train(config)
+  run_dir = run_dir_of(config)
+  config.learning_rate = config.min_lr = 3.0  # far too high from here on: the val loss rises
+  for resumed_to in (8, 10):  # each resume saves twice, and keeps only the last by recency
+    config.max_iters = resumed_to
+    train(config)
+    evals = [(r["val_loss"], r["step"]) for r in read_metrics(run_dir) if "val_loss" in r]
+    best_loss, best = min(evals)
+    assert best <= 4, evals  # else the test would not tell best from latest
+    checkpointer = Checkpointer(run_dir, read_only=True)
+    assert checkpointer.best_step() == best
+    assert set(checkpointer.manager.all_steps()) == {best, resumed_to}
+    result = sample(run_dir, "--checkpoint=best")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"loaded checkpoint step {best} (best by val loss {best_loss:.4f})" in result.stderr
+  latest = sample(run_dir)
+  assert "loaded checkpoint step 10 (latest)" in latest.stderr, latest.stderr[-3000:]
+
+
+def test_a_damaged_latest_checkpoint_costs_one_checkpoint(tiny, capfd):
+  config = tiny(max_iters=4, eval_interval=2)
+  train(config)
+  run_dir = run_dir_of(config)
+  damage(run_dir, 4)
+  capfd.readouterr()
+  result = sample(run_dir)  # read-only: skips it and leaves it in place
+  assert result.returncode == 0, result.stderr[-3000:]
+  notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+  assert len(notes) == 1 and "step 4" in notes[0] and "damaged" in notes[0], result.stderr
+  assert "loaded checkpoint step 2" in result.stderr and "Traceback" not in result.stderr
+  assert os.path.isdir(os.path.join(run_dir, "checkpoints", "4"))
+
+  config.max_iters = 6
+  train(config)  # resumes from step 2 and says so
+  err = capfd.readouterr().err
+  notes = [line for line in err.splitlines() if line.startswith("note:")]
+  assert len(notes) == 1 and "step 4" in notes[0] and "using step 2" in notes[0], err
+  assert "Traceback" not in err
+  assert os.path.isdir(os.path.join(run_dir, "checkpoints", "4.damaged"))  # kept, set aside
+  assert set(Checkpointer(run_dir, read_only=True).manager.all_steps()) == {2, 4, 6}
+  steps = [r["step"] for r in read_metrics(run_dir)]
+  assert steps == list(range(1, 7))
+
+
+def test_every_checkpoint_damaged_is_one_clear_error(tmp_path):
+  command = ["-m", "gptjax.train", "--config=configs/tiny_char.py", "--config.n_layer=1",
+             "--config.eval_iters=1", "--config.eval_interval=1", f"--config.out_dir={tmp_path}"]
+  result = run_module(*command, "--config.max_iters=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  run_dir = str(tmp_path / "tiny_char")
+  for step in (1, 2):
+    damage(run_dir, step)
+  for result in (sample(run_dir), run_module(*command, "--config.max_iters=3")):
+    assert_user_error(result, os.path.join(run_dir, "checkpoints"), "step 1", "step 2",
+                      "model_name")
+    assert len([line for line in result.stderr.splitlines() if "error:" in line]) == 1
+  assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["1", "2"]  # none moved
+
+
+def test_a_torn_metrics_line_is_dropped_and_the_run_resumes(tiny, capfd):
+  config = tiny(max_iters=4, eval_interval=2, log_interval=1)
+  train(config)
+  run_dir = run_dir_of(config)
+  with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 5, "train_loss": 2.3')  # a full disk mid-append
+  capfd.readouterr()
+  config.max_iters = 6
+  train(config)
+  assert "dropped its torn last line" in capfd.readouterr().err
+  steps = [r["step"] for r in read_metrics(run_dir)]
+  assert steps == list(range(1, 7))
+
+
+def test_an_unreadable_metrics_line_before_the_last_is_an_error(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+  with pytest.raises(DataError, match="line 2"):
+    read_records(str(path))
+  path.write_text('{"step": 1}\n{"step": 2}\n{"st')
+  assert read_records(str(path)) == [{"step": 1}, {"step": 2}]
+
+
+def test_an_unfinished_save_left_by_a_kill_is_removed_with_a_note(tiny, capfd):
+  config = tiny(max_iters=2, eval_interval=2)
+  train(config)
+  run_dir = run_dir_of(config)
+  leftover = os.path.join(run_dir, "checkpoints", "4.orbax-checkpoint-tmp-1234567")
+  os.makedirs(os.path.join(leftover, "params"))
+  with open(os.path.join(leftover, "params", "_METADATA"), "w") as f:
+    json.dump({}, f)
+  capfd.readouterr()
+  config.max_iters = 4
+  train(config)
+  err = capfd.readouterr().err
+  assert "4.orbax-checkpoint-tmp-1234567" in err and "unfinished" in err, err
+  assert not os.path.exists(leftover)
+  assert Checkpointer(run_dir, read_only=True).latest_step() == 4
