@@ -107,14 +107,14 @@ def test_json_preset_device_field_is_ignored(tmp_path, capsys):
 
 
 def test_json_preset_without_name_or_description_is_named_by_its_file_and_shape(tmp_path):
-  values = {key: value for key, value in SEED_CUSTOM_JSON.items() if key != "description"}
+  values = {key: value for key, value in CUSTOM_JSON.items() if key != "description"}
   config = config_lib.load_config(write_json(tmp_path, {**values, "n_layer": 16, "n_head": 16,
                                                         "n_embd": 1024, "block_size": 1024}))
   assert config.description == "16-layer, 16-head, 1024-channel GPT (block 1024, vocab 50304)"
   assert config.name == "GPT-Custom"
   assert config_lib.load_config(write_json(tmp_path, {"n_layer": 2}, "unnamed.json")
                                 ).name == "unnamed"
-  assert config_lib.load_config(write_json(tmp_path, SEED_CUSTOM_JSON, "described.json")
+  assert config_lib.load_config(write_json(tmp_path, CUSTOM_JSON, "described.json")
                                 ).description == "My custom configuration"
 
 
