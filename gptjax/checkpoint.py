@@ -52,6 +52,7 @@ class Checkpointer:
   def __init__(self, run_dir: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
     self.read_only = read_only
+    self.closed = False
     if not read_only:
       self.remove_unfinished()
     policy = checkpoint_managers.AnyPreservationPolicy([
@@ -159,8 +160,11 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the last save to commit, then closes (again: nothing)."""
+    if not self.closed:
+      self.manager.wait_until_finished()
+      self.manager.close()
+      self.closed = True
 
 
 @contextlib.contextmanager

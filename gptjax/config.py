@@ -366,6 +366,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config[field]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
       fail(field, f"{value!r} must be a positive integer", f"set --config.{field} to a value >= 1")
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not (
+      0 <= config.seed < 2**32):
+    fail("seed", f"{config.seed!r} is not an integer in [0, 2**32)", "use e.g. --config.seed=1337")
   for field in ("warmup_iters", "checkpoint_interval"):
     if config[field] < 0:
       fail(field, f"{config[field]!r} is negative", f"set --config.{field} to 0 or more")

@@ -37,6 +37,7 @@ from gptjax.config import ModelConfig, validate
 from gptjax.errors import CheckpointError, UserError
 from gptjax.monitor import MetricsWriter, Recorder, device_peak_flops
 from gptjax.params import count_params
+from gptjax.run_lock import RunLock
 from gptjax.step import (Setup, TrainState, build, compile_train_step, global_batch,
                          mesh_context)
 
@@ -148,6 +149,7 @@ class Run:
   setup: Setup  # its train_step compiled ahead of time
   token_data: data_lib.TokenData
   checkpointer: Checkpointer
+  lock: RunLock | None  # process 0's hold on the run directory
   state: TrainState
   start_step: int
   first_record: dict[str, Any]  # compile time and step memory, logged with the first step
@@ -172,10 +174,17 @@ def start(config: ml_collections.ConfigDict) -> Run:
   setup = dataclasses.replace(setup, train_step=compiled_step)
   first_record = dict(compile_s=time.perf_counter() - compile_start,
                       step_memory_bytes=step_memory)  # per device, as gptjax.plan reports it
-  checkpointer = Checkpointer(run_directory(config), keep=config.keep_checkpoints)
-  with mesh_context(mesh), plan.explain_out_of_memory(config):
-    state, start_step = restore_or_init(config, setup, checkpointer)
-  return Run(config, mesh, setup, token_data, checkpointer, state, start_step, first_record)
+  # Nothing above wrote into the run directory: a config that fails leaves it as it was.
+  lock = RunLock(run_directory(config)).acquire() if jax.process_index() == 0 else None
+  try:
+    checkpointer = Checkpointer(run_directory(config), keep=config.keep_checkpoints)
+    with mesh_context(mesh), plan.explain_out_of_memory(config):
+      state, start_step = restore_or_init(config, setup, checkpointer)
+  except BaseException:
+    if lock:
+      lock.release()
+    raise
+  return Run(config, mesh, setup, token_data, checkpointer, lock, state, start_step, first_record)
 
 
 def banner(run: Run) -> str:
@@ -200,6 +209,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     say(f"{run_directory(config)} is already trained to step {step} >= "
         f"max_iters={config.max_iters}. Raise --config.max_iters to train on.")
     checkpointer.close()
+    if run.lock:
+      run.lock.release()
     return {"step": step}
   if is_main:
     with open(os.path.join(run_directory(config), "config.json"), "w") as f:
@@ -239,13 +250,18 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         if record:
           log.write(record)
       log.flush()
-    if stop.requested:
+    if stop.requested and step < config.max_iters:
       stop_and_save(stop, checkpointer, config, step, state, log.last_metrics, run.start_step, say)
+    checkpointer.close()  # waits for the last save to commit, still holding signals
   finally:
-    stop.restore()
     progress.close()
     checkpointer.close()
     writer.close()
+    if run.lock:
+      run.lock.release()
+    stop.restore()
+  if stop.requested:
+    say(f"{stop.signal_name} after the last step: the run is complete, nothing to resume.")
   say(f"done: step {step}, val loss {log.last.get('val_loss', float('nan')):.4f}; "
       f"checkpoints in {checkpointer.directory}")
   return log.last
@@ -259,6 +275,7 @@ def stop_and_save(stop: StopRequest, checkpointer: Checkpointer, config, step: i
   saved = math.isfinite(loss)
   if saved and checkpointer.latest_step() != step:
     save(checkpointer, config, step, state, dict(train_loss=loss))
+  checkpointer.wait()  # "saved" only once it is committed (a second Ctrl-C here aborts)
   say(f"\n{stop.signal_name} at step {step}: "
       + ("checkpoint saved" if saved else f"loss {loss} not saved, the last checkpoint kept")
       + ". Run the same command to resume.")

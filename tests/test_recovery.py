@@ -132,3 +132,62 @@ def test_an_unfinished_save_left_by_a_kill_is_removed_with_a_note(tiny, capfd):
   assert "4.orbax-checkpoint-tmp-1234567" in err and "unfinished" in err, err
   assert not os.path.exists(leftover)
   assert Checkpointer(run_dir, read_only=True).latest_step() == 4
+
+
+TINY_COMMAND = ("-m", "gptjax.train", "--config=configs/tiny_char.py", "--config.n_layer=1",
+                "--config.eval_iters=1", "--config.log_interval=1")
+
+
+def tree_state(directory) -> dict[str, float]:
+  """Every file under `directory` with its modification time."""
+  return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime
+          for root, _, files in os.walk(directory) for name in files}
+
+
+def test_a_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
+  from gptjax.run_lock import RunLock
+  run_dir = tmp_path / "tiny_char"
+  command = (*TINY_COMMAND, "--config.max_iters=2", f"--config.out_dir={tmp_path}")
+  held = RunLock(str(run_dir)).acquire()  # a training in progress, as another process holds it
+  before = tree_state(run_dir)
+  assert_user_error(run_module(*command), str(run_dir), "in use", f"pid {os.getpid()}",
+                    "--config.model_name")
+  assert tree_state(run_dir) == before  # the refused writer touched nothing
+  held.release()
+  # A holder killed with kill -9 leaves its name in the file, but no lock: taken over, with a note.
+  (run_dir / "lock").write_text(json.dumps(dict(pid=2**22 + 7, host="gone", since="then")))
+  result = run_module(*command)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "taking over" in result.stderr and "pid 4194311 on gone" in result.stderr
+  assert (run_dir / "lock").read_text() == ""  # released at the end
+  assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
+
+
+def test_a_failing_command_changes_nothing_in_the_run_directory(tmp_path):
+  command = (*TINY_COMMAND, f"--config.out_dir={tmp_path}")
+  assert run_module(*command, "--config.max_iters=2").returncode == 0
+  before = tree_state(tmp_path / "tiny_char")
+  assert_user_error(run_module(*command, "--config.max_iters=4", "--config.seed=-1"),
+                    "seed", "-1")
+  assert tree_state(tmp_path / "tiny_char") == before
+
+
+def test_a_signal_after_the_last_step_keeps_the_final_checkpoint_and_exits_0(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  from conftest import REPO_ROOT
+  args = [sys.executable, *TINY_COMMAND, "--config.max_iters=6", "--config.eval_interval=100",
+          f"--config.out_dir={tmp_path}"]
+  process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "JAX_PLATFORMS": "cpu",
+                                             "PYTHONUNBUFFERED": "1"})
+  for line in process.stdout:  # the last step's line: its save has started, not committed
+    if line.startswith("step 6:"):
+      process.send_signal(signal.SIGTERM)
+      break
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr[-3000:]
+  assert "the run is complete" in stdout and "Run the same command to resume" not in stdout
+  assert "Traceback" not in stderr
+  assert Checkpointer(str(tmp_path / "tiny_char"), read_only=True).latest_step() == 6

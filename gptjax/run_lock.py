@@ -1,0 +1,89 @@
+"""One writer per run directory: `<run_dir>/lock` names the process that trains into it.
+
+Two trainings writing one directory interleave their checkpoints and metrics. The lock is an
+advisory `flock` on the file, which the kernel drops when its holder dies, so a run killed with
+kill -9 leaves no lock behind, only the file naming it: the next run takes it over with a note.
+Where the file system has no `flock` (some network mounts), the holder's pid on this host decides.
+Only process 0 of a multi-host run takes it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+
+from gptjax.errors import UserError
+
+
+class RunLock:
+  """Held from `acquire()` to `release()`; a second writer gets a UserError."""
+
+  def __init__(self, run_dir: str):
+    self.run_dir = run_dir
+    self.path = os.path.join(run_dir, "lock")
+    self.file = None
+
+  def acquire(self) -> "RunLock":
+    os.makedirs(self.run_dir, exist_ok=True)
+    self.file = open(self.path, "a+")
+    self.file.seek(0)
+    holder = self.file.read().strip()
+    try:
+      fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      held_elsewhere = False
+    except OSError as e:
+      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+        held_elsewhere = True  # EWOULDBLOCK: another process holds it
+      else:  # no flock here: is the named holder alive on this host?
+        held_elsewhere = _alive(holder)
+    if held_elsewhere:
+      self.file.close()
+      raise UserError(
+          f"run directory {self.run_dir!r} is in use by another training ({_describe(holder)}). "
+          f"Fix: wait for it to finish or stop it, or train into another directory with "
+          f"--config.model_name=<new name>.")
+    if holder:
+      print(f"note: taking over {self.path} from {_describe(holder)}, which is no longer running.",
+            file=sys.stderr, flush=True)
+    self.file.seek(0)
+    self.file.truncate()
+    self.file.write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
+                                    since=time.strftime("%Y-%m-%d %H:%M:%S"))) + "\n")
+    self.file.flush()
+    return self
+
+  def release(self) -> None:
+    """Empties the file (an empty lock file is a free one) and drops the lock."""
+    if self.file is not None:
+      self.file.truncate(0)
+      self.file.close()  # closing drops the flock
+      self.file = None
+
+
+def _describe(holder: str) -> str:
+  try:
+    info = json.loads(holder)
+    return f"pid {info['pid']} on {info['host']}, since {info['since']}"
+  except (ValueError, KeyError, TypeError):
+    return "an unknown process"
+
+
+def _alive(holder: str) -> bool:
+  try:
+    info = json.loads(holder)
+  except ValueError:
+    return False
+  if not isinstance(info, dict) or info.get("host") != socket.gethostname():
+    return bool(info)  # another host's claim cannot be checked from here: respected
+  try:
+    os.kill(int(info["pid"]), 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, KeyError, ValueError):
+    return True
+  return True
