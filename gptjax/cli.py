@@ -161,6 +161,8 @@ def _check_preset(argv: list[str]) -> list[str]:
         raise UserError(f"--config.{field} needs a preset to override: add --config=<preset>, "
                         f"e.g. --config=configs/tiny_char.py.")
       config_module.check_field_path(config, field, source=f"--config.{field}")
+      if "=" in arg:
+        config_module.check_field_value(config, field, arg.split("=", 1)[1])
   return result
 
 

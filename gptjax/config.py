@@ -259,7 +259,16 @@ def _load_python_config(path: str) -> ml_collections.ConfigDict:
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path!r} has no get_config() function. Fix: define "
                       f"get_config() returning a ConfigDict (copy configs/tiny.py).")
-  return module.get_config()
+  try:
+    config = module.get_config()
+  except Exception as e:  # the preset's own code failed: user input, reported without a traceback
+    raise ConfigError(f"config file {path!r}: get_config() raised {type(e).__name__}: {e}. Fix: "
+                      f"correct the preset (compare configs/tiny.py).") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"config file {path!r}: get_config() returned {type(config).__name__}, not "
+                      f"a ConfigDict. Fix: start from gptjax.config.get_base_config() and return "
+                      f"it (compare configs/tiny.py).")
+  return config
 
 
 def _load_json_config(path: str) -> ml_collections.ConfigDict:
@@ -326,6 +335,31 @@ def check_field_path(config: ml_collections.ConfigDict, dotted: str, source: str
       raise ConfigError(_unknown_key_message(key, node if isinstance(node, ml_collections.ConfigDict)
                                              else config, source))
     node = node[key]
+
+
+def check_field_value(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+  """Raises ConfigError unless `text` reads as the type of the field `dotted` (as absl would read
+  --config.<dotted>=<text>): an integer, a number, true/false."""
+  current = config
+  for key in dotted.split("."):
+    current = current[key]
+  kinds = ((bool, "true or false", lambda t: t.lower() in ("true", "false", "1", "0")),
+           (int, "an integer", lambda t: _parses(int, t)),
+           (float, "a number", lambda t: _parses(float, t)))
+  for kind, words, ok in kinds:
+    if isinstance(current, kind):
+      if not ok(text):
+        raise ConfigError(f"--config.{dotted}={text}: {text!r} is not {words}. Fix: give "
+                          f"{words}, e.g. --config.{dotted}={current}.")
+      return
+
+
+def _parses(kind, text: str) -> bool:
+  try:
+    kind(text)
+    return True
+  except ValueError:
+    return False
 
 
 def _unknown_key_message(key: str, config: ml_collections.ConfigDict, source: str) -> str:

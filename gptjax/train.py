@@ -57,6 +57,18 @@ def run_directory(config: ml_collections.ConfigDict) -> str:
   return os.path.join(config.out_dir, config.model_name or config.name)
 
 
+def check_out_dir(config: ml_collections.ConfigDict) -> None:
+  """A UserError unless out_dir is, or can be made, a writable directory (checked, not made)."""
+  existing = os.path.abspath(config.out_dir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  problem = ("is a file, not a directory" if not os.path.isdir(existing) else
+             "is not writable" if not os.access(existing, os.W_OK | os.X_OK) else None)
+  if problem:
+    raise UserError(f"--config.out_dir={config.out_dir!r}: {existing!r} {problem}. Fix: choose a "
+                    f"directory you can write, e.g. --config.out_dir=out.")
+
+
 def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[TrainState, int]:
   """The newest intact checkpoint restored into this mesh's shardings (a damaged one is skipped
   with a note), else GPT-2 weights or a fresh init."""
@@ -161,6 +173,7 @@ def start(config: ml_collections.ConfigDict) -> Run:
   if config.init_from:  # the architecture comes from the checkpoint; differences are noted on stderr
     hf_gpt2.apply_hf_architecture(config, config.init_from)
   validate(config)
+  check_out_dir(config)
   sharding.use_cpu_devices(config.cpu_devices)
   cli.use_compilation_cache(config.compilation_cache_dir)
   sharding.maybe_initialize_distributed(config)

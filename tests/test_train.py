@@ -150,9 +150,20 @@ def test_cli_accepts_a_nanogpt_style_json_preset(tmp_path):
      ["/no/gpt2.tiktoken"]),
     (["--config=configs/tiny.py", "--config.vocab_size=1000", "--config.tokenizer=gpt2"],
      ["vocab_size", "1000", "50257"]),
+    (["--config=configs/tiny_char.py", "--config.out_dir=/etc/passwd/x"],
+     ["out_dir", "/etc/passwd", "not a directory"]),
+    (["--config=configs/tiny_char.py", "--config.max_iters=abc"], ["max_iters", "abc", "integer"]),
+    (["--config=configs/tiny_char.py", "--config.remat=maybe"], ["remat", "maybe", "true or false"]),
+    (["--config=configs/tiny_char.py", "--config.seed=-1"], ["seed", "-1"]),
+    (["--config=tests/data/raising_preset.py"], ["raising_preset.py", "get_config() raised",
+                                                 "RuntimeError"]),
+    (["--config=tests/data/not_a_configdict_preset.py"], ["not_a_configdict_preset.py",
+                                                          "not a ConfigDict"]),
 ])
 def test_cli_bad_input_is_one_clear_error(tmp_path, args, fragments):
-  result = run_module("-m", "gptjax.train", *args, f"--config.out_dir={tmp_path}")
+  if not any(arg.startswith("--config.out_dir=") for arg in args):
+    args = [*args, f"--config.out_dir={tmp_path}"]
+  result = run_module("-m", "gptjax.train", *args)
   assert_user_error(result, *fragments)
   assert not os.path.exists(tmp_path / "tiny_char" / "checkpoints")
 
