@@ -14,6 +14,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 import sysconfig
 
 import numpy as np
@@ -27,7 +28,7 @@ GPT2_TIKTOKEN_ENV = "GPTJAX_GPT2_TIKTOKEN"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
 DEFAULT_CORPUS = "<python-stdlib>"  # the input_file="" corpus, see default_corpus_text()
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json records fingerprints of the token files
 _EVAL_STREAM = 7_919  # separates evaluation batches' random stream from training's
 
 
@@ -112,6 +113,10 @@ def read_corpus(input_file: str) -> tuple[str, bytes]:
   if not input_file:
     text = default_corpus_text()
     return text, text.encode("utf-8")
+  if os.path.isdir(input_file):
+    raise DataError(f"config field 'input_file': {input_file!r} is a directory, not a text file. "
+                    f"Fix: give one UTF-8 text file (e.g. `cat {input_file}/*.txt > corpus.txt`, "
+                    f"then --config.input_file=corpus.txt).")
   if not os.path.isfile(input_file):
     raise DataError(f"config field 'input_file': {input_file!r} does not exist. Fix: give the path "
                     f"of a UTF-8 text file, or leave it empty to train on the default corpus.")
@@ -174,14 +179,20 @@ def prepare(config) -> TokenData:
   stem = os.path.splitext(os.path.basename(source))[0].strip("<>") or "corpus"
   cache_dir = os.path.join(config.out_dir, "token_cache", f"{stem}-{kind}-{key[:16]}")
   meta_path = os.path.join(cache_dir, "meta.json")
-  if not os.path.isfile(meta_path):
+  problem = _cache_problem(cache_dir, meta_path)
+  if problem and os.path.isfile(meta_path):
+    print(f"note: the token cache {cache_dir} is damaged ({problem}); tokenizing the corpus again.",
+          file=sys.stderr, flush=True)
+  if problem:
     tokens = _encode(tokenizer, text)
     n_train = int(len(tokens) * config.train_split)
     os.makedirs(cache_dir, exist_ok=True)
     for name, part in (("train", tokens[:n_train]), ("val", tokens[n_train:])):
       _atomic_write(os.path.join(cache_dir, f"{name}.bin"), part.astype(np.uint16).tobytes())
     meta = dict(source=source, tokenizer=kind, train_tokens=n_train,
-                val_tokens=len(tokens) - n_train, sha256=key)
+                val_tokens=len(tokens) - n_train, sha256=key,
+                fingerprints={name: _fingerprint(os.path.join(cache_dir, f"{name}.bin"))
+                              for name in ("train", "val")})
     _atomic_write(meta_path, json.dumps(meta, indent=2).encode())
   data = TokenData(
       train=np.memmap(os.path.join(cache_dir, "train.bin"), dtype=np.uint16, mode="r"),
@@ -195,6 +206,34 @@ def prepare(config) -> TokenData:
           f"({kind} tokenizer, train_split={config.train_split}), fewer than block_size + 1 = "
           f"{config.block_size + 1}. Fix: use more text, or a smaller --config.block_size.")
   return data
+
+
+def _fingerprint(path: str, span: int = 1 << 20) -> str:
+  """sha256 of a token file's size, first and last MiB: cheap at any size, and it catches a
+  truncated, extended or overwritten-at-either-end file."""
+  digest = hashlib.sha256(str(os.path.getsize(path)).encode())
+  with open(path, "rb") as f:
+    digest.update(f.read(span))
+    f.seek(max(0, os.path.getsize(path) - span))
+    digest.update(f.read(span))
+  return digest.hexdigest()
+
+
+def _cache_problem(cache_dir: str, meta_path: str) -> str | None:
+  """Why the token cache cannot be used as it is (None: it can): missing, or its files disagree
+  with the lengths and fingerprints its meta.json recorded."""
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+    for name in ("train", "val"):
+      path = os.path.join(cache_dir, f"{name}.bin")
+      if os.path.getsize(path) != 2 * meta[f"{name}_tokens"]:
+        return f"{name}.bin holds {os.path.getsize(path) // 2:,} tokens, not {meta[f'{name}_tokens']:,}"
+      if _fingerprint(path) != meta["fingerprints"][name]:
+        return f"{name}.bin differs from what was written"
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return f"{type(e).__name__}: {e}"
+  return None
 
 
 def _atomic_write(path: str, payload: bytes) -> None:

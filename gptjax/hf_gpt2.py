@@ -255,6 +255,10 @@ def resolve_hf(name_or_dir: str, flag: str = "--config.init_from") -> str:
   """
   if os.path.isdir(name_or_dir):
     return name_or_dir
+  if os.path.isfile(name_or_dir):
+    raise ConfigError(f"{flag}: {name_or_dir!r} is a file, not a directory. Fix: pass the Hugging "
+                      f"Face GPT-2 directory that holds it (config.json and model.safetensors), "
+                      f"e.g. {flag}={os.path.dirname(name_or_dir) or '.'}.")
   if name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1:
     raise ConfigError(f"{flag}: directory {name_or_dir!r} does not exist. Fix: pass a local "
                       f"Hugging Face GPT-2 directory, or a hub name such as gpt2 or gpt2-medium.")

@@ -93,8 +93,31 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
     step = 0
   else:
     step, (params, opt_state) = found
+    changed = changed_settings(checkpointer.read_meta(step)["config"], config.to_dict())
+    if changed and jax.process_index() == 0:
+      print(f"note: resuming step {step} with settings that differ from the run's: "
+            + "; ".join(changed), file=sys.stderr, flush=True)
   step_array = jax.device_put(jnp.asarray(step, jnp.int32), sharding.replicated(setup.mesh))
   return TrainState(step=step_array, params=params, opt_state=opt_state), step
+
+
+# Fields a resumed run is expected to change: no note for them.
+RESUME_FIELDS = ("max_iters", "out_dir", "compilation_cache_dir", "cpu_devices", "mesh",
+                 "distributed", "log_interval")
+
+
+def changed_settings(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+  """"field: saved -> current" for each setting of a resumed run that differs from its checkpoint's
+  (the architecture is checked apart: it must not differ)."""
+  changed = []
+  for key, value in current.items():
+    if prefix + key in RESUME_FIELDS or key not in saved:
+      continue
+    if isinstance(value, dict) and isinstance(saved[key], dict):
+      changed += changed_settings(saved[key], value, f"{prefix}{key}.")
+    elif saved[key] != value:
+      changed.append(f"{prefix}{key}: {saved[key]!r} -> {value!r}")
+  return changed
 
 
 EVAL_SPLITS = ("train", "val")

@@ -191,3 +191,38 @@ def test_a_signal_after_the_last_step_keeps_the_final_checkpoint_and_exits_0(tmp
   assert "the run is complete" in stdout and "Run the same command to resume" not in stdout
   assert "Traceback" not in stderr
   assert Checkpointer(str(tmp_path / "tiny_char"), read_only=True).latest_step() == 6
+
+
+def test_a_damaged_token_cache_is_rebuilt_with_a_note(tmp_path):
+  command = (*TINY_COMMAND, "--config.max_iters=1", f"--config.out_dir={tmp_path}")
+  assert run_module(*command).returncode == 0
+  [train_bin] = [os.path.join(root, "train.bin") for root, _, files in os.walk(tmp_path / "token_cache")
+                 if "train.bin" in files]
+  size = os.path.getsize(train_bin)
+  os.truncate(train_bin, size // 2)  # half of it, as a full disk or an interrupted copy leaves it
+  result = run_module(*command, "--config.max_iters=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "token cache" in result.stderr and "damaged" in result.stderr
+  assert os.path.getsize(train_bin) == size
+
+
+def test_resuming_with_other_settings_says_what_changed(tmp_path):
+  command = (*TINY_COMMAND, f"--config.out_dir={tmp_path}")
+  assert run_module(*command, "--config.max_iters=2").returncode == 0
+  result = run_module(*command, "--config.max_iters=3", "--config.learning_rate=0.01",
+                      "--config.seed=7")
+  assert result.returncode == 0, result.stderr[-3000:]
+  note = [line for line in result.stderr.splitlines() if "differ from the run's" in line]
+  assert len(note) == 1 and "learning_rate" in note[0] and "seed: 1337 -> 7" in note[0], note
+  assert "max_iters" not in note[0]
+
+
+@pytest.mark.parametrize("field, make, fragments", [
+    ("input_file", lambda p: p.mkdir() or p, ["is a directory", "text file"]),
+    ("init_from", lambda p: p.write_text("{}") and p, ["is a file", "directory"]),
+])
+def test_a_path_of_the_wrong_kind_is_named_for_what_it_is(tmp_path, field, make, fragments):
+  path = make(tmp_path / "given")
+  result = run_module(*TINY_COMMAND, "--config.max_iters=1", f"--config.out_dir={tmp_path}",
+                      f"--config.{field}={path}")
+  assert_user_error(result, str(path), *fragments)
