@@ -226,3 +226,33 @@ def test_a_path_of_the_wrong_kind_is_named_for_what_it_is(tmp_path, field, make,
   result = run_module(*TINY_COMMAND, "--config.max_iters=1", f"--config.out_dir={tmp_path}",
                       f"--config.{field}={path}")
   assert_user_error(result, str(path), *fragments)
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_to_the_same_losses(tmp_path):
+  """kill -9 mid-run (a save may be half written), then the same command: the records equal an
+  uninterrupted run's, bitwise, and no step is logged twice."""
+  import signal
+  import subprocess
+  import sys
+  from conftest import REPO_ROOT
+  command = (*TINY_COMMAND, "--config.max_iters=10", "--config.checkpoint_interval=2",
+             "--config.eval_interval=5", "--config.dropout=0.1", f"--config.out_dir={tmp_path}")
+  assert run_module(*command, "--config.model_name=straight").returncode == 0
+  killed = [*command, "--config.model_name=killed"]
+  process = subprocess.Popen([sys.executable, *killed], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True,
+                             env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"})
+  for line in process.stdout:
+    if line.startswith("step 5:"):  # its evaluation's save has just started
+      process.send_signal(signal.SIGKILL)
+      break
+  process.wait(timeout=60)
+  assert process.returncode == -signal.SIGKILL
+  resumed = run_module(*killed)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming from step" in resumed.stdout
+  straight, after = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "killed")
+  assert [r["step"] for r in after] == list(range(1, 11))
+  for key in ("train_loss", "grad_norm", "val_loss"):
+    assert [r.get(key) for r in after] == [r.get(key) for r in straight], key
