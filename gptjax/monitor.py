@@ -182,7 +182,7 @@ class Recorder:
     self.progress.update(1)
     self.last_metrics = metrics
     self.flush()
-    if read_now or (self.is_log_step(step) and (not self.late or step == self.start_step + 1)):
+    if read_now or step == self.start_step + 1 or (self.is_log_step(step) and not self.late):
       return self.read(step, metrics)
     if self.is_log_step(step):
       self.pending = (step, metrics)
