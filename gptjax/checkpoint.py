@@ -12,24 +12,21 @@ benchmarks) start from.
 from __future__ import annotations
 
 import contextlib
-import gc
 import glob
 import os
 import shutil
 import sys
-import tempfile
-import time
-import types
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from gptjax.config import ModelConfig
-from gptjax.errors import CheckpointError
+from gptjax.errors import CheckpointError, disk_full, disk_full_error
 from gptjax.model import GPT
 from gptjax.params import abstract_params
 
@@ -53,6 +50,7 @@ class Checkpointer:
     self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
     self.read_only = read_only
     self.closed = False
+    self.in_flight = None  # the step of the save started last, until it is known committed
     if not read_only:
       self.remove_unfinished()
     policy = checkpoint_managers.AnyPreservationPolicy([
@@ -98,12 +96,48 @@ class Checkpointer:
             + [s for s in steps if losses[s] is None])
 
   def save(self, step: int, state, meta: dict[str, Any], val_loss: float | None = None) -> None:
-    """Starts an asynchronous save of `state` (params, opt_state) and `meta` at `step`."""
+    """Starts an asynchronous save of `state` (params, opt_state) and `meta` at `step`, once the
+    previous save has committed and the disk has room for this one (a DiskFullError if not)."""
+    self.wait()
+    self.check_space(step, state)
     args = ocp.args.Composite(params=ocp.args.StandardSave(state.params),
                               opt_state=ocp.args.StandardSave(state.opt_state),
                               meta=ocp.args.JsonSave(meta))
     metrics = None if val_loss is None else {"val_loss": float(val_loss)}
-    self.manager.save(step, args=args, metrics=metrics, force=True)
+    self.in_flight = step
+    with self.disk_full_as_error():
+      self.manager.save(step, args=args, metrics=metrics, force=True)
+
+  def check_space(self, step: int, state) -> None:
+    """A DiskFullError, before anything is written, when the disk lacks the bytes this process
+    writes for the checkpoint (its shards of params and opt_state, plus 256 KiB): a save that ran out
+    of space midway would fail in Orbax's background threads instead."""
+    needed = 2**18 + sum(shard.data.nbytes for leaf in jax.tree.leaves((state.params,
+                                                                          state.opt_state))
+                         if isinstance(leaf, jax.Array)
+                         for shard in leaf.addressable_shards if shard.replica_id == 0)
+    stat = os.statvfs(self.directory)
+    if stat.f_bavail * stat.f_frsize < needed:
+      raise disk_full_error(self.directory, f"saving checkpoint step {step}, which needs "
+                            f"{needed / 2**20:,.1f} MiB", self.resume_hint())
+
+  def resume_hint(self) -> str:
+    latest = self.manager.latest_step()
+    return (f"it resumes from checkpoint step {latest}, the last one saved." if latest is not None
+            else "no checkpoint was saved yet, so it starts from step 0.")
+
+  @contextlib.contextmanager
+  def disk_full_as_error(self):
+    """Turns Orbax's failure to write a checkpoint on a full disk into a DiskFullError."""
+    try:
+      yield
+    except Exception as e:
+      if not disk_full(e):
+        raise
+      step, self.in_flight = self.in_flight, None
+      self.manager.reload()  # the failed save is not a checkpoint
+      raise disk_full_error(self.directory, f"saving checkpoint step {step}",
+                            self.resume_hint()) from None
 
   def read_meta(self, step: int) -> dict[str, Any]:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -151,69 +185,41 @@ class Checkpointer:
         target, n = f"{path}.damaged{n}", n + 1
       if jax.process_index() == 0:
         os.rename(path, target)
+      if jax.process_count() > 1:  # every process lists the steps again only after the rename
+        multihost_utils.sync_global_devices(f"gptjax: checkpoint step {step} set aside")
       self.manager.reload()
       kept = f"moved aside to {target}"
     note(f"checkpoint step {step} in {self.directory} is damaged ({reason}); using step "
          f"{instead} instead, the damaged one {kept}.")
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the save in flight to commit (a DiskFullError if the disk filled meanwhile)."""
+    with self.disk_full_as_error():
+      self.manager.wait_until_finished()
+    self.in_flight = None
 
   def close(self) -> None:
     """Waits for the last save to commit, then closes (again: nothing)."""
     if not self.closed:
-      self.manager.wait_until_finished()
-      self.manager.close()
       self.closed = True
-
-
-@contextlib.contextmanager
-def held_stderr():
-  """Holds what file descriptor 2 receives meanwhile (TensorStore's threads write there too) and
-  passes it on at the end, unless the yielded namespace's `keep` was set to False."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as held:
-    hold = types.SimpleNamespace(file=held, keep=True)
-    os.dup2(held.fileno(), 2)
-    try:
-      yield hold
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      held.seek(0)
-      if hold.keep:
-        os.write(2, held.read())
+      try:
+        self.wait()
+      finally:
+        self.manager.close()
 
 
 def try_load(step: int, load: Callable[[int], Any]) -> tuple[Any, str | None]:
-  """(load(step), None), or (None, why) when the step's files are damaged.
-
-  A failed restore leaves Orbax's other reads behind; they fail on a closed event loop and print
-  tracebacks from TensorStore's threads and the garbage collector. Those are waited for and
-  dropped: `why` names the root cause once.
-  """
-  with held_stderr() as hold:
-    try:
-      return load(step), None
-    except CheckpointError:
+  """(load(step), None), or (None, why) when the step's files are damaged."""
+  try:
+    return load(step), None
+  except CheckpointError:
+    raise
+  except Exception as e:  # Orbax, TensorStore and json raise many types for a bad file
+    if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
       raise
-    except Exception as e:  # Orbax, TensorStore and json raise many types for a bad file
-      if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
-        raise
-      while e.__cause__ is not None:  # the root cause names the file; its wrappers do not
-        e = e.__cause__
-      why = f"{type(e).__name__}: {(str(e).strip() or '?').splitlines()[0][:300]}"
-    # Out of the except block, the traceback (which holds the abandoned reads) is gone.
-    size = -1
-    for _ in range(40):  # until they are quiet for 0.25 s (10 s at most)
-      gc.collect()
-      if size == (size := os.fstat(hold.file.fileno()).st_size):
-        break
-      time.sleep(0.25)
-    hold.keep = False
-    return None, why
+    while e.__cause__ is not None:  # the root cause names the file; its wrappers do not
+      e = e.__cause__
+    return None, f"{type(e).__name__}: {(str(e).strip() or '?').splitlines()[0][:300]}"
 
 
 def open_run(run_dir: str) -> Checkpointer:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import sys
 
@@ -22,7 +23,7 @@ from absl import logging as absl_logging
 
 from gptjax import config as config_module
 from gptjax import targets
-from gptjax.errors import UserError, exit_on_user_error
+from gptjax.errors import UserError, disk_full, exit_on_user_error
 
 HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
 # Flags absl reads itself while parsing, beside the ones defined in flags.FLAGS.
@@ -42,7 +43,32 @@ def run(main, argv: list[str] | None = None) -> None:
   os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{targets.GPTJAX_GPU_MEMORY_FRACTION:.2f}")
   targets.add_libtpu_flags()
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about read-only opens
+  drop_background_noise()
   app.run(exit_on_user_error(main), argv=argv)
+
+
+def drop_background_noise() -> None:
+  """Keeps what Orbax's background threads print about a failure that gptjax reports itself.
+
+  A checkpoint save that fills the disk, or a restore of a damaged file, fails in Orbax's threads:
+  each thread logs its traceback (a full disk: six of them), and TensorStore's callbacks for the
+  reads and writes left behind raise "Event loop is closed" as unraisable exceptions (twenty).
+  The failure itself reaches the main thread, where it is one `error:` line or one `note:`.
+  """
+  def orbax_disk_full(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return "orbax" in record.pathname and (
+        disk_full(error) if error is not None else
+        any(words in record.getMessage() for words in ("RESOURCE_EXHAUSTED", "No space left")))
+
+  logging.getLogger("absl").addFilter(lambda record: not orbax_disk_full(record))
+  default_hook = sys.unraisablehook
+
+  def unraisable(info) -> None:
+    if not (isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"):
+      default_hook(info)
+
+  sys.unraisablehook = unraisable
 
 
 def define_config_flag(what: str) -> None:
@@ -245,7 +271,41 @@ def use_compilation_cache(directory: str) -> None:
   global _counting_hits
   if not _counting_hits:  # once per process: listeners cannot be removed
     jax.monitoring.register_event_listener(_count_hit)
+    _replace_unreadable_cache_entries()
     _counting_hits = True
+
+
+def _replace_unreadable_cache_entries() -> None:
+  """Makes an unreadable compilation-cache entry cost one compile, once.
+
+  JAX warns about an entry it cannot load (cut short by a kill or a full disk: it writes entries
+  in place) and compiles the program, but never stores it again, since its cache keeps an existing
+  file: the warning came back on every run. Here such an entry is removed with a note before JAX
+  compiles, so the fresh program takes its place. This wraps a private JAX function; where it is
+  missing (another JAX version), JAX's own behaviour stays.
+  """
+  from jax._src import compilation_cache
+  load = getattr(compilation_cache, "get_executable_and_time", None)
+  if load is None:
+    return
+
+  def load_or_remove(cache_key, *args, **kwargs):
+    try:
+      return load(cache_key, *args, **kwargs)
+    except Exception as e:
+      directory = jax.config.jax_compilation_cache_dir or ""
+      entry = os.path.join(os.path.expanduser(directory), f"{cache_key}-cache")
+      if not os.path.isfile(entry):  # not a local LRU cache file: leave it to JAX
+        raise
+      for path in (entry, entry[:-len("-cache")] + "-atime"):
+        if os.path.exists(path):
+          os.remove(path)
+      print(f"note: removed an unreadable compilation cache entry ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120]}), {entry}; it is compiled and stored again.",
+            file=sys.stderr, flush=True)
+      return None, None
+
+  compilation_cache.get_executable_and_time = load_or_remove
 
 
 def compilation_cache_hits() -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 
 
@@ -30,7 +32,44 @@ class DivergenceError(UserError):
   """Training produced a NaN or infinite loss; the run stopped before saving it."""
 
 
+class DiskFullError(UserError):
+  """A write failed for lack of space (or quota) on the disk of the run directory or a cache."""
+
+
 EXIT_USER_ERROR = 2
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How the libraries below Orbax (TensorStore) word a full disk in the errors they raise.
+DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "OS error 28")
+
+
+def disk_full(error: BaseException) -> bool:
+  """Whether `error`, or an error it was raised from, is a full disk or an exhausted quota."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+      return True
+    if any(words in str(error) for words in DISK_FULL_WORDS):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def disk_full_error(path: str | None, what: str, resume: str = "") -> DiskFullError:
+  """The error for a write to `path` that found its disk full: how much is free there, the fix."""
+  where, free = "a disk", ""
+  if path:
+    where, existing = f"the disk of {path!r}", os.path.abspath(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+      existing = os.path.dirname(existing)
+    try:
+      stat = os.statvfs(existing)
+      free = f" ({stat.f_bavail * stat.f_frsize / 2**20:,.1f} MiB free)"
+    except OSError:
+      pass
+  return DiskFullError(
+      f"no space left on {where}{free} while {what}. Fix: free space there, or point the command "
+      f"at another disk, then run the same command again" + (f": {resume}" if resume else "."))
 
 
 def exit_on_user_error(main):
@@ -42,6 +81,11 @@ def exit_on_user_error(main):
       return main(*args, **kwargs)
     except UserError as e:
       print(f"error: {e}", file=sys.stderr)
+      sys.exit(EXIT_USER_ERROR)
+    except OSError as e:  # a write that found the disk full, wherever it happened
+      if e.errno not in DISK_FULL_ERRNOS:
+        raise
+      print(f"error: {disk_full_error(e.filename, f'writing ({e.strerror})')}", file=sys.stderr)
       sys.exit(EXIT_USER_ERROR)
 
   return wrapper

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from gptjax import cli
 from gptjax.config import ModelConfig
-from gptjax.errors import DataError, DivergenceError
+from gptjax.errors import DataError, DivergenceError, disk_full, disk_full_error
 from gptjax.params import flops_per_token
 
 # Dense bf16/fp16 matmul peak FLOP/s per device (vendor datasheets; GPUs without sparsity). Keys are
@@ -59,6 +59,25 @@ def read_records(path: str) -> list[dict[str, Any]]:
   return records
 
 
+RESUME_HINT = "it resumes from the last checkpoint saved."
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Writes `path` through a temporary file renamed over it: a cut (a kill, a full disk) leaves
+  the old file whole. A full disk is a DiskFullError naming the file."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    if disk_full(e):
+      raise disk_full_error(path, f"writing {os.path.basename(path)}", RESUME_HINT) from None
+    raise
+
+
 class MetricsWriter:
   """metrics.jsonl + TensorBoard events + loss.png in the run directory (process 0 only)."""
 
@@ -72,9 +91,7 @@ class MetricsWriter:
       return
     if os.path.exists(self.path):  # Resuming: keep what led up to the checkpoint, drop the rest.
       self.records = [r for r in read_records(self.path) if r["step"] <= resume_step]
-    with open(self.path + ".tmp", "w") as f:  # replaced at once: a cut here loses nothing
-      f.writelines(json.dumps(r) + "\n" for r in self.records)
-    os.replace(self.path + ".tmp", self.path)
+    write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
     # tensorboardX takes ~1.5 s to import (it loads torch when installed): done in the background,
     # while the train step compiles, and waited for at the first write.
     self._tensorboard_ready = threading.Thread(
@@ -101,8 +118,13 @@ class MetricsWriter:
     if not self.enabled:
       return
     self.records.append(record)
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    try:
+      with open(self.path, "a") as f:  # a cut line is dropped when the run resumes
+        f.write(json.dumps(record) + "\n")
+    except OSError as e:
+      if disk_full(e):
+        raise disk_full_error(self.path, "appending to metrics.jsonl", RESUME_HINT) from None
+      raise
     for key, value in record.items():
       if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
         self.tensorboard.add_scalar(key, value, record["step"])
@@ -135,8 +157,13 @@ class MetricsWriter:
     plt.close(fig)
 
   def close(self) -> None:
+    """Writes the final plot and closes TensorBoard; on a full disk the plot is left out."""
     if self.enabled:
-      self.plot()
+      try:
+        self.plot()
+      except OSError as e:
+        if not disk_full(e):
+          raise
       self.tensorboard.close()
 
 

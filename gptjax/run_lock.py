@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from gptjax.errors import UserError
+from gptjax.errors import UserError, disk_full, disk_full_error
 
 
 class RunLock:
@@ -50,11 +50,16 @@ class RunLock:
     if holder:
       print(f"note: taking over {self.path} from {_describe(holder)}, which is no longer running.",
             file=sys.stderr, flush=True)
-    self.file.seek(0)
-    self.file.truncate()
-    self.file.write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
-                                    since=time.strftime("%Y-%m-%d %H:%M:%S"))) + "\n")
-    self.file.flush()
+    payload = json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
+                              since=time.strftime("%Y-%m-%d %H:%M:%S"))) + "\n"
+    try:
+      os.ftruncate(self.file.fileno(), 0)
+      os.pwrite(self.file.fileno(), payload.encode(), 0)
+    except OSError as e:
+      self.file.close()
+      if disk_full(e):
+        raise disk_full_error(self.path, "taking the run directory's lock") from None
+      raise
     return self
 
   def release(self) -> None:

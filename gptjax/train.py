@@ -35,7 +35,7 @@ from gptjax import sharding
 from gptjax.checkpoint import Checkpointer, architecture_mismatch
 from gptjax.config import ModelConfig, validate
 from gptjax.errors import CheckpointError, UserError
-from gptjax.monitor import MetricsWriter, Recorder, device_peak_flops
+from gptjax.monitor import MetricsWriter, Recorder, device_peak_flops, write_atomically
 from gptjax.params import count_params
 from gptjax.run_lock import RunLock
 from gptjax.step import (Setup, TrainState, build, compile_train_step, global_batch,
@@ -249,8 +249,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
       run.lock.release()
     return {"step": step}
   if is_main:
-    with open(os.path.join(run_directory(config), "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+    write_atomically(os.path.join(run_directory(config), "config.json"), config.to_json(indent=2))
   say(banner(run))
   if device_peak_flops() is None:
     say(f"MFU: not reported, the peak FLOP/s of {jax.devices()[0].device_kind!r} is unknown.")
@@ -263,6 +262,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   log = Recorder(config, writer, progress, step, run.first_record, checkpointer.latest_step)
   stop = StopRequest()  # Ctrl-C / SIGTERM: finish the step, save, then stop
   wait = jax.block_until_ready if one_step_in_flight() else (lambda tree: tree)
+  finished = False
   try:
     with mesh_context(mesh), plan.explain_out_of_memory(config):
       evaluation_windows = eval_windows(config, run.token_data, mesh, rows)
@@ -289,18 +289,29 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if stop.requested and step < config.max_iters:
       stop_and_save(stop, checkpointer, config, step, state, log.last_metrics, run.start_step, say)
     checkpointer.close()  # waits for the last save to commit, still holding signals
+    finished = True
   finally:
     progress.close()
-    checkpointer.close()
-    writer.close()
-    if run.lock:
-      run.lock.release()
-    stop.restore()
+    close_all([checkpointer.close, writer.close, stop.restore]
+              + ([run.lock.release] if run.lock else []), raising=finished)
   if stop.requested:
     say(f"{stop.signal_name} after the last step: the run is complete, nothing to resume.")
   say(f"done: step {step}, val loss {log.last.get('val_loss', float('nan')):.4f}; "
       f"checkpoints in {checkpointer.directory}")
   return log.last
+
+
+def close_all(closers, raising: bool) -> None:
+  """Calls every closer. With `raising`, the first error is raised after all have run; without
+  (an error is on its way out already), errors are dropped: the first one is the one to report."""
+  errors = []
+  for close in closers:
+    try:
+      close()
+    except Exception as e:
+      errors.append(e)
+  if errors and raising:
+    raise errors[0]
 
 
 def stop_and_save(stop: StopRequest, checkpointer: Checkpointer, config, step: int, state,

@@ -72,6 +72,16 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in f]
 
 
+def damage(step_dir) -> None:
+  """Truncates every non-empty file of a checkpoint step's params, as a full disk or a bad copy
+  would."""
+  for root, _, files in os.walk(os.path.join(step_dir, "params")):
+    for name in files:
+      path = os.path.join(root, name)
+      if os.path.getsize(path) > 0:
+        os.truncate(path, os.path.getsize(path) // 3)
+
+
 def run_module(*args, cwd=REPO_ROOT, timeout=300, env=None):
   """Runs `python -m ...` or a script as a user would; returns the CompletedProcess."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}

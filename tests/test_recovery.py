@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -13,20 +15,11 @@ from gptjax.errors import DataError
 from gptjax.monitor import read_records
 from gptjax.train import train
 
-from conftest import assert_user_error, read_metrics, run_module
+from conftest import REPO_ROOT, assert_user_error, damage, read_metrics, run_module
 
 
 def run_dir_of(config) -> str:
   return os.path.join(config.out_dir, config.model_name)
-
-
-def damage(run_dir: str, step: int) -> None:
-  """Truncates every non-empty file of a step's params, as a full disk or a bad copy would."""
-  for root, _, files in os.walk(os.path.join(run_dir, "checkpoints", str(step), "params")):
-    for name in files:
-      path = os.path.join(root, name)
-      if os.path.getsize(path) > 0:
-        os.truncate(path, os.path.getsize(path) // 3)
 
 
 def sample(run_dir: str, *args):
@@ -58,7 +51,7 @@ def test_a_damaged_latest_checkpoint_costs_one_checkpoint(tiny, capfd):
   config = tiny(max_iters=4, eval_interval=2)
   train(config)
   run_dir = run_dir_of(config)
-  damage(run_dir, 4)
+  damage(os.path.join(run_dir, "checkpoints", "4"))
   capfd.readouterr()
   result = sample(run_dir)  # read-only: skips it and leaves it in place
   assert result.returncode == 0, result.stderr[-3000:]
@@ -86,7 +79,7 @@ def test_every_checkpoint_damaged_is_one_clear_error(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   run_dir = str(tmp_path / "tiny_char")
   for step in (1, 2):
-    damage(run_dir, step)
+    damage(os.path.join(run_dir, "checkpoints", str(step)))
   for result in (sample(run_dir), run_module(*command, "--config.max_iters=3")):
     assert_user_error(result, os.path.join(run_dir, "checkpoints"), "step 1", "step 2",
                       "model_name")
@@ -256,3 +249,110 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_losses(tmp_path):
   assert [r["step"] for r in after] == list(range(1, 11))
   for key in ("train_loss", "grad_norm", "val_loss"):
     assert [r.get(key) for r in after] == [r.get(key) for r in straight], key
+
+
+# Each case on a 64 MiB tmpfs of its own, filled by another file to leave what the case needs.
+FULL_DISK_SCRIPT = r"""
+set -u
+mount -t tmpfs -o size=64m tmpfs "$MNT"
+free_kb() { df -k --output=avail "$MNT" | tail -1 | tr -d ' '; }
+leave_free() {  # KiB
+  rm -f "$MNT/filler"
+  dd if=/dev/zero of="$MNT/filler" bs=1K count=$(( $(free_kb) - $1 )) status=none
+}
+run() {  # name, max_iters, then what python runs: -m gptjax.train, or -c "$UNCHECKED_SAVE"
+  name=$1; iters=$2; shift 2
+  "$PYTHON" "$@" $TRAIN --config.max_iters=$iters --config.out_dir="$MNT/out" \
+    2> "$LOGS/$name.err" > /dev/null
+  echo "$name $?"
+}
+run first 4 -m gptjax.train
+half_a_step=$(( $(du -sk "$MNT/out/tiny_char/checkpoints/4" | cut -f1) / 2 ))
+leave_free $half_a_step
+run save 8 -m gptjax.train
+leave_free $half_a_step
+run during 8 -c "$UNCHECKED_SAVE"
+leave_free 0
+run start 8 -m gptjax.train
+"$PYTHON" -c "$METRICS_APPEND" "$MNT/out/tiny_char/metrics.jsonl" 2> "$LOGS/append.err"
+echo "append $?"
+rm "$MNT/filler"
+run freed 8 -m gptjax.train
+cp "$MNT/out/tiny_char/metrics.jsonl" "$LOGS/"
+ls "$MNT/out/tiny_char/checkpoints" > "$LOGS/checkpoints.txt"
+"""
+
+# The disk fills between the trainer's space check and Orbax's writes (another writer took it).
+UNCHECKED_SAVE = """import sys
+from gptjax import checkpoint, train
+checkpoint.Checkpointer.check_space = lambda *args: None
+sys.argv[0] = "gptjax.train"
+train.cli_main()
+"""
+
+# Appends records to a run's metrics.jsonl on a full disk as the trainer does, until one fails
+# (steps past the run's, so that its resume drops them, with the torn line a failed append leaves).
+METRICS_APPEND = """import sys
+from gptjax import errors, monitor
+writer = monitor.MetricsWriter.__new__(monitor.MetricsWriter)  # appends only, no TensorBoard
+writer.enabled, writer.path, writer.records = True, sys.argv[1], []
+try:
+  for step in range(1000, 10**6):
+    writer.write(dict(step=step, padding="x" * 500))
+except errors.DiskFullError as e:
+  print(f"error: {e}", file=sys.stderr)
+  sys.exit(2)
+"""
+
+
+def mount_namespace() -> list[str] | None:
+  """The unshare command that lets this machine mount a small tmpfs of its own (None: none can)."""
+  probe = "d=$(mktemp -d) && mount -t tmpfs -o size=1m tmpfs $d && umount $d; rmdir $d"
+  for command in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
+    try:
+      if subprocess.run([*command, "sh", "-c", probe], capture_output=True).returncode == 0:
+        return command
+    except OSError:
+      return None
+  return None
+
+
+def test_a_full_disk_is_one_error_and_the_same_command_resumes(tmp_path):
+  """The disk full before a save (the trainer's space check), during one (Orbax's writes fail),
+  at the start (the run lock), and during a metrics append: each is one `error:` line naming the
+  place, exit 2, no traceback, nothing committed lost; with space freed, the same command resumes
+  and the run ends as if nothing had happened."""
+  unshare = mount_namespace()
+  if unshare is None:
+    pytest.skip("a full disk is made as a small tmpfs, which needs `unshare --mount` (root or "
+                "user namespaces); this machine allows neither")
+  logs, mount = tmp_path / "logs", tmp_path / "disk"
+  logs.mkdir(), mount.mkdir()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable, "MNT": str(mount),
+         "LOGS": str(logs), "UNCHECKED_SAVE": UNCHECKED_SAVE, "METRICS_APPEND": METRICS_APPEND,
+         "TRAIN": " ".join(("--config=configs/tiny_char.py", "--config.n_layer=1",
+                            "--config.eval_iters=1", "--config.log_interval=1",
+                            "--config.eval_interval=2"))}
+  result = subprocess.run([*unshare, "bash", "-c", FULL_DISK_SCRIPT], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  codes = dict(line.split() for line in result.stdout.splitlines())
+  assert codes == dict(first="0", save="2", during="2", start="2", append="2", freed="0"), (
+      codes, result.stderr[-2000:])
+  for case, fragments in (
+      ("save", ("checkpoints", "while saving checkpoint step 6, which needs", "MiB free",
+                "resumes from checkpoint step 4")),
+      ("during", ("checkpoints", "while saving checkpoint step 6.", "resumes from checkpoint step 4")),
+      ("start", ("tiny_char/lock", "while taking the run directory's lock")),
+      ("append", ("metrics.jsonl", "while appending to metrics.jsonl"))):
+    stderr = (logs / f"{case}.err").read_text()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no space left on the disk of" in errors[0], (case, stderr[-3000:])
+    assert "Traceback" not in stderr and "RESOURCE_EXHAUSTED" not in stderr, (case, stderr[-3000:])
+    for fragment in fragments:
+      assert fragment in errors[0], (case, fragment, errors[0])
+  freed = (logs / "freed.err").read_text()
+  assert "Traceback" not in freed, freed[-3000:]
+  assert "dropped its torn last line" in freed  # the append the full disk cut short
+  assert "6.orbax-checkpoint-tmp" in freed  # the save the full disk cut short, removed
+  assert (logs / "checkpoints.txt").read_text().split() == ["4", "6", "8"]
+  assert [r["step"] for r in read_metrics(logs)] == list(range(1, 9))

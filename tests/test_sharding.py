@@ -16,7 +16,7 @@ from gptjax import sharding
 from gptjax.config import validate
 from gptjax.errors import ConfigError
 
-from conftest import REPO_ROOT, TEXT, assert_user_error, read_metrics, run_module
+from conftest import REPO_ROOT, TEXT, assert_user_error, damage, read_metrics, run_module
 
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
                               "--xla_backend_optimization_level=0"}
@@ -84,14 +84,13 @@ def train_args(out_dir):
 
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path):
-  """Two processes on localhost, 2 CPU devices each, log the losses of one single-device run."""
+def train_two_processes(out_dir, *overrides):
+  """`python -m gptjax.train` as two processes on localhost, 2 CPU devices each."""
   port = free_port()
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_backend_optimization_level=0"}
   workers = [subprocess.Popen(
-      [sys.executable, *train_args(tmp_path / "multi"), "--config.cpu_devices=2",
+      [sys.executable, *train_args(out_dir), "--config.cpu_devices=2", *overrides,
        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
        "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
       cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -99,6 +98,14 @@ def test_two_processes_train_like_one(tmp_path):
   outputs = [worker.communicate(timeout=600) for worker in workers]
   for worker, (stdout, stderr) in zip(workers, outputs):
     assert worker.returncode == 0, stderr[-4000:]
+  return outputs
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_resume_past_a_damaged_checkpoint(tmp_path):
+  """Two processes log the losses of one single-device run; resumed after their latest checkpoint
+  is damaged, both restore the one before (set aside once, by process 0) and log the same again."""
+  outputs = train_two_processes(tmp_path / "multi")
   assert "fsdp': 4" in outputs[0][0]  # one mesh over both processes' devices
   assert "step 4" in outputs[0][0]
   assert "gptjax" not in outputs[1][0] and "step " not in outputs[1][0]  # only process 0 logs
@@ -112,6 +119,17 @@ def test_two_processes_train_like_one(tmp_path):
                                err_msg=key)
   np.testing.assert_allclose([r["val_loss"] for r in multi if "val_loss" in r],
                              [r["val_loss"] for r in one if "val_loss" in r], rtol=2e-5)
+
+  checkpoints = tmp_path / "multi" / "tiny_char" / "checkpoints"
+  damage(checkpoints / "4")
+  outputs = train_two_processes(tmp_path / "multi", "--config.max_iters=6")
+  [note] = [line for line in outputs[0][1].splitlines() if "damaged" in line]
+  assert "step 4" in note and "using step 2" in note, outputs[0][1][-3000:]
+  assert sorted(os.listdir(checkpoints)) == ["2", "4", "4.damaged", "6"]
+  resumed = read_metrics(tmp_path / "multi" / "tiny_char")
+  assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([r["train_loss"] for r in resumed[2:4]],
+                             [r["train_loss"] for r in multi[2:4]], rtol=2e-5)
 
 
 @pytest.mark.slow

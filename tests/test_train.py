@@ -99,31 +99,44 @@ def test_cli_trains_out_of_the_box_and_samples(tmp_path):
 
 
 def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
-  """Two fresh processes, one cache directory: the first compiles and fills it, the second loads
-  the train step from it (JAX's cache-hit events) and trains to the same losses; sampling from the
-  run caches its decode step there too."""
+  """Fresh processes, one cache directory: the first compiles and fills it, the second loads the
+  train step from it (JAX's cache-hit events) and trains to the same losses. A cut cache entry
+  costs the third run one compile, with a note, and is stored whole again. Sampling from the run
+  caches its decode step there too."""
   cache = tmp_path / "cache"
-  runs = []
-  for name in ("first", "second"):
+  env = {"JAX_COMPILATION_CACHE_DIR": "", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+  def train_run(name):
     result = run_module("-m", "gptjax.train", "--config=configs/tiny_char.py", "--config.n_layer=1",
                         "--config.max_iters=3", "--config.eval_iters=1", "--config.log_interval=1",
                         f"--config.out_dir={tmp_path}", f"--config.model_name={name}",
-                        f"--config.compilation_cache_dir={cache}",
-                        env={"JAX_COMPILATION_CACHE_DIR": "",
-                             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+                        f"--config.compilation_cache_dir={cache}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs.append(read_metrics(tmp_path / name))
-  first, second = runs
+    return read_metrics(tmp_path / name), result.stderr
+
+  (first, _), (second, _) = train_run("first"), train_run("second")
   # The first run can hit its own entries (a program it compiles twice); the second also loads
   # init and the train step.
   assert second[0]["programs_from_cache"] >= first[0]["programs_from_cache"] + 2, (first, second)
-  assert any(name.startswith("jit_train_step-") for name in os.listdir(cache))
   for key in ("train_loss", "val_loss"):
     assert [r.get(key) for r in second] == [r.get(key) for r in first], key
+
+  [entry] = [cache / name for name in os.listdir(cache) if name.startswith("jit_train_step-")
+             and name.endswith("-cache")]
+  whole = entry.stat().st_size
+  os.truncate(entry, whole // 2)  # as a kill or a full disk during JAX's write leaves it
+  third, stderr = train_run("third")
+  notes = [line for line in stderr.splitlines() if "compilation cache" in line]
+  assert len(notes) == 1 and notes[0].startswith("note: removed an unreadable") \
+      and entry.name in notes[0], stderr[-3000:]
+  assert "Error reading persistent compilation cache entry" not in stderr
+  # Compiled again and stored in its place (the bytes differ a little: they hold the compile time).
+  assert abs(entry.stat().st_size - whole) < 0.02 * whole, (entry.stat().st_size, whole)
+  assert [r["train_loss"] for r in third] == [r["train_loss"] for r in first]
+
   # Sampling from the run uses the cache its config names: the decode step lands there.
   sample = run_module("-m", "gptjax.sample", f"--run_dir={tmp_path / 'second'}",
-                      "--max_new_tokens=5", env={"JAX_COMPILATION_CACHE_DIR": "",
-                                                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+                      "--max_new_tokens=5", env=env)
   assert sample.returncode == 0, sample.stderr[-3000:]
   assert any(name.startswith("jit_decode_step-") for name in os.listdir(cache))
 
