@@ -52,7 +52,8 @@ def drop_background_noise() -> None:
 
   A checkpoint save that fills the disk, or a restore of a damaged file, fails in Orbax's threads:
   each thread logs its traceback (a full disk: six of them), and TensorStore's callbacks for the
-  reads and writes left behind raise "Event loop is closed" as unraisable exceptions (twenty).
+  reads and writes left behind raise "Event loop is closed" as unraisable exceptions (twenty), or
+  asyncio logs their futures' exceptions as never retrieved.
   The failure itself reaches the main thread, where it is one `error:` line or one `note:`.
   """
   def orbax_disk_full(record: logging.LogRecord) -> bool:
@@ -62,6 +63,9 @@ def drop_background_noise() -> None:
         any(words in record.getMessage() for words in ("RESOURCE_EXHAUSTED", "No space left")))
 
   logging.getLogger("absl").addFilter(lambda record: not orbax_disk_full(record))
+  # TensorStore's futures that a failed restore abandoned (gptjax has no asyncio code of its own).
+  logging.getLogger("asyncio").addFilter(
+      lambda record: "exception was never retrieved" not in record.getMessage())
   default_hook = sys.unraisablehook
 
   def unraisable(info) -> None:
