@@ -191,7 +191,7 @@ def test_train_notebook_resumes_after_a_disconnect_and_finishes(tmp_path, kernel
   notebook = with_parameters(
       TRAIN_NOTEBOOK, GPTJAX_SOURCE=REPO_ROOT, PRESET="tiny_char", INPUT=str(input_file),
       MAX_ITERS=TINY_ITERS, RUN_ROOT=str(tmp_path / "runs"), EXTRA_FLAGS=TINY_FLAGS,
-      PROMPT="First Citizen:")
+      PROMPT="First Citizen:", SAMPLE_TOKENS=100)
   run_dir = tmp_path / "runs" / "tiny_char"
 
   first = client_for(notebook, tmp_path)
@@ -206,7 +206,7 @@ def test_train_notebook_resumes_after_a_disconnect_and_finishes(tmp_path, kernel
   second = client_for(with_parameters(
       TRAIN_NOTEBOOK, GPTJAX_SOURCE=REPO_ROOT, PRESET="tiny_char", INPUT=str(input_file),
       MAX_ITERS=TINY_ITERS, RUN_ROOT=str(tmp_path / "runs"), EXTRA_FLAGS=TINY_FLAGS,
-      PROMPT="First Citizen:"), tmp_path)
+      PROMPT="First Citizen:", SAMPLE_TOKENS=100), tmp_path)
   second.execute()
   training = text_of(cell_titled(second.nb, TRAIN_TITLE))
   resumed = re.search(r"resuming from step (\d+)", training)
@@ -219,7 +219,7 @@ def test_train_notebook_resumes_after_a_disconnect_and_finishes(tmp_path, kernel
   plot = cell_titled(second.nb, "Loss curve")
   assert any("image/png" in output.get("data", {}) for output in plot.outputs), plot.outputs
   sample = text_of(cell_titled(second.nb, "Sample"))
-  assert "First Citizen:" in sample and len(sample.split("First Citizen:", 1)[1]) > 100, sample
+  assert "First Citizen:" in sample and len(sample.split("First Citizen:", 1)[1]) >= 50, sample
   assert "jax imported in the kernel: False" in text_of(second.nb.cells[-1])
 
 
@@ -243,7 +243,7 @@ def test_finetune_notebook_samples_before_and_after_and_exports(tmp_path, kernel
       EXTRA_FLAGS="--config.batch_size=2 --config.grad_accum_steps=1 --config.eval_interval=3 "
                   "--config.eval_iters=1 --config.warmup_iters=1 --config.log_interval=1 "
                   "--config.learning_rate=1e-3",
-      PROMPT="First Citizen:"), tmp_path)
+      PROMPT="First Citizen:", SAMPLE_TOKENS=40), tmp_path)
   client.execute()
   before = text_of(cell_titled(client.nb, "Sample before"))
   after = text_of(cell_titled(client.nb, "Sample after"))
