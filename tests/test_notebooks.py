@@ -263,3 +263,13 @@ def test_finetune_notebook_samples_before_and_after_and_exports(tmp_path, kernel
     logits, initial_logits = exported(tokens).logits, initial(tokens).logits
   assert torch.isfinite(logits).all()
   assert not torch.allclose(logits, initial_logits), "the export holds the weights fine-tuned"
+
+
+def test_shared_cells_are_the_same_in_both_notebooks():
+  """Each notebook stands alone on Colab, so they repeat the install and plot cells: kept equal."""
+  def titled(path):
+    return {cell["source"][0]: "".join(cell["source"]) for cell in code_cells(path)
+            if cell["source"] and cell["source"][0].startswith("# @title")}
+  train, finetune = titled(TRAIN_NOTEBOOK), titled(FINETUNE_NOTEBOOK)
+  for title in ("# @title Install gptjax\n", "# @title Loss curve\n"):
+    assert train[title] == finetune[title], title
