@@ -367,14 +367,28 @@ def _fill_compiled(result, config, model, mesh_shape, figures: _Compiled, fast: 
                           "at 1-3 layers, and this was off by -50% to +66% (docs/performance.md); "
                           "drop --fast for the exact figure")
   target = result.target
-  flops = figures.flops or roofline.step_flops(config, model) / target.num_devices
+  flops, bytes_accessed, optimal_seconds = figures.flops, figures.bytes_accessed, figures.optimal_seconds
+  accumulate = config.grad_accum_steps
+  if accumulate > 1 and target.platform == "tpu":
+    # XLA's TPU cost analysis counts a while loop's body once, and the micro-batches are one: it
+    # runs grad_accum_steps times. The optimizer's pass over its state (7 float32 reads or writes
+    # per parameter) runs once, after it.
+    _, fsdp, tensor = mesh_shape
+    update = (7 * 4 * params_lib.count_params(model).total / (fsdp * tensor) / target.chip.memory_bandwidth
+              if target.chip.memory_bandwidth else 0.0)
+    flops = flops and flops * accumulate
+    bytes_accessed = bytes_accessed and bytes_accessed * accumulate
+    if optimal_seconds is not None:
+      optimal_seconds = accumulate * max(0.0, optimal_seconds - update) + update
+  model_flops = roofline.step_flops(config, model) / target.num_devices
+  flops = max(flops or 0.0, model_flops)  # MFU is reckoned from the model's FLOPs: never above 100%
   result.roofline_seconds = roofline.step_roofline(
-      target, model, flops, None if target.platform == "cpu" else figures.bytes_accessed, config,
+      target, model, flops, None if target.platform == "cpu" else bytes_accessed, config,
       mesh_shape)
   # No step is faster than its FLOPs at the chip's peak: a cost-model time below that is not one.
   compute_floor = flops / target.peak_flops_for(model.dtype) if target.chip.peak_flops else 0.0
-  if figures.optimal_seconds is not None and figures.optimal_seconds >= compute_floor > 0:
-    result.step_seconds, result.step_time_source = figures.optimal_seconds, "XLA's TPU cost model"
+  if optimal_seconds is not None and optimal_seconds >= compute_floor > 0:
+    result.step_seconds, result.step_time_source = optimal_seconds, "XLA's TPU cost model"
   elif figures.kernel_seconds:
     result.step_seconds = figures.kernel_seconds
     result.step_time_source = ("roofline per kernel of the compiled program: max(FLOPs / peak, "
@@ -388,8 +402,8 @@ def _fill_compiled(result, config, model, mesh_shape, figures: _Compiled, fast: 
     result.step_seconds = result.roofline_seconds
     result.step_time_source = ("roofline: max(FLOPs / peak, bytes / bandwidth) of the compiled "
                                "step, plus communication")
-    if figures.optimal_seconds is not None:
-      result.notes.append(f"XLA's TPU cost model gave {figures.optimal_seconds:.3g} s, less than "
+    if optimal_seconds is not None:
+      result.notes.append(f"XLA's TPU cost model gave {optimal_seconds:.3g} s, less than "
                           f"the step's FLOPs take at the chip's peak: the roofline is reported")
   else:
     result.step_time_source = "unknown: no peak FLOP/s for this device (measure with --measure)"

@@ -96,10 +96,15 @@ def test_plan_cli_json_on_local(tmp_path):
 
 def test_tpu_compile_path_for_two_presets_on_two_targets(tmp_path):
   """libtpu compiles the real step for TPU slices on this CPU: params and optimizer state are
-  the exact count's shards, and the time is XLA's TPU cost model, never negative."""
-  cases = (("configs/tiny_char.py", "tpu-v5e-1", 1), ("configs/tiny.py", "tpu-v4-8", 4))
-  for preset, target, devices in cases:
-    result = plan_json(f"--config={preset}", f"--target={target}")
+  the exact count's shards, and the time is XLA's TPU cost model, never negative. Its cost
+  analysis counts the gradient-accumulation loop once: the planner runs it grad_accum_steps times."""
+  cases = (("configs/tiny_char.py", "tpu-v5e-1", 1, 1), ("configs/tiny_char.py", "tpu-v5e-1", 1, 4),
+           ("configs/tiny.py", "tpu-v4-8", 4, 1))
+  seconds = {}
+  for preset, target, devices, accumulate in cases:
+    result = plan_json(f"--config={preset}", f"--target={target}",
+                       f"--config.grad_accum_steps={accumulate}")
+    seconds[preset, accumulate] = result["step_seconds"]
     assert (result["method"], result["devices"]) == ("compiled-deviceless", devices), result
     assert result["device_kind"].startswith("TPU")
     count = params.count_params(ModelConfig.from_config(load_config(preset))).total
@@ -108,6 +113,8 @@ def test_tpu_compile_path_for_two_presets_on_two_targets(tmp_path):
     assert result["fits"] and result["total_bytes_per_device"] < 0.1 * result["device_memory_bytes"]
     assert result["step_seconds"] > 0 and result["step_time_source"] == "XLA's TPU cost model"
     assert 0 < result["mfu"] < 1
+  ratio = seconds["configs/tiny_char.py", 4] / seconds["configs/tiny_char.py", 1]
+  assert 3 < ratio < 4.5, seconds  # four micro-batches (and their sum), one optimizer update
 
 
 def test_remat_saves_memory_in_bfloat16_with_dropout_on_tpu(tmp_path):
