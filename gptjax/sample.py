@@ -14,7 +14,7 @@ Semantics (kept from the per-token loop this replaced, and tested against it): p
 block_size are cropped to their last block_size tokens, as nanoGPT does; when the cache is full
 (learned positions end at block_size) it is rebuilt from the last block_size // 2 tokens, a sliding
 window that re-encodes half a context once per block_size // 2 tokens. Sample b draws token i with
-the key fold_in(fold_in(rng, b), i): a batch of samples gives each one the tokens it would get alone.
+the key fold_in(fold_in(key(seed), b), i): in a batch each sample gets the tokens it would alone.
 """
 
 from __future__ import annotations
@@ -106,13 +106,17 @@ def _draw(state: DecodeState, logits, sampling: Sampling) -> DecodeState:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "sampling"))
-def _prefill(params, prompt, prompt_length, keys, *, model, sampling: Sampling) -> DecodeState:
+def _prefill(params, prompt, prompt_length, seed, first_sample, *, model,
+             sampling: Sampling) -> DecodeState:
   """Feeds `prompt` (B, P), whose first `prompt_length` tokens are real, and draws token 0.
+  Sample b's key is fold_in(key(seed), first_sample + b), made here: no eager op before the loop.
 
   The padding after the prompt goes through the cache too, but the position is set back to
   prompt_length: later tokens overwrite those keys, and the causal mask never shows them.
   """
   batch, bucket = prompt.shape
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed),
+                                                 first_sample + jnp.arange(batch))
   logits, cache = _feed(model, params, init_cache(model, batch), prompt, prompt_length - 1)
   cache = {**cache, "position": prompt_length.astype(jnp.int32)}
   context = jnp.zeros((batch, model.config.block_size), jnp.int32).at[:, :bucket].set(prompt)
@@ -184,13 +188,28 @@ def prompt_bucket(length: int, block_size: int) -> int:
   return min(block_size, max(MIN_PROMPT_BUCKET, 1 << (length - 1).bit_length()))
 
 
-def stream(model, params, prompt: list[int], max_new_tokens: int, *, rng, num_samples: int = 1,
+@functools.lru_cache(maxsize=8)
+def compiled_programs(model, sampling: Sampling, params_tree, params_leaves: tuple, batch: int,
+                      bucket: int):
+  """(prefill, advance) compiled ahead of time for these shapes; kept for the process's next
+  generation, and found in the persistent compilation cache (when on) by the next process."""
+  params = jax.tree.unflatten(params_tree, params_leaves)
+  scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)
+  inputs = (jax.ShapeDtypeStruct((batch, bucket), jnp.int32), scalar(jnp.int32),
+            scalar(jnp.uint32), scalar(jnp.int32))
+  static = dict(model=model, sampling=sampling)
+  prefill = _prefill.lower(params, *inputs, **static).compile()
+  state = jax.eval_shape(functools.partial(_prefill, **static), params, *inputs)
+  return prefill, _advance.lower(params, state, scalar(jnp.int32), **static).compile()
+
+
+def stream(model, params, prompt: list[int], max_new_tokens: int, *, seed: int, num_samples: int = 1,
            first_sample: int = 0, sampling: Sampling, chunk_seconds: float | None = None,
            timings: dict | None = None) -> Iterator[np.ndarray]:
   """Continues `prompt` `num_samples` times, yielding the new tokens as they come: (B, n) arrays.
 
   Samples first_sample ... first_sample + num_samples - 1 are drawn, sample b with the key
-  fold_in(rng, b): any one of a batch can be drawn again alone.
+  fold_in(jax.random.key(seed), b): any one of a batch can be drawn again alone.
 
   chunk_seconds: how long each device call should run (tokens then come about this often);
     None: as few calls as possible. Stops early when every sample has drawn the stop token (the
@@ -205,18 +224,17 @@ def stream(model, params, prompt: list[int], max_new_tokens: int, *, rng, num_sa
     raise UserError("the prompt is empty: generation needs at least one token to continue.")
   padded = np.zeros((num_samples, prompt_bucket(len(prompt), block_size)), np.int32)
   padded[:, :len(prompt)] = prompt
-  keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, first_sample + jnp.arange(num_samples))
-  static = dict(model=model, sampling=sampling)
+  inputs = (padded, np.int32(len(prompt)), np.uint32(seed % 2**32), np.int32(first_sample))
+  leaves, tree = jax.tree.flatten(params)
   start, hits = time.perf_counter(), cli.compilation_cache_hits()
-  prefill = _prefill.lower(params, padded, np.int32(len(prompt)), keys, **static).compile()
-  state_shapes = jax.eval_shape(functools.partial(_prefill, **static), params, padded,
-                                np.int32(len(prompt)), keys)
-  advance = _advance.lower(params, state_shapes, np.int32(0), **static).compile()
+  prefill, advance = compiled_programs(
+      model, sampling, tree, tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves),
+      *padded.shape)
   timings = {} if timings is None else timings
   timings["compile_s"] = time.perf_counter() - start
   timings["programs_from_cache"] = cli.compilation_cache_hits() - hits
   start = time.perf_counter()
-  state = prefill(params, padded, np.int32(len(prompt)), keys)
+  state = prefill(params, *inputs)
   yield np.asarray(state.pending)[:, None]
   drawn, per_token_s = 1, None
   while drawn < max_new_tokens and not bool(np.all(state.done)):
@@ -233,7 +251,8 @@ def stream(model, params, prompt: list[int], max_new_tokens: int, *, rng, num_sa
   timings["decode_s"] = time.perf_counter() - start
 
 
-def generate(model, params, prompt: list[int], max_new_tokens: int, *, rng, num_samples: int = 1,
+def generate(model, params, prompt: list[int], max_new_tokens: int, *, seed: int = 0,
+             num_samples: int = 1,
              first_sample: int = 0, temperature: float = 0.8, top_k: int = 200, top_p: float = 1.0,
              vocab_limit: int | None = None, stop_token: int | None = None) -> np.ndarray:
   """Continues `prompt` `num_samples` times. Returns (num_samples, len(prompt) + new tokens):
@@ -242,7 +261,7 @@ def generate(model, params, prompt: list[int], max_new_tokens: int, *, rng, num_
                       int(vocab_limit or model.config.vocab_size),
                       -1 if stop_token is None else int(stop_token))
   prompt = list(prompt)[-model.config.block_size:]
-  pieces = list(stream(model, decode_params(model, params), prompt, max_new_tokens, rng=rng,
+  pieces = list(stream(model, decode_params(model, params), prompt, max_new_tokens, seed=seed,
                        num_samples=num_samples, first_sample=first_sample, sampling=sampling))
   return np.concatenate([np.tile(np.asarray(prompt, np.int32), (num_samples, 1))] + pieces, 1)
 
@@ -386,7 +405,7 @@ def main(argv) -> None:
   transcripts = [Transcript(tokenizer, prompt, f.stop, stop_token) for _ in range(f.num_samples)]
   timings, new_tokens = {}, 0
   loop_start = time.perf_counter()
-  for tokens in stream(model, params, prompt, f.max_new_tokens, rng=jax.random.key(f.seed),
+  for tokens in stream(model, params, prompt, f.max_new_tokens, seed=f.seed,
                        num_samples=f.num_samples, sampling=sampling, chunk_seconds=0.1,
                        timings=timings):
     new_tokens += tokens.shape[1]

@@ -78,11 +78,11 @@ def small_model():
   return model, params
 
 
-def reference(model, params, prompt, new_tokens, *, rng, sample, **settings):
+def reference(model, params, prompt, new_tokens, *, seed, sample, **settings):
   """Sample `sample` as nanoGPT-style decoding draws it: for every token the whole context through
   the model, no cache. The context is what gptjax.sample's cache holds: the prompt's last
   block_size tokens, then, whenever it is full, the last block_size // 2 tokens. Token i of sample
-  b is drawn with fold_in(fold_in(rng, b), i)."""
+  b is drawn with fold_in(fold_in(key(seed), b), i)."""
   @jax.jit
   def next_token(context, length, key):  # context padded to BLOCK: one compile (causal: exact)
     logits = model.apply({"params": params}, context[None])[:, length - 1]
@@ -90,7 +90,7 @@ def reference(model, params, prompt, new_tokens, *, rng, sample, **settings):
 
   sequence = list(prompt)[-BLOCK:]
   context = list(sequence)
-  key = jax.random.fold_in(rng, sample)
+  key = jax.random.fold_in(jax.random.key(seed), sample)
   for i in range(new_tokens):
     padded = jnp.asarray(context + [0] * (BLOCK - len(context)))
     token = int(next_token(padded, len(context), jax.random.fold_in(key, i)))
@@ -103,8 +103,8 @@ def test_greedy_generation_equals_the_full_recompute_reference_past_the_window(s
   model, params = small_model
   params = jax.tree.map(lambda x: x * 20, params)  # sharper logits: fewer near-ties in argmax
   settings = dict(temperature=0.0, top_k=0, top_p=1.0, vocab_limit=64)
-  got = generate(model, params, [5, 9, 2], 30, rng=jax.random.key(0), **settings)
-  assert got.tolist() == [reference(model, params, [5, 9, 2], 30, rng=jax.random.key(0),
+  got = generate(model, params, [5, 9, 2], 30, seed=0, **settings)
+  assert got.tolist() == [reference(model, params, [5, 9, 2], 30, seed=0,
                                     sample=0, **settings)]
 
 
@@ -115,24 +115,23 @@ def test_seeded_batch_equals_the_reference_and_one_by_one_past_the_window(small_
   model, params = small_model
   settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, vocab_limit=50)
   prompt = list(range(20))  # longer than block_size: cropped to its last 12 tokens
-  rng = jax.random.key(1)
-  batch = generate(model, params, prompt, 30, rng=rng, num_samples=3, **settings)
+  batch = generate(model, params, prompt, 30, seed=1, num_samples=3, **settings)
   assert batch.shape == (3, BLOCK + 30) and batch.max() < 50
   assert len({tuple(row) for row in batch.tolist()}) == 3  # the samples differ
   for b in range(3):
-    assert batch[b].tolist() == reference(model, params, prompt, 30, rng=rng, sample=b,
+    assert batch[b].tolist() == reference(model, params, prompt, 30, seed=1, sample=b,
                                           **settings)
-    alone = generate(model, params, prompt, 30, rng=rng, first_sample=b, **settings)
+    alone = generate(model, params, prompt, 30, seed=1, first_sample=b, **settings)
     assert alone.tolist() == [batch[b].tolist()]
 
 
 def test_generation_stops_when_every_sample_drew_the_stop_token(small_model):
   model, params = small_model
   settings = dict(temperature=1.0, top_k=0, top_p=1.0, vocab_limit=64)
-  full = generate(model, params, [1], 40, rng=jax.random.key(2), num_samples=2, **settings)
+  full = generate(model, params, [1], 40, seed=2, num_samples=2, **settings)
   stop = int(full[0, 5])  # sample 0 draws it at step 4 at the latest
   last = max(list(row[1:]).index(stop) for row in full.tolist() if stop in row[1:])
-  stopped = generate(model, params, [1], 40, rng=jax.random.key(2), num_samples=2,
+  stopped = generate(model, params, [1], 40, seed=2, num_samples=2,
                      stop_token=stop, **settings)
   if all(stop in row[1:] for row in full.tolist()):
     assert stopped.shape[1] == 1 + last + 1
@@ -173,7 +172,7 @@ def test_cli_samples_straight_from_hf_weights_and_reuses_the_compiled_programs(h
   from gptjax.hf_gpt2 import load_hf_gpt2
   model, params = load_hf_gpt2(hf_gpt2_dir)
   prompt = list(ByteTokenizer().encode("ab"))
-  expected = generate(model, params, prompt, 40, rng=jax.random.key(7), num_samples=2,
+  expected = generate(model, params, prompt, 40, seed=7, num_samples=2,
                       temperature=0.9, top_k=20, vocab_limit=256)
   texts = [ByteTokenizer().decode(row) for row in expected]
   stop = next(texts[0][i:i + 2] for i in range(5, 40)  # one that sample 0 reaches, in ASCII
