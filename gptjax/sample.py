@@ -356,7 +356,7 @@ def tokenizer_for(config):
 def define_flags() -> None:
   flags.DEFINE_string("run_dir", None, "Run directory, e.g. out/tiny_char.")
   flags.DEFINE_string("init_from", "", "Instead of --run_dir: Hugging Face GPT-2 weights, a "
-                      "directory (config.json + model.safetensors) or a hub name (gpt2, "
+                      "directory as save_pretrained writes it, or a hub name (gpt2, "
                       "gpt2-medium, gpt2-large, gpt2-xl) from the hub cache or downloaded.")
   flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
                     "Which checkpoint: the latest, or the best by val loss.")
