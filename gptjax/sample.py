@@ -1,7 +1,7 @@
 """Text generation in one compiled loop with the KV cache, and `python -m gptjax.sample`.
 
   python -m gptjax.sample --run_dir out/tiny_char --prompt "ROMEO:" --max_new_tokens 300
-  python -m gptjax.sample --init_from gpt2 --prompt "Hello" --stop_at_eot   # HF weights, no conversion
+  python -m gptjax.sample --init_from gpt2 --prompt "Hello" --stop_at_eot   # no conversion first
 
 Two compiled programs do all the work, on the device: `_prefill` feeds the prompt through the KV
 cache and draws the first token; `_advance` draws tokens in a `lax.while_loop` (feed the last one,
@@ -203,9 +203,9 @@ def compiled_programs(model, sampling: Sampling, params_tree, params_leaves: tup
   return prefill, _advance.lower(params, state, scalar(jnp.int32), **static).compile()
 
 
-def stream(model, params, prompt: list[int], max_new_tokens: int, *, seed: int, num_samples: int = 1,
-           first_sample: int = 0, sampling: Sampling, chunk_seconds: float | None = None,
-           timings: dict | None = None) -> Iterator[np.ndarray]:
+def stream(model, params, prompt: list[int], max_new_tokens: int, *, seed: int,
+           num_samples: int = 1, first_sample: int = 0, sampling: Sampling,
+           chunk_seconds: float | None = None, timings: dict | None = None) -> Iterator[np.ndarray]:
   """Continues `prompt` `num_samples` times, yielding the new tokens as they come: (B, n) arrays.
 
   Samples first_sample ... first_sample + num_samples - 1 are drawn, sample b with the key
@@ -341,7 +341,8 @@ def load_model(run_dir: str, which: str, init_from: str):
   model, params, config, step, val_loss = load_run(run_dir, which)
   loaded = ("latest" if which == "latest" else "no val loss recorded: the latest"
             if val_loss is None else f"best by val loss {val_loss:.4f}")
-  return model, params, config, f"{config.name} from {run_dir}: checkpoint step {step} ({loaded})"
+  return (model, params, config,
+          f"{config.name} from {run_dir}: loaded checkpoint step {step} ({loaded})")
 
 
 def tokenizer_for(config):
@@ -360,8 +361,8 @@ def define_flags() -> None:
                       "gpt2-medium, gpt2-large, gpt2-xl) from the hub cache or downloaded.")
   flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
                     "Which checkpoint: the latest, or the best by val loss.")
-  flags.DEFINE_string("prompt", "", "Text to continue; FILE:path reads it from a file. Empty: start "
-                      "from a newline (bytes) or <|endoftext|> (GPT-2).")
+  flags.DEFINE_string("prompt", "", "Text to continue; FILE:path reads it from a file. Empty: "
+                      "start from a newline (bytes) or <|endoftext|> (GPT-2).")
   flags.DEFINE_integer("max_new_tokens", 500, "Tokens to generate per sample.")
   flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
   flags.DEFINE_integer("top_k", 200, "Keep only the k most likely tokens; 0 = all.")

@@ -120,12 +120,13 @@ def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
   assert any(name.startswith("jit_train_step-") for name in os.listdir(cache))
   for key in ("train_loss", "val_loss"):
     assert [r.get(key) for r in second] == [r.get(key) for r in first], key
-  # Sampling from the run uses the cache its config names: the decode step lands there.
+  # Sampling from the run uses the cache its config names: both decode programs land there.
   sample = run_module("-m", "gptjax.sample", f"--run_dir={tmp_path / 'second'}",
                       "--max_new_tokens=5", env={"JAX_COMPILATION_CACHE_DIR": "",
                                                  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
   assert sample.returncode == 0, sample.stderr[-3000:]
-  assert any(name.startswith("jit_decode_step-") for name in os.listdir(cache))
+  for program in ("jit__prefill-", "jit__advance-"):
+    assert any(name.startswith(program) for name in os.listdir(cache)), program
 
 
 def test_cli_accepts_a_nanogpt_style_json_preset(tmp_path):

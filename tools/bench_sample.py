@@ -1,4 +1,4 @@
-"""Sampling, whole process: `python -m gptjax.sample` beside nanoGPT's generate, same model and settings.
+"""Sampling as a whole process: `python -m gptjax.sample` beside nanoGPT's generate.
 
   python tools/bench_sample.py                                 # small_char, small, 350M_1024
   python tools/bench_sample.py --presets=small_char --new_tokens=1000 --repeats=5
@@ -71,7 +71,7 @@ def make_run(preset: str, run_dir: str) -> None:
 
 
 def export_for_nanogpt(run_dir: str, path: str) -> None:
-  """The run's weights as a nanoGPT state dict (nn.Linear weights are (out, in): HF's transposed)."""
+  """The run's weights as a nanoGPT state dict (its nn.Linear weights are HF's transposed)."""
   import numpy as np
   import torch
   from flax import traverse_util
@@ -90,7 +90,7 @@ def export_for_nanogpt(run_dir: str, path: str) -> None:
     value = np.asarray(flat[gptjax_path], np.float32).reshape(hf_shape)
     if key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
       value = value.T
-    state[f"transformer.{key}"] = torch.from_numpy(np.ascontiguousarray(value))
+    state[f"transformer.{key}"] = torch.from_numpy(np.array(value))  # a writable copy
   state["lm_head.weight"] = state["transformer.wte.weight"]
   model_args = dict(model.config.architecture(), dropout=0.0)
   torch.save(dict(model=state, model_args=model_args, tokenizer=config.tokenizer,
