@@ -115,9 +115,8 @@ def bench_sampling(config: ml_collections.ConfigDict, new_tokens: int = 100,
       jnp.zeros((1, config.block_size), jnp.int32))
   new_tokens = min(new_tokens, config.block_size - 1)
   prompt = [1]
-  rng = jax.random.key(0)
-  generate(model, params, prompt, 4, rng=rng, num_samples=num_samples)  # compile
-  cached_s = _median_seconds(lambda: generate(model, params, prompt, new_tokens, rng=rng,
+  generate(model, params, prompt, 4, num_samples=num_samples)  # compile
+  cached_s = _median_seconds(lambda: generate(model, params, prompt, new_tokens,
                                               num_samples=num_samples), 3)
 
   forward = jax.jit(lambda p, t: model.apply({"params": p}, t))

@@ -98,7 +98,11 @@ class CausalSelfAttention(nn.Module):
     return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
 
   def _attend(self, q, k, v, query_pos, deterministic):
-    """Einsum attention with an explicit causal mask: on CPU faster than the fused op (PERF-NOTES)."""
+    """Einsum attention with an explicit causal mask: on CPU faster than the fused op (PERF-NOTES).
+
+    (For one query, a decode step, multiply-and-sum over the cache avoids the dot's transposes of
+    it, but measured twice as slow per token on CPU.)
+    """
     scale = 1.0 / math.sqrt(q.shape[-1])
     att = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale  # (B, H, T, T_k)
     causal = jnp.arange(k.shape[1])[None, :] <= query_pos[:, None]        # (T, T_k)
@@ -150,11 +154,14 @@ class GPT(nn.Module):
 
   decode=True runs the KV-cache path: the mutable "cache" collection holds each layer's keys and
   values and the next position; feed the prompt once, then one token at a time.
+  `logits_at` (an int or a traced scalar) keeps only that time step's logits, (B, 1, V): a prefill
+  needs just the last prompt position's, and the head over every position is, at GPT-2's vocab,
+  as costly as a layer.
   """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens, deterministic: bool = True, decode: bool = False):
+  def __call__(self, tokens, deterministic: bool = True, decode: bool = False, logits_at=None):
     cfg = self.config
     B, T = tokens.shape
     wte = self.param("wte", nn.with_logical_partitioning(nn.initializers.normal(INIT_STD),
@@ -178,6 +185,9 @@ class GPT(nn.Module):
     block = nn.remat(Block, static_argnums=(2, 3, 4)) if cfg.remat else Block
     for i in range(cfg.n_layer):
       x = block(cfg, name=f"h_{i}")(x, B, deterministic, decode, start)
+    if logits_at is not None:
+      x = jax.lax.dynamic_index_in_dim(x.reshape(B, T, -1), logits_at, axis=1, keepdims=False)
+      T = 1                                                                 # x: (B, C)
     x = _layer_norm(cfg, "ln_f")(x)
     logits = jnp.einsum("nc,vc->nv", x, wte.astype(x.dtype))               # tied head, (N, V)
     logits = nn.with_logical_constraint(logits, ("batch", "vocab"))

@@ -109,7 +109,7 @@ def test_greedy_generation_equals_hf_generate(hf_model):
   hf, _, (model, params) = hf_model
   prompt = random_tokens(hf.config.vocab_size, 1, 8, seed=3)
   new_tokens = min(20, hf.config.n_positions - 8)  # HF cannot go past n_positions: A makes 20
-  ours = sample.generate(model, params, list(prompt[0]), new_tokens, rng=jax.random.key(0),
+  ours = sample.generate(model, params, list(prompt[0]), new_tokens, seed=0,
                          temperature=0.0, top_k=0, vocab_limit=hf.config.vocab_size)
   with torch.no_grad():
     theirs = hf.generate(torch.as_tensor(prompt, dtype=torch.long), max_new_tokens=new_tokens,
@@ -188,7 +188,7 @@ def test_from_hf_run_directory_samples_and_exports(hf_bytes, tmp_path):
   model, params, config, step, _ = checkpoint.load_run(run_dir)
   assert step == 0 and config.init_from == directory and config.tokenizer == "auto"
   prompt = [int(t) for t in data_lib.ByteTokenizer().encode("ROMEO:")]
-  ours = sample.generate(model, params, prompt, 8, rng=jax.random.key(0), temperature=0.0,
+  ours = sample.generate(model, params, prompt, 8, seed=0, temperature=0.0,
                          top_k=0, vocab_limit=257)
   with torch.no_grad():
     theirs = hf.generate(torch.as_tensor([prompt]), max_new_tokens=8, do_sample=False,

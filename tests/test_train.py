@@ -134,11 +134,12 @@ def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
   assert abs(entry.stat().st_size - whole) < 0.02 * whole, (entry.stat().st_size, whole)
   assert [r["train_loss"] for r in third] == [r["train_loss"] for r in first]
 
-  # Sampling from the run uses the cache its config names: the decode step lands there.
+  # Sampling from the run uses the cache its config names: both decode programs land there.
   sample = run_module("-m", "gptjax.sample", f"--run_dir={tmp_path / 'second'}",
                       "--max_new_tokens=5", env=env)
   assert sample.returncode == 0, sample.stderr[-3000:]
-  assert any(name.startswith("jit_decode_step-") for name in os.listdir(cache))
+  for program in ("jit__prefill-", "jit__advance-"):
+    assert any(name.startswith(program) for name in os.listdir(cache)), program
 
 
 def test_cli_accepts_a_nanogpt_style_json_preset(tmp_path):

@@ -4,8 +4,8 @@ against.
 Ported from karpathy/nanoGPT at commit 93a43d9a5c22450bbf06e78da2cb6eeef084b717 (2024-12-09, the
 last change to its code; later commits touch only its README):
   model.py                         LayerNorm, CausalSelfAttention, MLP, Block, GPT (init, forward,
-                                   configure_optimizers), module for module, so that a seed draws
-                                   the same initial weights as nanoGPT
+                                   configure_optimizers, generate), module for module, so that a
+                                   seed draws the same initial weights as nanoGPT
   train.py                         get_batch, estimate_loss, get_lr (warmup from (it + 1) / (warmup
                                    + 1), that commit's fix) and the loop: evaluate every
                                    eval_interval steps, save ckpt.pt when val improves, forward,
@@ -16,7 +16,7 @@ last change to its code; later commits touch only its README):
 
 Left out, as nanoGPT's CPU command (README: `--device=cpu --compile=False`) runs without them:
 torch.compile, DDP, CUDA autocast and the GradScaler (both no-ops on CPU), wandb, init_from
-resume / gpt2, the MFU estimate, generate, and the manual attention for PyTorch < 2.0.
+resume / gpt2, the MFU estimate, and the manual attention for PyTorch < 2.0.
 Not nanoGPT's: `seed` (train.py fixes 1337), `vocab="bytes"` (gptjax's UTF-8 byte tokens, so both
 engines see the same data), per-step times that leave the evaluations out, and whole_split_loss.
 """
@@ -151,6 +151,21 @@ class GPT(nn.Module):
     else:  # inference: the head on the last position only
       logits, loss = self.lm_head(x[:, [-1], :]), None
     return logits, loss
+
+  @torch.no_grad()
+  def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+    """nanoGPT's sampling loop: the whole (cropped) context through the model for every token."""
+    for _ in range(max_new_tokens):
+      idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+      logits, _ = self(idx_cond)
+      logits = logits[:, -1, :] / temperature
+      if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float("Inf")
+      probs = F.softmax(logits, dim=-1)
+      idx_next = torch.multinomial(probs, num_samples=1)
+      idx = torch.cat((idx, idx_next), dim=1)
+    return idx
 
   def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
     """AdamW, decaying the 2-D tensors (matmul weights, embeddings) only; fused on CUDA."""
