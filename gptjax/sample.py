@@ -23,7 +23,6 @@ from tqdm import tqdm
 from gptjax import cli
 from gptjax import data as data_lib
 from gptjax.checkpoint import load_run
-from gptjax.config import resolve_tokenizer
 from gptjax.errors import UserError
 from gptjax.model import GPT
 
@@ -141,9 +140,10 @@ def main(argv) -> None:
   prompt_text = read_prompt(f.prompt)  # before loading anything
   model, params, config, step, val_loss = load_run(f.run_dir, f.checkpoint)  # compiles nothing
   cli.use_compilation_cache(config.get("compilation_cache_dir", ""))  # the run's own cache
-  tokenizer = data_lib.get_tokenizer(resolve_tokenizer(config), config.tokenizer_path)
+  tokenizer = data_lib.run_tokenizer(f.run_dir, config)  # the run's own, as it trained
   prompt = list(tokenizer.encode(prompt_text)) or (
-      list(tokenizer.encode("\n")) if tokenizer.name == "bytes" else [tokenizer.n_vocab - 1])
+      list(tokenizer.encode("\n")) if tokenizer.name == "bytes" or tokenizer.eot_id is None
+      else [tokenizer.eot_id])
   which = ("latest" if f.checkpoint == "latest" else "no val loss recorded: the latest"
            if val_loss is None else f"best by val loss {val_loss:.4f}")
   print(f"# {config.name} from {f.run_dir}: loaded checkpoint step {step} ({which})",
