@@ -124,8 +124,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # A directory of token shards from `python -m gptjax.prepare` (or nanoGPT's train.bin/val.bin),
   # read through np.memmap: corpora larger than memory. "" trains on input_file instead.
   config.data_dir = ""
-  # UTF-8 text to train on, tokenized once into <out_dir>/token_cache/ (by gptjax.prepare's code;
-  # its last 1 - train_split is validation); "" trains on the embedded default corpus.
+  # UTF-8 text to train on; "" trains on the embedded default corpus. Tokenized once into
+  # <out_dir>/token_cache/ by gptjax.prepare's code; its last 1 - train_split is validation.
   config.input_file = ""
   # "auto" (with data_dir: the data's own; else bytes when vocab_size < 50257, else gpt2),
   # "bytes", "gpt2", or the path of a Hugging Face tokenizer.json.

@@ -15,6 +15,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import sys
@@ -324,8 +325,21 @@ def run_tokenizer(run_dir: str, config):
 def windows(tokens, offsets: np.ndarray, length: int) -> np.ndarray:
   """tokens[o : o + length] for every offset, as int32: shape offsets.shape + (length,)."""
   if isinstance(tokens, TokenShards):
-    return tokens.windows(offsets, length)
-  return np.asarray(tokens[offsets[..., None] + np.arange(length)], dtype=np.int32)
+    result = tokens.windows(offsets, length)
+  else:
+    result = np.asarray(tokens[offsets[..., None] + np.arange(length)], dtype=np.int32)
+  release_pages(tokens)
+  return result
+
+
+def release_pages(tokens) -> None:
+  """Unmaps the pages of memmapped tokens that this process has touched (they stay in the page
+  cache). Without it a run's resident memory grows toward the corpus size: every page fault on a
+  file mapping maps up to 16 neighbouring cached pages too (the kernel's fault-around)."""
+  for array in getattr(tokens, "arrays", [tokens]):
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None:
+      mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def train_batch(tokens: np.ndarray, seed: int, step: int, micro_batches: int, batch_size: int,
