@@ -242,6 +242,10 @@ def _open_nanogpt_dir(directory: str, config, where: str) -> TokenData:
                     f"gptjax cannot decode. Fix: prepare the text with python -m gptjax.prepare "
                     f"--tokenizer=bytes.")
   for path in paths:
+    if os.path.getsize(path) < 2:
+      raise DataError(f"{where}: {path!r} is empty" + (": no validation split" if "val" in
+                      os.path.basename(path) else "") + ". Fix: write it again (nanoGPT's "
+                      f"prepare.py), or prepare the text with python -m gptjax.prepare.")
     if os.path.getsize(path) % 2:
       raise DataError(f"{where}: {path!r} is truncated ({os.path.getsize(path):,} bytes, not a "
                       f"whole number of uint16 tokens). Fix: write it again.")

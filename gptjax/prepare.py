@@ -245,7 +245,10 @@ def prepare(options: Options) -> dict:
   key = hashlib.sha256(json.dumps([stat_key, tokenizer.spec(), options.val_fraction, options.seed,
                                    options.text_field, options.shard_tokens, shards.VERSION],
                                   default=str).encode()).hexdigest()
-  existing = shards.read_meta(options.out_dir) if os.path.isdir(options.out_dir) else None
+  try:
+    existing = shards.read_meta(options.out_dir) if os.path.isdir(options.out_dir) else None
+  except DataError:  # a damaged meta.json of ours: prepared again below
+    existing = None
   if (existing and not options.force and existing["source"]["key"] == key
       and not shards.shard_problem(options.out_dir, existing)):
     print(f"{options.out_dir} is already prepared from these inputs with this tokenizer: "
