@@ -70,6 +70,23 @@ def _check_input_file(input_file: str) -> None:
                     f"text in it.")
 
 
+def read_corpus(input_file: str) -> tuple[str, bytes]:
+  """(text, raw bytes) of `input_file` (or of the default corpus when it is ""), whole in memory:
+  for tools that need the text itself (tools/bench_nanogpt.py); training streams it instead."""
+  if not input_file:
+    text = default_corpus_text()
+    return text, text.encode("utf-8")
+  _check_input_file(input_file)
+  with open(input_file, "rb") as f:
+    raw = f.read()
+  try:
+    return raw.decode("utf-8"), raw
+  except UnicodeDecodeError as e:
+    raise DataError(f"config field 'input_file': {input_file!r} is not UTF-8 (byte {e.start}: "
+                    f"{raw[e.start:e.start + 1]!r}). Fix: convert it, e.g. `iconv -f latin1 -t "
+                    f"utf-8 {input_file} > {input_file}.utf8`.") from e
+
+
 def _file_sha256(path: str) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as f:
@@ -138,12 +155,10 @@ def _open_token_cache(config) -> TokenData:
     problem = "no meta.json" if meta is None else shards.shard_problem(cache_dir, meta)
   except DataError as e:
     problem = str(e)
-  if problem:
-    if meta is not None or os.path.isdir(os.path.join(cache_dir, shards.STAGING)):
+  if problem:  # several processes of one run may prepare it at once: prepare() copes
+    if meta is not None:
       print(f"note: the token cache {cache_dir} is damaged ({problem}); tokenizing the corpus "
             f"again.", file=sys.stderr, flush=True)
-    if os.path.isdir(cache_dir):
-      shutil.rmtree(cache_dir)
     prepare_lib.prepare(prepare_lib.Options(
         inputs=[config.input_file] if config.input_file else [], texts=texts,
         tokenizer=kind, tokenizer_path=config.tokenizer_path, out_dir=cache_dir,
@@ -227,7 +242,7 @@ def _open_nanogpt_dir(directory: str, config, where: str) -> TokenData:
   paths = [os.path.join(directory, name) for name in shards.NANOGPT_FILES]
   present = [os.path.isfile(path) for path in paths]
   if not any(present):
-    partial = os.path.isdir(os.path.join(directory, shards.STAGING)) or any(
+    partial = shards.staging_dirs(directory) or any(
         shards.is_shard_file(name) for name in os.listdir(directory))
     raise DataError(f"{where} " + ("holds an unfinished gptjax.prepare (no meta.json)" if partial
                                    else "holds no token shards (no meta.json, no train.bin)")

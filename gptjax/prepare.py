@@ -22,11 +22,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 
 import numpy as np
@@ -245,20 +247,14 @@ def prepare(options: Options) -> dict:
   key = hashlib.sha256(json.dumps([stat_key, tokenizer.spec(), options.val_fraction, options.seed,
                                    options.text_field, options.shard_tokens, shards.VERSION],
                                   default=str).encode()).hexdigest()
-  try:
-    existing = shards.read_meta(options.out_dir) if os.path.isdir(options.out_dir) else None
-  except DataError:  # a damaged meta.json of ours: prepared again below
-    existing = None
-  if (existing and not options.force and existing["source"]["key"] == key
-      and not shards.shard_problem(options.out_dir, existing)):
+  existing = _already_prepared(options.out_dir, key) if os.path.isdir(options.out_dir) else None
+  if existing and not options.force:
     print(f"{options.out_dir} is already prepared from these inputs with this tokenizer: "
           f"nothing to do (--force to redo).", file=sys.stderr)
     return existing
-  staging = os.path.join(options.out_dir, shards.STAGING)
-  if os.path.isdir(staging):
-    print(f"note: removing {staging}, left by a prepare that did not finish; starting over.",
-          file=sys.stderr)
-    shutil.rmtree(staging)
+  _remove_abandoned_staging(options.out_dir)
+  staging = os.path.join(options.out_dir,
+                         f"{shards.STAGING}-{socket.gethostname()}-{os.getpid()}")
   os.makedirs(staging)
   try:
     meta = _tokenize_into(staging, tasks, total_bytes, tokenizer, options)
@@ -266,11 +262,49 @@ def prepare(options: Options) -> dict:
                           description=described, key=key)
     if tokenizer.name == "hf":
       shutil.copyfile(tokenizer.path, os.path.join(staging, "tokenizer.json"))
-    shards.commit(staging, options.out_dir, meta)
+    with open(os.path.join(options.out_dir, shards.LOCK), "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)  # another process preparing the same may finish first
+      done = _already_prepared(options.out_dir, key)
+      if done and not options.force:
+        shutil.rmtree(staging)
+        return done
+      shards.commit(staging, options.out_dir, meta)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
   return meta
+
+
+def _already_prepared(out_dir: str, key: str) -> dict | None:
+  """out_dir's meta.json if it is complete, intact and made from the same inputs and settings."""
+  try:
+    meta = shards.read_meta(out_dir)
+  except DataError:  # a damaged meta.json of ours: prepared again
+    return None
+  if meta and meta["source"].get("key") == key and not shards.shard_problem(out_dir, meta):
+    return meta
+  return None
+
+
+def _remove_abandoned_staging(out_dir: str) -> None:
+  """Removes what prepares killed on this host left (their process is gone): a fresh start."""
+  host = socket.gethostname()
+  for staging in shards.staging_dirs(out_dir):
+    name_host, _, pid = os.path.basename(staging)[len(shards.STAGING) + 1:].rpartition("-")
+    if name_host == host and pid.isdigit() and not _alive(int(pid)) or not pid.isdigit():
+      print(f"note: removing {staging}, left by a prepare that did not finish; starting over.",
+            file=sys.stderr)
+      shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 def _tokenize_into(staging: str, tasks, total_bytes, tokenizer, options: Options) -> dict:

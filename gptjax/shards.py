@@ -23,7 +23,9 @@ FORMAT = "gptjax-tokens"
 VERSION = 1
 SPLITS = ("train", "val")
 NANOGPT_FILES = ("train.bin", "val.bin")
-STAGING = ".prepare-partial"  # where a running prepare writes; moved into place when complete
+# Where a running prepare writes, <STAGING>-<host>-<pid>; moved into place when complete.
+STAGING = ".prepare-partial"
+LOCK = ".prepare.lock"  # held while a finished prepare checks the directory and moves in
 
 
 def shard_name(split: str, index: int) -> str:
@@ -146,5 +148,10 @@ def is_shard_file(name: str) -> bool:
 
 def owned_names(name: str) -> bool:
   """Whether gptjax.prepare may replace a file of this name in its out_dir."""
-  return name in (META, STAGING, "tokenizer.json") or is_shard_file(name) or (
-      name.startswith(META + ".tmp"))
+  return name in (META, LOCK, "tokenizer.json") or is_shard_file(name) or name.startswith(
+      (META + ".tmp", STAGING))
+
+
+def staging_dirs(out_dir: str) -> list[str]:
+  return sorted(os.path.join(out_dir, name) for name in os.listdir(out_dir)
+                if name.startswith(STAGING)) if os.path.isdir(out_dir) else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import types
 
@@ -299,7 +300,7 @@ def test_bad_inputs_are_clear_errors_and_write_nothing(tmp_path, monkeypatch, in
   for fragment in fragments:
     assert fragment in str(error.value), (fragment, str(error.value))
   assert not os.path.exists(tmp_path / "data" / "meta.json")
-  assert not os.path.exists(tmp_path / "data" / shards.STAGING)
+  assert not shards.staging_dirs(tmp_path / "data")
 
 
 def test_a_killed_prepare_is_never_read_as_complete_and_restarts(tmp_path, tiny, monkeypatch):
@@ -321,11 +322,12 @@ def test_a_killed_prepare_is_never_read_as_complete_and_restarts(tmp_path, tiny,
   assert not os.path.exists(out / "meta.json")
   with pytest.raises(DataError, match="unfinished gptjax.prepare"):
     data_lib.prepare(tiny(input_file="", data_dir=str(out)))
-  (out / shards.STAGING).mkdir()  # what a SIGKILL before the move leaves
-  (out / shards.STAGING / "train-00000.bin").write_bytes(b"junk")
+  killed = out / f"{shards.STAGING}-{socket.gethostname()}-999999999"  # a pid beyond pid_max
+  killed.mkdir()  # what a SIGKILL before the move leaves
+  (killed / "train-00000.bin").write_bytes(b"junk")
   prep(tmp_path, [tmp_path / "in"], "bytes", val_fraction=0.2)
   np.testing.assert_array_equal(read_split(out, "train"), before)
-  assert not os.path.exists(out / shards.STAGING)
+  assert not shards.staging_dirs(out)
 
 
 def test_hf_datasets_streamed_or_a_clear_error(tmp_path, monkeypatch):
