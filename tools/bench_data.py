@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -76,6 +77,12 @@ def make_corpus(directory: str, megabytes: int) -> list[str]:
   return paths
 
 
+def cpu_seconds() -> float:
+  """User + system CPU time of this process and its finished children."""
+  return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                               resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def bench_tokenize(work_dir: str, megabytes: int, num_proc: int) -> None:
   from gptjax.tokenizer import gpt2_encoding
   paths = make_corpus(os.path.join(work_dir, "text"), megabytes)
@@ -86,34 +93,42 @@ def bench_tokenize(work_dir: str, megabytes: int, num_proc: int) -> None:
   print(f"\ntokenizing {total / 1e6:.0f} MB in {len(paths)} files, GPT-2 BPE, {cores} cores "
         f"({cpu_name()}), load average before: {os.getloadavg()[0]:.2f}")
 
+  cpu = cpu_seconds()
   start = time.perf_counter()  # (a) nanoGPT's shakespeare/prepare.py: one call on the whole text
   texts = [open(p, encoding="utf-8").read() for p in paths]
   ids = np.array(encoding.encode_ordinary("".join(texts)), dtype=np.uint16)
   one_s = time.perf_counter() - start
+  cpus = [cpu_seconds() - cpu]
   del ids
+  cpu = cpu_seconds()
   start = time.perf_counter()  # (b) tiktoken's threads over the documents
   texts = [open(p, encoding="utf-8").read() for p in paths]
   batch = encoding.encode_ordinary_batch(texts, num_threads=cores)
   threaded = np.concatenate([np.array(t + [eot], dtype=np.uint16) for t in batch])
   threads_s = time.perf_counter() - start
+  cpus.append(cpu_seconds() - cpu)
   del batch, texts
   results = [("one process, encode_ordinary (nanoGPT)", one_s),
              (f"one process, encode_ordinary_batch ({cores} threads)", threads_s)]
   for procs in (1, num_proc or cores):
     out = os.path.join(work_dir, f"prepared-{procs}")
+    cpu = cpu_seconds()
     start = time.perf_counter()
     meta = prepare_lib.prepare(prepare_lib.Options(
         inputs=[os.path.join(work_dir, "text")], tokenizer="gpt2", out_dir=out, num_proc=procs,
         val_fraction=0.01, force=True, progress=False))
     results.append((f"gptjax.prepare, {procs} worker process{'es' if procs > 1 else ''}",
                     time.perf_counter() - start))
+    cpus.append(cpu_seconds() - cpu)
     tokens = meta["splits"]["train"]["tokens"] + meta["splits"]["val"]["tokens"]
     assert tokens == len(threaded), (tokens, len(threaded))
     shutil.rmtree(out)
-  print(f"{'method':<52} {'s':>7} {'MB/s':>7} {'Mtok/s':>7} {'vs nanoGPT':>10}")
-  for name, seconds in results:
+  print(f"{'method':<52} {'s':>7} {'MB/s':>7} {'Mtok/s':>7} {'vs nanoGPT':>10} {'CPU s':>7} "
+        f"{'CPU/wall':>8}")
+  for (name, seconds), cpu in zip(results, cpus):
     print(f"{name:<52} {seconds:7.1f} {total / 1e6 / seconds:7.1f} "
-          f"{len(threaded) / 1e6 / seconds:7.2f} {one_s / seconds:9.2f}x")
+          f"{len(threaded) / 1e6 / seconds:7.2f} {one_s / seconds:9.2f}x {cpu:7.1f} "
+          f"{cpu / seconds:8.2f}")
   print(f"({len(threaded):,} tokens; load average after: {os.getloadavg()[0]:.2f})")
 
 
