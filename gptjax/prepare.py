@@ -69,8 +69,9 @@ class Options:
 _worker: dict = {}
 
 
-def _init_worker(kind: str, tokenizer_path: str, eot_token: str) -> None:
-  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per worker process
+def _init_worker(kind: str, tokenizer_path: str, eot_token: str, in_pool: bool = True) -> None:
+  if in_pool:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per worker process
   _worker["tokenizer"] = tokenizer_lib.get_tokenizer(kind, tokenizer_path, eot_token)
 
 
@@ -158,7 +159,7 @@ def _run_tasks(tasks, options: Options, kind: str, num_proc: int):
   than 2 * num_proc tasks in flight (memory stays bounded however long the stream)."""
   init_args = (kind, options.tokenizer_path, options.eot_token)
   if num_proc <= 1:
-    _init_worker(*init_args)
+    _init_worker(*init_args, in_pool=False)
     for pieces, _ in tasks:
       yield encode_task(pieces, options.text_field)
     return
