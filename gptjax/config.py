@@ -121,13 +121,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.seed = 1337
 
   # --- Data and run directory -----------------------------------------------------------------------
-  # UTF-8 text to train on; "" trains on the embedded default corpus (see gptjax/data.py).
+  # A directory of token shards from `python -m gptjax.prepare` (or nanoGPT's train.bin/val.bin),
+  # read through np.memmap: corpora larger than memory. "" trains on input_file instead.
+  config.data_dir = ""
+  # UTF-8 text to train on; "" trains on the embedded default corpus. Tokenized once into
+  # <out_dir>/token_cache/ by gptjax.prepare's code; its last 1 - train_split is validation.
   config.input_file = ""
-  # "auto" (bytes when vocab_size < 50257, else gpt2), "bytes" or "gpt2".
+  # "auto" (with data_dir: the data's own; else bytes when vocab_size < 50257, else gpt2),
+  # "bytes", "gpt2", or the path of a Hugging Face tokenizer.json.
   config.tokenizer = "auto"
   # Local GPT-2 ranks file (gpt2.tiktoken) for offline use; "" tries $GPTJAX_GPT2_TIKTOKEN, then tiktoken.
   config.tokenizer_path = ""
-  # Fraction of the tokens used for training; the rest is validation.
+  # Fraction of input_file's text used for training; the rest (cut after a line) is validation.
   config.train_split = 0.9
   # The run lives in <out_dir>/<model_name>/; "" uses the preset's file name.
   config.model_name = ""
@@ -412,11 +417,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"that is a multiple of {config.n_head}")
   if not 0.0 <= config.dropout < 1.0:
     fail("dropout", f"{config.dropout!r} is outside [0, 1)", "use e.g. 0.0 (large data) to 0.2")
-  if config.tokenizer not in ("auto", *TOKENIZER_VOCAB_SIZES):
-    fail("tokenizer", f"{config.tokenizer!r} is not a tokenizer",
-         f"use one of auto, {', '.join(TOKENIZER_VOCAB_SIZES)}")
+  if config.tokenizer not in ("auto", *TOKENIZER_VOCAB_SIZES) and not (
+      config.tokenizer.endswith(".json") and os.path.isfile(config.tokenizer)):
+    fail("tokenizer", f"{config.tokenizer!r} is not a tokenizer" + (
+        " (no such file)" if config.tokenizer.endswith(".json") else ""),
+         f"use one of auto, {', '.join(TOKENIZER_VOCAB_SIZES)}, or the path of a Hugging Face "
+         "tokenizer.json")
+  if config.data_dir and config.input_file:
+    fail("data_dir", f"{config.data_dir!r} is set, and so is input_file={config.input_file!r}",
+         "train on one of them: leave the other empty")
   tokenizer = resolve_tokenizer(config)
-  if config.vocab_size < TOKENIZER_VOCAB_SIZES[tokenizer]:
+  # A tokenizer.json's vocabulary, and data_dir's tokenizer with "auto", are checked with the data.
+  if tokenizer in TOKENIZER_VOCAB_SIZES and not (config.data_dir and config.tokenizer == "auto") \
+      and config.vocab_size < TOKENIZER_VOCAB_SIZES[tokenizer]:
     fail("vocab_size", f"{config.vocab_size} is smaller than the {tokenizer} tokenizer's "
          f"{TOKENIZER_VOCAB_SIZES[tokenizer]} tokens",
          f"set vocab_size >= {TOKENIZER_VOCAB_SIZES[tokenizer]}"

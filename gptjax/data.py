@@ -1,10 +1,12 @@
-"""Tokenizers, corpora and batches.
+"""Corpora, token shards and batches.
 
-Flow: text (a UTF-8 file, or the embedded default corpus) -> tokenizer -> uint16 token files
-(train.bin / val.bin, cached under <out_dir>/token_cache/ and reused while the text and tokenizer
-are unchanged) -> random windows of block_size + 1 tokens, drawn by a generator seeded with
-(seed, step), so a run's batches are a pure function of its seed and step: resuming needs no data
-state, and every process of a multi-host run draws the same global batch and loads its own rows.
+Flow: a data directory of token shards (`data_dir`, written by `python -m gptjax.prepare`, or
+nanoGPT's train.bin / val.bin), or a text file (`input_file`, or the embedded default corpus)
+prepared by the same code into <out_dir>/token_cache/ and reused while the text and tokenizer are
+unchanged -> np.memmap of each shard (process memory does not grow with the corpus) -> random
+windows of block_size + 1 tokens, drawn by a generator seeded with (seed, step), so a run's batches
+are a pure function of its seed and step: resuming needs no data state, and every process of a
+multi-host run draws the same global batch and reads only its own rows.
 """
 
 from __future__ import annotations
@@ -13,85 +15,29 @@ import dataclasses
 import glob
 import hashlib
 import json
+import mmap
 import os
+import shutil
 import sys
 import sysconfig
 
 import numpy as np
-import tiktoken
+import tiktoken  # noqa: F401  (tests reach tiktoken through this module)
 from tqdm import tqdm
 
-from gptjax.config import GPT2_VOCAB_SIZE, resolve_tokenizer
+from gptjax import prepare as prepare_lib
+from gptjax import shards
+from gptjax import tokenizer as tokenizer_lib
+from gptjax.config import resolve_tokenizer
 from gptjax.errors import DataError
+from gptjax.tokenizer import (EOT, GPT2_PATTERN, GPT2_TIKTOKEN_ENV, ByteTokenizer,  # noqa: F401
+                              Gpt2Tokenizer, HfTokenizer, get_tokenizer, gpt2_encoding)
 
-GPT2_TIKTOKEN_ENV = "GPTJAX_GPT2_TIKTOKEN"
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-EOT = "<|endoftext|>"
 DEFAULT_CORPUS = "<python-stdlib>"  # the input_file="" corpus, see default_corpus_text()
-CACHE_VERSION = 2  # 2: meta.json records fingerprints of the token files
+CACHE_VERSION = 3  # 3: token shards written by gptjax.prepare
+RUN_DATA = "data.json"  # in a run directory: the tokenizer and data it was trained with
 _EVAL_STREAM = 7_919  # separates evaluation batches' random stream from training's
-
-
-class ByteTokenizer:
-  """UTF-8 bytes as tokens (vocab 256): any language, any text, nothing to download."""
-  name = "bytes"
-  n_vocab = 256
-
-  def encode(self, text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
-
-  def decode(self, tokens) -> str:
-    """Never fails: ids past 255 (padding rows) are dropped, cut multi-byte characters become U+FFFD."""
-    data = bytes(int(t) for t in tokens if 0 <= int(t) < 256)
-    return data.decode("utf-8", errors="replace")
-
-
-class Gpt2Tokenizer:
-  """GPT-2 BPE through tiktoken (vocab 50257; id 50256 is <|endoftext|>)."""
-  name = "gpt2"
-  n_vocab = GPT2_VOCAB_SIZE
-
-  def __init__(self, encoding: tiktoken.Encoding):
-    self.encoding = encoding
-
-  def encode(self, text: str) -> np.ndarray:
-    return np.asarray(self.encoding.encode_ordinary(text), dtype=np.uint16)
-
-  def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-    return [np.asarray(t, dtype=np.uint16) for t in self.encoding.encode_ordinary_batch(texts)]
-
-  def decode(self, tokens) -> str:
-    return self.encoding.decode([int(t) for t in tokens if 0 <= int(t) < self.n_vocab])
-
-
-def gpt2_encoding(tokenizer_path: str = "") -> tiktoken.Encoding:
-  """GPT-2's BPE: from `tokenizer_path`, else $GPTJAX_GPT2_TIKTOKEN, else tiktoken's cache/download."""
-  path = tokenizer_path or os.environ.get(GPT2_TIKTOKEN_ENV, "")
-  if path:
-    if not os.path.isfile(path):
-      source = "config field 'tokenizer_path'" if tokenizer_path else f"${GPT2_TIKTOKEN_ENV}"
-      raise DataError(f"{source}: GPT-2 BPE file {path!r} does not exist. Fix: point it at a "
-                      f"gpt2.tiktoken ranks file (openai/whisper's assets/gpt2.tiktoken).")
-    from tiktoken.load import load_tiktoken_bpe
-    try:
-      ranks = load_tiktoken_bpe(path)
-    except Exception as e:
-      raise DataError(f"GPT-2 BPE file {path!r} is not a .tiktoken ranks file ({e}).") from e
-    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT: len(ranks)})
-  try:
-    return tiktoken.get_encoding("gpt2")
-  except Exception as e:  # offline and not cached: tiktoken raises a requests/IO error
-    raise DataError(
-        "GPT-2 BPE is not available: tiktoken could not load or download 'gpt2' "
-        f"({type(e).__name__}). Fix: with network, run once online; offline, pass "
-        f"--config.tokenizer_path=/path/to/gpt2.tiktoken or set {GPT2_TIKTOKEN_ENV}; or train a "
-        "byte-level preset (tiny_char, small_char) that needs no tokenizer file.") from e
-
-
-def get_tokenizer(kind: str, tokenizer_path: str = ""):
-  """The tokenizer named by `kind` ("bytes" or "gpt2"; resolve "auto" with config.resolve_tokenizer)."""
-  return ByteTokenizer() if kind == "bytes" else Gpt2Tokenizer(gpt2_encoding(tokenizer_path))
+_SCAN_CHUNK = 1 << 24  # tokens read at a time when scanning nanoGPT's files for their largest id
 
 
 def default_corpus_text() -> str:
@@ -108,23 +54,31 @@ def default_corpus_text() -> str:
   return "".join(parts)
 
 
-def read_corpus(input_file: str) -> tuple[str, bytes]:
-  """(text, raw bytes) of `input_file`, or of the default corpus when it is ""."""
-  if not input_file:
-    text = default_corpus_text()
-    return text, text.encode("utf-8")
+def _check_input_file(input_file: str) -> None:
+  """A clear error for an input_file that is missing, a directory or empty."""
   if os.path.isdir(input_file):
     raise DataError(f"config field 'input_file': {input_file!r} is a directory, not a text file. "
-                    f"Fix: give one UTF-8 text file (e.g. `cat {input_file}/*.txt > corpus.txt`, "
-                    f"then --config.input_file=corpus.txt).")
+                    f"Fix: prepare it with `python -m gptjax.prepare --input={input_file} "
+                    f"--tokenizer=... --out_dir=data/x` and train with --config.data_dir=data/x.")
   if not os.path.isfile(input_file):
     raise DataError(f"config field 'input_file': {input_file!r} does not exist. Fix: give the path "
                     f"of a UTF-8 text file, or leave it empty to train on the default corpus.")
   with open(input_file, "rb") as f:
-    raw = f.read()
-  if not raw.strip():
+    head = f.read(1 << 20)
+  if not head.strip() and os.path.getsize(input_file) <= len(head):
     raise DataError(f"config field 'input_file': {input_file!r} is empty. Fix: give a file with "
                     f"text in it.")
+
+
+def read_corpus(input_file: str) -> tuple[str, bytes]:
+  """(text, raw bytes) of `input_file` (or of the default corpus when it is ""), whole in memory:
+  for tools that need the text itself (tools/bench_nanogpt.py); training streams it instead."""
+  if not input_file:
+    text = default_corpus_text()
+    return text, text.encode("utf-8")
+  _check_input_file(input_file)
+  with open(input_file, "rb") as f:
+    raw = f.read()
   try:
     return raw.decode("utf-8"), raw
   except UnicodeDecodeError as e:
@@ -133,119 +87,278 @@ def read_corpus(input_file: str) -> tuple[str, bytes]:
                     f"utf-8 {input_file} > {input_file}.utf8`.") from e
 
 
-def _encode(tokenizer, text: str, chunk_chars: int = 1 << 20) -> np.ndarray:
-  """Tokenizes `text`; a large text in parallel chunks, giving exactly the one-piece tokens.
-
-  Chunks are cut only after a newline with non-space characters on both sides: GPT-2's
-  pre-tokenizer joins runs of whitespace, so a cut anywhere else could tokenize differently.
-  """
-  if len(text) <= chunk_chars or not hasattr(tokenizer, "encode_batch"):
-    return tokenizer.encode(text)
-  chunks, start = [], 0
-  while start < len(text):
-    cut = text.find("\n", start + chunk_chars)
-    while cut != -1 and cut + 1 < len(text) and (text[cut - 1].isspace() or
-                                                 text[cut + 1].isspace()):
-      cut = text.find("\n", cut + 1)
-    stop = len(text) if cut == -1 else cut + 1
-    chunks.append(text[start:stop])
-    start = stop
-  batches = [chunks[i:i + 16] for i in range(0, len(chunks), 16)]
-  encoded = []
-  for batch in tqdm(batches, desc="tokenizing", unit="x16MB", disable=len(batches) < 2):
-    encoded.extend(tokenizer.encode_batch(batch))
-  return np.concatenate(encoded)
+def _file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while block := f.read(1 << 24):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 @dataclasses.dataclass
 class TokenData:
-  """The train and val token arrays (uint16 memmaps) of a corpus, with their tokenizer."""
+  """The train and val tokens of a corpus (memmaps: np.memmap or TokenShards), its tokenizer."""
   train: np.ndarray
   val: np.ndarray
   tokenizer: object
-  cache_dir: str
+  cache_dir: str  # the data directory the tokens are read from
 
   def split(self, name: str) -> np.ndarray:
     return self.train if name == "train" else self.val
 
 
 def prepare(config) -> TokenData:
-  """Tokenizes the corpus once into uint16 files, or reuses the cache; checks both splits' sizes."""
-  kind = resolve_tokenizer(config)
-  tokenizer = get_tokenizer(kind, config.tokenizer_path)
-  text, raw = read_corpus(config.input_file)
-  source = config.input_file or DEFAULT_CORPUS
-  key = hashlib.sha256(raw + f"|{kind}|{config.train_split}|{CACHE_VERSION}".encode()).hexdigest()
-  stem = os.path.splitext(os.path.basename(source))[0].strip("<>") or "corpus"
-  cache_dir = os.path.join(config.out_dir, "token_cache", f"{stem}-{kind}-{key[:16]}")
-  meta_path = os.path.join(cache_dir, "meta.json")
-  problem = _cache_problem(cache_dir, meta_path)
-  if problem and os.path.isfile(meta_path):
-    print(f"note: the token cache {cache_dir} is damaged ({problem}); tokenizing the corpus again.",
-          file=sys.stderr, flush=True)
-  if problem:
-    tokens = _encode(tokenizer, text)
-    n_train = int(len(tokens) * config.train_split)
-    os.makedirs(cache_dir, exist_ok=True)
-    for name, part in (("train", tokens[:n_train]), ("val", tokens[n_train:])):
-      _atomic_write(os.path.join(cache_dir, f"{name}.bin"), part.astype(np.uint16).tobytes())
-    meta = dict(source=source, tokenizer=kind, train_tokens=n_train,
-                val_tokens=len(tokens) - n_train, sha256=key,
-                fingerprints={name: _fingerprint(os.path.join(cache_dir, f"{name}.bin"))
-                              for name in ("train", "val")})
-    _atomic_write(meta_path, json.dumps(meta, indent=2).encode())
-  data = TokenData(
-      train=np.memmap(os.path.join(cache_dir, "train.bin"), dtype=np.uint16, mode="r"),
-      val=np.memmap(os.path.join(cache_dir, "val.bin"), dtype=np.uint16, mode="r"),
-      tokenizer=tokenizer, cache_dir=cache_dir)
-  for name in ("train", "val"):
+  """The config's tokens: its data_dir, or its input_file (or the default corpus) tokenized once
+  into the token cache by gptjax.prepare; checked against the config (tokenizer, vocab_size,
+  block_size).
+
+  Raises:
+    DataError: a missing, empty, incomplete, truncated or mismatched corpus or data directory.
+  """
+  if config.data_dir:
+    data = open_data_dir(config.data_dir, config)
+  else:
+    data = _open_token_cache(config)
+  source = f"data_dir {config.data_dir!r}" if config.data_dir else (
+      f"input_file {config.input_file or DEFAULT_CORPUS!r}")
+  for name in shards.SPLITS:
     n = len(data.split(name))
     if n < config.block_size + 1:
       raise DataError(
-          f"config field 'input_file': {source!r} gives only {n} {name} tokens "
-          f"({kind} tokenizer, train_split={config.train_split}), fewer than block_size + 1 = "
-          f"{config.block_size + 1}. Fix: use more text, or a smaller --config.block_size.")
+          f"config field '{'data_dir' if config.data_dir else 'input_file'}': {source} gives only "
+          f"{n} {name} tokens ({data.tokenizer.name} tokenizer), fewer than block_size + 1 = "
+          f"{config.block_size + 1}. Fix: use more text (or a larger validation share), or a "
+          f"smaller --config.block_size.")
   return data
 
 
-def _fingerprint(path: str, span: int = 1 << 20) -> str:
-  """sha256 of a token file's size, first and last MiB: cheap at any size, and it catches a
-  truncated, extended or overwritten-at-either-end file."""
-  digest = hashlib.sha256(str(os.path.getsize(path)).encode())
-  with open(path, "rb") as f:
-    digest.update(f.read(span))
-    f.seek(max(0, os.path.getsize(path) - span))
-    digest.update(f.read(span))
-  return digest.hexdigest()
-
-
-def _cache_problem(cache_dir: str, meta_path: str) -> str | None:
-  """Why the token cache cannot be used as it is (None: it can): missing, or its files disagree
-  with the lengths and fingerprints its meta.json recorded."""
+def _open_token_cache(config) -> TokenData:
+  """input_file (or the default corpus) prepared into <out_dir>/token_cache/<name>-<tokenizer>-<key>."""
+  kind = resolve_tokenizer(config)
+  tokenizer = get_tokenizer(kind, config.tokenizer_path)
+  texts = None
+  if config.input_file:
+    _check_input_file(config.input_file)
+    content = _file_sha256(config.input_file)
+  else:
+    texts = (default_corpus_text(),)
+    content = hashlib.sha256(texts[0].encode("utf-8")).hexdigest()
+  spec = json.dumps(tokenizer.spec(), sort_keys=True)
+  key = hashlib.sha256(f"{content}|{spec}|{config.train_split}|{CACHE_VERSION}".encode()).hexdigest()
+  source = config.input_file or DEFAULT_CORPUS
+  stem = os.path.splitext(os.path.basename(source))[0].strip("<>") or "corpus"
+  cache_dir = os.path.join(config.out_dir, "token_cache",
+                           f"{stem}-{tokenizer.name}-{key[:16]}")
+  meta = None
   try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-    for name in ("train", "val"):
-      path = os.path.join(cache_dir, f"{name}.bin")
-      if os.path.getsize(path) != 2 * meta[f"{name}_tokens"]:
-        return f"{name}.bin holds {os.path.getsize(path) // 2:,} tokens, not {meta[f'{name}_tokens']:,}"
-      if _fingerprint(path) != meta["fingerprints"][name]:
-        return f"{name}.bin differs from what was written"
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    return f"{type(e).__name__}: {e}"
-  return None
+    meta = shards.read_meta(cache_dir)
+    problem = "no meta.json" if meta is None else shards.shard_problem(cache_dir, meta)
+  except DataError as e:
+    problem = str(e)
+  if problem:  # several processes of one run may prepare it at once: prepare() copes
+    if meta is not None:
+      print(f"note: the token cache {cache_dir} is damaged ({problem}); tokenizing the corpus "
+            f"again.", file=sys.stderr, flush=True)
+    prepare_lib.prepare(prepare_lib.Options(
+        inputs=[config.input_file] if config.input_file else [], texts=texts,
+        tokenizer=kind, tokenizer_path=config.tokenizer_path, out_dir=cache_dir,
+        val_fraction=1 - config.train_split))
+  return open_data_dir(cache_dir, config, tokenizer=tokenizer)
 
 
-def _atomic_write(path: str, payload: bytes) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(payload)
-  os.replace(tmp, path)
+class TokenShards:
+  """Shards read as one token sequence through np.memmap: only the pages a batch touches are
+  read. Windows may straddle two shards."""
+
+  def __init__(self, paths: list[str], dtype):
+    self.arrays = [np.memmap(path, dtype=dtype, mode="r") for path in paths]
+    self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
+    self.dtype = np.dtype(dtype)
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  def windows(self, offsets: np.ndarray, length: int) -> np.ndarray:
+    flat = offsets.reshape(-1)
+    out = np.empty((len(flat), length), np.int32)
+    shard = np.searchsorted(self.starts, flat, side="right") - 1
+    for index in np.unique(shard):
+      rows = np.flatnonzero(shard == index)
+      local = flat[rows] - self.starts[index]
+      inside = local + length <= len(self.arrays[index])
+      out[rows[inside]] = self.arrays[index][local[inside, None] + np.arange(length)]
+      for row in rows[~inside]:  # straddles the next shard(s)
+        out[row] = self[int(flat[row]):int(flat[row]) + length]
+    return out.reshape(offsets.shape + (length,))
+
+  def __getitem__(self, item):
+    if not isinstance(item, slice):
+      raise TypeError("TokenShards take slices; use windows() for batches")
+    start, stop, step = item.indices(len(self))
+    parts = []
+    for index, array in enumerate(self.arrays):
+      lo, hi = max(start, self.starts[index]), min(stop, self.starts[index + 1])
+      if lo < hi:
+        parts.append(array[lo - self.starts[index]:hi - self.starts[index]])
+    return (np.concatenate(parts) if parts else np.zeros(0, self.dtype))[::step]
+
+  def __array__(self, dtype=None, copy=None):
+    return np.asarray(self[:], dtype=dtype)
 
 
-def windows(tokens: np.ndarray, offsets: np.ndarray, length: int) -> np.ndarray:
+def _tokens(paths: list[str], dtype):
+  """One memmap for one shard (as before), TokenShards for several."""
+  return np.memmap(paths[0], dtype=dtype, mode="r") if len(paths) == 1 else TokenShards(paths, dtype)
+
+
+def open_data_dir(directory: str, config, tokenizer=None) -> TokenData:
+  """A gptjax.prepare directory (meta.json) or nanoGPT's train.bin / val.bin, checked: complete,
+  not truncated, a validation split, a tokenizer that agrees with the config, ids < vocab_size."""
+  where = f"config field 'data_dir': {directory!r}"
+  if not os.path.isdir(directory):
+    raise DataError(f"{where} is not a directory. Fix: prepare one with `python -m gptjax.prepare "
+                    f"--input=... --tokenizer=... --out_dir={directory}`.")
+  meta = shards.read_meta(directory)
+  if meta is None:
+    return _open_nanogpt_dir(directory, config, where)
+  problem = shards.shard_problem(directory, meta)
+  if problem:
+    raise DataError(f"{where}: {problem}. Fix: prepare it again (python -m gptjax.prepare ... "
+                    f"--force).")
+  spec = meta["tokenizer"]
+  _check_tokenizer(config, spec, where)
+  if tokenizer is None:
+    hf_copy = os.path.join(directory, "tokenizer.json")
+    tokenizer = tokenizer_lib.from_spec(spec, hf_copy if os.path.isfile(hf_copy) else None,
+                                        config.tokenizer_path)
+  largest = max(s["max_token"] for split in shards.SPLITS for s in meta["splits"][split]["shards"])
+  _check_vocab(config, max(spec["vocab_size"] - 1, largest), where, tokenizer_lib.describe(spec))
+  arrays = [_tokens([os.path.join(directory, s["file"]) for s in meta["splits"][split]["shards"]],
+                    meta["dtype"]) for split in shards.SPLITS]
+  return TokenData(train=arrays[0], val=arrays[1], tokenizer=tokenizer, cache_dir=directory)
+
+
+def _open_nanogpt_dir(directory: str, config, where: str) -> TokenData:
+  paths = [os.path.join(directory, name) for name in shards.NANOGPT_FILES]
+  present = [os.path.isfile(path) for path in paths]
+  if not any(present):
+    partial = shards.staging_dirs(directory) or any(
+        shards.is_shard_file(name) for name in os.listdir(directory))
+    raise DataError(f"{where} " + ("holds an unfinished gptjax.prepare (no meta.json)" if partial
+                                   else "holds no token shards (no meta.json, no train.bin)")
+                    + ". Fix: run python -m gptjax.prepare ... --out_dir=" + directory
+                    + " (again) until it finishes.")
+  if not present[1]:
+    raise DataError(f"{where} has train.bin but no val.bin: no validation split. Fix: write one "
+                    f"as nanoGPT's prepare.py does, or prepare the text with python -m "
+                    f"gptjax.prepare.")
+  if os.path.isfile(os.path.join(directory, "meta.pkl")):
+    raise DataError(f"{where} holds nanoGPT's meta.pkl: a character vocabulary of its own, which "
+                    f"gptjax cannot decode. Fix: prepare the text with python -m gptjax.prepare "
+                    f"--tokenizer=bytes.")
+  for path in paths:
+    if os.path.getsize(path) < 2:
+      raise DataError(f"{where}: {path!r} is empty" + (": no validation split" if "val" in
+                      os.path.basename(path) else "") + ". Fix: write it again (nanoGPT's "
+                      f"prepare.py), or prepare the text with python -m gptjax.prepare.")
+    if os.path.getsize(path) % 2:
+      raise DataError(f"{where}: {path!r} is truncated ({os.path.getsize(path):,} bytes, not a "
+                      f"whole number of uint16 tokens). Fix: write it again.")
+  kind = "gpt2" if config.tokenizer == "auto" else config.tokenizer
+  tokenizer = get_tokenizer(kind, config.tokenizer_path)
+  _check_vocab(config, max(tokenizer.n_vocab - 1, *(_largest_id(path) for path in paths)), where,
+               tokenizer_lib.describe(tokenizer.spec()))
+  arrays = [np.memmap(path, dtype=np.uint16, mode="r") for path in paths]
+  return TokenData(train=arrays[0], val=arrays[1], tokenizer=tokenizer, cache_dir=directory)
+
+
+def _largest_id(path: str) -> int:
+  """The largest uint16 id in a file, read in chunks with plain reads (not a memmap, whose pages
+  would stay in this process's resident memory)."""
+  largest, size = 0, os.path.getsize(path) // 2
+  with open(path, "rb") as f, tqdm(total=size, unit="tok", unit_scale=True, file=sys.stderr,
+                                    desc=f"checking {os.path.basename(path)}",
+                                    disable=None if size > _SCAN_CHUNK else True) as bar:
+    while len(chunk := np.fromfile(f, np.uint16, _SCAN_CHUNK)):
+      largest = max(largest, int(chunk.max()))
+      bar.update(len(chunk))
+  return largest
+
+
+def _check_tokenizer(config, spec: dict, where: str) -> None:
+  wanted = config.tokenizer
+  if wanted == "auto":
+    return
+  if wanted in ("bytes", "gpt2"):
+    same = spec["kind"] == wanted
+  else:
+    same = spec["kind"] == "hf" and os.path.isfile(wanted) and _file_sha256(wanted) == spec["sha256"]
+  if not same:
+    raise DataError(f"{where} was prepared with the tokenizer {tokenizer_lib.describe(spec)}, but "
+                    f"config field 'tokenizer' is {wanted!r}. Fix: --config.tokenizer=auto (the "
+                    f"data's own), or prepare the data with --tokenizer={wanted}.")
+
+
+def _check_vocab(config, largest_id: int, where: str, described: str) -> None:
+  if largest_id >= config.vocab_size:
+    needed = -(-(largest_id + 1) // 64) * 64
+    raise DataError(f"config field 'vocab_size': {config.vocab_size} is too small for {where}: "
+                    f"its tokenizer {described} and ids reach {largest_id}. Fix: "
+                    f"--config.vocab_size={needed} (>= {largest_id + 1}, padded to 64).")
+
+
+def record_run_data(run_dir: str, token_data: TokenData, resuming: bool, write: bool = True) -> None:
+  """Writes <run_dir>/data.json (the tokenizer's spec and the data directory), and the run's copy
+  of a Hugging Face tokenizer.json, so that gptjax.sample decodes with the run's own tokenizer.
+  Resuming with a different tokenizer is an error (checked before anything is written)."""
+  spec = token_data.tokenizer.spec()
+  path = os.path.join(run_dir, RUN_DATA)
+  if resuming and os.path.isfile(path):
+    with open(path) as f:
+      recorded = json.load(f)["tokenizer"]
+    if not tokenizer_lib.same_tokenizer(recorded, spec):
+      raise DataError(f"run directory {run_dir!r} was trained with the tokenizer "
+                      f"{tokenizer_lib.describe(recorded)}; this run's data gives "
+                      f"{tokenizer_lib.describe(spec)}. Fix: resume with data made by the run's "
+                      f"tokenizer, or train into a new directory with --config.model_name=<new>.")
+  if not write:  # another process of a multi-host run writes it
+    return
+  if spec["kind"] == "hf":
+    shutil.copyfile(token_data.tokenizer.path, os.path.join(run_dir, "tokenizer.json"))
+  shards.write_json_atomic(path, dict(tokenizer=spec, data_dir=os.path.abspath(token_data.cache_dir)))
+
+
+def run_tokenizer(run_dir: str, config):
+  """The tokenizer a run was trained with: from its data.json (and its tokenizer.json copy), or,
+  for runs from before data.json, the one its config names."""
+  path = os.path.join(run_dir, RUN_DATA)
+  if not os.path.isfile(path):
+    return get_tokenizer(resolve_tokenizer(config), config.get("tokenizer_path", ""))
+  with open(path) as f:
+    spec = json.load(f)["tokenizer"]
+  hf_copy = os.path.join(run_dir, "tokenizer.json")
+  return tokenizer_lib.from_spec(spec, hf_copy if os.path.isfile(hf_copy) else None,
+                                 config.get("tokenizer_path", ""))
+
+
+def windows(tokens, offsets: np.ndarray, length: int) -> np.ndarray:
   """tokens[o : o + length] for every offset, as int32: shape offsets.shape + (length,)."""
-  return np.asarray(tokens[offsets[..., None] + np.arange(length)], dtype=np.int32)
+  if isinstance(tokens, TokenShards):
+    result = tokens.windows(offsets, length)
+  else:
+    result = np.asarray(tokens[offsets[..., None] + np.arange(length)], dtype=np.int32)
+  release_pages(tokens)
+  return result
+
+
+def release_pages(tokens) -> None:
+  """Unmaps the pages of memmapped tokens that this process has touched (they stay in the page
+  cache). Without it a run's resident memory grows toward the corpus size: every page fault on a
+  file mapping maps up to 16 neighbouring cached pages too (the kernel's fault-around)."""
+  for array in getattr(tokens, "arrays", [tokens]):
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None:
+      mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def train_batch(tokens: np.ndarray, seed: int, step: int, micro_batches: int, batch_size: int,

@@ -345,13 +345,14 @@ def load_model(run_dir: str, which: str, init_from: str):
           f"{config.name} from {run_dir}: loaded checkpoint step {step} ({loaded})")
 
 
-def tokenizer_for(config):
+def tokenizer_for(config, run_dir: str | None):
   """The tokenizer of the loaded model and its end-of-text token (None where it has none): the
-  one place sample.py looks them up."""
+  one place sample.py looks them up. A run's is the one it trained with (its data.json)."""
   from gptjax import data as data_lib
   from gptjax.config import resolve_tokenizer
-  tokenizer = data_lib.get_tokenizer(resolve_tokenizer(config), config.tokenizer_path)
-  return tokenizer, None if tokenizer.name == "bytes" else tokenizer.n_vocab - 1
+  tokenizer = (data_lib.run_tokenizer(run_dir, config) if run_dir else
+               data_lib.get_tokenizer(resolve_tokenizer(config), config.tokenizer_path))
+  return tokenizer, None if tokenizer.name == "bytes" else tokenizer.eot_id
 
 
 def define_flags() -> None:
@@ -391,7 +392,7 @@ def main(argv) -> None:
   start = time.perf_counter()
   model, params, config, loaded = load_model(f.run_dir, f.checkpoint, f.init_from)
   cli.use_compilation_cache(config.get("compilation_cache_dir", ""))  # training's cache
-  tokenizer, end_of_text = tokenizer_for(config)
+  tokenizer, end_of_text = tokenizer_for(config, f.run_dir)
   if f.stop_at_eot and end_of_text is None:
     raise UserError(f"--stop_at_eot: the {tokenizer.name} tokenizer has no end-of-text token. "
                     f"Fix: stop at a text instead, e.g. --stop=$'\\n\\n'.")

@@ -197,11 +197,11 @@ def start(config: ml_collections.ConfigDict) -> Run:
     hf_gpt2.apply_hf_architecture(config, config.init_from)
   validate(config)
   check_out_dir(config)
+  token_data = data_lib.prepare(config)  # before JAX starts: its worker processes may fork
   sharding.use_cpu_devices(config.cpu_devices)
   cli.use_compilation_cache(config.compilation_cache_dir)
   sharding.maybe_initialize_distributed(config)
   mesh = sharding.make_mesh(config)
-  token_data = data_lib.prepare(config)
   setup = build(config, mesh)
   compile_start = time.perf_counter()
   with plan.explain_out_of_memory(config):
@@ -216,6 +216,8 @@ def start(config: ml_collections.ConfigDict) -> Run:
     checkpointer = Checkpointer(run_directory(config), keep=config.keep_checkpoints)
     with mesh_context(mesh), plan.explain_out_of_memory(config):
       state, start_step = restore_or_init(config, setup, checkpointer)
+    data_lib.record_run_data(run_directory(config), token_data, resuming=start_step > 0,
+                             write=jax.process_index() == 0)
   except BaseException:
     if lock:
       lock.release()

@@ -114,7 +114,8 @@ def console_scripts() -> dict[str, str]:
 
 def test_setup_declares_a_console_script_per_command():
   scripts = console_scripts()
-  assert set(scripts) == {"gptjax-train", "gptjax-sample", "gptjax-convert", "gptjax-plan"}
+  assert set(scripts) == {"gptjax-train", "gptjax-sample", "gptjax-convert", "gptjax-plan",
+                          "gptjax-prepare"}
   for name, target in scripts.items():
     module, function = target.split(":")
     assert module == "gptjax." + name.split("-")[1]

@@ -10,7 +10,7 @@ import pytest
 from gptjax import data as data_lib
 from gptjax.errors import DataError
 
-from conftest import GPT2_TIKTOKEN, TINY_SHAKESPEARE
+from conftest import GPT2_TIKTOKEN
 
 
 @pytest.mark.parametrize("text", ["", "hello", "Nel mezzo del cammin — ché la diritta via",
@@ -63,26 +63,16 @@ def test_gpt2_bpe_unreachable_says_how_to_get_it(monkeypatch):
   assert data_lib.GPT2_TIKTOKEN_ENV in str(error.value)
 
 
-def test_large_texts_tokenize_in_chunks_exactly_as_in_one_piece():
-  if not os.path.isfile(GPT2_TIKTOKEN):
-    pytest.skip("needs ../shared/data/gpt2.tiktoken")
-  tokenizer = data_lib.get_tokenizer("gpt2", GPT2_TIKTOKEN)
-  text = open(TINY_SHAKESPEARE, encoding="utf-8").read()[:200_000]
-  np.testing.assert_array_equal(data_lib._encode(tokenizer, text, chunk_chars=10_000),
-                                tokenizer.encode(text))
-
-
 def test_prepare_splits_caches_and_reuses(tiny):
   config = tiny()
   data = data_lib.prepare(config)
-  text = open(config.input_file, encoding="utf-8").read()
-  tokens = np.frombuffer(text.encode("utf-8"), np.uint8)
-  n_train = int(len(tokens) * 0.9)
-  np.testing.assert_array_equal(data.train, tokens[:n_train])
-  np.testing.assert_array_equal(data.val, tokens[n_train:])
-  stamp = os.path.getmtime(os.path.join(data.cache_dir, "train.bin"))
+  raw = open(config.input_file, "rb").read()
+  cut = raw.index(b"\n", int(len(raw) * 0.9)) + 1  # one document: its last 10%, after a line
+  np.testing.assert_array_equal(data.train, np.frombuffer(raw[:cut], np.uint8))
+  np.testing.assert_array_equal(data.val, np.append(np.frombuffer(raw[cut:], np.uint8), 255))
+  stamp = os.path.getmtime(os.path.join(data.cache_dir, "train-00000.bin"))
   assert data_lib.prepare(config).cache_dir == data.cache_dir
-  assert os.path.getmtime(os.path.join(data.cache_dir, "train.bin")) == stamp  # reused
+  assert os.path.getmtime(os.path.join(data.cache_dir, "train-00000.bin")) == stamp  # reused
   with open(config.input_file, "a", encoding="utf-8") as f:
     f.write("more text")
   assert data_lib.prepare(config).cache_dir != data.cache_dir  # source changed: re-tokenized

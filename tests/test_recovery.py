@@ -189,8 +189,8 @@ def test_a_signal_after_the_last_step_keeps_the_final_checkpoint_and_exits_0(tmp
 def test_a_damaged_token_cache_is_rebuilt_with_a_note(tmp_path):
   command = (*TINY_COMMAND, "--config.max_iters=1", f"--config.out_dir={tmp_path}")
   assert run_module(*command).returncode == 0
-  [train_bin] = [os.path.join(root, "train.bin") for root, _, files in os.walk(tmp_path / "token_cache")
-                 if "train.bin" in files]
+  [train_bin] = [os.path.join(root, "train-00000.bin") for root, _, files
+                 in os.walk(tmp_path / "token_cache") if "train-00000.bin" in files]
   size = os.path.getsize(train_bin)
   os.truncate(train_bin, size // 2)  # half of it, as a full disk or an interrupted copy leaves it
   result = run_module(*command, "--config.max_iters=2")
