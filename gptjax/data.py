@@ -11,6 +11,7 @@ multi-host run draws the same global batch and reads only its own rows.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import glob
 import hashlib
@@ -20,6 +21,7 @@ import os
 import shutil
 import sys
 import sysconfig
+from typing import Callable
 
 import numpy as np
 import tiktoken  # noqa: F401  (tests reach tiktoken through this module)
@@ -359,6 +361,33 @@ def release_pages(tokens) -> None:
     mapping = getattr(array, "_mmap", None)
     if mapping is not None:
       mapping.madvise(mmap.MADV_DONTNEED)
+
+
+class Prefetcher:
+  """Reads the training windows of the next `depth` steps in `depth` threads while the device runs
+  the current one. Batches are a pure function of (seed, step), so reading ahead changes no batch;
+  cold reads from disk (a random read per row: milliseconds a batch) overlap the step and each
+  other instead of delaying it. depth 0 reads each batch when it is asked for."""
+
+  def __init__(self, read: Callable[[int], np.ndarray], stop: int, depth: int = 2):
+    self.read, self.stop, self.depth = read, stop, depth
+    self.pending: dict[int, concurrent.futures.Future] = {}
+    self.pool = (concurrent.futures.ThreadPoolExecutor(depth, thread_name_prefix="gptjax-batches")
+                 if depth else None)
+
+  def __call__(self, step: int) -> np.ndarray:
+    """The windows of `step` (read already, or now); starts reading the steps after it."""
+    if self.pool is None:
+      return self.read(step)
+    for ahead in range(step, min(step + self.depth + 1, self.stop)):
+      if ahead not in self.pending:
+        self.pending[ahead] = self.pool.submit(self.read, ahead)
+    future = self.pending.pop(step, None)
+    return self.read(step) if future is None else future.result()
+
+  def close(self) -> None:
+    if self.pool is not None:
+      self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def train_batch(tokens: np.ndarray, seed: int, step: int, micro_batches: int, batch_size: int,

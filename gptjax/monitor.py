@@ -167,11 +167,12 @@ class MetricsWriter:
       self.tensorboard.close()
 
 
-def metrics_read_late() -> bool:
-  """Whether a step's metrics are read only after the next step is dispatched (as nanodo does),
-  so that logging never drains the device queue: on accelerators. On a CPU the step and the host
-  share the cores; there neither was measurably faster (docs/performance.md), and reading at once
-  is kept."""
+def host_runs_ahead() -> bool:
+  """Whether the host works a step ahead of the device: reads a step's metrics only after the next
+  step is dispatched (as nanodo does), so that logging never drains the device queue, and reads the
+  next batches in a thread (data.Prefetcher). On accelerators. On a CPU the step and the host
+  share the cores; there neither was measurably faster (docs/performance.md), and the host works
+  in step."""
   return jax.devices()[0].platform != "cpu"
 
 
@@ -179,7 +180,7 @@ class Recorder:
   """A run's step records: timing, the log line, the progress bar, metrics.jsonl and TensorBoard.
 
   `step_done` is called right after a step is dispatched. On accelerators a log step's metrics are
-  kept until the next step is dispatched (`metrics_read_late`); a step that evaluates or saves is
+  kept until the next step is dispatched (`host_runs_ahead`); a step that evaluates or saves is
   read at once, since the host waits for its state anyway.
   """
 
@@ -192,7 +193,7 @@ class Recorder:
     self.tokens_per_step = config.batch_size * config.grad_accum_steps * config.block_size
     self.flops_per_step = flops_per_token(ModelConfig.from_config(config)) * self.tokens_per_step
     self.peak = device_peak_flops()
-    self.late = metrics_read_late()
+    self.late = host_runs_ahead()
     self.pending = None  # (step, metrics) of a log step not yet read
     self.last = dict(step=start_step)  # the last record written
     self.restart_timer(start_step)

@@ -29,7 +29,7 @@ from absl.app import UsageError
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from gptjax import cli, hf_gpt2, plan
+from gptjax import cli, hf_gpt2, monitor, plan
 from gptjax import data as data_lib
 from gptjax import sharding
 from gptjax.checkpoint import Checkpointer, architecture_mismatch
@@ -264,15 +264,17 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   log = Recorder(config, writer, progress, step, run.first_record, checkpointer.latest_step)
   stop = StopRequest()  # Ctrl-C / SIGTERM: finish the step, save, then stop
   wait = jax.block_until_ready if one_step_in_flight() else (lambda tree: tree)
+  next_windows = data_lib.Prefetcher(
+      lambda index: data_lib.train_batch(run.token_data.train, config.seed, index,
+                                         config.grad_accum_steps, config.batch_size,
+                                         config.block_size, rows),
+      stop=config.max_iters, depth=4 if monitor.host_runs_ahead() else 0)
   finished = False
   try:
     with mesh_context(mesh), plan.explain_out_of_memory(config):
       evaluation_windows = eval_windows(config, run.token_data, mesh, rows)
       while step < config.max_iters and not stop.requested:
-        windows = data_lib.train_batch(run.token_data.train, config.seed, step,
-                                       config.grad_accum_steps, config.batch_size,
-                                       config.block_size, rows)
-        batch = global_batch(windows, mesh, config.batch_size)  # made while the last step runs
+        batch = global_batch(next_windows(step), mesh, config.batch_size)  # as the last step runs
         state, metrics = setup.train_step(wait(state), batch)
         step += 1
         evaluating = step % config.eval_interval == 0 or step == config.max_iters
@@ -294,7 +296,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     finished = True
   finally:
     progress.close()
-    close_all([checkpointer.close, writer.close, stop.restore]
+    close_all([next_windows.close, checkpointer.close, writer.close, stop.restore]
               + ([run.lock.release] if run.lock else []), raising=finished)
   if stop.requested:
     say(f"{stop.signal_name} after the last step: the run is complete, nothing to resume.")

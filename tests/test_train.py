@@ -216,13 +216,14 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
 
 
 
-def test_reading_metrics_a_step_late_logs_the_same_records(tiny, monkeypatch):
-  """On accelerators a log step's metrics are read after the next step is dispatched: the records
-  (steps, losses, evaluations) equal those read at once, as on a CPU."""
+def test_running_the_host_ahead_logs_the_same_records(tiny, monkeypatch):
+  """On accelerators a log step's metrics are read after the next step is dispatched, and the next
+  batches are read in a thread: the records (steps, losses, evaluations) equal those of a host
+  working in step, as on a CPU."""
   from gptjax import monitor
   runs = {}
   for late in (False, True):
-    monkeypatch.setattr(monitor, "metrics_read_late", lambda late=late: late)
+    monkeypatch.setattr(monitor, "host_runs_ahead", lambda late=late: late)
     config = tiny(model_name=f"late_{late}", max_iters=11, log_interval=2, eval_interval=5,
                   checkpoint_interval=3, keep_checkpoints=10)
     train(config)
