@@ -19,6 +19,7 @@ the key fold_in(fold_in(key(seed), b), i): in a batch each sample gets the token
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import time
@@ -170,6 +171,17 @@ def _advance(params, state: DecodeState, target, *, model, sampling: Sampling):
                               one_token, carry)
 
   return jax.lax.while_loop(unfinished, segment, (state, out))
+
+
+def on_this_device(model):
+  """The model as it samples fastest here: on a CPU in float32, whatever it trained in, since XLA's
+  CPU matmuls convert bfloat16 rather than compute in it (a bfloat16 350M_1024 drew a token in
+  453 ms, nanoGPT's float32 in 223 ms). Elsewhere as it trained."""
+  if jax.devices()[0].platform != "cpu" or model.config.dtype == "float32":
+    return model
+  print(f"# sampling in float32 on the CPU (the run computes in {model.config.dtype})",
+        file=sys.stderr, flush=True)
+  return type(model)(dataclasses.replace(model.config, dtype="float32"))
 
 
 def decode_params(model, params):
@@ -400,6 +412,7 @@ def main(argv) -> None:
       list(tokenizer.encode("\n")) if end_of_text is None else [end_of_text])
   stop_token = end_of_text if f.stop_at_eot else None
   print(f"# {loaded}", file=sys.stderr, flush=True)
+  model = on_this_device(model)
   params = decode_params(model, params)
   load_s = time.perf_counter() - start
   sampling = Sampling(f.temperature, f.top_k, f.top_p, tokenizer.n_vocab,
