@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from gptjax import shards, sources
 from gptjax import tokenizer as tokenizer_lib
-from gptjax.errors import DataError, UserError
+from gptjax.errors import DataError, UserError, disk_full, disk_full_error
 
 # Below this many bytes of input, tokenizing in this process is faster than starting workers.
 MIN_PARALLEL_BYTES = 16 << 20
@@ -270,8 +270,11 @@ def prepare(options: Options) -> dict:
         shutil.rmtree(staging)
         return done
       shards.commit(staging, options.out_dir, meta)
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(staging, ignore_errors=True)
+    if isinstance(e, OSError) and disk_full(e):
+      raise disk_full_error(options.out_dir, "writing token shards",
+                            "it starts over, nothing half-written was kept.") from None
     raise
   return meta
 

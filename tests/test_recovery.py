@@ -276,6 +276,10 @@ leave_free 0
 run start 8 -m gptjax.train
 "$PYTHON" -c "$METRICS_APPEND" "$MNT/out/tiny_char/metrics.jsonl" 2> "$LOGS/append.err"
 echo "append $?"
+"$PYTHON" -m gptjax.prepare --input="$CORPUS" --tokenizer=bytes --out_dir="$MNT/data" \
+  2> "$LOGS/prepare.err" > /dev/null
+echo "prepare $?"
+ls -A "$MNT/data" > "$LOGS/prepared.txt"
 rm "$MNT/filler"
 run freed 8 -m gptjax.train
 cp "$MNT/out/tiny_char/metrics.jsonl" "$LOGS/"
@@ -319,8 +323,8 @@ def mount_namespace() -> list[str] | None:
 
 def test_a_full_disk_is_one_error_and_the_same_command_resumes(tmp_path):
   """The disk full before a save (the trainer's space check), during one (Orbax's writes fail),
-  at the start (the run lock), and during a metrics append: each is one `error:` line naming the
-  place, exit 2, no traceback, nothing committed lost; with space freed, the same command resumes
+  at the start (the run lock), during a metrics append and while gptjax.prepare writes shards:
+  each is one `error:` line naming the place, exit 2, no traceback, nothing committed lost; with space freed, the same command resumes
   and the run ends as if nothing had happened."""
   unshare = mount_namespace()
   if unshare is None:
@@ -328,22 +332,27 @@ def test_a_full_disk_is_one_error_and_the_same_command_resumes(tmp_path):
                 "user namespaces); this machine allows neither")
   logs, mount = tmp_path / "logs", tmp_path / "disk"
   logs.mkdir(), mount.mkdir()
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("A corpus to prepare onto a full disk.\n" * 20000)
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable, "MNT": str(mount),
          "LOGS": str(logs), "UNCHECKED_SAVE": UNCHECKED_SAVE, "METRICS_APPEND": METRICS_APPEND,
+         "CORPUS": str(corpus),
          "TRAIN": " ".join(("--config=configs/tiny_char.py", "--config.n_layer=1",
                             "--config.eval_iters=1", "--config.log_interval=1",
                             "--config.eval_interval=2"))}
   result = subprocess.run([*unshare, "bash", "-c", FULL_DISK_SCRIPT], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
   codes = dict(line.split() for line in result.stdout.splitlines())
-  assert codes == dict(first="0", save="2", during="2", start="2", append="2", freed="0"), (
+  assert codes == dict(first="0", save="2", during="2", start="2", append="2", prepare="2",
+                       freed="0"), (
       codes, result.stderr[-2000:])
   for case, fragments in (
       ("save", ("checkpoints", "while saving checkpoint step 6, which needs", "MiB free",
                 "resumes from checkpoint step 4")),
       ("during", ("checkpoints", "while saving checkpoint step 6.", "resumes from checkpoint step 4")),
       ("start", ("tiny_char/lock", "while taking the run directory's lock")),
-      ("append", ("metrics.jsonl", "while appending to metrics.jsonl"))):
+      ("append", ("metrics.jsonl", "while appending to metrics.jsonl")),
+      ("prepare", ("data", "while writing token shards", "starts over"))):
     stderr = (logs / f"{case}.err").read_text()
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no space left on the disk of" in errors[0], (case, stderr[-3000:])
@@ -354,5 +363,6 @@ def test_a_full_disk_is_one_error_and_the_same_command_resumes(tmp_path):
   assert "Traceback" not in freed, freed[-3000:]
   assert "dropped its torn last line" in freed  # the append the full disk cut short
   assert "6.orbax-checkpoint-tmp" in freed  # the save the full disk cut short, removed
+  assert (logs / "prepared.txt").read_text().split() in ([], [".prepare.lock"])  # no partial shards
   assert (logs / "checkpoints.txt").read_text().split() == ["4", "6", "8"]
   assert [r["step"] for r in read_metrics(logs)] == list(range(1, 9))
