@@ -105,7 +105,7 @@ class Checkpointer:
                               meta=ocp.args.JsonSave(meta))
     metrics = None if val_loss is None else {"val_loss": float(val_loss)}
     self.in_flight = step
-    with self.disk_full_as_error():
+    with self.failed_save_as_error():
       self.manager.save(step, args=args, metrics=metrics, force=True)
 
   def check_space(self, step: int, state) -> None:
@@ -127,7 +127,7 @@ class Checkpointer:
             else "no checkpoint was saved yet, so it starts from step 0.")
 
   @contextlib.contextmanager
-  def disk_full_as_error(self):
+  def failed_save_as_error(self):
     """Turns Orbax's failure to write a checkpoint on a full disk into a DiskFullError."""
     try:
       yield
@@ -194,7 +194,7 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Waits for the save in flight to commit (a DiskFullError if the disk filled meanwhile)."""
-    with self.disk_full_as_error():
+    with self.failed_save_as_error():
       self.manager.wait_until_finished()
     self.in_flight = None
 

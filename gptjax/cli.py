@@ -58,9 +58,7 @@ def drop_background_noise() -> None:
   """
   def orbax_disk_full(record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
-    return "orbax" in record.pathname and (
-        disk_full(error) if error is not None else
-        any(words in record.getMessage() for words in ("RESOURCE_EXHAUSTED", "No space left")))
+    return "orbax" in record.pathname and disk_full(error or Exception(record.getMessage()))
 
   logging.getLogger("absl").addFilter(lambda record: not orbax_disk_full(record))
   # TensorStore's futures that a failed restore abandoned (gptjax has no asyncio code of its own).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -70,6 +71,17 @@ def disk_full_error(path: str | None, what: str, resume: str = "") -> DiskFullEr
   return DiskFullError(
       f"no space left on {where}{free} while {what}. Fix: free space there, or point the command "
       f"at another disk, then run the same command again" + (f": {resume}" if resume else "."))
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: str, what: str, resume: str = ""):
+  """Turns a full disk met inside the block into disk_full_error(path, what, resume)."""
+  try:
+    yield
+  except OSError as e:
+    if disk_full(e):
+      raise disk_full_error(path, what, resume) from None
+    raise
 
 
 def exit_on_user_error(main):

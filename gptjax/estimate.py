@@ -367,14 +367,13 @@ def _fill_compiled(result, config, model, mesh_shape, figures: _Compiled, fast: 
                           "at 1-3 layers, and this was off by -50% to +66% (docs/performance.md); "
                           "drop --fast for the exact figure")
   target = result.target
-  flops, bytes_accessed, optimal_seconds = figures.flops, figures.bytes_accessed, figures.optimal_seconds
+  flops, bytes_accessed = figures.flops, figures.bytes_accessed
+  optimal_seconds = figures.optimal_seconds
   accumulate = config.grad_accum_steps
   if accumulate > 1 and target.platform == "tpu":
     # XLA's TPU cost analysis counts a while loop's body once, and the micro-batches are one: it
-    # runs grad_accum_steps times. The optimizer's pass over its state (7 float32 reads or writes
-    # per parameter) runs once, after it.
-    _, fsdp, tensor = mesh_shape
-    update = (7 * 4 * params_lib.count_params(model).total / (fsdp * tensor) / target.chip.memory_bandwidth
+    # runs grad_accum_steps times. The optimizer's pass over its state runs once, after it.
+    update = (roofline.optimizer_bytes(model, mesh_shape) / target.chip.memory_bandwidth
               if target.chip.memory_bandwidth else 0.0)
     flops = flops and flops * accumulate
     bytes_accessed = bytes_accessed and bytes_accessed * accumulate

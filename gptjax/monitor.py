@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from gptjax import cli
 from gptjax.config import ModelConfig
-from gptjax.errors import DataError, DivergenceError, disk_full, disk_full_error
+from gptjax import shards
+from gptjax.errors import DataError, DivergenceError, disk_full, disk_full_as_error
 from gptjax.params import flops_per_token
 
 # Dense bf16/fp16 matmul peak FLOP/s per device (vendor datasheets; GPUs without sparsity). Keys are
@@ -63,19 +64,10 @@ RESUME_HINT = "it resumes from the last checkpoint saved."
 
 
 def write_atomically(path: str, text: str) -> None:
-  """Writes `path` through a temporary file renamed over it: a cut (a kill, a full disk) leaves
-  the old file whole. A full disk is a DiskFullError naming the file."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except OSError as e:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    if disk_full(e):
-      raise disk_full_error(path, f"writing {os.path.basename(path)}", RESUME_HINT) from None
-    raise
+  """Writes a file of the run directory whole or not at all (shards.replace_file); a full disk is a
+  DiskFullError naming the file."""
+  with disk_full_as_error(path, f"writing {os.path.basename(path)}", RESUME_HINT):
+    shards.replace_file(path, text)
 
 
 class MetricsWriter:
@@ -118,13 +110,9 @@ class MetricsWriter:
     if not self.enabled:
       return
     self.records.append(record)
-    try:
+    with disk_full_as_error(self.path, "appending to metrics.jsonl", RESUME_HINT):
       with open(self.path, "a") as f:  # a cut line is dropped when the run resumes
         f.write(json.dumps(record) + "\n")
-    except OSError as e:
-      if disk_full(e):
-        raise disk_full_error(self.path, "appending to metrics.jsonl", RESUME_HINT) from None
-      raise
     for key, value in record.items():
       if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
         self.tensorboard.add_scalar(key, value, record["step"])

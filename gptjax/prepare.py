@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from gptjax import shards, sources
 from gptjax import tokenizer as tokenizer_lib
-from gptjax.errors import DataError, UserError, disk_full, disk_full_error
+from gptjax.errors import DataError, UserError, disk_full_as_error
 
 # Below this many bytes of input, tokenizing in this process is faster than starting workers.
 MIN_PARALLEL_BYTES = 16 << 20
@@ -258,23 +258,22 @@ def prepare(options: Options) -> dict:
                          f"{shards.STAGING}-{socket.gethostname()}-{os.getpid()}")
   os.makedirs(staging)
   try:
-    meta = _tokenize_into(staging, tasks, total_bytes, tokenizer, options)
-    meta["source"].update(inputs=options.inputs, hf_dataset=options.hf_dataset or None,
-                          description=described, key=key)
-    if tokenizer.name == "hf":
-      shutil.copyfile(tokenizer.path, os.path.join(staging, "tokenizer.json"))
-    with open(os.path.join(options.out_dir, shards.LOCK), "w") as lock:
-      fcntl.flock(lock, fcntl.LOCK_EX)  # another process preparing the same may finish first
-      done = _already_prepared(options.out_dir, key)
-      if done and not options.force:
-        shutil.rmtree(staging)
-        return done
-      shards.commit(staging, options.out_dir, meta)
-  except BaseException as e:
+    with disk_full_as_error(options.out_dir, "writing token shards",
+                            "it starts over, nothing half-written was kept."):
+      meta = _tokenize_into(staging, tasks, total_bytes, tokenizer, options)
+      meta["source"].update(inputs=options.inputs, hf_dataset=options.hf_dataset or None,
+                            description=described, key=key)
+      if tokenizer.name == "hf":
+        shutil.copyfile(tokenizer.path, os.path.join(staging, "tokenizer.json"))
+      with open(os.path.join(options.out_dir, shards.LOCK), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process preparing the same may finish first
+        done = _already_prepared(options.out_dir, key)
+        if done and not options.force:
+          shutil.rmtree(staging)
+          return done
+        shards.commit(staging, options.out_dir, meta)
+  except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
-    if isinstance(e, OSError) and disk_full(e):
-      raise disk_full_error(options.out_dir, "writing token shards",
-                            "it starts over, nothing half-written was kept.") from None
     raise
   return meta
 

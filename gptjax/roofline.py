@@ -144,13 +144,20 @@ def step_roofline(target, model: ModelConfig, flops: float, bytes_accessed: floa
     bytes_accessed = config.grad_accum_steps * (
         3 * total_params / tensor * s + 4 * (activations["logits"] + model.n_layer * (
             activations["channels"] + activations["scores"])))
-    bytes_accessed += 7 * 4 * total_params / (fsdp * tensor)
+    bytes_accessed += optimizer_bytes(model, mesh_shape)
   memory = bytes_accessed / chip.memory_bandwidth if chip.memory_bandwidth else 0.0
   # GPUs launch each kernel: about 60 per layer and 60 more per micro-batch in compiled steps.
   launches = (60 * model.n_layer + 60) * config.grad_accum_steps * KERNEL_LAUNCH_SECONDS * (
       target.platform == "gpu")
   return (max(flops / peak, memory) + launches
           + communication_seconds(target, model, config, mesh_shape))
+
+
+def optimizer_bytes(model: ModelConfig, mesh_shape) -> float:
+  """Bytes one device moves in the optimizer's pass over its state: AdamW reads parameters,
+  gradients and both moments and writes parameters and moments, 7 float32 values a parameter."""
+  _, fsdp, tensor = mesh_shape
+  return 7 * 4 * params_lib.count_params(model).total / (fsdp * tensor)
 
 
 def communication_seconds(target, model: ModelConfig, config: ml_collections.ConfigDict,

@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from gptjax.errors import UserError, disk_full, disk_full_error
+from gptjax.errors import UserError, disk_full_as_error
 
 
 class RunLock:
@@ -53,12 +53,11 @@ class RunLock:
     payload = json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
                               since=time.strftime("%Y-%m-%d %H:%M:%S"))) + "\n"
     try:
-      os.ftruncate(self.file.fileno(), 0)
-      os.pwrite(self.file.fileno(), payload.encode(), 0)
-    except OSError as e:
+      with disk_full_as_error(self.path, "taking the run directory's lock"):
+        os.ftruncate(self.file.fileno(), 0)
+        os.pwrite(self.file.fileno(), payload.encode(), 0)
+    except BaseException:
       self.file.close()
-      if disk_full(e):
-        raise disk_full_error(self.path, "taking the run directory's lock") from None
       raise
     return self
 

@@ -114,13 +114,24 @@ def shard_problem(directory: str, meta: dict) -> str | None:
   return None
 
 
-def write_json_atomic(path: str, value) -> None:
+def replace_file(path: str, text: str) -> None:
+  """Writes `path` through a temporary file renamed over it: a cut (a kill, a full disk) leaves
+  the old file whole, and no temporary file behind."""
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json_atomic(path: str, value) -> None:
+  replace_file(path, json.dumps(value, indent=2))
 
 
 def commit(staging: str, out_dir: str, meta: dict) -> None:
