@@ -1,23 +1,18 @@
-"""Configuration: the base ConfigDict, preset loading (.py and nanoGPT-style .json), validation.
+"""Configuration: the base ConfigDict with a comment on every field, validation, ModelConfig.
 
-Every preset in `configs/` is a `get_config()` that starts from `get_base_config()` (the GPT-2 ones
-from `gpt2_finetune_config`) and overrides a few fields. nanoGPT-style JSON presets (`{"name": ..., "n_layer": ...}`) load through the same
-`load_config`. The comment above each field of `get_base_config()` is its documentation:
-`field_comments()` reads it for `--help`.
-`validate(config)` runs before anything is compiled and raises `ConfigError` naming field, value and fix.
-`ModelConfig` is the frozen, hashable architecture handed to the model.
+Every preset (gptjax/configs/, loaded by gptjax/presets.py) is a `get_config()` that starts from
+`get_base_config()` (the GPT-2 ones from `gpt2_finetune_config`) and overrides a few fields. The
+comment above each field of `get_base_config()` is its documentation: `field_comments()` reads it
+for `--help`. `validate(config)` runs before anything is compiled and raises `ConfigError` naming
+field, value and fix. `ModelConfig` is the frozen, hashable architecture handed to the model.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
-import importlib.util
 import inspect
-import json
 import os
-import sys
 import textwrap
 from typing import Any
 
@@ -32,8 +27,6 @@ TOKENIZER_VOCAB_SIZES = {"bytes": BYTE_VOCAB_SIZE, "gpt2": GPT2_VOCAB_SIZE}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 DROPOUT_RNGS = ("auto", "threefry2x32", "rbg")
-# JSON preset fields that gptjax accepts but does not need (JAX picks its devices itself).
-IGNORED_JSON_FIELDS = ("device",)
 # The fields that fix the parameter shapes (what a checkpoint must agree on), in the order shown.
 ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 # OpenAI's GPT-2 sizes by Hugging Face model name: (n_layer, n_head, n_embd), each with a context of
@@ -48,7 +41,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # --- Identity -----------------------------------------------------------------------------------
-  # Display name of the architecture (shown by tools/show_configs.py).
+  # Display name of the architecture (shown by python -m gptjax.show_configs).
   config.name = "GPT-Small"
   # One line on what the preset is for.
   config.description = "6-layer GPT with GPT-2 BPE: the default for experiments"
@@ -217,161 +210,6 @@ def field_comments() -> dict[str, str]:
       index -= 1
     comments[".".join(path)] = " ".join(above)
   return comments
-
-
-def get_config(path: str | None = None) -> ml_collections.ConfigDict:
-  """ml_collections entry point: `--config=gptjax/config.py:configs/x.json` loads any preset file."""
-  return get_base_config() if not path else load_config(path)
-
-
-def _preset_name(path: str) -> str:
-  return os.path.splitext(os.path.basename(path))[0]
-
-
-def load_config(path: str) -> ml_collections.ConfigDict:
-  """Loads a preset: a Python file with `get_config()` or a nanoGPT-style JSON object.
-
-  Args:
-    path: `configs/150M.py`, `configs/my_custom.json`, ...
-  Returns:
-    The ConfigDict (not yet validated). `model_name` defaults to the file's name.
-  Raises:
-    ConfigError: missing file, unreadable JSON, unknown keys, a .py without get_config().
-  """
-  if not os.path.isfile(path):
-    raise ConfigError(f"config file {path!r} does not exist. Fix: pass an existing preset, "
-                      f"e.g. --config=configs/tiny_char.py (see `python tools/show_configs.py`).")
-  extension = os.path.splitext(path)[1]
-  if extension == ".json":
-    config = _load_json_config(path)
-  elif extension == ".py":
-    config = _load_python_config(path)
-  else:
-    raise ConfigError(f"config file {path!r}: unknown extension {extension!r}. Fix: use a .py file "
-                      f"with get_config() or a nanoGPT-style JSON preset.")
-  if not config.model_name:
-    config.model_name = _preset_name(path)
-  return config
-
-
-def _load_python_config(path: str) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(f"gptjax_preset_{_preset_name(path)}", path)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-  except Exception as e:  # A broken preset file is user input: report it without a traceback.
-    raise ConfigError(f"config file {path!r} failed to load: {type(e).__name__}: {e}") from e
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"config file {path!r} has no get_config() function. Fix: define "
-                      f"get_config() returning a ConfigDict (copy configs/tiny.py).")
-  try:
-    config = module.get_config()
-  except Exception as e:  # the preset's own code failed: user input, reported without a traceback
-    raise ConfigError(f"config file {path!r}: get_config() raised {type(e).__name__}: {e}. Fix: "
-                      f"correct the preset (compare configs/tiny.py).") from e
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise ConfigError(f"config file {path!r}: get_config() returned {type(config).__name__}, not "
-                      f"a ConfigDict. Fix: start from gptjax.config.get_base_config() and return "
-                      f"it (compare configs/tiny.py).")
-  return config
-
-
-def _load_json_config(path: str) -> ml_collections.ConfigDict:
-  try:
-    with open(path, encoding="utf-8") as f:
-      values = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ConfigError(f"config file {path!r} is not valid JSON: {e}. Fix: see the JSON example in "
-                      f"README.md.") from e
-  if not isinstance(values, dict):
-    raise ConfigError(f"config file {path!r} must hold a JSON object of fields, got "
-                      f"{type(values).__name__}.")
-  config = get_base_config()
-  for key in IGNORED_JSON_FIELDS:
-    if values.pop(key, None) is not None:
-      print(f"note: {path}: field {key!r} is ignored (JAX chooses its devices; see config.mesh).",
-            file=sys.stderr)
-  apply_overrides(config, values, source=path)
-  # Not the base config's name and description, which describe another shape.
-  if "name" not in values:
-    config.name = _preset_name(path)
-  if "description" not in values:
-    config.description = shape_description(config)
-  return config
-
-
-def shape_description(config: ml_collections.ConfigDict) -> str:
-  """One line naming the architecture, e.g. "16-layer, 16-head, 1024-channel GPT (block 1024,
-  vocab 50304)": the description of a JSON preset that gives none."""
-  return (f"{config.n_layer}-layer, {config.n_head}-head, {config.n_embd}-channel GPT "
-          f"(block {config.block_size}, vocab {config.vocab_size})")
-
-
-def apply_overrides(config: ml_collections.ConfigDict, values: dict[str, Any], source: str) -> None:
-  """Sets `values` (nested dicts allowed) on `config`, refusing unknown keys and wrong types."""
-  for key, value in values.items():
-    if key not in config:
-      raise ConfigError(_unknown_key_message(key, config, source))
-    current = config[key]
-    if isinstance(current, ml_collections.ConfigDict):
-      if not isinstance(value, dict):
-        raise ConfigError(f"{source}: field {key!r} must be an object with fields "
-                          f"{sorted(current.keys())}, got {value!r}.")
-      apply_overrides(current, value, source=f"{source}:{key}")
-      continue
-    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[
-        type(current)]
-    if isinstance(current, bool) != isinstance(value, bool) or (
-        isinstance(current, int) and not isinstance(value, int)) or (
-        isinstance(current, float) and not isinstance(value, (int, float))) or (
-        isinstance(current, str) and not isinstance(value, str)):
-      raise ConfigError(f"{source}: field {key!r} must be {kind}, got {value!r}. Fix: write it "
-                        f"like the default, {json.dumps(current)}.")
-    if isinstance(current, float) and isinstance(value, int):
-      value = float(value)
-    config[key] = value
-
-
-def check_field_path(config: ml_collections.ConfigDict, dotted: str, source: str) -> None:
-  """Raises ConfigError unless `dotted` (e.g. "mesh.fsdp") names a field of `config`."""
-  node = config
-  for key in dotted.split("."):
-    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
-      raise ConfigError(_unknown_key_message(key, node if isinstance(node, ml_collections.ConfigDict)
-                                             else config, source))
-    node = node[key]
-
-
-def check_field_value(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
-  """Raises ConfigError unless `text` reads as the type of the field `dotted` (as absl would read
-  --config.<dotted>=<text>): an integer, a number, true/false."""
-  current = config
-  for key in dotted.split("."):
-    current = current[key]
-  kinds = ((bool, "true or false", lambda t: t.lower() in ("true", "false", "1", "0")),
-           (int, "an integer", lambda t: _parses(int, t)),
-           (float, "a number", lambda t: _parses(float, t)))
-  for kind, words, ok in kinds:
-    if isinstance(current, kind):
-      if not ok(text):
-        raise ConfigError(f"--config.{dotted}={text}: {text!r} is not {words}. Fix: give "
-                          f"{words}, e.g. --config.{dotted}={current}.")
-      return
-
-
-def _parses(kind, text: str) -> bool:
-  try:
-    kind(text)
-    return True
-  except ValueError:
-    return False
-
-
-def _unknown_key_message(key: str, config: ml_collections.ConfigDict, source: str) -> str:
-  names = sorted(config.keys())
-  close = difflib.get_close_matches(key, names, n=1)
-  hint = f" Did you mean {close[0]!r}?" if close else ""
-  return (f"{source}: unknown field {key!r}.{hint} Valid fields: {', '.join(names)}.")
 
 
 def resolve_tokenizer(config: ml_collections.ConfigDict) -> str:

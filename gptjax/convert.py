@@ -13,24 +13,23 @@ from __future__ import annotations
 
 import os
 
-import jax.numpy as jnp
-import ml_collections
-from absl import flags
-
-from gptjax import cli, hf_gpt2
-from gptjax.checkpoint import Checkpointer, load_run
-from gptjax.config import (GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE, get_base_config)
+from gptjax import cli
+from gptjax.config import GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE
 from gptjax.errors import CheckpointError, UserError
-from gptjax.optim import make_optimizer
-from gptjax.step import TrainState
 
 # (n_layer, n_head, n_embd, block_size, vocab_size) of OpenAI's GPT-2 sizes -> their presets.
-GPT2_PRESETS = {(*sizes, GPT2_BLOCK_SIZE, GPT2_VOCAB_SIZE): f"configs/{name}.py"
+GPT2_PRESETS = {(*sizes, GPT2_BLOCK_SIZE, GPT2_VOCAB_SIZE): name
                 for name, sizes in GPT2_SIZES.items()}
 
 
-def import_to_run_dir(hf: str, run_dir: str) -> ml_collections.ConfigDict:
+def import_to_run_dir(hf: str, run_dir: str):
   """Writes an HF GPT-2 checkpoint as step 0 of a new gptjax run directory; returns its config."""
+  import jax.numpy as jnp
+  from gptjax import files, hf_gpt2
+  from gptjax.checkpoint import Checkpointer
+  from gptjax.config import get_base_config
+  from gptjax.optim import make_optimizer
+  from gptjax.step import TrainState
   checkpoints = os.path.join(run_dir, "checkpoints")
   if os.path.isdir(checkpoints) and os.listdir(checkpoints):
     raise CheckpointError(f"--out {run_dir!r} already holds checkpoints. Fix: choose a new run "
@@ -49,28 +48,28 @@ def import_to_run_dir(hf: str, run_dir: str) -> ml_collections.ConfigDict:
   checkpointer = Checkpointer(run_dir)
   checkpointer.save(0, state, meta)
   checkpointer.close()
-  with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json(indent=2))
+  files.write_atomic(os.path.join(run_dir, "config.json"), config.to_json(indent=2))
   return config
 
 
 def export_run_dir(run_dir: str, hf_dir: str, which: str = "latest") -> None:
   """Writes a run directory's latest (or best) checkpoint as an HF GPT-2 directory."""
+  from gptjax import hf_gpt2
+  from gptjax.checkpoint import load_run
   model, params, _, _, _ = load_run(run_dir, which)
   hf_gpt2.save_hf_gpt2(model, params, hf_dir)
 
 
-def define_flags() -> None:
-  flags.DEFINE_string("from_hf", None, "HF GPT-2 directory (or hub name, e.g. gpt2) to import.")
-  flags.DEFINE_string("out", None, "With --from_hf: the new run directory, e.g. out/gpt2.")
-  flags.DEFINE_string("run_dir", None, "With --to_hf: the run directory to export.")
-  flags.DEFINE_string("to_hf", None, "With --run_dir: the HF directory to write.")
-  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "With --run_dir: which checkpoint.")
+def define_flags(values) -> None:
+  from absl import flags
+  flags.DEFINE_string("from_hf", None, "HF GPT-2 directory (or hub name, e.g. gpt2) to import.", flag_values=values)
+  flags.DEFINE_string("out", None, "With --from_hf: the new run directory, e.g. out/gpt2.", flag_values=values)
+  flags.DEFINE_string("run_dir", None, "With --to_hf: the run directory to export.", flag_values=values)
+  flags.DEFINE_string("to_hf", None, "With --run_dir: the HF directory to write.", flag_values=values)
+  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "With --run_dir: which checkpoint.", flag_values=values)
 
 
-def main(argv) -> None:
-  del argv
-  f = flags.FLAGS
+def main(f) -> None:
   if f.from_hf and f.out and not (f.run_dir or f.to_hf):
     config = import_to_run_dir(f.from_hf, f.out)
     shape = (config.n_layer, config.n_head, config.n_embd, config.block_size, config.vocab_size)
@@ -87,9 +86,9 @@ def main(argv) -> None:
                     "--to_hf DIR (export).")
 
 
-def cli_main() -> None:
+def cli_main(argv: list[str] | None = None) -> None:
   """`python -m gptjax.convert` and the gptjax-convert console script."""
-  cli.entry_point(main, define_flags, __doc__)
+  cli.run_command(main, define_flags, __doc__, argv=argv)
 
 
 if __name__ == "__main__":

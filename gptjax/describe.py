@@ -1,27 +1,25 @@
-"""What the tools print about a preset: the catalogue, one preset in detail, the parameter report
-and its formula, the memory table (`tools/show_configs.py`, `tools/calculate_params.py`, README).
+"""What gptjax prints about a preset: the catalogue, one preset in detail, the parameter report
+and its formula (`python -m gptjax.show_configs`, `python -m gptjax.calculate_params`, README).
 
 Every count is the exact integer from `gptjax.params.count_params`, never an approximation; the
-numbers come from gptjax/params.py and the planner, the words and layout from here.
+numbers come from gptjax/params.py, the words and layout from here.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Callable
 
 import ml_collections
 
 from gptjax import config as config_lib
-from gptjax import estimate, plan
 from gptjax import params as params_lib
-from gptjax import targets as targets_lib
+from gptjax import presets
+from gptjax.units import format_bytes, format_count
 from gptjax.errors import ConfigError, UserError
 
-PRESET_EXTENSIONS = (".py", ".json")
 # (heading, row key, right-aligned) for the table columns.
-TABLE_COLUMNS = (("File", "file", False), ("Name", "name", False), ("Params", "params", True),
+TABLE_COLUMNS = (("Preset", "preset", False), ("Name", "name", False), ("Params", "params", True),
                  ("Layers", "n_layer", True), ("Heads", "n_head", True), ("Embed", "n_embd", True),
                  ("Block", "block_size", True), ("Vocab", "vocab_size", True),
                  ("Batch", "batch_size", True))
@@ -33,68 +31,27 @@ ARCHITECTURE_LABELS = {"n_layer": "Layers (L)", "n_head": "Heads", "n_embd": "Em
 LABEL_WIDTH = len("FLOPs per token")
 
 
-# --- Presets: listing, loading, validating --------------------------------------------------------
+# --- The catalogue (show_configs, the README's table) -------------------------------------------
 
-def list_preset_files(directory: str = "configs") -> list[str]:
-  """Paths of the preset files (`*.py`, `*.json`) in `directory`, sorted by name.
-
-  Files starting with `_` or `.` (e.g. `__init__.py`) are not presets.
-  Raises:
-    ConfigError: `directory` does not exist.
-  """
-  if not os.path.isdir(directory):
-    raise ConfigError(f"preset directory {directory!r} does not exist. Fix: run from the repository "
-                      f"root or pass the directory holding the presets.")
-  names = sorted(name for name in os.listdir(directory)
-                 if name.endswith(PRESET_EXTENSIONS) and not name.startswith(("_", "."))
-                 and os.path.isfile(os.path.join(directory, name)))
-  return [os.path.join(directory, name) for name in names]
-
-
-def load_validated(path: str) -> ml_collections.ConfigDict:
-  """`load_config(path)` then `validate`, with the file named in a validation error."""
-  config = config_lib.load_config(path)
-  try:
-    config_lib.validate(config)
-  except ConfigError as e:
-    raise ConfigError(f"{path}: {e}") from e
-  return config
-
-
-def config_from_values(values: dict, base: ml_collections.ConfigDict | None = None
-                       ) -> ml_collections.ConfigDict:
-  """`base` (default: `get_base_config()`) with `values` set, validated by `gptjax.config.validate`.
-
-  Raises:
-    ConfigError: the library's message for the first invalid field.
-  """
-  config = config_lib.get_base_config() if base is None else base
-  for key, value in values.items():
-    if value is not None:
-      config[key] = value
-  config_lib.validate(config)
-  return config
-
-
-# --- The catalogue (tools/show_configs.py, the README's table) ------------------------------------
-
-def preset_row(path: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """One table row: file, name, exact counts and the architecture of a loaded preset."""
+def preset_row(preset: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """One table row: preset, name, exact counts and the architecture of a loaded preset."""
   breakdown = params_lib.count_params(config_lib.ModelConfig.from_config(config))
-  return dict(file=os.path.basename(path), name=config.name, params=breakdown.total,
+  return dict(preset=preset, name=config.name, params=breakdown.total,
               non_embedding=breakdown.non_embedding, n_layer=config.n_layer, n_head=config.n_head,
               n_embd=config.n_embd, block_size=config.block_size, vocab_size=config.vocab_size,
               batch_size=config.batch_size)
 
 
-def preset_table(directory: str = "configs") -> list[dict[str, Any]]:
-  """One row per preset in `directory`, smallest model first (ties by file name).
+def preset_table(directory: str | None = None) -> list[dict[str, Any]]:
+  """One row per preset (default: the shipped ones; or those in `directory`), smallest model
+  first (ties by name).
 
   Raises:
-    ConfigError: a preset does not load or does not validate (the message names the file).
+    ConfigError: a preset does not load or does not validate (the message names it).
   """
-  rows = [preset_row(path, load_validated(path)) for path in list_preset_files(directory)]
-  return sorted(rows, key=lambda row: (row["params"], row["file"]))
+  rows = [preset_row(name, presets.load_validated(path))
+          for name, path in presets.catalogue(directory).items()]
+  return sorted(rows, key=lambda row: (row["params"], row["preset"]))
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
@@ -116,7 +73,7 @@ def format_preset_table(rows: list[dict[str, Any]]) -> str:
            "  ".join("-" * width for width in widths)]
   lines += [line(cells) for cells in body]
   lines += ["", f"{len(rows)} presets. Params are exact (tied output head counted once); "
-            f"details: --config_file=<file>."]
+            f"details: --config=<preset>."]
   return "\n".join(lines)
 
 
@@ -133,22 +90,6 @@ def format_preset_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 # --- One architecture: the blocks both tools print ------------------------------------------------
-
-def format_count(n: int) -> str:
-  """150,260,736 -> '150.26M'."""
-  for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
-    if n >= scale:
-      return f"{n / scale:.2f}{unit}"
-  return str(n)
-
-
-def format_bytes(n: int) -> str:
-  """2_433_626_112 -> '2.27 GiB'."""
-  for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-    if n >= scale:
-      return f"{n / scale:.2f} {unit}"
-  return f"{n} B"
-
 
 def _field(label: str, value) -> str:
   return f"  {label:<{LABEL_WIDTH}} : {value}"
@@ -193,14 +134,14 @@ def breakdown_rows(breakdown: params_lib.ParamBreakdown) -> list[tuple[str, int]
           ("output head (tied to wte)", 0)]
 
 
-def format_preset_details(path: str, config: ml_collections.ConfigDict) -> str:
+def format_preset_details(preset: str, config: ml_collections.ConfigDict) -> str:
   """The detailed view of one (validated) preset: architecture, exact counts, FLOPs, memory, usage."""
   model_config = config_lib.ModelConfig.from_config(config)
   memory = params_lib.training_memory_bytes(model_config)
   rule = "=" * RULE_WIDTH
   tokenizer = config_lib.resolve_tokenizer(config)
   return "\n".join([
-      rule, f"Config: {config.name}", f"File: {path}", rule,
+      rule, f"Config: {config.name}", f"Preset: {preset}", rule,
       f"Description: {config.description}", "",
       *architecture_lines(model_config, ("Tokenizer", f"{tokenizer} (auto)"
                                          if config.tokenizer == "auto" else tokenizer),
@@ -210,12 +151,12 @@ def format_preset_details(path: str, config: ml_collections.ConfigDict) -> str:
                              f"+ AdamW moments, before activations)"),
       _field("Batch size", config.batch_size), "",
       "Usage:",
-      f"  python -m gptjax.train --config={path} --config.model_name=my_model "
+      f"  python -m gptjax.train --config={preset} --config.model_name=my_model "
       f"--config.input_file=input.txt",
       rule])
 
 
-# --- The parameter report (tools/calculate_params.py) ---------------------------------------------
+# --- The parameter report (calculate_params) ------------------------------------------------------
 
 def format_report(model_config: config_lib.ModelConfig, pytree_count: int | None = None) -> str:
   """Architecture, per-component breakdown with percentages, and the exact totals.
@@ -360,94 +301,10 @@ def ask_architecture(read_line: Callable[[], str] = None, write: Callable[[str],
         # Let the library judge the fields asked so far, once n_head can be checked against
         # n_embd: a bad n_head is what is asked again, not the n_embd before it.
         if field in ("n_head", "vocab_size"):
-          config_from_values({**answers, field: value})
+          presets.with_values({**answers, field: value})
       except (ValueError, ConfigError) as e:
         write(f"  invalid {field}: {str(e).rstrip('.')}. Try again.\n")
         continue
       answers[field] = value
       break
-  return config_from_values(answers)
-
-
-# --- Memory per preset and target (tools/show_configs.py --memory) --------------------------------
-
-def fix_label(settings: dict[str, Any], config: ml_collections.ConfigDict) -> str:
-  """A short name for the planner's changes: 'remat', 'bf16+remat', 'batch 4x2', 'fsdp 8'."""
-  parts = []
-  if settings["dtype"] != config.dtype:
-    parts.append("bf16" if settings["dtype"] == "bfloat16" else settings["dtype"])
-  if settings["remat"] != config.remat:
-    parts.append("remat" if settings["remat"] else "no remat")
-  if (settings["batch_size"], settings["grad_accum_steps"]) != (config.batch_size,
-                                                                config.grad_accum_steps):
-    parts.append(f"batch {settings['batch_size']}x{settings['grad_accum_steps']}")
-  parts += [f"{axis} {size}" for axis, size in settings["mesh"].items()
-            if size != config.mesh[axis] and not (axis == "fsdp" and config.mesh.fsdp == -1)]
-  return "+".join(parts) or "as shipped"
-
-
-def memory_rows(directory: str = "configs", target_names=None, compile: bool = False,
-                log=lambda line: None) -> list[dict[str, Any]]:
-  """Per preset and target: training memory per device at the shipped settings, whether it fits,
-  and where it does not, the fewest changes that fit with 10% free; and sampling memory.
-
-  With `compile`, every figure is XLA's for the compiled step (without the hardware; on GPUs
-  extrapolated per layer from 1- and 2-layer compiles, exact there) and every suggested change is
-  compiled too; the analytic model's figure is kept beside it. Without, the analytic model alone.
-  """
-  rows = []
-  for row in preset_table(directory):
-    config = load_validated(os.path.join(directory, row["file"]))
-    cells = {}
-    for name in target_names or targets_lib.COMMON_TARGETS:
-      log(f"{row['file']} on {name}")
-      cells[name] = memory_cell(config, targets_lib.parse_target(name), compile)
-    generation = estimate.generation_memory(
-        config_lib.ModelConfig.from_config(config), batch=1).total
-    rows.append(dict(file=row["file"], params=row["params"], dtype=config.dtype,
-                     remat=config.remat, batch=f"{config.batch_size}x{config.block_size}",
-                     targets=cells, generation=generation))
-  return rows
-
-
-def memory_cell(config: ml_collections.ConfigDict, target, compile: bool) -> dict[str, Any]:
-  """One cell of the memory table (see memory_rows)."""
-  cell = dict(total=None, analytic=None, fits=False, fix=None, fix_total=None,
-              method=estimate.DEVICELESS if compile else estimate.ANALYTIC)
-  try:
-    cell["analytic"] = estimate.estimate(config, target, method=estimate.ANALYTIC).memory.total
-    cell["total"] = (estimate.estimate(config, target, method="compile",
-                                       fast=estimate.fast_is_exact(target)).memory.total
-                     if compile else cell["analytic"])
-    cell["fits"] = cell["total"] <= target.device_memory_bytes
-  except ConfigError:  # the shipped batch does not split over this many devices
-    pass
-  found = None if cell["fits"] else plan.fewest_changes_that_fit(config, target, compile)
-  if found:
-    cell.update(fix=fix_label(found[0].estimate.settings, config), fix_total=found[1])
-  return cell
-
-
-def _memory_cell(cell: dict[str, Any]) -> str:
-  shipped = "batch ∤ devices" if cell["total"] is None else f"{cell['total'] / 2**30:.1f}"
-  if cell["fits"]:
-    return f"{shipped} ✓"
-  if cell["fix"]:
-    return f"{shipped} ✗ → {cell['fix']} {cell['fix_total'] / 2**30:.1f}"
-  return f"{shipped} ✗"
-
-
-def format_memory_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
-  """GiB per device for training (✓ fits, ✗ does not → what fits, and its GiB) and sampling."""
-  names = list(rows[0]["targets"]) if rows else []
-  headings = ["File", "Batch", "Train dtype", *names, "Sample (1 seq)"]
-  body = [[row["file"], row["batch"], row["dtype"] + ("+remat" if row["remat"] else ""),
-           *[_memory_cell(row["targets"][n]) for n in names], f"{row['generation'] / 2**30:.2f}"]
-          for row in rows]
-  if markdown:
-    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
-    lines += ["| " + " | ".join([f"`{r[0]}`", *r[1:]]) + " |" for r in body]
-    return "\n".join(lines)
-  widths = [max(len(c) for c in column) for column in zip(headings, *body)]
-  line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-  return "\n".join([line(headings), "  ".join("-" * w for w in widths), *map(line, body)])
+  return presets.with_values(answers)

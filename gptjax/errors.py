@@ -1,4 +1,5 @@
-"""User-facing errors: one clear message, a non-zero exit, no traceback."""
+"""User-facing errors: one clear message, a non-zero exit, no traceback; and the two kinds of failure
+every command must recognise wherever they surface, a full disk and a device out of memory."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import contextlib
 import errno
 import functools
 import os
+import shutil
 import sys
+
+from gptjax.units import format_bytes
 
 
 class UserError(Exception):
@@ -56,16 +60,37 @@ def disk_full(error: BaseException) -> bool:
   return False
 
 
+def out_of_memory(error: BaseException) -> bool:
+  """Whether `error` is a device (or host) running out of memory: XLA's RESOURCE_EXHAUSTED, or
+  a refused program too large for the device. A full disk (which TensorStore also reports as
+  RESOURCE_EXHAUSTED) is not."""
+  text = str(error)
+  return not disk_full(error) and ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower())
+
+
+def out_of_memory_line(error: BaseException) -> str | None:
+  """XLA's own words for an out-of-memory error (its first line that speaks of memory), else None."""
+  if not out_of_memory(error):
+    return None
+  text = str(error)
+  return next((line.strip() for line in text.splitlines() if "memory" in line.lower()), text[:300])
+
+
+def nearest_existing(path: str) -> str:
+  """`path` made absolute, or its nearest ancestor that exists."""
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  return existing
+
+
 def disk_full_error(path: str | None, what: str, resume: str = "") -> DiskFullError:
   """The error for a write to `path` that found its disk full: how much is free there, the fix."""
   where, free = "a disk", ""
   if path:
-    where, existing = f"the disk of {path!r}", os.path.abspath(path)
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-      existing = os.path.dirname(existing)
+    where = f"the disk of {path!r}"
     try:
-      stat = os.statvfs(existing)
-      free = f" ({stat.f_bavail * stat.f_frsize / 2**20:,.1f} MiB free)"
+      free = f" ({format_bytes(shutil.disk_usage(nearest_existing(path)).free, 'MiB')} free)"
     except OSError:
       pass
   return DiskFullError(

@@ -1,6 +1,6 @@
 """The optimizer, all optax: linear warmup + cosine decay, AdamW with a weight-decay mask, clipping.
 
-Gradient accumulation lives in the train step (gptjax/train.py), which averages the gradients of
+Gradient accumulation lives in the train step (gptjax/step.py), which averages the gradients of
 `grad_accum_steps` micro-batches before one update, so k micro-batches of b give the update of one
 batch of k*b.
 """

@@ -4,7 +4,7 @@
   state = setup.init(rng)             # born sharded
   state, metrics = setup.train_step(state, global_batch(windows, mesh, batch_size))
 
-gptjax/train.py runs these in its loop; gptjax/estimate.py lowers and compiles the same
+gptjax/training runs these in its loop; gptjax/planner lowers and compiles the same
 `train_step` for devices it does not have (the fit planner).
 """
 
@@ -25,6 +25,7 @@ import optax
 
 from gptjax import config as config_module
 from gptjax import sharding
+from gptjax.devices import platform_of
 from gptjax.config import ModelConfig
 from gptjax.model import GPT
 from gptjax.optim import learning_rate_schedule, make_optimizer
@@ -111,15 +112,14 @@ class Setup:
 
 def mesh_platform(mesh: jax.sharding.Mesh) -> str:
   """"cpu", "gpu" or "tpu": what the mesh's devices are (compile-only devices included)."""
-  platform = mesh.devices.flat[0].platform
-  return "gpu" if platform in ("cuda", "rocm") else platform
+  return platform_of(mesh.devices.flat[0])
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   """Model, optimizer, state shardings from the logical-axis rules, and the jitted functions.
 
   Everything platform-dependent (attention kernel, dropout's random bits, compiler options) is
-  decided for the mesh's devices, which need not be this machine's (gptjax/plan.py compiles for
+  decided for the mesh's devices, which need not be this machine's (gptjax/planner compiles for
   TPUs and GPUs it does not have).
   """
   platform = mesh_platform(mesh)

@@ -1,4 +1,4 @@
-"""The token-shard format that gptjax.prepare writes and training reads (no JAX, no tokenizing).
+"""The token-shard format: what gptjax.prepare writes and how training reads it (no JAX, no tokenizing).
 
 A data directory holds `train-00000.bin, train-00001.bin, ...` and `val-00000.bin, ...`: raw
 little-endian uint16 (uint32 when the vocabulary exceeds 65,536) token ids, documents each followed
@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from gptjax import files
 from gptjax.errors import DataError
 
 META = "meta.json"
@@ -114,26 +115,6 @@ def shard_problem(directory: str, meta: dict) -> str | None:
   return None
 
 
-def replace_file(path: str, text: str) -> None:
-  """Writes `path` through a temporary file renamed over it: a cut (a kill, a full disk) leaves
-  the old file whole, and no temporary file behind."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def write_json_atomic(path: str, value) -> None:
-  replace_file(path, json.dumps(value, indent=2))
-
-
 def commit(staging: str, out_dir: str, meta: dict) -> None:
   """Moves a finished prepare's files from `staging` into `out_dir`, meta.json last.
 
@@ -148,7 +129,7 @@ def commit(staging: str, out_dir: str, meta: dict) -> None:
       os.remove(os.path.join(out_dir, name))
   for name in sorted(os.listdir(staging)):
     os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
-  write_json_atomic(old_meta, meta)
+  files.write_json(old_meta, meta)
   os.rmdir(staging)
 
 
@@ -166,3 +147,48 @@ def owned_names(name: str) -> bool:
 def staging_dirs(out_dir: str) -> list[str]:
   return sorted(os.path.join(out_dir, name) for name in os.listdir(out_dir)
                 if name.startswith(STAGING)) if os.path.isdir(out_dir) else []
+
+
+class TokenShards:
+  """Shards read as one token sequence through np.memmap: only the pages a batch touches are
+  read. Windows may straddle two shards."""
+
+  def __init__(self, paths: list[str], dtype):
+    self.arrays = [np.memmap(path, dtype=dtype, mode="r") for path in paths]
+    self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
+    self.dtype = np.dtype(dtype)
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  def windows(self, offsets: np.ndarray, length: int) -> np.ndarray:
+    flat = offsets.reshape(-1)
+    out = np.empty((len(flat), length), np.int32)
+    shard = np.searchsorted(self.starts, flat, side="right") - 1
+    for index in np.unique(shard):
+      rows = np.flatnonzero(shard == index)
+      local = flat[rows] - self.starts[index]
+      inside = local + length <= len(self.arrays[index])
+      out[rows[inside]] = self.arrays[index][local[inside, None] + np.arange(length)]
+      for row in rows[~inside]:  # straddles the next shard(s)
+        out[row] = self[int(flat[row]):int(flat[row]) + length]
+    return out.reshape(offsets.shape + (length,))
+
+  def __getitem__(self, item):
+    if not isinstance(item, slice):
+      raise TypeError("TokenShards take slices; use windows() for batches")
+    start, stop, step = item.indices(len(self))
+    parts = []
+    for index, array in enumerate(self.arrays):
+      lo, hi = max(start, self.starts[index]), min(stop, self.starts[index + 1])
+      if lo < hi:
+        parts.append(array[lo - self.starts[index]:hi - self.starts[index]])
+    return (np.concatenate(parts) if parts else np.zeros(0, self.dtype))[::step]
+
+  def __array__(self, dtype=None, copy=None):
+    return np.asarray(self[:], dtype=dtype)
+
+
+def open_tokens(paths: list[str], dtype):
+  """A split's tokens: one np.memmap for one shard, TokenShards for several."""
+  return np.memmap(paths[0], dtype=dtype, mode="r") if len(paths) == 1 else TokenShards(paths, dtype)

@@ -23,6 +23,7 @@ import ml_collections
 
 from gptjax import params as params_lib
 from gptjax.config import ModelConfig
+from gptjax.planner import memory_model
 
 KERNEL_LAUNCH_SECONDS = 2e-6  # per kernel on a GPU (CUDA launch and scheduling)
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
@@ -138,9 +139,9 @@ def step_roofline(target, model: ModelConfig, flops: float, bytes_accessed: floa
   data, fsdp, tensor = mesh_shape
   if bytes_accessed is None:
     total_params = params_lib.count_params(model).total
-    s = params_lib.dtype_bytes(model.dtype)
+    s = memory_model.dtype_bytes(model.dtype)
     tokens = config.batch_size // (data * fsdp) * config.block_size
-    activations = params_lib.activation_terms(model, tokens, tensor, fsdp)
+    activations = memory_model.activation_terms(model, tokens, tensor, fsdp)
     bytes_accessed = config.grad_accum_steps * (
         3 * total_params / tensor * s + 4 * (activations["logits"] + model.n_layer * (
             activations["channels"] + activations["scores"])))
@@ -170,7 +171,7 @@ def communication_seconds(target, model: ModelConfig, config: ml_collections.Con
   if target.num_devices == 1 or not link:
     return 0.0
   weights = params_lib.count_params(model).total / tensor
-  s = params_lib.dtype_bytes(model.dtype)
+  s = memory_model.dtype_bytes(model.dtype)
   sent = 0.0
   if fsdp > 1:
     sent += (config.grad_accum_steps * 2 * weights * s + weights * 4) * (fsdp - 1) / fsdp

@@ -1,44 +1,39 @@
-"""Corpora, token shards and batches.
+"""The run's token store: the config's corpus, tokenized once, checked, and read through memmaps.
 
-Flow: a data directory of token shards (`data_dir`, written by `python -m gptjax.prepare`, or
-nanoGPT's train.bin / val.bin), or a text file (`input_file`, or the embedded default corpus)
-prepared by the same code into <out_dir>/token_cache/ and reused while the text and tokenizer are
-unchanged -> np.memmap of each shard (process memory does not grow with the corpus) -> random
-windows of block_size + 1 tokens, drawn by a generator seeded with (seed, step), so a run's batches
-are a pure function of its seed and step: resuming needs no data state, and every process of a
-multi-host run draws the same global batch and reads only its own rows.
+  data = dataset.open_tokens(config)   # data.train, data.val (memmaps), data.tokenizer
+
+A config names its text one of two ways: `data_dir`, a directory of token shards written by
+`python -m gptjax.prepare` (or nanoGPT's train.bin / val.bin), or `input_file` (the embedded
+default corpus when empty), which gptjax.prepare's code tokenizes once into
+<out_dir>/token_cache/<name>-<tokenizer>-<key>/ and reuses while the text and tokenizer are
+unchanged. Either way the tokenizer is resolved from the config and the data once, built once, and
+checked once against the config (tokenizer, vocab_size, block_size) before anything is compiled.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import glob
 import hashlib
 import json
-import mmap
 import os
 import shutil
 import sys
 import sysconfig
-from typing import Callable
 
 import numpy as np
-import tiktoken  # noqa: F401  (tests reach tiktoken through this module)
 from tqdm import tqdm
 
-from gptjax import prepare as prepare_lib
-from gptjax import shards
-from gptjax import tokenizer as tokenizer_lib
+from gptjax import files
 from gptjax.config import resolve_tokenizer
+from gptjax.data import prepare as prepare_lib
+from gptjax.data import shards
+from gptjax.data import tokenizer as tokenizer_lib
 from gptjax.errors import DataError
-from gptjax.tokenizer import (EOT, GPT2_PATTERN, GPT2_TIKTOKEN_ENV, ByteTokenizer,  # noqa: F401
-                              Gpt2Tokenizer, HfTokenizer, get_tokenizer, gpt2_encoding)
 
 DEFAULT_CORPUS = "<python-stdlib>"  # the input_file="" corpus, see default_corpus_text()
 CACHE_VERSION = 3  # 3: token shards written by gptjax.prepare
 RUN_DATA = "data.json"  # in a run directory: the tokenizer and data it was trained with
-_EVAL_STREAM = 7_919  # separates evaluation batches' random stream from training's
 _SCAN_CHUNK = 1 << 24  # tokens read at a time when scanning nanoGPT's files for their largest id
 
 
@@ -109,7 +104,7 @@ class TokenData:
     return self.train if name == "train" else self.val
 
 
-def prepare(config) -> TokenData:
+def open_tokens(config) -> TokenData:
   """The config's tokens: its data_dir, or its input_file (or the default corpus) tokenized once
   into the token cache by gptjax.prepare; checked against the config (tokenizer, vocab_size,
   block_size).
@@ -136,8 +131,7 @@ def prepare(config) -> TokenData:
 
 def _open_token_cache(config) -> TokenData:
   """input_file (or the default corpus) prepared into <out_dir>/token_cache/<name>-<tokenizer>-<key>."""
-  kind = resolve_tokenizer(config)
-  tokenizer = get_tokenizer(kind, config.tokenizer_path)
+  tokenizer = tokenizer_lib.get_tokenizer(resolve_tokenizer(config), config.tokenizer_path)
   texts = None
   if config.input_file:
     _check_input_file(config.input_file)
@@ -163,54 +157,9 @@ def _open_token_cache(config) -> TokenData:
             f"again.", file=sys.stderr, flush=True)
     prepare_lib.prepare(prepare_lib.Options(
         inputs=[config.input_file] if config.input_file else [], texts=texts,
-        tokenizer=kind, tokenizer_path=config.tokenizer_path, out_dir=cache_dir,
-        val_fraction=1 - config.train_split))
+        tokenizer=resolve_tokenizer(config), tokenizer_path=config.tokenizer_path, out_dir=cache_dir,
+        val_fraction=1 - config.train_split), tokenizer=tokenizer)
   return open_data_dir(cache_dir, config, tokenizer=tokenizer)
-
-
-class TokenShards:
-  """Shards read as one token sequence through np.memmap: only the pages a batch touches are
-  read. Windows may straddle two shards."""
-
-  def __init__(self, paths: list[str], dtype):
-    self.arrays = [np.memmap(path, dtype=dtype, mode="r") for path in paths]
-    self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
-    self.dtype = np.dtype(dtype)
-
-  def __len__(self) -> int:
-    return int(self.starts[-1])
-
-  def windows(self, offsets: np.ndarray, length: int) -> np.ndarray:
-    flat = offsets.reshape(-1)
-    out = np.empty((len(flat), length), np.int32)
-    shard = np.searchsorted(self.starts, flat, side="right") - 1
-    for index in np.unique(shard):
-      rows = np.flatnonzero(shard == index)
-      local = flat[rows] - self.starts[index]
-      inside = local + length <= len(self.arrays[index])
-      out[rows[inside]] = self.arrays[index][local[inside, None] + np.arange(length)]
-      for row in rows[~inside]:  # straddles the next shard(s)
-        out[row] = self[int(flat[row]):int(flat[row]) + length]
-    return out.reshape(offsets.shape + (length,))
-
-  def __getitem__(self, item):
-    if not isinstance(item, slice):
-      raise TypeError("TokenShards take slices; use windows() for batches")
-    start, stop, step = item.indices(len(self))
-    parts = []
-    for index, array in enumerate(self.arrays):
-      lo, hi = max(start, self.starts[index]), min(stop, self.starts[index + 1])
-      if lo < hi:
-        parts.append(array[lo - self.starts[index]:hi - self.starts[index]])
-    return (np.concatenate(parts) if parts else np.zeros(0, self.dtype))[::step]
-
-  def __array__(self, dtype=None, copy=None):
-    return np.asarray(self[:], dtype=dtype)
-
-
-def _tokens(paths: list[str], dtype):
-  """One memmap for one shard (as before), TokenShards for several."""
-  return np.memmap(paths[0], dtype=dtype, mode="r") if len(paths) == 1 else TokenShards(paths, dtype)
 
 
 def open_data_dir(directory: str, config, tokenizer=None) -> TokenData:
@@ -235,7 +184,7 @@ def open_data_dir(directory: str, config, tokenizer=None) -> TokenData:
                                         config.tokenizer_path)
   largest = max(s["max_token"] for split in shards.SPLITS for s in meta["splits"][split]["shards"])
   _check_vocab(config, max(spec["vocab_size"] - 1, largest), where, tokenizer_lib.describe(spec))
-  arrays = [_tokens([os.path.join(directory, s["file"]) for s in meta["splits"][split]["shards"]],
+  arrays = [shards.open_tokens([os.path.join(directory, s["file"]) for s in meta["splits"][split]["shards"]],
                     meta["dtype"]) for split in shards.SPLITS]
   return TokenData(train=arrays[0], val=arrays[1], tokenizer=tokenizer, cache_dir=directory)
 
@@ -267,7 +216,7 @@ def _open_nanogpt_dir(directory: str, config, where: str) -> TokenData:
       raise DataError(f"{where}: {path!r} is truncated ({os.path.getsize(path):,} bytes, not a "
                       f"whole number of uint16 tokens). Fix: write it again.")
   kind = "gpt2" if config.tokenizer == "auto" else config.tokenizer
-  tokenizer = get_tokenizer(kind, config.tokenizer_path)
+  tokenizer = tokenizer_lib.get_tokenizer(kind, config.tokenizer_path)
   _check_vocab(config, max(tokenizer.n_vocab - 1, *(_largest_id(path) for path in paths)), where,
                tokenizer_lib.describe(tokenizer.spec()))
   arrays = [np.memmap(path, dtype=np.uint16, mode="r") for path in paths]
@@ -327,7 +276,7 @@ def record_run_data(run_dir: str, token_data: TokenData, resuming: bool, write: 
     return
   if spec["kind"] == "hf":
     shutil.copyfile(token_data.tokenizer.path, os.path.join(run_dir, "tokenizer.json"))
-  shards.write_json_atomic(path, dict(tokenizer=spec, data_dir=os.path.abspath(token_data.cache_dir)))
+  files.write_json(path, dict(tokenizer=spec, data_dir=os.path.abspath(token_data.cache_dir)))
 
 
 def run_tokenizer(run_dir: str, config):
@@ -335,75 +284,9 @@ def run_tokenizer(run_dir: str, config):
   for runs from before data.json, the one its config names."""
   path = os.path.join(run_dir, RUN_DATA)
   if not os.path.isfile(path):
-    return get_tokenizer(resolve_tokenizer(config), config.get("tokenizer_path", ""))
+    return tokenizer_lib.get_tokenizer(resolve_tokenizer(config), config.get("tokenizer_path", ""))
   with open(path) as f:
     spec = json.load(f)["tokenizer"]
   hf_copy = os.path.join(run_dir, "tokenizer.json")
   return tokenizer_lib.from_spec(spec, hf_copy if os.path.isfile(hf_copy) else None,
                                  config.get("tokenizer_path", ""))
-
-
-def windows(tokens, offsets: np.ndarray, length: int) -> np.ndarray:
-  """tokens[o : o + length] for every offset, as int32: shape offsets.shape + (length,)."""
-  if isinstance(tokens, TokenShards):
-    result = tokens.windows(offsets, length)
-  else:
-    result = np.asarray(tokens[offsets[..., None] + np.arange(length)], dtype=np.int32)
-  release_pages(tokens)
-  return result
-
-
-def release_pages(tokens) -> None:
-  """Unmaps the pages of memmapped tokens that this process has touched (they stay in the page
-  cache). Without it a run's resident memory grows toward the corpus size: every page fault on a
-  file mapping maps up to 16 neighbouring cached pages too (the kernel's fault-around)."""
-  for array in getattr(tokens, "arrays", [tokens]):
-    mapping = getattr(array, "_mmap", None)
-    if mapping is not None:
-      mapping.madvise(mmap.MADV_DONTNEED)
-
-
-class Prefetcher:
-  """Reads the training windows of the next `depth` steps in `depth` threads while the device runs
-  the current one. Batches are a pure function of (seed, step), so reading ahead changes no batch;
-  cold reads from disk (a random read per row: milliseconds a batch) overlap the step and each
-  other instead of delaying it. depth 0 reads each batch when it is asked for."""
-
-  def __init__(self, read: Callable[[int], np.ndarray], stop: int, depth: int = 2):
-    self.read, self.stop, self.depth = read, stop, depth
-    self.pending: dict[int, concurrent.futures.Future] = {}
-    self.pool = (concurrent.futures.ThreadPoolExecutor(depth, thread_name_prefix="gptjax-batches")
-                 if depth else None)
-
-  def __call__(self, step: int) -> np.ndarray:
-    """The windows of `step` (read already, or now); starts reading the steps after it."""
-    if self.pool is None:
-      return self.read(step)
-    for ahead in range(step, min(step + self.depth + 1, self.stop)):
-      if ahead not in self.pending:
-        self.pending[ahead] = self.pool.submit(self.read, ahead)
-    future = self.pending.pop(step, None)
-    return self.read(step) if future is None else future.result()
-
-  def close(self) -> None:
-    if self.pool is not None:
-      self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def train_batch(tokens: np.ndarray, seed: int, step: int, micro_batches: int, batch_size: int,
-                block_size: int, rows: slice = slice(None)) -> np.ndarray:
-  """The training windows of `step`: (micro_batches, batch_size, block_size + 1), rows `rows` only.
-
-  Offsets depend only on (seed, step), so every process draws the same global batch.
-  """
-  rng = np.random.default_rng([seed, step])
-  offsets = rng.integers(0, len(tokens) - block_size, size=(micro_batches, batch_size))
-  return windows(tokens, offsets[:, rows], block_size + 1)
-
-
-def eval_batch(tokens: np.ndarray, seed: int, index: int, batch_size: int, block_size: int,
-               rows: slice = slice(None)) -> np.ndarray:
-  """Evaluation batch `index`: the same windows at every evaluation, so losses are comparable."""
-  rng = np.random.default_rng([seed, _EVAL_STREAM, index])
-  offsets = rng.integers(0, len(tokens) - block_size, size=(1, batch_size))
-  return windows(tokens, offsets[:, rows], block_size + 1)

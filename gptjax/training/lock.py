@@ -1,22 +1,23 @@
 """One writer per run directory: `<run_dir>/lock` names the process that trains into it.
 
 Two trainings writing one directory interleave their checkpoints and metrics. The lock is an
-advisory `flock` on the file, which the kernel drops when its holder dies, so a run killed with
+advisory lock on the file (gptjax.files.try_lock: flock, or LockFileEx on Windows), which the OS
+drops when its holder dies, so a run killed with
 kill -9 leaves no lock behind, only the file naming it: the next run takes it over with a note.
-Where the file system has no `flock` (some network mounts), the holder's pid on this host decides.
+Where the file system has no locks (some network mounts), the holder's pid on this host decides.
 Only process 0 of a multi-host run takes it.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import socket
 import sys
 import time
 
+from gptjax import files
 from gptjax.errors import UserError, disk_full_as_error
 
 
@@ -34,13 +35,11 @@ class RunLock:
     self.file.seek(0)
     holder = self.file.read().strip()
     try:
-      fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      held_elsewhere = False
+      held_elsewhere = not files.try_lock(self.file.fileno())
     except OSError as e:
       if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-        held_elsewhere = True  # EWOULDBLOCK: another process holds it
-      else:  # no flock here: is the named holder alive on this host?
-        held_elsewhere = _alive(holder)
+        raise
+      held_elsewhere = _alive(holder)  # no locks here: is the named holder alive on this host?
     if held_elsewhere:
       self.file.close()
       raise UserError(

@@ -1,5 +1,5 @@
-"""What a run reports: MFU against a table of device peaks, the step records (log line, progress
-bar, metrics.jsonl, TensorBoard) and a loss plot."""
+"""What a run reports: the step records (log line, progress bar, metrics.jsonl, TensorBoard, MFU
+against the device's peak) and a loss plot."""
 
 from __future__ import annotations
 
@@ -14,33 +14,11 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
-from gptjax import cli
+from gptjax import compile_cache, files
 from gptjax.config import ModelConfig
-from gptjax import shards
+from gptjax.devices import mfu, peak_flops
 from gptjax.errors import DataError, DivergenceError, disk_full, disk_full_as_error
 from gptjax.params import flops_per_token
-
-# Dense bf16/fp16 matmul peak FLOP/s per device (vendor datasheets; GPUs without sparsity). Keys are
-# matched as lower-case substrings of jax's device_kind, most specific first.
-PEAK_FLOPS = (
-    ("h200", 989e12), ("h100", 989e12), ("gh200", 989e12), ("b200", 2250e12),
-    ("a100", 312e12), ("a10g", 125e12), ("a10", 125e12), ("l40s", 362e12), ("l4", 121e12),
-    ("v100", 125e12), ("t4", 65e12), ("rtx 4090", 165e12), ("rtx 3090", 71e12),
-    ("tpu v6 lite", 918e12), ("tpu v6e", 918e12), ("tpu v5p", 459e12), ("tpu v5 lite", 197e12),
-    ("tpu v5e", 197e12), ("tpu v4", 275e12), ("tpu v3", 123e12), ("tpu v2", 45e12),
-)
-
-
-def device_peak_flops(device=None) -> float | None:
-  """Peak FLOP/s of one device, or None when it is not in the table (CPUs among them)."""
-  kind = (device or jax.devices()[0]).device_kind.lower()
-  return next((peak for key, peak in PEAK_FLOPS if key in kind), None)
-
-
-def mfu(flops_per_second: float, num_devices: int, peak: float | None) -> float | None:
-  """Model FLOPs utilisation: achieved model FLOP/s over the devices' summed peak (None if unknown)."""
-  return None if peak is None else flops_per_second / (peak * num_devices)
-
 
 def read_records(path: str) -> list[dict[str, Any]]:
   """The records of a metrics.jsonl. A torn last line (a write cut short by a kill or a full disk)
@@ -63,13 +41,6 @@ def read_records(path: str) -> list[dict[str, Any]]:
 RESUME_HINT = "it resumes from the last checkpoint saved."
 
 
-def write_atomically(path: str, text: str) -> None:
-  """Writes a file of the run directory whole or not at all (shards.replace_file); a full disk is a
-  DiskFullError naming the file."""
-  with disk_full_as_error(path, f"writing {os.path.basename(path)}", RESUME_HINT):
-    shards.replace_file(path, text)
-
-
 class MetricsWriter:
   """metrics.jsonl + TensorBoard events + loss.png in the run directory (process 0 only)."""
 
@@ -83,7 +54,7 @@ class MetricsWriter:
       return
     if os.path.exists(self.path):  # Resuming: keep what led up to the checkpoint, drop the rest.
       self.records = [r for r in read_records(self.path) if r["step"] <= resume_step]
-    write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+    files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records), RESUME_HINT)
     # tensorboardX takes ~1.5 s to import (it loads torch when installed): done in the background,
     # while the train step compiles, and waited for at the first write.
     self._tensorboard_ready = threading.Thread(
@@ -158,7 +129,7 @@ class MetricsWriter:
 def host_runs_ahead() -> bool:
   """Whether the host works a step ahead of the device: reads a step's metrics only after the next
   step is dispatched (as nanodo does), so that logging never drains the device queue, and reads the
-  next batches in a thread (data.Prefetcher). On accelerators. On a CPU the step and the host
+  next batches in threads (data.batches.Prefetcher). On accelerators. On a CPU the step and the host
   share the cores; there neither was measurably faster (docs/performance.md), and the host works
   in step."""
   return jax.devices()[0].platform != "cpu"
@@ -180,7 +151,7 @@ class Recorder:
     self.start_step, self.first = start_step, first  # first: extra fields of the first record
     self.tokens_per_step = config.batch_size * config.grad_accum_steps * config.block_size
     self.flops_per_step = flops_per_token(ModelConfig.from_config(config)) * self.tokens_per_step
-    self.peak = device_peak_flops()
+    self.peak = peak_flops()
     self.late = host_runs_ahead()
     self.pending = None  # (step, metrics) of a log step not yet read
     self.last = dict(step=start_step)  # the last record written
@@ -225,7 +196,7 @@ class Recorder:
                   mfu=mfu(self.flops_per_step / step_time, jax.device_count(), self.peak))
     if step == self.start_step + 1:
       record.update(self.first, first_step_s=elapsed,
-                    programs_from_cache=cli.compilation_cache_hits())
+                    programs_from_cache=compile_cache.hits())
     return record
 
   def write(self, record: dict[str, Any]) -> None:

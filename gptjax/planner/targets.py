@@ -21,58 +21,11 @@ import re
 
 import jax
 
+from gptjax import devices as devices_lib
+from gptjax.devices import DEVICE_MEMORY_ENV, GPUS, TPU_CHIPS, Chip
 from gptjax.errors import ConfigError
+from gptjax.units import GiB
 
-GiB = 2**30
-# Fraction of a GPU's memory that JAX's allocator may use. JAX's own default is 0.75; gptjax's
-# commands raise it to 0.90 (cli.py), and a set XLA_PYTHON_CLIENT_MEM_FRACTION wins over both.
-GPTJAX_GPU_MEMORY_FRACTION = 0.90
-# Pretends the local devices hold this many GiB each: the trainer's memory check then applies on
-# CPUs too (tests use it; so can anyone checking a config against a smaller card).
-DEVICE_MEMORY_ENV = "GPTJAX_DEVICE_MEMORY_GB"
-# Flags libtpu must see before it loads. The SPMD partitioner then generates each device's slice
-# of the dropout random bits instead of the whole batch's (MaxText sets the same flag).
-LIBTPU_FLAGS = ("--xla_tpu_spmd_rng_bit_generator_unsafe=true",)
-
-
-@dataclasses.dataclass(frozen=True)
-class GpuSpec:
-  """The fields of XLA's GpuTargetConfig that differ between cards (NVIDIA's datasheets)."""
-  compute_capability: tuple[int, int]
-  sm_count: int
-  fp32_lanes_per_sm: int
-  shared_memory_per_sm: int
-  threads_per_sm: int
-  l2_bytes: int
-  clock_ghz: float
-
-
-_HOPPER = GpuSpec((9, 0), 132, 128, 233472, 2048, 50 * 2**20, 1.98)
-_A100 = GpuSpec((8, 0), 108, 64, 167936, 2048, 40 * 2**20, 1.41)
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  """One accelerator: what it holds and how fast it computes and reads memory (vendor figures)."""
-  name: str
-  platform: str              # "tpu", "gpu" or "cpu"
-  memory_bytes: int          # memory a program may use on one device
-  peak_flops: float          # dense bf16 matmul FLOP/s
-  peak_flops_fp32: float     # float32 matmuls as XLA runs them (TPU: bf16 passes; GPU: TF32)
-  memory_bandwidth: float    # bytes/s
-  link_bandwidth: float = 0.0  # bytes/s one device sends to its neighbours (TPU ICI, NVLink, PCIe)
-  memory_note: str = ""      # how memory_bytes was arrived at
-  gpu: GpuSpec | None = None  # what XLA's deviceless GPU compiler needs to know of the card
-
-
-# TPU HBM as XLA reports it on a real chip: Colab's v5e shows 15.75 GiB of 16; the others are taken
-# as their HBM less the same 0.25 GiB. Per chip (v4 and v5p chips have two TensorCores).
-TPU_CHIPS = {
-    "v4": Chip("TPU v4", "tpu", 32 * GiB - GiB // 4, 275e12, 275e12, 1228e9, 300e9, "32 GiB HBM"),
-    "v5e": Chip("TPU v5e", "tpu", 16 * GiB - GiB // 4, 197e12, 197e12, 819e9, 200e9, "16 GiB HBM"),
-    "v5p": Chip("TPU v5p", "tpu", 95 * GiB - GiB // 4, 459e12, 459e12, 2765e9, 600e9, "95 GiB HBM"),
-    "v6e": Chip("TPU v6e", "tpu", 32 * GiB - GiB // 4, 918e12, 918e12, 1640e9, 448e9, "32 GiB HBM"),
-}
 # TPU generation -> (topology name prefix, devices per Cloud name unit, chip config).
 _TPU_NAMING = {"v4": ("v4", 2, "megacore"), "v5p": ("v5p", 2, None), "v5e": ("v5e", 1, None),
                "v6e": ("v6e", 1, None)}
@@ -81,36 +34,13 @@ _TPU_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "
 _TPU_3D = {1: "1x1x1", 4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4",
            128: "4x4x8", 256: "4x8x8", 512: "8x8x8"}
 
-# NVIDIA GPUs: dense bf16 and TF32 tensor-core peaks (no sparsity), memory as nvidia-smi shows it,
-# NVLink (one direction) or PCIe 4.0 x16 between cards.
-GPUS = {
-    "h100-80gb": Chip("NVIDIA H100 80GB", "gpu", 81559 * 2**20, 989e12, 494e12, 3352e9, 450e9,
-                      gpu=_HOPPER),
-    "h200-141gb": Chip("NVIDIA H200", "gpu", 143771 * 2**20, 989e12, 494e12, 4800e9, 450e9,
-                       gpu=_HOPPER),
-    "a100-80gb": Chip("NVIDIA A100 80GB", "gpu", 81920 * 2**20, 312e12, 156e12, 2039e9, 300e9,
-                      gpu=_A100),
-    "a100-40gb": Chip("NVIDIA A100 40GB", "gpu", 40960 * 2**20, 312e12, 156e12, 1555e9, 300e9,
-                      gpu=_A100),
-    "l4-24gb": Chip("NVIDIA L4", "gpu", 23034 * 2**20, 121e12, 60e12, 300e9, 32e9,
-                    gpu=GpuSpec((8, 9), 58, 128, 102400, 1536, 48 * 2**20, 2.04)),
-    "rtx4090-24gb": Chip("NVIDIA GeForce RTX 4090", "gpu", 24564 * 2**20, 165e12, 82.6e12, 1008e9,
-                         32e9, gpu=GpuSpec((8, 9), 128, 128, 102400, 1536, 72 * 2**20, 2.52)),
-}
 GPUS_PER_HOST = 8
+# The GPUs XLA's deviceless compiler can be told about (the table's cards with a GpuSpec).
+PLANNABLE_GPUS = {key: chip for key, chip in GPUS.items() if chip.gpu is not None}
 
 # The targets the presets' memory table and the README list.
 COMMON_TARGETS = ("gpu-rtx4090-24gb", "gpu-a100-40gb", "gpu-h100-80gb", "tpu-v5e-1", "tpu-v5e-8",
                   "tpu-v4-8")
-
-
-def gpu_memory_fraction() -> float:
-  """The share of a GPU's memory JAX's allocator takes: $XLA_PYTHON_CLIENT_MEM_FRACTION or 0.90."""
-  value = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "")
-  try:
-    return float(value) if value else GPTJAX_GPU_MEMORY_FRACTION
-  except ValueError:
-    return GPTJAX_GPU_MEMORY_FRACTION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +59,7 @@ class Target:
   def device_memory_bytes(self) -> int:
     """What one device offers a program (GPUs: the allocator's share of the card)."""
     if self.platform == "gpu":
-      return int(self.chip.memory_bytes * gpu_memory_fraction())
+      return int(self.chip.memory_bytes * devices_lib.gpu_memory_fraction())
     return self.chip.memory_bytes
 
   def peak_flops_for(self, dtype: str) -> float:
@@ -156,31 +86,31 @@ def parse_target(name: str) -> Target:
                         f"{sizes}.")
     return Target(name, TPU_CHIPS[generation], chips, f"{prefix}:{shapes[chips]}")
   gpu = re.fullmatch(r"(?:(\d+)x)?gpu-([a-z0-9]+-\d+gb)", name)
-  if gpu and gpu.group(2) in GPUS:
+  if gpu and gpu.group(2) in PLANNABLE_GPUS:
     count = int(gpu.group(1) or 1)
     hosts = max(1, math.ceil(count / GPUS_PER_HOST))
     if count < 1 or (count > GPUS_PER_HOST and count % GPUS_PER_HOST):
       raise ConfigError(f"--target={name}: {count} GPUs. Fix: 1 to {GPUS_PER_HOST} GPUs, or a "
                         f"multiple of {GPUS_PER_HOST} (whole hosts).")
-    return Target(name, GPUS[gpu.group(2)], count, f"1x{hosts}x{count // hosts}")
+    return Target(name, PLANNABLE_GPUS[gpu.group(2)], count, f"1x{hosts}x{count // hosts}")
   raise ConfigError(
       f"--target={name!r} is not a target. Fix: local; a TPU slice tpu-v5e-1, tpu-v5e-8, tpu-v4-8, "
       f"tpu-v5p-8, tpu-v6e-8 (any Cloud size); or GPUs "
-      + ", ".join(f"gpu-{g}" for g in GPUS) + " with an optional count, e.g. 8xgpu-h100-80gb.")
+      + ", ".join(f"gpu-{g}" for g in PLANNABLE_GPUS) + " with an optional count, e.g. 8xgpu-h100-80gb.")
 
 
 def local_target() -> Target:
   """This process's devices (all processes' in a multi-host run), as `local`."""
   device = jax.devices()[0]
-  platform = "gpu" if device.platform in ("gpu", "cuda", "rocm") else device.platform
-  known = known_chip(device.device_kind)
+  platform = devices_lib.platform_of(device)
+  known = devices_lib.known_chip(device.device_kind)
   limit = _memory_stats(device).get("bytes_limit")
   if os.environ.get(DEVICE_MEMORY_ENV):
     memory, note = int(float(os.environ[DEVICE_MEMORY_ENV]) * GiB), f"${DEVICE_MEMORY_ENV}"
   elif limit:
     memory, note = int(limit), "the device allocator's limit"
   elif platform == "cpu":
-    memory = host_memory_bytes() // jax.local_device_count()
+    memory = devices_lib.host_memory_bytes() // jax.local_device_count()
     note = "this host's RAM, shared by its CPU devices"
   else:
     memory, note = (known.memory_bytes if known else 0), "the chip's datasheet"
@@ -191,20 +121,6 @@ def local_target() -> Target:
   return Target("local", chip, jax.device_count())
 
 
-# jax's device_kind -> the chip, matched as lower-case substrings, most specific first.
-_DEVICE_KINDS = (("l40", None), ("tpu v5 lite", "v5e"), ("tpu v6 lite", "v6e"), ("tpu v5", "v5p"),
-                 ("tpu v4", "v4"), ("h200", "h200-141gb"), ("h100", "h100-80gb"),
-                 ("a100-sxm4-80gb", "a100-80gb"), ("a100 80gb", "a100-80gb"),
-                 ("a100", "a100-40gb"), ("l4", "l4-24gb"), ("4090", "rtx4090-24gb"))
-
-
-def known_chip(device_kind: str) -> Chip | None:
-  """The catalogue's chip for jax's `device_kind` ('TPU v5 lite', 'NVIDIA H100 80GB HBM3')."""
-  kind = device_kind.lower()
-  key = next((key for marker, key in _DEVICE_KINDS if marker in kind), None)
-  return None if key is None else TPU_CHIPS.get(key) or GPUS.get(key)  # ("l40", None): unknown
-
-
 def _memory_stats(device) -> dict:
   try:
     return device.memory_stats() or {}
@@ -212,23 +128,11 @@ def _memory_stats(device) -> dict:
     return {}
 
 
-def host_memory_bytes() -> int:
-  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def compile_only_process() -> None:
   """Keeps this process's JAX on the CPU (unless $JAX_PLATFORMS says otherwise): it compiles for
   TPUs and GPUs it does not have, and must not start (or fail to start) their runtimes."""
   if not os.environ.get("JAX_PLATFORMS"):
     jax.config.update("jax_platforms", "cpu")
-
-
-def add_libtpu_flags() -> None:
-  """Adds gptjax's libtpu flags to $LIBTPU_INIT_ARGS (read once, when libtpu loads)."""
-  current = os.environ.get("LIBTPU_INIT_ARGS", "")
-  missing = [flag for flag in LIBTPU_FLAGS if flag.split("=")[0] not in current]
-  if missing:
-    os.environ["LIBTPU_INIT_ARGS"] = " ".join([current, *missing]).strip()
 
 
 class CompileOnlyUnavailable(Exception):
@@ -250,7 +154,7 @@ def devices(target: Target) -> list:
 def _topology(target: Target):
   from jax.experimental import topologies
   if target.platform == "tpu":
-    add_libtpu_flags()
+    devices_lib.add_libtpu_flags()
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server off a TPU VM
     # libtpu lets one process at a time load it (a lock file); compiling touches no TPU, so
     # planners may run side by side, and beside a training run on a TPU VM.
@@ -261,14 +165,17 @@ def _topology(target: Target):
     if target.num_devices == 1:
       kwargs["chips_per_host_bounds"] = (1, 1, 1)
     try:
-      return topologies.get_topology_desc(topology_name=target.topology, platform="tpu", **kwargs)
+      with devices_lib.quiet_plugins():
+        return topologies.get_topology_desc(topology_name=target.topology, platform="tpu",
+                                            **kwargs)
     except Exception as e:  # libtpu absent, or another process holds it
       raise CompileOnlyUnavailable(f"TPU compilation without a TPU needs libtpu "
                                    f"(pip install \"gptjax[tpu]\"): {_first_line(e)}") from e
   try:
-    return topologies.get_topology_desc(topology_name=target.chip.name, platform="cuda",
-                                        topology=target.topology,
-                                        target_config=gpu_target_config(target.chip))
+    with devices_lib.quiet_plugins():
+      return topologies.get_topology_desc(topology_name=target.chip.name, platform="cuda",
+                                          topology=target.topology,
+                                          target_config=gpu_target_config(target.chip))
   except Exception as e:
     raise CompileOnlyUnavailable(f"GPU compilation without a GPU needs jax's CUDA plugin "
                                  f"(pip install \"gptjax[gpu-plan]\"): {_first_line(e)}") from e

@@ -1,0 +1,1 @@
+"""Recipes: presets that reproduce a published run (`--config=recipes/<name>`)."""

@@ -1,0 +1,12 @@
+"""The fit planner: memory and time of the train step on a target, with or without the hardware.
+
+  targets       the chips and slices one can plan for, and their compile-only devices
+  compiled      XLA's figures for the real step compiled for a target
+  memory_model  the analytic memory model (memory_model.json) where nothing compiles
+  roofline      step time where no cost model gives one
+  estimate      what a config needs on a target, every figure with its source
+  search        the fastest settings that fit; the fewest changes that fit
+  fit           what the trainer asks: does the compiled step fit, what to do when it does not
+  measure       the step run and timed on this machine (`plan --measure`)
+  report        what `python -m gptjax.plan` and `show_configs --memory` print
+"""

@@ -1,0 +1,224 @@
+"""What the planner prints: the estimate, the search's ranking, and the presets' memory table.
+
+Every figure names its source (XLA's compile for the target, or the analytic model), and
+compile-only figures are estimates made without the hardware.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+from typing import Any
+
+import ml_collections
+
+from gptjax import config as config_lib
+from gptjax import describe, files, presets
+from gptjax.errors import ConfigError
+from gptjax.planner import estimate as estimate_lib
+from gptjax.planner import targets
+from gptjax.planner.compiled import fast_is_exact
+from gptjax.planner.estimate import Estimate
+from gptjax.planner.memory_model import generation_memory
+from gptjax.planner.search import (REQUIRED_HEADROOM, Candidate, fewest_changes_that_fit,
+                                   format_overrides)
+from gptjax.units import GiB, format_duration, gib
+
+
+def format_estimate(result: Estimate, config: ml_collections.ConfigDict) -> str:
+  """The planner's report: memory per device, speed, generation memory, and their sources."""
+  target, memory, settings = result.target, result.memory, result.settings
+  how = {estimate_lib.COMPILED: "compiled for this machine's devices",
+         estimate_lib.DEVICELESS: f"compiled for {target.chip.name} without the hardware",
+         estimate_lib.ANALYTIC: "analytic model (no compile)"}[result.method]
+  if result.extrapolated_from_layers:
+    how += (f", extrapolated per layer from {' and '.join(map(str, result.extrapolated_from_layers))}"
+            f"-layer compiles")
+  if result.compile_seconds:
+    how += f", {result.compile_seconds:.1f} s"
+  fit = (f"fits, {100 * result.headroom:.0f}% free" if result.fits
+         else f"does NOT fit: {gib(memory.total - result.device_memory_bytes)} over")
+  lines = [
+      f"gptjax plan | {config.name} on {target.name}: {target.num_devices} x {target.chip.name}, "
+      f"mesh " + " ".join(f"{k}={v}" for k, v in result.mesh.items()),
+      f"  settings : batch {settings['batch_size']} x {settings['grad_accum_steps']} accumulation "
+      f"x {config.block_size} tokens = {result.tokens_per_step:,} tokens/step, {settings['dtype']}, "
+      f"remat {'on' if settings['remat'] else 'off'}",
+      f"  method   : {result.method} ({how})",
+      "",
+      "memory per device",
+      *[f"  {label:<30}{value / GiB:>9.2f} GiB" for label, value in (
+          ("parameters (float32)", memory.params), ("optimizer state (AdamW)", memory.optimizer),
+          ("gradients (float32)", memory.gradients),
+          ("activations and temporaries", memory.activations), ("compiled program", memory.code),
+          ("batch and other", memory.other))],
+      f"  {'total' + (' (at least)' if result.memory_is_lower_bound else ''):<30}"
+      f"{memory.total / GiB:>9.2f} GiB of {gib(result.device_memory_bytes)}"
+      f" ({target.chip.memory_note or 'device memory'}): {fit}",
+      *([f"  {'measured peak':<30}{result.measured_peak_bytes / GiB:>9.2f} GiB"]
+        if result.measured_peak_bytes else []),
+      "",
+      f"speed ({result.step_time_source or 'unknown'})",
+  ]
+  if result.step_seconds:
+    lines += [f"  step time          : {result.step_seconds * 1000:.1f} ms",
+              f"  tokens/s           : {result.tokens_per_second:,.0f}",
+              f"  1000 iterations    : {format_duration(1000 * result.step_seconds)}"]
+    if result.mfu is not None:
+      lines.append(f"  MFU (estimated)    : {100 * result.mfu:.1f}% of {target.num_devices} x "
+                   f"{target.chip.peak_flops / 1e12:.0f} TFLOP/s (bf16 peak)")
+  gen = result.generation
+  lines += ["", f"generation (gptjax.sample, {gen.batch} sample(s) to block_size {config.block_size},"
+            f" one device)",
+            f"  parameters {gib(gen.params)} + KV cache {gib(gen.kv_cache)} + prompt pass "
+            f"{gib(gen.working)} = {gib(gen.total)}: "
+            + ("fits" if gen.total <= result.device_memory_bytes else "does NOT fit")]
+  if result.notes:
+    lines += ["", "notes", *[f"  - {note}" for note in result.notes]]
+  return "\n".join(lines)
+
+
+def format_search(found: list[Candidate], rejected: list[str], config: ml_collections.ConfigDict,
+                  command: str, target: targets.Target, given: Estimate | None = None) -> str:
+  """The config as given, the winner as a command, the runners-up, and why the rest were left
+  out."""
+  head = [f"as given: {_summary(given)}: "
+          + ("fits" if given.headroom >= REQUIRED_HEADROOM else "does NOT fit with "
+             f"{100 * REQUIRED_HEADROOM:.0f}% free"), ""] if given else []
+  return "\n".join(head + _format_found(found, rejected, config, command, target))
+
+
+def _format_found(found, rejected, config, command, target) -> list[str]:
+  if not found:
+    return [f"no configuration of {config.name} fits {target.name} with "
+            f"{100 * REQUIRED_HEADROOM:.0f}% of memory free.", *[f"  - {line}" for line in rejected],
+            "Fix: more devices (a larger --target) or a smaller model."]
+  best = found[0]
+  lines = [f"fastest configuration that fits {target.name} with >= "
+           f"{100 * REQUIRED_HEADROOM:.0f}% of memory free ({best.estimate.method}):", "",
+           f"  {command} {format_overrides(best.estimate.settings, config)}".rstrip(), "",
+           "  " + _summary(best.estimate)]
+  compiled = [c for c in found[1:] if c.estimate.method != estimate_lib.ANALYTIC]
+  analytic = [c for c in found[1:] if c.estimate.method == estimate_lib.ANALYTIC]
+  row = lambda c: (f"  {_summary(c.estimate)}  "  # noqa: E731
+                   f"{format_overrides(c.estimate.settings, config) or '(as given)'}")
+  if compiled:
+    lines += ["", "runners-up, compiled:", *map(row, compiled[:5])]
+  if analytic:
+    lines += ["", "also fitting by the analytic model, not compiled (rooflines: compare them "
+              "with each other, not with compiled times):", *map(row, analytic[:5])]
+  lines += ["", "left out:", *[f"  - {line}" for line in rejected]] if rejected else []
+  return lines
+
+
+def _summary(result: Estimate) -> str:
+  time = ("time unknown" if not result.step_seconds else
+          f"{result.step_seconds * 1000:8.1f} ms/step, {result.tokens_per_second:>10,.0f} tok/s")
+  return (f"{result.memory.total / GiB:6.2f} GiB/device ({100 * result.headroom:3.0f}% free), "
+          f"{time} [{result.method}]")
+
+
+# --- Memory per preset and target (python -m gptjax.show_configs --memory) ------------------------
+
+def fix_label(settings: dict[str, Any], config: ml_collections.ConfigDict) -> str:
+  """A short name for the planner's changes: 'remat', 'bf16+remat', 'batch 4x2', 'fsdp 8'."""
+  parts = []
+  if settings["dtype"] != config.dtype:
+    parts.append("bf16" if settings["dtype"] == "bfloat16" else settings["dtype"])
+  if settings["remat"] != config.remat:
+    parts.append("remat" if settings["remat"] else "no remat")
+  if (settings["batch_size"], settings["grad_accum_steps"]) != (config.batch_size,
+                                                                config.grad_accum_steps):
+    parts.append(f"batch {settings['batch_size']}x{settings['grad_accum_steps']}")
+  parts += [f"{axis} {size}" for axis, size in settings["mesh"].items()
+            if size != config.mesh[axis] and not (axis == "fsdp" and config.mesh.fsdp == -1)]
+  return "+".join(parts) or "as shipped"
+
+
+def memory_rows(directory: str | None = None, target_names=None, compile: bool = False,
+                log=lambda line: None) -> list[dict[str, Any]]:
+  """Per preset and target: training memory per device at the shipped settings, whether it fits,
+  and where it does not, the fewest changes that fit with 10% free; and sampling memory.
+
+  With `compile`, every figure is XLA's for the compiled step (without the hardware; on GPUs
+  extrapolated per layer from 1- and 2-layer compiles, exact there) and every suggested change is
+  compiled too; the analytic model's figure is kept beside it. Without, the analytic model alone.
+  """
+  rows, catalogue = [], presets.catalogue(directory)
+  for row in describe.preset_table(directory):
+    config = presets.load_validated(catalogue[row["preset"]])
+    cells = {}
+    for name in target_names or targets.COMMON_TARGETS:
+      log(f"{row['preset']} on {name}")
+      cells[name] = memory_cell(config, targets.parse_target(name), compile)
+    generation = generation_memory(config_lib.ModelConfig.from_config(config), batch=1).total
+    rows.append(dict(preset=row["preset"], params=row["params"], dtype=config.dtype,
+                     remat=config.remat, batch=f"{config.batch_size}x{config.block_size}",
+                     targets=cells, generation=generation))
+  return rows
+
+
+def memory_cell(config: ml_collections.ConfigDict, target, compile: bool) -> dict[str, Any]:
+  """One cell of the memory table (see memory_rows)."""
+  cell = dict(total=None, analytic=None, fits=False, fix=None, fix_total=None,
+              method=estimate_lib.DEVICELESS if compile else estimate_lib.ANALYTIC)
+  try:
+    cell["analytic"] = estimate_lib.estimate(config, target,
+                                             method=estimate_lib.ANALYTIC).memory.total
+    cell["total"] = (estimate_lib.estimate(config, target, method="compile",
+                                           fast=fast_is_exact(target)).memory.total
+                     if compile else cell["analytic"])
+    cell["fits"] = cell["total"] <= target.device_memory_bytes
+  except ConfigError:  # the shipped batch does not split over this many devices
+    pass
+  found = None if cell["fits"] else fewest_changes_that_fit(config, target, compile)
+  if found:
+    cell.update(fix=fix_label(found[0].estimate.settings, config), fix_total=found[1])
+  return cell
+
+
+def _memory_cell(cell: dict[str, Any]) -> str:
+  shipped = "batch ∤ devices" if cell["total"] is None else f"{cell['total'] / GiB:.1f}"
+  if cell["fits"]:
+    return f"{shipped} ✓"
+  if cell["fix"]:
+    return f"{shipped} ✗ → {cell['fix']} {cell['fix_total'] / GiB:.1f}"
+  return f"{shipped} ✗"
+
+
+def format_memory_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+  """GiB per device for training (✓ fits, ✗ does not → what fits, and its GiB) and sampling."""
+  names = list(rows[0]["targets"]) if rows else []
+  headings = ["Preset", "Batch", "Train dtype", *names, "Sample (1 seq)"]
+  body = [[row["preset"], row["batch"], row["dtype"] + ("+remat" if row["remat"] else ""),
+           *[_memory_cell(row["targets"][n]) for n in names], f"{row['generation'] / GiB:.2f}"]
+          for row in rows]
+  if markdown:
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    lines += ["| " + " | ".join([f"`{r[0]}`", *r[1:]]) + " |" for r in body]
+    return "\n".join(lines)
+  widths = [max(len(c) for c in column) for column in zip(headings, *body)]
+  line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+  return "\n".join([line(headings), "  ".join("-" * w for w in widths), *map(line, body)])
+
+
+def memory_table_path() -> str:
+  """The compiled memory table shipped with gptjax (`show_configs --memory` prints it)."""
+  return str(importlib.resources.files("gptjax.planner") / "memory_table.json")
+
+
+def read_memory_table() -> list[dict[str, Any]]:
+  return files.read_json(memory_table_path())["rows"]
+
+
+def store_memory_table(rows: list[dict[str, Any]], about: str) -> list[dict[str, Any]]:
+  """Writes refreshed columns into the memory table, keeping the other targets' columns (several
+  --refresh --targets=... runs may share the file: it is locked while it is rewritten)."""
+  path = memory_table_path()
+  with files.locked(path + ".lock"):
+    old = {row["preset"]: row for row in read_memory_table()} if os.path.isfile(path) else {}
+    for row in rows:
+      cells = {**old.get(row["preset"], {}).get("targets", {}), **row["targets"]}
+      row["targets"] = {name: cells[name] for name in targets.COMMON_TARGETS if name in cells}
+    files.write_json(path, dict(about=about, rows=rows))
+  return rows
