@@ -1,8 +1,8 @@
 """Times the train step and sampling of a preset on this machine's devices, and prints a table.
 
-  python tools/bench.py --config=configs/recipes/shakespeare_char_cpu.py
-  python tools/bench.py --config=configs/small.py --config.dtype=bfloat16 --steps=50
-  python tools/bench.py --config=configs/tiny_char.py --config.remat=True --sampling=False
+  python tools/bench.py --config=recipes/shakespeare_char_cpu
+  python tools/bench.py --config=small --config.dtype=bfloat16 --steps=50
+  python tools/bench.py --config=tiny_char --config.remat=True --sampling=False
   python tools/bench.py --config=my_preset.json
 
 It takes the presets `python -m gptjax.train` takes (.py or nanoGPT-style .json, with
@@ -13,35 +13,71 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-import jax  # noqa: E402
-from absl import flags  # noqa: E402
-
-from gptjax import cli, sharding  # noqa: E402
-from gptjax.benchmark import bench_sampling, bench_train_step  # noqa: E402
-from gptjax.config import validate  # noqa: E402
-from gptjax.errors import UserError  # noqa: E402
+from gptjax import cli
+from gptjax.errors import UserError
 
 
-def define_flags() -> None:
-  cli.define_config_flag("Preset to benchmark")
-  flags.DEFINE_integer("steps", 20, "Timed train steps (after warm-up); the median is shown.")
-  flags.DEFINE_bool("sampling", True, "Also time KV-cache sampling against full forwards.")
-  flags.DEFINE_integer("new_tokens", 100, "Tokens generated when timing sampling.")
+def define_flags(values) -> None:
+  flags.DEFINE_integer("steps", 20, "Timed train steps (after warm-up); the median is shown.",
+                       flag_values=values)
+  flags.DEFINE_bool("sampling", True, "Also time KV-cache sampling against full forwards.",
+                    flag_values=values)
+  flags.DEFINE_integer("new_tokens", 100, "Tokens generated when timing sampling.",
+                       flag_values=values)
 
 
 def _fmt(value, spec: str) -> str:
   return "n/a" if value is None else format(value, spec)
 
 
-def main(argv) -> None:
-  f = flags.FLAGS
+def bench_sampling(config, new_tokens: int = 100, num_samples: int = 1) -> dict:
+  """Tokens/s of KV-cache decoding against re-running the full forward pass for every token."""
+  import dataclasses
+
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from gptjax.config import ModelConfig
+  from gptjax.generate import generate
+  from gptjax.model import GPT
+  from gptjax.planner.measure import median_seconds
+  model = GPT(dataclasses.replace(ModelConfig.from_config(config), dropout=0.0))
+  params = jax.jit(lambda t: nn.meta.unbox(model.init(jax.random.key(0), t)["params"]))(
+      jnp.zeros((1, config.block_size), jnp.int32))
+  new_tokens = min(new_tokens, config.block_size - 1)
+  prompt = [1]
+  generate(model, params, prompt, 4, num_samples=num_samples)  # compile
+  cached_s = median_seconds(lambda: generate(model, params, prompt, new_tokens,
+                                              num_samples=num_samples), 3)
+
+  forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
+  tokens = jnp.zeros((num_samples, config.block_size), jnp.int32)
+  forward(params, tokens).block_until_ready()
+
+  def uncached():  # nanoGPT's loop: a full forward over the (padded) context for every token
+    logits = None
+    for _ in range(new_tokens):
+      logits = forward(params, tokens)
+    return logits
+
+  uncached_s = median_seconds(uncached, 1)
+  return dict(kv_cache_tokens_per_second=new_tokens * num_samples / cached_s,
+              full_forward_tokens_per_second=new_tokens * num_samples / uncached_s,
+              speedup=uncached_s / cached_s)
+
+
+def main(f) -> None:
+  import jax
+  from gptjax import sharding
+  from gptjax.config import validate
+  from gptjax.planner.measure import bench_train_step
   config = f.config
   if config is None:
-    raise UserError("--config is required, e.g. --config=configs/tiny_char.py.")
+    raise UserError("--config is required, e.g. --config=tiny_char.")
   validate(config)
   sharding.use_cpu_devices(config.cpu_devices)  # before JAX starts its backends
   device = jax.devices()[0]
@@ -65,4 +101,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  cli.entry_point(main, define_flags, __doc__, takes_config=True)
+  cli.run_command(main, define_flags, __doc__, config="required")

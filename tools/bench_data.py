@@ -26,26 +26,24 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from absl import flags
 
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-
-from gptjax import data as data_lib  # noqa: E402
-from gptjax import prepare as prepare_lib  # noqa: E402
-from gptjax import shards  # noqa: E402
-from gptjax.tokenizer import ByteTokenizer  # noqa: E402
+from gptjax import files, presets
+from gptjax.data import batches, dataset, shards
+from gptjax.data import prepare as prepare_lib
+from gptjax.data.tokenizer import ByteTokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(os.path.dirname(REPO), "shared", "data", "tinyshakespeare.txt")
 
 
-def define_flags() -> None:
-  flags.DEFINE_list("parts", ["tokenize", "batches", "memory"], "Which benchmarks to run.")
-  flags.DEFINE_integer("text_mb", 200, "MB of text to tokenize.")
-  flags.DEFINE_float("big_gb", 2.0, "GB of synthetic token shards for the batch and memory runs.")
-  flags.DEFINE_string("work_dir", "/tmp/gptjax-bench-data", "Scratch directory (removed after).")
-  flags.DEFINE_integer("num_proc", 0, "gptjax.prepare's worker processes; 0 = every core.")
+def define_flags(values) -> None:
+  flags.DEFINE_list("parts", ["tokenize", "batches", "memory"], "Which benchmarks to run.", flag_values=values)
+  flags.DEFINE_integer("text_mb", 200, "MB of text to tokenize.", flag_values=values)
+  flags.DEFINE_float("big_gb", 2.0, "GB of synthetic token shards for the batch and memory runs.", flag_values=values)
+  flags.DEFINE_string("work_dir", "/tmp/gptjax-bench-data", "Scratch directory (removed after).", flag_values=values)
+  flags.DEFINE_integer("num_proc", 0, "gptjax.prepare's worker processes; 0 = every core.", flag_values=values)
 
 
 def cpu_name() -> str:
@@ -60,7 +58,7 @@ def cpu_name() -> str:
 def make_corpus(directory: str, megabytes: int) -> list[str]:
   """Files of 0.1-1 MB cut from tiny Shakespeare and the default corpus, until `megabytes` MB."""
   os.makedirs(directory, exist_ok=True)
-  sources = [data_lib.default_corpus_text()]
+  sources = [dataset.default_corpus_text()]
   if os.path.isfile(SHAKESPEARE):
     sources.append(open(SHAKESPEARE, encoding="utf-8").read())
   rng, written, paths = np.random.default_rng(0), 0, []
@@ -84,12 +82,12 @@ def cpu_seconds() -> float:
 
 
 def bench_tokenize(work_dir: str, megabytes: int, num_proc: int) -> None:
-  from gptjax.tokenizer import gpt2_encoding
+  from gptjax.data.tokenizer import gpt2_encoding
   paths = make_corpus(os.path.join(work_dir, "text"), megabytes)
   total = sum(os.path.getsize(p) for p in paths)
   encoding = gpt2_encoding()
   eot = encoding.eot_token
-  cores = len(os.sched_getaffinity(0))
+  cores = prepare_lib.usable_cores()
   print(f"\ntokenizing {total / 1e6:.0f} MB in {len(paths)} files, GPT-2 BPE, {cores} cores "
         f"({cpu_name()}), load average before: {os.getloadavg()[0]:.2f}")
 
@@ -147,7 +145,7 @@ def synthetic_data_dir(directory: str, n_tokens: int, seed: int = 0) -> str:
     written = writer.close()
     splits[split] = dict(tokens=count, documents=count // 1000, shards=written)
   spec = ByteTokenizer().spec()
-  shards.write_json_atomic(os.path.join(directory, shards.META), dict(
+  files.write_json(os.path.join(directory, shards.META), dict(
       format=shards.FORMAT, version=shards.VERSION, tokenizer=spec, vocab_size=256, eot_id=255,
       dtype="uint16", splits=splits, skipped_empty_documents=0, val_fraction=0.01, seed=seed,
       source=dict(synthetic=True)))
@@ -170,16 +168,15 @@ def read_through(directory: str) -> None:
 
 
 def bench_batches(big_dir: str) -> None:
-  from gptjax.config import load_config
-  config = load_config(os.path.join(REPO, "configs", "tiny_char.py"))
+  config = presets.load("tiny_char")
   config.data_dir, config.input_file = big_dir, ""
-  tokens = data_lib.prepare(config).train
+  tokens = dataset.open_tokens(config).train
   print(f"\nbatch assembly from {len(tokens) * 2 / 1e9:.2f} GB of memmapped shards "
         f"({len(getattr(tokens, 'arrays', [tokens]))} files), {cpu_name()}")
   print(f"{'preset':<11} {'batch':>9} {'cache':>5} {'ms/batch':>9} {'tokens/s':>12}   train step")
   steps = {}
   for name in ("small", "350M_1024"):
-    preset = load_config(os.path.join(REPO, "configs", f"{name}.py"))
+    preset = presets.load(name)
     steps[name] = step_time(preset)
     shape = (preset.grad_accum_steps, preset.batch_size, preset.block_size)
     for cache in ("warm", "cold"):
@@ -187,7 +184,7 @@ def bench_batches(big_dir: str) -> None:
       (evict if cache == "cold" else read_through)(big_dir)
       start = time.perf_counter()
       for step in range(n):
-        data_lib.train_batch(tokens, 1337, step + (10**6 if cache == "cold" else 0), *shape)
+        batches.train_batch(tokens, 1337, step + (10**6 if cache == "cold" else 0), *shape)
       seconds = (time.perf_counter() - start) / n
       per_step = shape[0] * shape[1] * shape[2]
       print(f"{name:<11} {shape[1]:>4}x{shape[2]:<4} {cache:>5} {1000 * seconds:9.2f} "
@@ -197,7 +194,7 @@ def bench_batches(big_dir: str) -> None:
 def step_time(preset) -> str:
   """The train step's time as the planner estimates it where the preset would train (a CPU step
   of these presets takes tens of seconds: nothing to compare a batch with)."""
-  from gptjax import estimate, targets
+  from gptjax.planner import estimate, targets
   figures = []
   for target in ("gpu-h100-80gb", "tpu-v5e-1"):
     result = estimate.estimate(preset, targets.parse_target(target), method="analytic")
@@ -208,7 +205,7 @@ def step_time(preset) -> str:
 
 def peak_rss_mb(data_dir: str) -> float:
   """Peak resident memory of a 20-step tiny_char run on `data_dir`, in MB."""
-  command = [sys.executable, "-m", "gptjax.train", "--config=configs/tiny_char.py",
+  command = [sys.executable, "-m", "gptjax.train", "--config=tiny_char",
              f"--config.data_dir={data_dir}", "--config.max_iters=20", "--config.eval_interval=20",
              "--config.eval_iters=20", f"--config.out_dir={data_dir}-run",
              "--config.model_name=memory"]
@@ -224,7 +221,7 @@ def peak_rss_mb(data_dir: str) -> float:
 
 def bench_memory(big_dir: str, work_dir: str) -> None:
   small_dir = synthetic_data_dir(os.path.join(work_dir, "small"), 10_000_000)
-  print(f"\npeak resident memory of `gptjax.train --config=configs/tiny_char.py` for 20 steps "
+  print(f"\npeak resident memory of `gptjax.train --config=tiny_char` for 20 steps "
         f"(ru_maxrss), {cpu_name()}")
   sizes = {}
   for directory in (small_dir, big_dir, small_dir, big_dir):  # each twice: the second warm
@@ -236,10 +233,8 @@ def bench_memory(big_dir: str, work_dir: str) -> None:
   print(f"  difference: {big - small:+,.0f} MB (goal: within 100 MB)")
 
 
-def main(argv) -> None:
-  del argv
+def main(f) -> None:
   sys.stdout.reconfigure(line_buffering=True)
-  f = flags.FLAGS
   os.makedirs(f.work_dir, exist_ok=True)
   try:
     if "tokenize" in f.parts:
@@ -256,4 +251,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   from gptjax import cli
-  cli.entry_point(main, define_flags, __doc__)
+  cli.run_command(main, define_flags, __doc__)

@@ -11,7 +11,7 @@ Each run is a fresh subprocess, one after the other (never two at once, so neith
 other's cores): nanoGPT's model and training loop in PyTorch (tools/nanogpt_reference.py, eager, as
 its CPU command runs it: `--compile=False`; its checkpoint saved whenever val improves, as its
 shakespeare_char config does), then `python -m gptjax.train` with
-configs/recipes/shakespeare_char_cpu.py, by default with an empty compilation cache (a first run;
+the recipe recipes/shakespeare_char_cpu, by default with an empty compilation cache (a first run;
 --compilation_cache=warm: every later run). Prints wall time (process start to exit), the median
 step time inside the loop, the final val loss twice: each engine's own 20-batch estimate, as
 nanoGPT reports it (it varies by ~0.014 with the batches drawn), and the exact loss over the whole
@@ -38,10 +38,8 @@ import time
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # `import gptjax` without `pip install -e .`
-  sys.path.insert(0, REPO)
-
-RECIPE_FILE = os.path.join(REPO, "configs", "recipes", "shakespeare_char_cpu.py")
+RECIPE = "recipes/shakespeare_char_cpu"
+FLAGS = flags.FLAGS  # this tool's flags once parsed (main sets them)
 # The recipe's fields that nanoGPT's train.py reads under the same names.
 RECIPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters",
                  "lr_decay_iters", "learning_rate", "min_lr", "warmup_iters", "beta1", "beta2",
@@ -51,38 +49,38 @@ INTERLEAVED_STEPS = 40
 
 def recipe(max_iters: int | None = None) -> dict:
   """The recipe's hyperparameters, which both engines train with (max_iters replaced if given)."""
-  from gptjax.config import load_config
-  config = load_config(RECIPE_FILE)
+  from gptjax import presets
+  config = presets.load(RECIPE)
   values = {key: config[key] for key in RECIPE_FIELDS}
   return dict(values, gradient_accumulation_steps=config.grad_accum_steps,
               **({} if max_iters is None else dict(max_iters=max_iters)))
 
 
-def define_flags() -> None:
+def define_flags(values) -> None:
   flags.DEFINE_string("input_file", "", "UTF-8 text to train on; '' is gptjax's embedded default "
-                      "corpus (its standard-library text).")
-  flags.DEFINE_list("seeds", ["1337"], "Seeds; every engine trains once per seed.")
-  flags.DEFINE_integer("max_iters", None, "Iterations (default: the recipe's, 2000).")
-  flags.DEFINE_list("engines", ["nanogpt", "gptjax"], "Which to run.")
+                      "corpus (its standard-library text).", flag_values=values)
+  flags.DEFINE_list("seeds", ["1337"], "Seeds; every engine trains once per seed.", flag_values=values)
+  flags.DEFINE_integer("max_iters", None, "Iterations (default: the recipe's, 2000).", flag_values=values)
+  flags.DEFINE_list("engines", ["nanogpt", "gptjax"], "Which to run.", flag_values=values)
   flags.DEFINE_string("gptjax_args", "--config.cpu_devices=2 --config.mesh.data=-1 "
-                      "--config.mesh.fsdp=1", "Extra flags for python -m gptjax.train.")
-  flags.DEFINE_string("plot", "bench_nanogpt.png", "Val loss curves of every run ('' = none).")
+                      "--config.mesh.fsdp=1", "Extra flags for python -m gptjax.train.", flag_values=values)
+  flags.DEFINE_string("plot", "bench_nanogpt.png", "Val loss curves of every run ('' = none).", flag_values=values)
   flags.DEFINE_integer("interleaved_rounds", 0, "Also time both engines' train steps in one "
                        f"process, alternating blocks of {INTERLEAVED_STEPS} steps for this many "
-                       "rounds (0 = off): the per-step ratio under the same load.")
+                       "rounds (0 = off): the per-step ratio under the same load.", flag_values=values)
   flags.DEFINE_enum("nanogpt_vocab", "chars", ["chars", "bytes"], "nanoGPT's vocabulary: its "
                     "prepare.py's characters of the text (65 for tiny Shakespeare), or gptjax's "
                     "256 bytes (the same data and output layer as gptjax, so the engines differ "
-                    "only in the engine).")
+                    "only in the engine).", flag_values=values)
   flags.DEFINE_enum("compilation_cache", "cold", ["cold", "warm"], "gptjax's compiled programs: "
                     "'cold', an empty cache per run (a first run), or 'warm', a cache filled by an "
-                    "untimed 1-step run beforehand (every run after the first).")
-  flags.DEFINE_string("nanogpt_worker", "", "Internal: run the PyTorch side, print JSON.")
-  flags.DEFINE_bool("interleaved_worker", False, "Internal: run interleaved_steps, print JSON.")
+                    "untimed 1-step run beforehand (every run after the first).", flag_values=values)
+  flags.DEFINE_string("nanogpt_worker", "", "Internal: run the PyTorch side, print JSON.", flag_values=values)
+  flags.DEFINE_bool("interleaved_worker", False, "Internal: run interleaved_steps, print JSON.", flag_values=values)
 
 
 def _text(input_file: str) -> str:
-  from gptjax.data import read_corpus
+  from gptjax.data.dataset import read_corpus
   return read_corpus(input_file)[0]
 
 
@@ -102,8 +100,9 @@ def nanogpt_run(input_file: str, seed: int, max_iters: int, vocab: str = "chars"
 def gptjax_config(input_file: str, gptjax_args: str, out_dir: str):
   """The recipe with --gptjax_args applied as `python -m gptjax.train` applies them, validated."""
   from ml_collections import config_flags
+  from gptjax import presets
   from gptjax.config import validate
-  argv = [sys.argv[0], f"--config={RECIPE_FILE}", *gptjax_args.split()]
+  argv = [sys.argv[0], f"--config={presets.__file__}:{RECIPE}", *gptjax_args.split()]
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
   flag_values(argv)
@@ -121,7 +120,7 @@ def interleaved_steps(input_file: str, rounds: int, gptjax_args: str,
   import numpy as np
   import nanogpt_reference
   from gptjax import sharding
-  from gptjax.benchmark import train_loop_steps
+  from gptjax.training.loop import train_loop_steps
   with tempfile.TemporaryDirectory() as scratch:  # gptjax's token cache
     config = gptjax_config(input_file, gptjax_args, scratch)
     sharding.use_cpu_devices(config.cpu_devices)
@@ -165,8 +164,8 @@ def _worker_result(args: list[str], what: str) -> object:
 def train_gptjax(seed: int, out_dir: str, cache_dir: str, max_iters: int) -> float:
   """`python -m gptjax.train` on the recipe in a subprocess, its compilation cache in `cache_dir`
   (not the user's); returns the wall time, process start to exit."""
-  f = flags.FLAGS
-  cmd = [sys.executable, "-m", "gptjax.train", f"--config={RECIPE_FILE}",
+  f = FLAGS
+  cmd = [sys.executable, "-m", "gptjax.train", f"--config={RECIPE}",
          f"--config.input_file={os.path.abspath(f.input_file) if f.input_file else ''}",
          f"--config.seed={seed}", f"--config.max_iters={max_iters}",
          f"--config.out_dir={out_dir}", f"--config.model_name=seed{seed}",
@@ -179,16 +178,16 @@ def train_gptjax(seed: int, out_dir: str, cache_dir: str, max_iters: int) -> flo
 
 def run_gptjax(seed: int, max_iters: int, cache_dir: str) -> dict:
   """Trains; the run's evaluations, median ms/step, wall s and whole-split val loss."""
-  from gptjax import data as data_lib
-  from gptjax.benchmark import split_loss
   from gptjax.checkpoint import load_run
+  from gptjax.data import dataset
+  from gptjax.training.evaluate import split_loss
   with tempfile.TemporaryDirectory() as out_dir:
     wall = train_gptjax(seed, out_dir, cache_dir, max_iters)
     run_dir = os.path.join(out_dir, f"seed{seed}")
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
       records = [json.loads(line) for line in f]
     model, params, config, _, _ = load_run(run_dir)
-    full_val, _ = split_loss(model, params, data_lib.prepare(config).val)
+    full_val, _ = split_loss(model, params, dataset.open_tokens(config).val)
   return dict(evals=[dict(step=r["step"], val=r["val_loss"]) for r in records if "val_loss" in r],
               step_ms=statistics.median(r["step_time_ms"] for r in records if r["step"] > 1),
               wall=wall, full_val=full_val)
@@ -197,7 +196,7 @@ def run_gptjax(seed: int, max_iters: int, cache_dir: str) -> dict:
 def run_nanogpt(seed: int, max_iters: int) -> dict:
   """nanoGPT in its own process; wall time from process start to exit, less the whole-split
   evaluation after training (gptjax's is made outside its process)."""
-  f = flags.FLAGS
+  f = FLAGS
   start = time.perf_counter()
   result = _worker_result([f"--input_file={f.input_file}", f"--nanogpt_worker={seed},{max_iters}",
                            f"--nanogpt_vocab={f.nanogpt_vocab}"], f"the nanoGPT run (seed {seed})")
@@ -256,9 +255,11 @@ def plot(rows: list[dict], engines: list[str], path: str, input_file: str, max_i
   print(f"plot: {path}")
 
 
-def main(argv) -> None:
+def main(values) -> None:
+  global FLAGS
+  FLAGS = values
   from gptjax.errors import DataError
-  f = flags.FLAGS
+  f = FLAGS
   max_iters = recipe()["max_iters"] if f.max_iters is None else f.max_iters
   if f.nanogpt_worker:  # the PyTorch side, in its own process
     seed, iters = (int(x) for x in f.nanogpt_worker.split(","))
@@ -320,4 +321,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   from gptjax import cli
-  cli.entry_point(main, define_flags, __doc__)
+  cli.run_command(main, define_flags, __doc__)

@@ -30,19 +30,17 @@ import time
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # `import gptjax` without `pip install -e .`
-  sys.path.insert(0, REPO)
 
 TEMPERATURE, TOP_K, PROMPT, SEED = 0.8, 200, "\n", 1337
 _GPTJAX_SUMMARY = re.compile(r"x (\d+) new tokens in ([\d.]+) s")
 
 
-def define_flags() -> None:
-  flags.DEFINE_list("presets", ["small_char", "small", "350M_1024"], "Presets (configs/<name>.py).")
-  flags.DEFINE_list("new_tokens", ["1000", "500", "50"], "New tokens per preset (one value: all).")
-  flags.DEFINE_integer("repeats", 3, "Timed gptjax runs per preset (median shown).")
-  flags.DEFINE_integer("nanogpt_repeats", 1, "Timed nanoGPT runs per preset (median shown).")
-  flags.DEFINE_string("work_dir", "/tmp/gptjax_bench_sample", "Run directories, weights, caches.")
+def define_flags(values) -> None:
+  flags.DEFINE_list("presets", ["small_char", "small", "350M_1024"], "Shipped presets, by name.", flag_values=values)
+  flags.DEFINE_list("new_tokens", ["1000", "500", "50"], "New tokens per preset (one value: all).", flag_values=values)
+  flags.DEFINE_integer("repeats", 3, "Timed gptjax runs per preset (median shown).", flag_values=values)
+  flags.DEFINE_integer("nanogpt_repeats", 1, "Timed nanoGPT runs per preset (median shown).", flag_values=values)
+  flags.DEFINE_string("work_dir", "/tmp/gptjax_bench_sample", "Run directories, weights, caches.", flag_values=values)
 
 
 def make_run(preset: str, run_dir: str) -> None:
@@ -53,11 +51,12 @@ def make_run(preset: str, run_dir: str) -> None:
   import jax
   import jax.numpy as jnp
 
+  from gptjax import presets
   from gptjax.checkpoint import Checkpointer
-  from gptjax.config import ModelConfig, load_config
+  from gptjax.config import ModelConfig
   from gptjax.model import GPT
 
-  config = load_config(os.path.join(REPO, "configs", f"{preset}.py"))
+  config = presets.load(preset)
   config.out_dir, config.model_name = os.path.dirname(run_dir), os.path.basename(run_dir)
   model = GPT(ModelConfig.from_config(config))
   params = jax.jit(lambda: nn.meta.unbox(
@@ -105,15 +104,15 @@ def nanogpt_worker(path: str, new_tokens: int) -> None:
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from nanogpt_reference import GPT, GPTConfig
 
-  from gptjax import data as data_lib
   from gptjax.config import resolve_tokenizer
+  from gptjax.data.tokenizer import get_tokenizer
 
   checkpoint = torch.load(path, map_location="cpu", weights_only=True)
   model = GPT(GPTConfig(**checkpoint["model_args"]))
   model.load_state_dict(checkpoint["model"])
   model.eval()
   torch.manual_seed(SEED)
-  tokenizer = data_lib.get_tokenizer(resolve_tokenizer(ml_collections.ConfigDict(
+  tokenizer = get_tokenizer(resolve_tokenizer(ml_collections.ConfigDict(
       dict(tokenizer=checkpoint["tokenizer"], vocab_size=checkpoint["vocab_size"]))))
   x = torch.tensor([list(tokenizer.encode(PROMPT))], dtype=torch.long)
   start = time.perf_counter()
@@ -211,4 +210,4 @@ if __name__ == "__main__":
     nanogpt_worker(sys.argv[2], int(sys.argv[3]))
   else:
     from gptjax import cli
-    cli.entry_point(main, define_flags, __doc__)
+    cli.run_command(main, define_flags, __doc__)

@@ -21,10 +21,7 @@ import os
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-  sys.path.insert(0, REPO_ROOT)
-
-MODEL_FILE = os.path.join(REPO_ROOT, "gptjax", "memory_model.json")
+MODEL_FILE = os.path.join(REPO_ROOT, "gptjax", "planner", "memory_model.json")
 # (n_layer, n_embd, n_head, block_size, batch_size, vocab_size): logits-heavy, layer-heavy,
 # attention-heavy and mixed shapes, so that every term's multiplier is pinned down.
 PROBES = (
@@ -48,8 +45,8 @@ def probe_rows(target_name: str, probes=PROBES, done=()):
   """Compiles every probe in every setting for the target (but those in `done`: (key, probe)
   pairs); yields one JSON row each."""
   import jax
-  from gptjax import estimate, params as params_lib, targets
   from gptjax.config import ModelConfig, get_base_config
+  from gptjax.planner import compiled, estimate, memory_model, targets
   target = targets.parse_target(target_name)
   devices = targets.devices(target)
   for (dtype, remat, dropout), probe in itertools.product(SETTINGS, probes):
@@ -60,15 +57,15 @@ def probe_rows(target_name: str, probes=PROBES, done=()):
                        dtype=dtype, remat=remat, dropout=dropout, attention="xla"))
     config.mesh.update(dict(data=1, fsdp=-1, tensor=1))
     model = ModelConfig.from_config(config).for_platform(target.platform)
-    key = params_lib.memory_model_key(target.platform, model)
+    key = memory_model.memory_model_key(target.platform, model)
     if (key, list(probe)) in done:
       continue
-    figures = estimate.compiled_figures(config, devices, fast=False)
+    figures = compiled.compiled_figures(config, devices, fast=False)
     mesh = jax.sharding.AbstractMesh((1, target.num_devices, 1), ("data", "fsdp", "tensor"))
     param_bytes, optimizer_bytes = estimate.state_bytes(config, mesh)
     row = dict(target=target.name, platform=target.platform, key=key, probe=probe,
                dtype=dtype, remat=remat, dropout=dropout,
-               terms=params_lib.activation_terms(model, batch * block_size, 1, target.num_devices),
+               terms=memory_model.activation_terms(model, batch * block_size, 1, target.num_devices),
                temp=figures.temp, arguments=figures.arguments, code=figures.code,
                params=param_bytes, optimizer=optimizer_bytes, compile_seconds=figures.seconds)
     print(json.dumps(row), flush=True)
@@ -84,7 +81,7 @@ def fit(rows: list[dict]) -> dict:
   kept block inputs are a small share of these shallow probes, so their multiplier is poorly
   determined: it is held at no less than 1.0 (a block's input cannot take less than itself).
   """
-  from gptjax import params as params_lib
+  from gptjax.planner import memory_model
   model = {}
   for key in sorted({row["key"] for row in rows}):
     group = [row for row in rows if row["key"] == key]
@@ -99,7 +96,7 @@ def fit(rows: list[dict]) -> dict:
       if all(abs(new[n] - k[n]) < 1e-9 for n in k):
         break
       k = new
-    errors = [params_lib.model_temporary_bytes(row["terms"], row["params"], row["probe"][0],
+    errors = [memory_model.model_temporary_bytes(row["terms"], row["params"], row["probe"][0],
                                                remat, k) / row["temp"] - 1 for row in group
               if row["temp"] >= SMALL_TEMP]
     model[key] = dict(k, probes=len(group), max_relative_error=max(abs(e) for e in errors))

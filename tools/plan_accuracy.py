@@ -4,7 +4,7 @@
   python tools/plan_accuracy.py --targets=tpu-v5e-1 --presets=small,350M_1024 --fast_too
   python tools/plan_accuracy.py --report /tmp/accuracy.jsonl        # markdown tables
   python tools/plan_accuracy.py --cpu_peak=tiny_char,small_char      # plan vs the real process
-  python tools/plan_accuracy.py --table docs/memory_table.json       # analytic vs every preset
+  python tools/plan_accuracy.py --table gptjax/planner/memory_table.json      # analytic vs every preset
 
 For every preset (at its shipped settings, and in bfloat16 with remat) and target it compiles the
 real train step without the hardware and puts the analytic model's per-device bytes beside the
@@ -23,8 +23,6 @@ import tempfile
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-  sys.path.insert(0, REPO_ROOT)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX is imported: it compiles, runs nothing
 
 GiB = 2**30
@@ -33,24 +31,23 @@ VARIANTS = (("shipped", {}), ("float32", {"dtype": "float32", "remat": False}),
 
 
 def preset_paths(names: str | None) -> list[str]:
-  from gptjax import describe
-  paths = describe.list_preset_files(os.path.join(REPO_ROOT, "configs"))
-  if names:
-    wanted = set(names.split(","))
-    paths = [p for p in paths if os.path.splitext(os.path.basename(p))[0] in wanted]
-  return paths
+  """The shipped presets' names (those of `names` only, when given)."""
+  from gptjax import presets
+  shipped = list(presets.catalogue())
+  return [name for name in shipped if name in set(names.split(","))] if names else shipped
 
 
 def compare(paths: list[str], target_names: list[str], fast_too: bool, out):
-  from gptjax import describe, estimate, targets
+  from gptjax import presets
+  from gptjax.planner import estimate, targets
   for name in target_names:
     target = targets.parse_target(name)
     for path, (variant, fields) in ((p, v) for p in paths for v in VARIANTS):
-      config = describe.load_validated(path)
+      config = presets.load_validated(path)
       if variant != "shipped" and all(config[k] == v for k, v in fields.items()):
         continue  # the preset ships with these settings
       config.update(fields)
-      row = dict(preset=os.path.basename(path), target=name, variant=variant)
+      row = dict(preset=path, target=name, variant=variant)
       analytic = estimate.estimate(config, target, method=estimate.ANALYTIC)
       row["analytic"] = analytic.memory.total
       start = time.perf_counter()
@@ -107,14 +104,14 @@ def table_report(path: str) -> str:
   """Markdown: per target, the analytic model against the compiled memory table (every preset at
   its shipped settings), where the compiled step fits the device (beyond it XLA's own
   rematerialization changes the compiled figure)."""
-  from gptjax import targets
+  from gptjax.planner import targets
   with open(path) as f:
     rows = json.load(f)["rows"]
   lines = ["| target | presets compared | mean abs. error | worst (preset) | mean abs. error, GiB |",
            "|---|---:|---:|---|---:|"]
   for name in rows[0]["targets"]:
     memory = targets.parse_target(name).device_memory_bytes
-    cells = [(row["targets"][name], row["file"]) for row in rows]
+    cells = [(row["targets"][name], row["preset"]) for row in rows]
     # Steps under 1 GiB (the tiny presets, or big ones split 8 ways) are left out of the relative
     # errors: there XLA's fixed buffers dominate, and no one asks whether they fit.
     compared = [(c["analytic"], c["total"], file) for c, file in cells
@@ -129,11 +126,12 @@ def table_report(path: str) -> str:
 
 def cpu_peak(paths: list[str], steps: int = 3) -> str:
   """Trains each preset `steps` steps in a child process; the plan beside its peak RSS."""
-  from gptjax import describe, estimate, targets
+  from gptjax import presets
+  from gptjax.planner import estimate, targets
   lines = ["| preset | planned step (compiled) | process peak RSS | peak − planned |",
            "|---|---:|---:|---:|"]
   for path in paths:
-    config = describe.load_validated(path)
+    config = presets.load_validated(path)
     planned = estimate.estimate(config, targets.local_target()).memory.total
     with tempfile.TemporaryDirectory() as out_dir:
       child = subprocess.Popen(
@@ -145,7 +143,7 @@ def cpu_peak(paths: list[str], steps: int = 3) -> str:
     if status:
       raise SystemExit(f"training {path} failed (status {status})")
     peak = usage.ru_maxrss * 1024
-    lines.append(f"| `{os.path.basename(path)}` | {planned / GiB:.2f} GiB | {peak / GiB:.2f} GiB "
+    lines.append(f"| `{path}` | {planned / GiB:.2f} GiB | {peak / GiB:.2f} GiB "
                  f"| {(peak - planned) / GiB:+.2f} GiB |")
   return "\n".join(lines)
 
@@ -159,7 +157,7 @@ def main(argv=None):
   parser.add_argument("--report", nargs="+", metavar="ROWS", help="markdown tables of these rows")
   parser.add_argument("--cpu_peak", metavar="PRESETS", help="plan vs process peak on this CPU")
   parser.add_argument("--table", metavar="JSON", help="analytic vs compiled over a memory table "
-                      "(docs/memory_table.json)")
+                      "(gptjax/planner/memory_table.json)")
   args = parser.parse_args(argv)
   if args.targets:
     with open(args.out, "w") if args.out else sys.stdout as out:

@@ -33,7 +33,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 30
-TRAIN = ("-m", "gptjax.train", "--config=configs/tiny_char.py", "--config.n_layer=1",
+TRAIN = ("-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1",
          "--config.eval_iters=1", "--config.log_interval=1", "--config.checkpoint_interval=3",
          "--config.eval_interval=10", "--config.dropout=0.1")
 
@@ -117,10 +117,10 @@ def bad_inputs(root: str) -> list[tuple[str, list[str]]]:
     f.write(bytes(range(256)) * 4)
   empty = os.path.join(root, "empty.txt")
   open(empty, "w").close()
-  preset = "--config=configs/tiny_char.py"
+  preset = "--config=tiny_char"
   return [
       ("no --config", []),
-      ("missing preset", ["--config=configs/nope.py"]),
+      ("missing preset", ["--config=nope"]),
       ("preset as a plain argument", ["configs/tiny_char.py"]),
       ("nanoGPT's --config_file", ["--config_file=configs/tiny_char.py"]),
       ("nanoGPT-style --max_iters", [preset, "--max_iters=10"]),
@@ -137,9 +137,9 @@ def bad_inputs(root: str) -> list[tuple[str, list[str]]]:
       ("negative learning rate", [preset, "--config.learning_rate=-1"]),
       ("unknown dtype", [preset, "--config.dtype=float8"]),
       ("unknown tokenizer", [preset, "--config.tokenizer=wordpiece"]),
-      ("vocab too small for GPT-2", ["--config=configs/tiny.py", "--config.tokenizer=gpt2",
+      ("vocab too small for GPT-2", ["--config=tiny", "--config.tokenizer=gpt2",
                                      "--config.vocab_size=1000"]),
-      ("missing tiktoken file", ["--config=configs/tiny.py", "--config.tokenizer_path=/no/x"]),
+      ("missing tiktoken file", ["--config=tiny", "--config.tokenizer_path=/no/x"]),
       ("missing input file", [preset, "--config.input_file=/no/such.txt"]),
       ("directory as input file", [preset, f"--config.input_file={text_dir}"]),
       ("empty input file", [preset, f"--config.input_file={empty}"]),
