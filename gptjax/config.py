@@ -143,6 +143,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Split the host CPU into this many XLA devices, so a CPU-only run can use the mesh (data
   # parallelism across cores). 1 = one CPU device. No effect on GPUs and TPUs.
   config.cpu_devices = 1
+  # Train on the CPU although this machine has a GPU or TPU that JAX cannot use (a CPU-only jaxlib);
+  # without it that is an error naming the install that fixes it. JAX_PLATFORMS=cpu does the same.
+  config.allow_cpu = False
 
   # --- Device mesh (see README "Sharded and multi-host training") ------------------------------------
   config.mesh = ml_collections.ConfigDict()

@@ -179,6 +179,28 @@ def accelerator_hardware() -> str | None:
   return None
 
 
+# What to install when JAX sees only the CPU of a machine with this hardware.
+_INSTALL_FIX = {"gpu": 'pip install "jax[cuda12]" (gptjax\'s [cuda] extra; "jax[cuda13]" for CUDA 13 '
+                       'drivers)',
+                "tpu": 'pip install "jax[tpu]" (gptjax\'s [tpu] extra)'}
+
+
+def check_accelerator_used(allow_cpu: bool) -> None:
+  """A UserError when this machine has a GPU or TPU but JAX runs on the CPU, unless that is on
+  purpose (`allow_cpu`, or $JAX_PLATFORMS=cpu): a CPU-only jaxlib would train, many times slower,
+  without a word."""
+  import jax
+  hardware = accelerator_hardware()
+  if (hardware is None or allow_cpu or jax.devices()[0].platform != "cpu"
+      or os.environ.get("JAX_PLATFORMS", "").strip() == "cpu"):
+    return
+  from gptjax.errors import UserError
+  what = "an NVIDIA GPU" if hardware == "gpu" else "a TPU"
+  raise UserError(f"this machine has {what}, but JAX sees only the CPU: the installed jaxlib cannot "
+                  f"use it. Fix: {_INSTALL_FIX[hardware]}, or train on the CPU on purpose with "
+                  f"--config.allow_cpu=True.")
+
+
 def _nvidia_smi_lists_a_gpu() -> bool:
   command = shutil.which("nvidia-smi")
   if command is None:

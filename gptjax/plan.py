@@ -65,9 +65,11 @@ def main(f) -> None:
       for problem in problems:
         print(f"  - {problem}")
     sys.exit(2 if problems else 0)
+  method = {"auto": "auto", "compile": "compile", "analytic": estimate_lib.ANALYTIC}[f.method]
   if f.search:
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    found, rejected = search.search(config, target, verify=f.verify, fast=True, log=log)
+    verify = 0 if method == estimate_lib.ANALYTIC else f.verify  # analytic: compile none of them
+    found, rejected = search.search(config, target, verify=verify, fast=True, log=log)
     command = train_command(sys.argv[1:])
     if f.json:
       best = found[0].estimate.settings if found else None
@@ -77,12 +79,11 @@ def main(f) -> None:
           runners_up=[c.estimate.to_json() for c in found[1:6]], rejected=rejected), indent=1))
     else:
       try:  # the config as given, compiled like the candidates where the target compiles
-        given = estimate_lib.estimate(config, target, fast=fast_is_exact(target))
+        given = estimate_lib.estimate(config, target, method=method, fast=fast_is_exact(target))
       except ConfigError:  # its batch does not split over these devices
         given = None
       print(report.format_search(found, rejected, config, command, target, given))
     sys.exit(0 if found else 2)
-  method = {"auto": "auto", "compile": "compile", "analytic": estimate_lib.ANALYTIC}[f.method]
   try:
     result = estimate_lib.estimate(config, target, method=method, fast=f.fast,
                                    num_samples=f.num_samples)
@@ -113,7 +114,8 @@ def define_flags(values) -> None:
   flags.DEFINE_bool("fast", False, "Compile 1- and 2-layer versions and extrapolate per layer "
                     "instead of compiling every layer (minutes -> seconds for deep models).",
                     flag_values=values)
-  flags.DEFINE_integer("verify", 3, "--search: compile this many of the fastest candidates.",
+  flags.DEFINE_integer("verify", 3, "--search: compile this many of the fastest candidates "
+                       "(none with --method=analytic).",
                        flag_values=values)
   flags.DEFINE_bool("measure", False, "--target=local: also run the step (allocating it) and "
                     "report its measured time and peak memory.", flag_values=values)

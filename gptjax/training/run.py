@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gptjax import compile_cache, hf_gpt2, sharding
+from gptjax import compile_cache, devices, hf_gpt2, sharding
 from gptjax.checkpoint import Checkpointer, architecture_mismatch
 from gptjax.config import ModelConfig, validate
 from gptjax.data import dataset
@@ -79,8 +79,8 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
 
 
 # Fields a resumed run is expected to change: no note for them.
-RESUME_FIELDS = ("max_iters", "out_dir", "compilation_cache_dir", "cpu_devices", "mesh",
-                 "distributed", "log_interval")
+RESUME_FIELDS = ("max_iters", "out_dir", "compilation_cache_dir", "cpu_devices", "allow_cpu",
+                 "mesh", "distributed", "log_interval")
 
 
 def changed_settings(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -129,7 +129,8 @@ def start(config: ml_collections.ConfigDict) -> Run:
   token_data = dataset.open_tokens(config)  # before JAX starts: its worker processes may fork
   sharding.use_cpu_devices(config.cpu_devices)
   compile_cache.use(config.compilation_cache_dir)
-  sharding.maybe_initialize_distributed(config)
+  sharding.maybe_initialize_distributed(config)  # before JAX starts its backends: on a pod too
+  devices.check_accelerator_used(config.allow_cpu)
   mesh = sharding.make_mesh(config)
   setup = build(config, mesh)
   compile_start = time.perf_counter()
