@@ -53,6 +53,7 @@ def run_command(main, define_flags, doc: str | None, *, config: str | None = Non
   argv = list(sys.argv if argv is None else argv)
   if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGINT, _exit_on_interrupt)
+    _watch_interrupts()
   try:
     values = flags.FlagValues()
     define_flags(values)
@@ -87,6 +88,27 @@ def _exit_on_interrupt(*_) -> None:
   sys.stdout.flush()
   print("\ninterrupted.", file=sys.stderr, flush=True)
   os._exit(EXIT_INTERRUPTED)
+
+
+def _watch_interrupts() -> None:
+  """Makes Ctrl-C end the command at once even while the main thread is inside a long call into
+  C++ (XLA compiling, a restore), where Python runs its signal handlers only after the call
+  returns: the signal also wakes a thread, which exits while `_exit_on_interrupt` is the handler.
+  Installed once per process; a command that takes SIGINT over is left to its own handler."""
+  if getattr(_watch_interrupts, "started", False):
+    return
+  read_end, write_end = os.pipe()
+  os.set_blocking(write_end, False)
+  signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+  def watch() -> None:
+    while True:
+      if signal.SIGINT in os.read(read_end, 64) and (
+          signal.getsignal(signal.SIGINT) is _exit_on_interrupt):
+        _exit_on_interrupt()
+
+  threading.Thread(target=watch, name="gptjax-interrupts", daemon=True).start()
+  _watch_interrupts.started = True
 
 
 def interrupts_raise() -> None:
