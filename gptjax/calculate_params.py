@@ -28,11 +28,13 @@ def model_config(f):
   """The validated ModelConfig the command line describes, or None for --show_formula alone."""
   from gptjax import describe, presets
   from gptjax.config import ModelConfig
-  given = [arg.split("=", 1)[0] for arg in sys.argv[1:] if arg.startswith("--config")]
+  # The fields given (not --config itself: the command line always has one, the base config's).
+  given = [arg.split("=", 1)[0] for arg in sys.argv[1:] if arg.startswith("--config.")]
   preset = cli.preset_argument()
   if f.interactive:
     if preset or given:
-      raise UserError(f"--interactive asks for every size; drop {', '.join(given)}.")
+      raise UserError(f"--interactive asks for every size; drop "
+                      f"{', '.join(['--config'] * bool(preset) + given)}.")
     return ModelConfig.from_config(describe.ask_architecture())
   if not preset:
     sizes = [f"--config.{field}" for field in REQUIRED_SIZES]
