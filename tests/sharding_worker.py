@@ -23,7 +23,7 @@ from conftest import tiny_config  # noqa: E402
 from gptjax import sharding  # noqa: E402
 from gptjax.checkpoint import Checkpointer  # noqa: E402
 from gptjax.step import build, global_batch, mesh_context  # noqa: E402
-from gptjax.train import train  # noqa: E402
+from gptjax.training.loop import train  # noqa: E402
 
 MESHES = [(8, 1, 1), (1, 8, 1), (1, 4, 2), (2, 2, 2)]
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import CONFIGS_DIR, preset_files
 
 from gptjax import config as config_lib
+from gptjax import presets
 from gptjax.errors import ConfigError
 
 # The presets' table: (n_layer, n_head, n_embd, block_size, batch_size, vocab_size).
@@ -64,14 +65,14 @@ def test_every_listed_preset_exists():
 
 @pytest.mark.parametrize("preset", sorted(GPT2_FAMILY))
 def test_gpt2_family_has_openais_shapes(preset):
-  config = config_lib.load_config(os.path.join(CONFIGS_DIR, f"{preset}.py"))
+  config = presets.load(os.path.join(CONFIGS_DIR, f"{preset}.py"))
   assert (config.n_layer, config.n_head, config.n_embd, config.block_size) == GPT2_FAMILY[preset]
   assert config.vocab_size == config_lib.GPT2_VOCAB_SIZE and config.bias is True
 
 
 @pytest.mark.parametrize("file_name", preset_files())
 def test_preset_loads_and_validates(file_name):
-  config = config_lib.load_config(os.path.join(CONFIGS_DIR, file_name))
+  config = presets.load(os.path.join(CONFIGS_DIR, file_name))
   config_lib.validate(config)
   assert config.model_name == os.path.splitext(file_name)[0]
   assert config.name.startswith("GPT-") and config.description
@@ -79,7 +80,7 @@ def test_preset_loads_and_validates(file_name):
 
 @pytest.mark.parametrize("preset", sorted({**PRESETS, **LARGE_PRESETS}))
 def test_preset_architecture(preset):
-  config = config_lib.load_config(os.path.join(CONFIGS_DIR, f"{preset}.py"))
+  config = presets.load(os.path.join(CONFIGS_DIR, f"{preset}.py"))
   assert tuple(config[field] for field in ARCHITECTURE) == {**PRESETS, **LARGE_PRESETS}[preset]
   assert config.dropout == 0.2
   assert config.bias is False
@@ -91,7 +92,7 @@ def test_preset_architecture(preset):
 
 def test_json_preset_loads_with_the_same_fields(tmp_path):
   path = write_json(tmp_path, CUSTOM_JSON)
-  config = config_lib.load_config(path)
+  config = presets.load(path)
   config_lib.validate(config)
   for key, value in CUSTOM_JSON.items():
     assert config[key] == value, key
@@ -101,21 +102,20 @@ def test_json_preset_loads_with_the_same_fields(tmp_path):
 
 def test_json_preset_device_field_is_ignored(tmp_path, capsys):
   path = write_json(tmp_path, {**CUSTOM_JSON, "device": "cuda"})
-  config = config_lib.load_config(path)
+  config = presets.load(path)
   assert "device" not in config
   assert "device" in capsys.readouterr().err
 
 
 def test_json_preset_without_name_or_description_is_named_by_its_file_and_shape(tmp_path):
   values = {key: value for key, value in CUSTOM_JSON.items() if key != "description"}
-  config = config_lib.load_config(write_json(tmp_path, {**values, "n_layer": 16, "n_head": 16,
-                                                        "n_embd": 1024, "block_size": 1024}))
+  config = presets.load(write_json(tmp_path, {**values, "n_layer": 16, "n_head": 16,
+                                                "n_embd": 1024, "block_size": 1024}))
   assert config.description == "16-layer, 16-head, 1024-channel GPT (block 1024, vocab 50304)"
   assert config.name == "GPT-Custom"
-  assert config_lib.load_config(write_json(tmp_path, {"n_layer": 2}, "unnamed.json")
-                                ).name == "unnamed"
-  assert config_lib.load_config(write_json(tmp_path, CUSTOM_JSON, "described.json")
-                                ).description == "My custom configuration"
+  assert presets.load(write_json(tmp_path, {"n_layer": 2}, "unnamed.json")).name == "unnamed"
+  assert presets.load(write_json(tmp_path, CUSTOM_JSON, "described.json")
+                      ).description == "My custom configuration"
 
 
 def test_every_config_field_has_its_comment():
@@ -136,7 +136,7 @@ def test_every_config_field_has_its_comment():
 def test_json_misspelt_key_names_key_suggestion_and_valid_fields(tmp_path):
   path = write_json(tmp_path, {**CUSTOM_JSON, "n_layers": 8})
   with pytest.raises(ConfigError) as info:
-    config_lib.load_config(path)
+    presets.load(path)
   message = str(info.value)
   assert "'n_layers'" in message
   assert "Did you mean 'n_layer'?" in message
@@ -148,26 +148,26 @@ def test_json_misspelt_key_names_key_suggestion_and_valid_fields(tmp_path):
 def test_json_wrong_type_is_an_error(tmp_path, key, value):
   path = write_json(tmp_path, {**CUSTOM_JSON, key: value})
   with pytest.raises(ConfigError, match=key):
-    config_lib.load_config(path)
+    presets.load(path)
 
 
 @pytest.mark.parametrize("values", [{"n_layer": 4.5}, {"mesh": {"fsdp": 2.0}}])
 def test_json_float_for_an_int_field_is_a_config_error(tmp_path, values):
   path = write_json(tmp_path, {**CUSTOM_JSON, **values})
   with pytest.raises(ConfigError, match="must be an integer"):
-    config_lib.load_config(path)
+    presets.load(path)
 
 
 def test_json_that_is_not_json_is_an_error(tmp_path):
   path = tmp_path / "broken.json"
   path.write_text("{\"n_layer\": 4,")
   with pytest.raises(ConfigError, match="not valid JSON"):
-    config_lib.load_config(str(path))
+    presets.load(str(path))
 
 
 def test_missing_config_file_is_an_error(tmp_path):
   with pytest.raises(ConfigError, match="does not exist"):
-    config_lib.load_config(str(tmp_path / "no_such_preset.py"))
+    presets.load(str(tmp_path / "no_such_preset.py"))
 
 
 def validated(**overrides):
@@ -221,7 +221,7 @@ def test_auto_tokenizer_follows_vocab_size():
 
 
 def test_model_config_is_hashable_and_takes_the_fields():
-  config = config_lib.load_config(os.path.join(CONFIGS_DIR, "150M.py"))
+  config = presets.load(os.path.join(CONFIGS_DIR, "150M.py"))
   model_config = config_lib.ModelConfig.from_config(config)
   assert hash(model_config) == hash(config_lib.ModelConfig.from_config(config))
   assert model_config.head_dim == 64

@@ -18,15 +18,17 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gptjax import checkpoint, convert, hf_gpt2, sample, train as train_lib  # noqa: E402
-from gptjax import data as data_lib  # noqa: E402
-from gptjax.config import ModelConfig, get_base_config, load_config, validate  # noqa: E402
+from gptjax import checkpoint, convert, generate, hf_gpt2, presets  # noqa: E402
+from gptjax.config import ModelConfig, get_base_config, validate  # noqa: E402
+from gptjax.data import batches, dataset  # noqa: E402
+from gptjax.data.tokenizer import ByteTokenizer  # noqa: E402
 from gptjax.errors import CheckpointError, ConfigError, UserError  # noqa: E402
 from gptjax.model import GPT  # noqa: E402
+from gptjax.training import loop  # noqa: E402
 from gptjax import params as params_lib  # noqa: E402
 
-from conftest import (CONFIGS_DIR, assert_user_error, own_stderr, read_metrics,  # noqa: E402
-                      run_module, tiny_config)
+from conftest import (CONFIGS_DIR, assert_user_error, read_metrics, run_module,  # noqa: E402
+                      tiny_config)
 
 # Two shapes: (n_layer, n_head, n_embd, n_positions, vocab_size). The second's vocab covers the
 # byte tokenizer, so it can be fine-tuned and sampled as a gptjax run.
@@ -109,8 +111,8 @@ def test_greedy_generation_equals_hf_generate(hf_model):
   hf, _, (model, params) = hf_model
   prompt = random_tokens(hf.config.vocab_size, 1, 8, seed=3)
   new_tokens = min(20, hf.config.n_positions - 8)  # HF cannot go past n_positions: A makes 20
-  ours = sample.generate(model, params, list(prompt[0]), new_tokens, seed=0,
-                         temperature=0.0, top_k=0, vocab_limit=hf.config.vocab_size)
+  ours = generate.generate(model, params, list(prompt[0]), new_tokens, seed=0,
+                           temperature=0.0, top_k=0, vocab_limit=hf.config.vocab_size)
   with torch.no_grad():
     theirs = hf.generate(torch.as_tensor(prompt, dtype=torch.long), max_new_tokens=new_tokens,
                          do_sample=False, pad_token_id=0).numpy()
@@ -164,15 +166,15 @@ def test_fine_tuning_starts_from_hf_with_hf_loss(hf_bytes, tmp_path, capsys):
   hf, directory = hf_bytes
   config = tiny_config(tmp_path, init_from=directory, max_iters=3, eval_interval=1000,
                        eval_iters=1, log_interval=1, batch_size=4)
-  # train.train() does this before validate(); the notes report every field it changes.
+  # training.loop.train() does this before validate(); the notes report every field it changes.
   hf_gpt2.apply_hf_architecture(config, config.init_from)
   err = capsys.readouterr().err
   assert f"init_from {directory}: n_layer 2 -> 3 (from the checkpoint)" in err
   assert "vocab_size 256 -> 257" in err and "bias False -> True" in err
-  train_lib.train(config)
+  loop.train(config)
   first = read_metrics(os.path.join(config.out_dir, config.model_name))[0]
-  windows = data_lib.train_batch(data_lib.prepare(config).train, config.seed, 0, 1,
-                                 config.batch_size, config.block_size)[0]
+  windows = batches.train_batch(dataset.open_tokens(config).train, config.seed, 0, 1,
+                                config.batch_size, config.block_size)[0]
   with torch.no_grad():
     logits = hf(input_ids=torch.as_tensor(windows[:, :-1], dtype=torch.long)).logits
     expected = torch.nn.functional.cross_entropy(
@@ -187,9 +189,9 @@ def test_from_hf_run_directory_samples_and_exports(hf_bytes, tmp_path):
   convert.import_to_run_dir(directory, run_dir)
   model, params, config, step, _ = checkpoint.load_run(run_dir)
   assert step == 0 and config.init_from == directory and config.tokenizer == "auto"
-  prompt = [int(t) for t in data_lib.ByteTokenizer().encode("ROMEO:")]
-  ours = sample.generate(model, params, prompt, 8, seed=0, temperature=0.0,
-                         top_k=0, vocab_limit=257)
+  prompt = [int(t) for t in ByteTokenizer().encode("ROMEO:")]
+  ours = generate.generate(model, params, prompt, 8, seed=0, temperature=0.0,
+                           top_k=0, vocab_limit=257)
   with torch.no_grad():
     theirs = hf.generate(torch.as_tensor([prompt]), max_new_tokens=8, do_sample=False,
                          pad_token_id=0).numpy()
@@ -206,7 +208,7 @@ def test_from_hf_run_directory_samples_and_exports(hf_bytes, tmp_path):
     ("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080),
     ("gpt2-xl", 1_557_611_200)])
 def test_gpt2_presets_have_hf_shapes_and_counts(preset, hf_count):
-  config = load_config(os.path.join(CONFIGS_DIR, f"{preset}.py"))
+  config = presets.load(os.path.join(CONFIGS_DIR, f"{preset}.py"))
   validate(config)
   hf_config = hf_gpt2.hf_config_dict(ModelConfig.from_config(config), config.vocab_size)
   with torch.device("meta"):  # shapes only: nothing is allocated
@@ -290,4 +292,4 @@ def test_cli_from_hf_without_weights_exits_2(tmp_path):
   result = run_module("-m", "gptjax.convert", "--from_hf", str(tmp_path / "hf"), "--out",
                       str(tmp_path / "out" / "run"))
   assert_user_error(result, "no weights")
-  assert own_stderr(result).startswith("error:")
+  assert result.stderr.startswith("error:")

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from gptjax import data as data_lib
+from gptjax.data import batches, dataset
+from gptjax.data import tokenizer as tokenizer_lib
 from gptjax.errors import DataError
 
 from conftest import GPT2_TIKTOKEN
@@ -16,7 +17,7 @@ from conftest import GPT2_TIKTOKEN
 @pytest.mark.parametrize("text", ["", "hello", "Nel mezzo del cammin — ché la diritta via",
                                   "日本語のテキスト 🎉", "\x00\x7f\u0800\U0010ffff"])
 def test_byte_tokenizer_round_trips_utf8(text):
-  tokenizer = data_lib.ByteTokenizer()
+  tokenizer = tokenizer_lib.ByteTokenizer()
   tokens = tokenizer.encode(text)
   assert list(tokens) == list(text.encode("utf-8"))
   assert tokenizer.decode(tokens) == text
@@ -24,7 +25,7 @@ def test_byte_tokenizer_round_trips_utf8(text):
 
 def test_byte_tokenizer_random_utf8_round_trips():
   rng = np.random.default_rng(0)
-  tokenizer = data_lib.ByteTokenizer()
+  tokenizer = tokenizer_lib.ByteTokenizer()
   for _ in range(200):
     code_points = rng.integers(0, 0x10FFFF, size=rng.integers(1, 40))
     text = "".join(chr(c) for c in code_points if not 0xD800 <= c < 0xE000)
@@ -32,14 +33,14 @@ def test_byte_tokenizer_random_utf8_round_trips():
 
 
 def test_byte_decoding_never_fails_on_cut_characters_or_padding_ids():
-  tokenizer = data_lib.ByteTokenizer()
+  tokenizer = tokenizer_lib.ByteTokenizer()
   cut = list("é".encode("utf-8"))[:1] + list(b"ok") + [300, 511]
   assert tokenizer.decode(cut) == "\ufffdok"
 
 
 @pytest.mark.skipif(not os.path.isfile(GPT2_TIKTOKEN), reason="needs ../shared/data/gpt2.tiktoken")
 def test_gpt2_bpe_from_the_local_ranks_file():
-  tokenizer = data_lib.get_tokenizer("gpt2", GPT2_TIKTOKEN)
+  tokenizer = tokenizer_lib.get_tokenizer("gpt2", GPT2_TIKTOKEN)
   assert list(tokenizer.encode("Hello world")) == [15496, 995]
   assert tokenizer.encoding.n_vocab == 50257
   assert tokenizer.decode(tokenizer.encode("Dante: «Nel mezzo»")) == "Dante: «Nel mezzo»"
@@ -48,51 +49,51 @@ def test_gpt2_bpe_from_the_local_ranks_file():
 
 def test_gpt2_bpe_missing_file_is_a_clear_error(tmp_path):
   with pytest.raises(DataError, match="tokenizer_path.*does not exist"):
-    data_lib.get_tokenizer("gpt2", str(tmp_path / "missing.tiktoken"))
+    tokenizer_lib.get_tokenizer("gpt2", str(tmp_path / "missing.tiktoken"))
 
 
 def test_gpt2_bpe_unreachable_says_how_to_get_it(monkeypatch):
-  monkeypatch.delenv(data_lib.GPT2_TIKTOKEN_ENV, raising=False)
+  monkeypatch.delenv(tokenizer_lib.GPT2_TIKTOKEN_ENV, raising=False)
 
   def offline(name):
     raise ConnectionError("no network")
 
-  monkeypatch.setattr(data_lib.tiktoken, "get_encoding", offline)
+  monkeypatch.setattr(tokenizer_lib.tiktoken, "get_encoding", offline)
   with pytest.raises(DataError, match="tokenizer_path") as error:
-    data_lib.get_tokenizer("gpt2")
-  assert data_lib.GPT2_TIKTOKEN_ENV in str(error.value)
+    tokenizer_lib.get_tokenizer("gpt2")
+  assert tokenizer_lib.GPT2_TIKTOKEN_ENV in str(error.value)
 
 
 def test_prepare_splits_caches_and_reuses(tiny):
   config = tiny()
-  data = data_lib.prepare(config)
+  data = dataset.open_tokens(config)
   raw = open(config.input_file, "rb").read()
   cut = raw.index(b"\n", int(len(raw) * 0.9)) + 1  # one document: its last 10%, after a line
   np.testing.assert_array_equal(data.train, np.frombuffer(raw[:cut], np.uint8))
   np.testing.assert_array_equal(data.val, np.append(np.frombuffer(raw[cut:], np.uint8), 255))
   stamp = os.path.getmtime(os.path.join(data.cache_dir, "train-00000.bin"))
-  assert data_lib.prepare(config).cache_dir == data.cache_dir
+  assert dataset.open_tokens(config).cache_dir == data.cache_dir
   assert os.path.getmtime(os.path.join(data.cache_dir, "train-00000.bin")) == stamp  # reused
   with open(config.input_file, "a", encoding="utf-8") as f:
     f.write("more text")
-  assert data_lib.prepare(config).cache_dir != data.cache_dir  # source changed: re-tokenized
+  assert dataset.open_tokens(config).cache_dir != data.cache_dir  # source changed: re-tokenized
 
 
 def test_default_corpus_is_embedded_and_offline(tiny):
   config = tiny(input_file="")
-  data = data_lib.prepare(config)
+  data = dataset.open_tokens(config)
   assert len(data.train) > 1_000_000 and "def " in data.tokenizer.decode(data.train[:5000])
 
 
 def test_batches_are_reproducible_and_shifted(tiny):
-  data = data_lib.prepare(tiny())
-  a = data_lib.train_batch(data.train, 1, 7, 2, 4, 16)
-  b = data_lib.train_batch(data.train, 1, 7, 2, 4, 16)
-  c = data_lib.train_batch(data.train, 1, 8, 2, 4, 16)
+  data = dataset.open_tokens(tiny())
+  a = batches.train_batch(data.train, 1, 7, 2, 4, 16)
+  b = batches.train_batch(data.train, 1, 7, 2, 4, 16)
+  c = batches.train_batch(data.train, 1, 8, 2, 4, 16)
   assert a.shape == (2, 4, 17) and a.dtype == np.int32
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
-  rows = data_lib.train_batch(data.train, 1, 7, 2, 4, 16, rows=slice(2, 4))
+  rows = batches.train_batch(data.train, 1, 7, 2, 4, 16, rows=slice(2, 4))
   np.testing.assert_array_equal(rows, a[:, 2:4])  # a process's rows of the global batch
   train = np.asarray(data.train)
   for window in a.reshape(-1, 17):  # every window is a real stretch of the training text
@@ -108,5 +109,5 @@ def test_bad_corpora_are_clear_errors(tiny, tmp_path, content, message):
   if content is not None:
     path.write_bytes(content)
   with pytest.raises(DataError, match=message):
-    data_lib.prepare(tiny(input_file=str(path)))
+    dataset.open_tokens(tiny(input_file=str(path)))
   assert not os.path.exists(os.path.join(tiny().out_dir, "token_cache", "corpus-bytes"))

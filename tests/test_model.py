@@ -12,7 +12,7 @@ import pytest
 
 from gptjax.config import ModelConfig
 from gptjax.model import GPT
-from gptjax.sample import init_cache
+from gptjax.generate import init_cache
 
 CONFIG = ModelConfig(vocab_size=97, block_size=16, n_layer=2, n_head=4, n_embd=32, bias=True)
 

@@ -16,13 +16,14 @@ from conftest import CONFIGS_DIR, preset_files
 from gptjax import config as config_lib
 from gptjax import describe
 from gptjax import params as params_lib
+from gptjax import presets, units
 from gptjax.model import GPT
 
 PRESET_FILES = preset_files()
 
 
 def preset_model_config(file_name, **changes):
-  config = config_lib.load_config(os.path.join(CONFIGS_DIR, file_name))
+  config = presets.load(os.path.join(CONFIGS_DIR, file_name))
   config_lib.validate(config)
   return dataclasses.replace(config_lib.ModelConfig.from_config(config), **changes)
 
@@ -129,4 +130,4 @@ def test_training_memory_is_16_bytes_a_parameter():
 @pytest.mark.parametrize("n, text", [(152_101_632, "152.10M"), (1_844_928, "1.84M"),
                                      (1_500, "1.50K"), (999, "999"), (2_000_000_000, "2.00B")])
 def test_format_count(n, text):
-  assert describe.format_count(n) == text
+  assert units.format_count(n) == text

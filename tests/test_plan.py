@@ -13,8 +13,11 @@ import jax
 import pytest
 
 from conftest import assert_user_error, read_metrics, run_module, tiny_config
-from gptjax import estimate, params, plan, targets
-from gptjax.config import ModelConfig, load_config
+from gptjax import params, presets
+from gptjax.config import ModelConfig
+from gptjax.devices import DEVICE_MEMORY_ENV
+from gptjax.planner import estimate, fit, memory_model, targets
+from gptjax.planner.compiled import figures_of
 from gptjax.errors import ConfigError, DeviceMemoryError
 
 GiB = 2**30
@@ -63,7 +66,7 @@ def test_gpu_memory_is_the_allocators_share(monkeypatch):
 
 
 def test_state_bytes_are_the_shards_of_an_exact_count():
-  config = load_config("configs/500M_1024.py")
+  config = presets.load("configs/500M_1024.py")
   total = params.count_params(ModelConfig.from_config(config)).total
   mesh = jax.sharding.AbstractMesh((1, 8, 1), ("data", "fsdp", "tensor"))
   param_bytes, optimizer_bytes = estimate.state_bytes(config, mesh)
@@ -75,7 +78,7 @@ def test_state_bytes_are_the_shards_of_an_exact_count():
 
 def test_local_plan_is_the_step_training_compiles(tiny, tmp_path):
   """The planner's local figure and the trainer's own compiled step agree to the byte."""
-  from gptjax.train import train
+  from gptjax.training.loop import train
   config = tiny(max_iters=2, eval_interval=2)
   planned = estimate.estimate(config, targets.local_target())
   train(config)
@@ -98,8 +101,8 @@ def test_tpu_compile_path_for_two_presets_on_two_targets(tmp_path):
   """libtpu compiles the real step for TPU slices on this CPU: params and optimizer state are
   the exact count's shards, and the time is XLA's TPU cost model, never negative. Its cost
   analysis counts the gradient-accumulation loop once: the planner runs it grad_accum_steps times."""
-  cases = (("configs/tiny_char.py", "tpu-v5e-1", 1, 1), ("configs/tiny_char.py", "tpu-v5e-1", 1, 4),
-           ("configs/tiny.py", "tpu-v4-8", 4, 1))
+  cases = (("tiny_char", "tpu-v5e-1", 1, 1), ("tiny_char", "tpu-v5e-1", 1, 4),
+           ("tiny", "tpu-v4-8", 4, 1))
   seconds = {}
   for preset, target, devices, accumulate in cases:
     result = plan_json(f"--config={preset}", f"--target={target}",
@@ -107,13 +110,13 @@ def test_tpu_compile_path_for_two_presets_on_two_targets(tmp_path):
     seconds[preset, accumulate] = result["step_seconds"]
     assert (result["method"], result["devices"]) == ("compiled-deviceless", devices), result
     assert result["device_kind"].startswith("TPU")
-    count = params.count_params(ModelConfig.from_config(load_config(preset))).total
+    count = params.count_params(ModelConfig.from_config(presets.load(preset))).total
     memory = result["memory_bytes_per_device"]
     assert memory["params"] == pytest.approx(4 * count / devices, rel=0.01)
     assert result["fits"] and result["total_bytes_per_device"] < 0.1 * result["device_memory_bytes"]
     assert result["step_seconds"] > 0 and result["step_time_source"] == "XLA's TPU cost model"
     assert 0 < result["mfu"] < 1
-  ratio = seconds["configs/tiny_char.py", 4] / seconds["configs/tiny_char.py", 1]
+  ratio = seconds["tiny_char", 4] / seconds["tiny_char", 1]
   assert 3 < ratio < 4.5, seconds  # four micro-batches (and their sum), one optimizer update
 
 
@@ -130,7 +133,7 @@ def test_remat_saves_memory_in_bfloat16_with_dropout_on_tpu(tmp_path):
 
 
 def test_gpu_compile_path_and_roofline_time(tmp_path):
-  result = plan_json("--config=configs/tiny.py", "--target=2xgpu-h100-80gb")
+  result = plan_json("--config=tiny", "--target=2xgpu-h100-80gb")
   assert (result["method"], result["devices"]) == ("compiled-deviceless", 2)
   assert result["step_time_source"].startswith("roofline")
   # A roofline can be no slower than the step's model FLOPs at the chips' peak.
@@ -179,7 +182,7 @@ def test_check_names_every_problem_with_its_fix(tmp_path):
 def test_check_reports_memory_with_a_fix_that_fits(tmp_path):
   preset = write_config(tmp_path, n_layer=4, n_embd=256, n_head=4, block_size=256, batch_size=32,
                         vocab_size=8192, tokenizer="bytes")
-  env = {targets.DEVICE_MEMORY_ENV: "0.3"}
+  env = {DEVICE_MEMORY_ENV: "0.3"}
   result = run_module("-m", "gptjax.plan", f"--config={preset}", "--target=local", "--check",
                       env=env)
   assert result.returncode == 2
@@ -193,7 +196,7 @@ def test_search_prints_a_command_that_trains(tmp_path):
   preset = write_config(tmp_path, n_layer=4, n_embd=256, n_head=4, block_size=256, batch_size=32,
                         vocab_size=8192, tokenizer="bytes", max_iters=2, eval_interval=2,
                         eval_iters=1)
-  env = {targets.DEVICE_MEMORY_ENV: "0.3"}
+  env = {DEVICE_MEMORY_ENV: "0.3"}
   shipped = plan_json(f"--config={preset}", "--target=local", env=env)
   assert not shipped["fits"]
   result = run_module("-m", "gptjax.plan", f"--config={preset}", "--target=local", "--search",
@@ -210,7 +213,7 @@ def test_search_prints_a_command_that_trains(tmp_path):
 def test_training_that_cannot_fit_stops_before_allocating(tmp_path):
   preset = write_config(tmp_path)
   result = run_module("-m", "gptjax.train", f"--config={preset}",
-                      env={targets.DEVICE_MEMORY_ENV: "0.0001"})
+                      env={DEVICE_MEMORY_ENV: "0.0001"})
   assert_user_error(result, "memory:", "Fix:", "Nothing was allocated")
   run_dir = tmp_path / "out" / "tiny"
   assert not (run_dir / "checkpoints").exists() or not os.listdir(run_dir / "checkpoints")
@@ -220,11 +223,11 @@ def test_training_that_cannot_fit_stops_before_allocating(tmp_path):
 def test_an_out_of_memory_error_from_xla_becomes_one_clear_error(tiny):
   config = tiny()
   with pytest.raises(DeviceMemoryError, match="ran out of memory.*Fix:"):
-    with plan.explain_out_of_memory(config):
+    with fit.explain_out_of_memory(config):
       raise jax.errors.JaxRuntimeError(
           "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 17179869184 bytes.")
   with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
-    with plan.explain_out_of_memory(config):  # other XLA errors pass through unchanged
+    with fit.explain_out_of_memory(config):  # other XLA errors pass through unchanged
       raise jax.errors.JaxRuntimeError("INTERNAL: something else")
 
 
@@ -248,19 +251,19 @@ class _FakeCompiled:
 
 
 def test_unpriced_tpu_ops_are_added_back_to_the_cost_models_time():
-  assert estimate.figures_of(_FakeCompiled(-25.98, 26)).optimal_seconds == pytest.approx(0.02)
-  assert estimate.figures_of(_FakeCompiled(-12.9985, 13, "X64Combine")).optimal_seconds == (
+  assert figures_of(_FakeCompiled(-25.98, 26)).optimal_seconds == pytest.approx(0.02)
+  assert figures_of(_FakeCompiled(-12.9985, 13, "X64Combine")).optimal_seconds == (
       pytest.approx(0.0015))
-  assert estimate.figures_of(_FakeCompiled(0.5, 0)).optimal_seconds == 0.5
+  assert figures_of(_FakeCompiled(0.5, 0)).optimal_seconds == 0.5
   # Still negative after adding them back: not a time; the planner uses its roofline instead.
-  assert estimate.figures_of(_FakeCompiled(-30.0, 2)).optimal_seconds < 0
+  assert figures_of(_FakeCompiled(-30.0, 2)).optimal_seconds < 0
 
 
 def test_generation_memory_is_params_and_the_kv_cache():
-  model = ModelConfig.from_config(load_config("configs/350M_1024.py"))
-  generation = estimate.generation_memory(model, batch=4)
+  model = ModelConfig.from_config(presets.load("configs/350M_1024.py"))
+  generation = memory_model.generation_memory(model, batch=4)
   assert generation.params == 4 * params.count_params(model).total
   # K and V: L x B x T x C in the compute dtype (the preset's bfloat16)
-  assert generation.kv_cache == 2 * 24 * 4 * 1024 * 1024 * params.dtype_bytes(model.dtype)
+  assert generation.kv_cache == 2 * 24 * 4 * 1024 * 1024 * memory_model.dtype_bytes(model.dtype)
   assert math.isclose(generation.total,
                       generation.params + generation.kv_cache + generation.working)

@@ -15,12 +15,12 @@ import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from gptjax import data as data_lib
-from gptjax import prepare as prepare_lib
-from gptjax import shards
 from gptjax.config import validate
+from gptjax.data import batches, dataset, shards
+from gptjax.data import prepare as prepare_lib
+from gptjax.data import tokenizer as tokenizer_lib
 from gptjax.errors import ConfigError, DataError
-from gptjax.train import train
+from gptjax.training.loop import train
 
 from conftest import GPT2_TIKTOKEN, TINY_SHAKESPEARE, assert_user_error, read_metrics, run_module
 
@@ -110,7 +110,7 @@ def test_bytes_round_trip_and_jsonl_documents(tmp_path):
   assert_whole_documents(out, [list(d.encode("utf-8")) for d in DOCS], 255, n_val=None)
   assert meta["skipped_empty_documents"] == 1
   both = np.concatenate([read_split(out, "train"), read_split(out, "val")])
-  texts = data_lib.ByteTokenizer().decode(both).split("<|endoftext|>")
+  texts = tokenizer_lib.ByteTokenizer().decode(both).split("<|endoftext|>")
   assert sorted(texts[:-1]) == sorted(DOCS) and texts[-1] == ""
 
 
@@ -136,7 +136,7 @@ def test_hf_tokenizer_json_round_trip(tmp_path):
   assert_whole_documents(out, expected, eot, n_val=2)
   assert meta["tokenizer"]["kind"] == "hf" and meta["eot_id"] == eot
   assert os.path.isfile(out / "tokenizer.json")  # the data directory carries its tokenizer
-  ours = data_lib.get_tokenizer(str(path))
+  ours = tokenizer_lib.get_tokenizer(str(path))
   assert ours.decode(reference.encode(DOCS[3]).ids) == reference.decode(
       reference.encode(DOCS[3]).ids) and "Document 3" in ours.decode(reference.encode(DOCS[3]).ids)
 
@@ -185,17 +185,17 @@ def test_worker_processes_write_what_one_process_writes(tmp_path, monkeypatch):
 def test_memmapped_shards_give_the_in_memory_batches(tmp_path, tiny):
   write_docs(tmp_path / "in", DOCS * 2)
   out, meta = prep(tmp_path, [tmp_path / "in"], "bytes", val_fraction=0.2, shard_tokens=700)
-  data = data_lib.prepare(tiny(input_file="", data_dir=str(out), tokenizer="auto"))
-  assert isinstance(data.train, data_lib.TokenShards) and len(data.train.arrays) > 5
+  data = dataset.open_tokens(tiny(input_file="", data_dir=str(out), tokenizer="auto"))
+  assert isinstance(data.train, shards.TokenShards) and len(data.train.arrays) > 5
   in_memory = read_split(out, "train")
   assert len(data.train) == len(in_memory)
   for seed, step in ((0, 0), (1, 7), (3, 11)):
     np.testing.assert_array_equal(
-        data_lib.train_batch(data.train, seed, step, 2, 8, 64),
-        data_lib.train_batch(in_memory, seed, step, 2, 8, 64))
+        batches.train_batch(data.train, seed, step, 2, 8, 64),
+        batches.train_batch(in_memory, seed, step, 2, 8, 64))
   offsets = np.arange(0, len(in_memory) - 65, 37)  # every shard boundary is straddled
-  np.testing.assert_array_equal(data_lib.windows(data.train, offsets, 65),
-                                data_lib.windows(in_memory, offsets, 65))
+  np.testing.assert_array_equal(batches.windows(data.train, offsets, 65),
+                                batches.windows(in_memory, offsets, 65))
 
 
 def test_resume_on_memmapped_shards_equals_the_uninterrupted_run(tmp_path, tiny):
@@ -213,7 +213,7 @@ def test_resume_on_memmapped_shards_equals_the_uninterrupted_run(tmp_path, tiny)
   assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in straight]  # bitwise
   # The run knows its tokenizer: gptjax.sample decodes with the run's copy of tokenizer.json.
   run_dir = os.path.join(interrupted.out_dir, "resumed")
-  tokenizer = data_lib.run_tokenizer(run_dir, interrupted)
+  tokenizer = dataset.run_tokenizer(run_dir, interrupted)
   assert tokenizer.name == "hf" and os.path.isfile(os.path.join(run_dir, "tokenizer.json"))
   ids = tokenizer.encode(DOCS[1])
   assert tokenizer.decode(ids) == DOCS[1]
@@ -234,7 +234,7 @@ def test_nanogpt_train_and_val_bins_work_as_they_are(tmp_path, tiny):
     np.array(encoding.encode_ordinary(text), dtype=np.uint16).tofile(directory / name)
   config = tiny(input_file="", data_dir=str(directory), tokenizer="auto", vocab_size=50304,
                 max_iters=2, eval_interval=2)
-  data = data_lib.prepare(config)
+  data = dataset.open_tokens(config)
   assert data.tokenizer.name == "gpt2"
   np.testing.assert_array_equal(data.val, encoding.encode_ordinary(SHAKESPEARE[n:60_000]))
   assert np.isfinite(train(config)["val_loss"])
@@ -275,7 +275,7 @@ def test_bad_data_dirs_are_clear_errors(tmp_path, tiny, case, fragments):
   elif case == "other_tokenizer":
     directory, overrides = gpt2_dir, dict(tokenizer="bytes", vocab_size=256)
   with pytest.raises(DataError) as error:
-    data_lib.prepare(tiny(input_file="", data_dir=str(directory), **overrides))
+    dataset.open_tokens(tiny(input_file="", data_dir=str(directory), **overrides))
   for fragment in fragments:
     assert fragment in str(error.value), (fragment, str(error.value))
 
@@ -321,7 +321,7 @@ def test_a_killed_prepare_is_never_read_as_complete_and_restarts(tmp_path, tiny,
   monkeypatch.undo()
   assert not os.path.exists(out / "meta.json")
   with pytest.raises(DataError, match="unfinished gptjax.prepare"):
-    data_lib.prepare(tiny(input_file="", data_dir=str(out)))
+    dataset.open_tokens(tiny(input_file="", data_dir=str(out)))
   killed = out / f"{shards.STAGING}-{socket.gethostname()}-999999999"  # a pid beyond pid_max
   killed.mkdir()  # what a SIGKILL before the move leaves
   (killed / "train-00000.bin").write_bytes(b"junk")

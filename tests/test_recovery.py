@@ -12,8 +12,8 @@ import pytest
 
 from gptjax.checkpoint import Checkpointer
 from gptjax.errors import DataError
-from gptjax.monitor import read_records
-from gptjax.train import train
+from gptjax.training.loop import train
+from gptjax.training.metrics import read_records
 
 from conftest import REPO_ROOT, assert_user_error, damage, read_metrics, run_module
 
@@ -73,7 +73,7 @@ def test_a_damaged_latest_checkpoint_costs_one_checkpoint(tiny, capfd):
 
 
 def test_every_checkpoint_damaged_is_one_clear_error(tmp_path):
-  command = ["-m", "gptjax.train", "--config=configs/tiny_char.py", "--config.n_layer=1",
+  command = ["-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1",
              "--config.eval_iters=1", "--config.eval_interval=1", f"--config.out_dir={tmp_path}"]
   result = run_module(*command, "--config.max_iters=2")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -127,7 +127,7 @@ def test_an_unfinished_save_left_by_a_kill_is_removed_with_a_note(tiny, capfd):
   assert Checkpointer(run_dir, read_only=True).latest_step() == 4
 
 
-TINY_COMMAND = ("-m", "gptjax.train", "--config=configs/tiny_char.py", "--config.n_layer=1",
+TINY_COMMAND = ("-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1",
                 "--config.eval_iters=1", "--config.log_interval=1")
 
 
@@ -138,7 +138,7 @@ def tree_state(directory) -> dict[str, float]:
 
 
 def test_a_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
-  from gptjax.run_lock import RunLock
+  from gptjax.training.lock import RunLock
   run_dir = tmp_path / "tiny_char"
   command = (*TINY_COMMAND, "--config.max_iters=2", f"--config.out_dir={tmp_path}")
   held = RunLock(str(run_dir)).acquire()  # a training in progress, as another process holds it
@@ -297,8 +297,9 @@ train.cli_main()
 # Appends records to a run's metrics.jsonl on a full disk as the trainer does, until one fails
 # (steps past the run's, so that its resume drops them, with the torn line a failed append leaves).
 METRICS_APPEND = """import sys
-from gptjax import errors, monitor
-writer = monitor.MetricsWriter.__new__(monitor.MetricsWriter)  # appends only, no TensorBoard
+from gptjax import errors
+from gptjax.training import metrics
+writer = metrics.MetricsWriter.__new__(metrics.MetricsWriter)  # appends only, no TensorBoard
 writer.enabled, writer.path, writer.records = True, sys.argv[1], []
 try:
   for step in range(1000, 10**6):
@@ -337,9 +338,8 @@ def test_a_full_disk_is_one_error_and_the_same_command_resumes(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable, "MNT": str(mount),
          "LOGS": str(logs), "UNCHECKED_SAVE": UNCHECKED_SAVE, "METRICS_APPEND": METRICS_APPEND,
          "CORPUS": str(corpus),
-         "TRAIN": " ".join(("--config=configs/tiny_char.py", "--config.n_layer=1",
-                            "--config.eval_iters=1", "--config.log_interval=1",
-                            "--config.eval_interval=2"))}
+         "TRAIN": " ".join(("--config=tiny_char", "--config.n_layer=1", "--config.eval_iters=1",
+                            "--config.log_interval=1", "--config.eval_interval=2"))}
   result = subprocess.run([*unshare, "bash", "-c", FULL_DISK_SCRIPT], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
   codes = dict(line.split() for line in result.stdout.splitlines())

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from gptjax.config import ModelConfig
-from gptjax.data import ByteTokenizer
+from gptjax.data.tokenizer import ByteTokenizer
+from gptjax.generate import Transcript, generate, sample_logits
 from gptjax.model import GPT
-from gptjax.sample import Transcript, generate, sample_logits
 
 from conftest import assert_user_error, run_module
 
@@ -80,7 +80,7 @@ def small_model():
 
 def reference(model, params, prompt, new_tokens, *, seed, sample, **settings):
   """Sample `sample` as nanoGPT-style decoding draws it: for every token the whole context through
-  the model, no cache. The context is what gptjax.sample's cache holds: the prompt's last
+  the model, no cache. The context is what gptjax.generate's cache holds: the prompt's last
   block_size tokens, then, whenever it is full, the last block_size // 2 tokens. Token i of sample
   b is drawn with fold_in(fold_in(key(seed), b), i)."""
   @jax.jit

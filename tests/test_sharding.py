@@ -77,7 +77,7 @@ def free_port() -> int:
 
 
 def train_args(out_dir):
-  return ["-m", "gptjax.train", "--config=configs/tiny_char.py", "--config.max_iters=4",
+  return ["-m", "gptjax.train", "--config=tiny_char", "--config.max_iters=4",
           "--config.eval_interval=2", "--config.eval_iters=2", "--config.log_interval=1",
           "--config.dropout=0.1", f"--config.out_dir={out_dir}"]
 
@@ -143,7 +143,7 @@ def test_two_cpu_devices_train_hundreds_of_steps_between_logs(tmp_path):
   input_file = tmp_path / "input.txt"
   input_file.write_text(TEXT, encoding="utf-8")
   result = run_module(
-      "-m", "gptjax.train", "--config=configs/recipes/shakespeare_char_cpu.py",
+      "-m", "gptjax.train", "--config=recipes/shakespeare_char_cpu",
       f"--config.input_file={input_file}", f"--config.out_dir={tmp_path / 'out'}",
       "--config.cpu_devices=2", "--config.mesh.data=-1", "--config.mesh.fsdp=1",
       "--config.max_iters=300", "--config.log_interval=1000", "--config.eval_interval=1000",
@@ -178,6 +178,6 @@ def test_vocab_must_divide_where_the_rules_shard_it(tiny):
 
 
 def test_cli_mesh_error_is_one_clear_line(tmp_path):
-  result = run_module("-m", "gptjax.train", "--config=configs/tiny_char.py",
+  result = run_module("-m", "gptjax.train", "--config=tiny_char",
                       "--config.mesh.data=2", "--config.mesh.fsdp=1", f"--config.out_dir={tmp_path}")
   assert_user_error(result, "mesh", "data=2")

@@ -10,7 +10,7 @@ import pytest
 
 from gptjax.checkpoint import Checkpointer
 from gptjax.errors import CheckpointError, DivergenceError
-from gptjax.train import train
+from gptjax.training.loop import train
 
 from conftest import assert_user_error, read_metrics, run_module
 
@@ -87,7 +87,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny):
 
 
 def test_cli_trains_out_of_the_box_and_samples(tmp_path):
-  result = run_module("-m", "gptjax.train", "--config=configs/tiny_char.py",
+  result = run_module("-m", "gptjax.train", "--config=tiny_char",
                       "--config.max_iters=3", "--config.eval_iters=1", "--config.n_layer=1",
                       f"--config.out_dir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -107,7 +107,7 @@ def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
   env = {"JAX_COMPILATION_CACHE_DIR": "", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
   def train_run(name):
-    result = run_module("-m", "gptjax.train", "--config=configs/tiny_char.py", "--config.n_layer=1",
+    result = run_module("-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1",
                         "--config.max_iters=3", "--config.eval_iters=1", "--config.log_interval=1",
                         f"--config.out_dir={tmp_path}", f"--config.model_name={name}",
                         f"--config.compilation_cache_dir={cache}", env=env)
@@ -155,20 +155,18 @@ def test_cli_accepts_a_nanogpt_style_json_preset(tmp_path):
 
 @pytest.mark.parametrize("args, fragments", [
     (["--config=configs/nope.py"], ["nope.py", "does not exist"]),
-    (["--config=configs/tiny_char.py", "--config.n_embd=100", "--config.n_head=3"],
-     ["n_head", "100", "3"]),
-    (["--config=configs/tiny_char.py", "--config.n_layr=3"], ["n_layr", "n_layer"]),
-    (["--config=configs/tiny_char.py", "--config.mesh.fsdpp=3"], ["fsdpp", "fsdp"]),
-    (["--config=configs/tiny_char.py", "--config.input_file=/no/such.txt"], ["/no/such.txt"]),
-    (["--config=configs/tiny.py", "--config.tokenizer_path=/no/gpt2.tiktoken"],
-     ["/no/gpt2.tiktoken"]),
-    (["--config=configs/tiny.py", "--config.vocab_size=1000", "--config.tokenizer=gpt2"],
+    (["--config=tiny_char", "--config.n_embd=100", "--config.n_head=3"], ["n_head", "100", "3"]),
+    (["--config=tiny_char", "--config.n_layr=3"], ["n_layr", "n_layer"]),
+    (["--config=tiny_char", "--config.mesh.fsdpp=3"], ["fsdpp", "fsdp"]),
+    (["--config=tiny_char", "--config.input_file=/no/such.txt"], ["/no/such.txt"]),
+    (["--config=tiny", "--config.tokenizer_path=/no/gpt2.tiktoken"], ["/no/gpt2.tiktoken"]),
+    (["--config=tiny", "--config.vocab_size=1000", "--config.tokenizer=gpt2"],
      ["vocab_size", "1000", "50257"]),
-    (["--config=configs/tiny_char.py", "--config.out_dir=/etc/passwd/x"],
+    (["--config=tiny_char", "--config.out_dir=/etc/passwd/x"],
      ["out_dir", "/etc/passwd", "not a directory"]),
-    (["--config=configs/tiny_char.py", "--config.max_iters=abc"], ["max_iters", "abc", "integer"]),
-    (["--config=configs/tiny_char.py", "--config.remat=maybe"], ["remat", "maybe", "true or false"]),
-    (["--config=configs/tiny_char.py", "--config.seed=-1"], ["seed", "-1"]),
+    (["--config=tiny_char", "--config.max_iters=abc"], ["max_iters", "abc", "integer"]),
+    (["--config=tiny_char", "--config.remat=maybe"], ["remat", "maybe", "true or false"]),
+    (["--config=tiny_char", "--config.seed=-1"], ["seed", "-1"]),
     (["--config=tests/data/raising_preset.py"], ["raising_preset.py", "get_config() raised",
                                                  "RuntimeError"]),
     (["--config=tests/data/not_a_configdict_preset.py"], ["not_a_configdict_preset.py",
@@ -191,7 +189,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
   import subprocess
   import sys
   from conftest import REPO_ROOT
-  command = ["-m", "gptjax.train", "--config=configs/tiny_char.py", "--config.n_layer=1",
+  command = ["-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1",
              "--config.log_interval=1", "--config.eval_interval=100000",
              f"--config.out_dir={tmp_path}"]
   args = [sys.executable, *command, "--config.max_iters=100000"]
@@ -220,10 +218,10 @@ def test_running_the_host_ahead_logs_the_same_records(tiny, monkeypatch):
   """On accelerators a log step's metrics are read after the next step is dispatched, and the next
   batches are read in a thread: the records (steps, losses, evaluations) equal those of a host
   working in step, as on a CPU."""
-  from gptjax import monitor
+  from gptjax.training import metrics
   runs = {}
   for late in (False, True):
-    monkeypatch.setattr(monitor, "host_runs_ahead", lambda late=late: late)
+    monkeypatch.setattr(metrics, "host_runs_ahead", lambda late=late: late)
     config = tiny(model_name=f"late_{late}", max_iters=11, log_interval=2, eval_interval=5,
                   checkpoint_interval=3, keep_checkpoints=10)
     train(config)
