@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -87,18 +86,6 @@ def run_module(*args, cwd=REPO_ROOT, timeout=300, env=None):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
   return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                         timeout=timeout, env=env)
-
-
-# What jax's CUDA plugin (the [test] extra installs it for the planner's GPU targets) prints when
-# it is loaded on a machine without a GPU, before any gptjax code runs: not gptjax's output.
-_PLUGIN_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are "
-                         r"written to STDERR|I\d{4} [\d:.]+ +\d+ cudart_stub\.cc:\d+\] .*)$")
-
-
-def own_stderr(result) -> str:
-  """A finished command's stderr without the CUDA plugin's start-up lines."""
-  return "".join(line for line in result.stderr.splitlines(keepends=True)
-                 if not _PLUGIN_LOG.match(line.rstrip("\n")))
 
 
 def assert_user_error(result, *fragments):

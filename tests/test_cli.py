@@ -9,9 +9,10 @@ import os
 
 import pytest
 
-from conftest import REPO_ROOT, assert_user_error, own_stderr, run_module
+from conftest import REPO_ROOT, assert_user_error, run_module
 
 from gptjax import config as config_lib
+from gptjax import presets
 
 CONFIG_COMMANDS = [("-m", "gptjax.train"), ("-m", "gptjax.plan"), ("tools/bench.py",)]
 
@@ -19,7 +20,7 @@ CONFIG_COMMANDS = [("-m", "gptjax.train"), ("-m", "gptjax.plan"), ("tools/bench.
 def assert_one_line_error(result, message):
   """Exit 2, exactly `error: <message>` on stderr: no traceback, no absl FATAL, no usage dump."""
   assert_user_error(result, message)
-  assert own_stderr(result).strip() == f"error: {message}", result.stderr
+  assert result.stderr.strip() == f"error: {message}", result.stderr
   assert "FATAL" not in result.stderr
 
 
@@ -36,10 +37,10 @@ def test_help_lists_every_config_field_with_its_default_and_comment(command):
 
 
 def test_help_with_a_preset_shows_its_values_beside_the_defaults():
-  result = run_module("-m", "gptjax.train", "--config=configs/tiny_char.py", "--help")
+  result = run_module("-m", "gptjax.train", "--config=tiny_char", "--help")
   assert result.returncode == 0, result.stderr[-3000:]
-  tiny = config_lib.load_config(os.path.join(REPO_ROOT, "configs", "tiny_char.py"))
-  assert f"--config.n_layer=6  (configs/tiny_char.py: {tiny.n_layer})" in result.stdout
+  tiny = presets.load(os.path.join(REPO_ROOT, "configs", "tiny_char.py"))
+  assert f"--config.n_layer=6  (tiny_char: {tiny.n_layer})" in result.stdout
 
 
 @pytest.mark.parametrize("module, flag", [("gptjax.sample", "--max_new_tokens"),
@@ -55,27 +56,27 @@ def test_help_of_the_other_commands_lists_their_flags(module, flag):
      "--config_file is not a flag of gptjax: use --config=configs/150M.json"),
     (["--config_file=configs/150M.py"],
      "--config_file is not a flag of gptjax: use --config=configs/150M.py"),
-    (["--config=configs/tiny_char.py", "--max_iters", "5000"],
+    (["--config=tiny_char", "--max_iters", "5000"],
      "--max_iters is not a flag of gptjax: use --config.max_iters=5000"),
-    (["--config=configs/tiny_char.py", "--max_iters=5000"],
+    (["--config=tiny_char", "--max_iters=5000"],
      "--max_iters is not a flag of gptjax: use --config.max_iters=5000"),
-    (["--config=configs/tiny_char.py", "--learning_rate=1e-4"],
+    (["--config=tiny_char", "--learning_rate=1e-4"],
      "--learning_rate is not a flag of gptjax: use --config.learning_rate=1e-4"),
-    (["--config=configs/tiny_char.py", "--mesh.fsdp=2"],
+    (["--config=tiny_char", "--mesh.fsdp=2"],
      "--mesh.fsdp is not a flag of gptjax: use --config.mesh.fsdp=2"),
-    (["--config=configs/tiny_char.py", "--nobias"],
+    (["--config=tiny_char", "--nobias"],
      "--nobias is not a flag of gptjax: use --config.bias=False"),
     (["configs/tiny_char.py"],
      "'configs/tiny_char.py' is not an argument of this command: use --config=configs/tiny_char.py"),
     (["--config.max_iters=3"], "--config.max_iters needs a preset to override: add "
-     "--config=<preset>, e.g. --config=configs/tiny_char.py."),
+     "--config=<preset>, e.g. --config=tiny_char."),
 ])
 def test_nanogpt_habits_get_a_one_line_hint(args, message):
   assert_one_line_error(run_module("-m", "gptjax.train", *args), message)
 
 
 def test_an_unknown_flag_is_one_line_with_the_flag_it_resembles():
-  result = run_module("-m", "gptjax.plan", "--config=configs/tiny_char.py", "--targt=local")
+  result = run_module("-m", "gptjax.plan", "--config=tiny_char", "--targt=local")
   assert_one_line_error(result, "unknown flag --targt. Did you mean --target? Fix: see --help "
                                 "for the flags and the --config.<field> names.")
 
@@ -91,8 +92,8 @@ def test_bench_takes_a_json_preset_like_train(tmp_path):
 
 @pytest.mark.parametrize("args, fragments", [
     (["--config=configs/no_such_preset.json"], ["no_such_preset.json", "does not exist"]),
-    (["--config=configs/tiny_char.py", "--config.n_layr=2"], ["n_layr", "n_layer"]),
-    (["--config=configs/tiny_char.py", "--max_iters=5"], ["use --config.max_iters=5"]),
+    (["--config=tiny_char", "--config.n_layr=2"], ["n_layr", "n_layer"]),
+    (["--config=tiny_char", "--max_iters=5"], ["use --config.max_iters=5"]),
 ])
 def test_bench_preset_mistakes_are_train_s_clear_errors(args, fragments):
   assert_user_error(run_module("tools/bench.py", *args), *fragments)
@@ -102,7 +103,7 @@ def test_sample_prompt_from_a_missing_file_is_one_clear_error(tmp_path):
   missing = tmp_path / "missing.txt"
   result = run_module("-m", "gptjax.sample", f"--run_dir={tmp_path}", f"--prompt=FILE:{missing}")
   assert_user_error(result, str(missing), "Fix:")
-  assert len(own_stderr(result).strip().splitlines()) == 1, result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def console_scripts() -> dict[str, str]:
@@ -115,10 +116,10 @@ def console_scripts() -> dict[str, str]:
 def test_setup_declares_a_console_script_per_command():
   scripts = console_scripts()
   assert set(scripts) == {"gptjax-train", "gptjax-sample", "gptjax-convert", "gptjax-plan",
-                          "gptjax-prepare"}
+                          "gptjax-prepare", "gptjax-show-configs", "gptjax-calculate-params"}
   for name, target in scripts.items():
     module, function = target.split(":")
-    assert module == "gptjax." + name.split("-")[1]
+    assert module == "gptjax." + name.split("-", 1)[1].replace("-", "_")
     assert callable(getattr(importlib.import_module(module), function)), target
 
 

@@ -1,4 +1,5 @@
-"""tools/show_configs.py and tools/calculate_params.py, run as a user would: subprocesses from the repo."""
+"""python -m gptjax.show_configs and python -m gptjax.calculate_params, and the developer tools in
+tools/, run as a user would: subprocesses from the repo."""
 
 from __future__ import annotations
 
@@ -11,19 +12,26 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import CONFIGS_DIR, REPO_ROOT, own_stderr, preset_files
+from conftest import CONFIGS_DIR, REPO_ROOT, preset_files
 
 from gptjax import config as config_lib
 from gptjax import params as params_lib
+from gptjax import presets
 
-SHOW_CONFIGS = os.path.join("tools", "show_configs.py")
-CALCULATE_PARAMS = os.path.join("tools", "calculate_params.py")
+SHOW_CONFIGS = ("-m", "gptjax.show_configs")
+CALCULATE_PARAMS = ("-m", "gptjax.calculate_params")
 PRESET_FILES = preset_files()
 
 
+def preset_name(file_name: str) -> str:
+  return os.path.splitext(file_name)[0]
+
+
 def run_tool(tool, *args, stdin=None, timeout=120):
+  """Runs a script of tools/ (or `python -c`), or a command given as ("-m", module)."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  return subprocess.run([sys.executable, tool, *args], cwd=REPO_ROOT, input=stdin, env=env,
+  command = [tool] if isinstance(tool, str) else list(tool)
+  return subprocess.run([sys.executable, *command, *args], cwd=REPO_ROOT, input=stdin, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -34,13 +42,13 @@ def expected_total(**architecture):
 
 
 def preset_total(file_name):
-  config = config_lib.load_config(os.path.join(CONFIGS_DIR, file_name))
+  config = presets.load(os.path.join(CONFIGS_DIR, file_name))
   return params_lib.count_params(config_lib.ModelConfig.from_config(config)).total
 
 
 def assert_user_error(result):
   assert result.returncode == 2, (result.stdout, result.stderr)
-  assert own_stderr(result).startswith("error:"), result.stderr
+  assert result.stderr.startswith("error:"), result.stderr
   assert "Traceback" not in result.stderr + result.stdout
 
 
@@ -50,19 +58,19 @@ def test_show_configs_lists_every_preset_with_exact_counts():
   assert "Available Model Configurations" in result.stdout
   lines = result.stdout.splitlines()
   for file_name in PRESET_FILES:
-    name = config_lib.load_config(os.path.join(CONFIGS_DIR, file_name)).name
-    [line] = [line for line in lines if line.startswith(file_name + " ")]
+    name = presets.load(os.path.join(CONFIGS_DIR, file_name)).name
+    [line] = [line for line in lines if line.startswith(preset_name(file_name) + " ")]
     assert line.split()[1] == name
     assert f"{preset_total(file_name):,}" in line.split()
   assert len(PRESET_FILES) == 18  # the 12 original sizes, 400M_1024, 1B_1024 and the GPT-2 family
 
 
 def test_show_configs_details_of_150m():
-  result = run_tool(SHOW_CONFIGS, "--config_file", "configs/150M.py")
+  result = run_tool(SHOW_CONFIGS, "--config=150M")
   assert result.returncode == 0, result.stderr
   assert "Config: GPT-150M" in result.stdout
   assert "152,101,632 (152.10M)" in result.stdout
-  assert "--config=configs/150M.py --config.model_name=my_model" in result.stdout
+  assert "--config=150M --config.model_name=my_model" in result.stdout
 
 
 def test_show_configs_json_preset(tmp_path):
@@ -71,15 +79,15 @@ def test_show_configs_json_preset(tmp_path):
                               "batch_size": 32, "block_size": 512, "vocab_size": 50304,
                               "n_embd": 512, "n_head": 8, "n_layer": 8, "dropout": 0.2,
                               "bias": False}))
-  result = run_tool(SHOW_CONFIGS, "--config_file", str(path))
+  result = run_tool(SHOW_CONFIGS, f"--config={path}")
   assert result.returncode == 0, result.stderr
   total = expected_total(n_layer=8, n_head=8, n_embd=512, block_size=512)
   assert f"Total           : {total:,}" in result.stdout
 
 
 def test_calculate_params_explicit_sizes():
-  result = run_tool(CALCULATE_PARAMS, "--n_layer", "16", "--n_embd", "768", "--n_head", "12",
-                    "--block_size", "1024")
+  result = run_tool(CALCULATE_PARAMS, "--config.n_layer=16", "--config.n_embd=768",
+                    "--config.n_head=12", "--config.block_size=1024")
   assert result.returncode == 0, result.stderr
   total = expected_total(n_layer=16, n_head=12, n_embd=768, block_size=1024)
   assert f"Total           : {total:,}" in result.stdout
@@ -89,7 +97,7 @@ def test_calculate_params_explicit_sizes():
 
 
 def test_calculate_params_config_file_with_bias_override():
-  result = run_tool(CALCULATE_PARAMS, "--config_file", "configs/tiny_char.py", "--bias")
+  result = run_tool(CALCULATE_PARAMS, "--config=tiny_char", "--config.bias=True")
   assert result.returncode == 0, result.stderr
   total = expected_total(n_layer=4, n_head=4, n_embd=192, block_size=128, vocab_size=256,
                          bias=True)
@@ -131,10 +139,12 @@ def test_calculate_params_show_formula():
 
 
 @pytest.mark.parametrize("args, in_message", [
-    (("--n_layer", "4", "--n_embd", "100", "--n_head", "3", "--block_size", "64"), "n_head"),
-    (("--n_layer", "-1", "--n_embd", "768", "--n_head", "12", "--block_size", "64"), "n_layer"),
-    (("--n_layer", "4", "--n_embd", "768"), "--n_head, --block_size"),
-    (("--config_file", "configs/no_such_preset.py"), "does not exist"),
+    (("--config.n_layer=4", "--config.n_embd=100", "--config.n_head=3", "--config.block_size=64"),
+     "n_head"),
+    (("--config.n_layer=-1", "--config.n_embd=768", "--config.n_head=12",
+      "--config.block_size=64"), "n_layer"),
+    (("--config.n_layer=4", "--config.n_embd=768"), "--config.n_head, --config.block_size"),
+    (("--config=configs/no_such_preset.py",), "does not exist"),
 ])
 def test_calculate_params_user_errors(args, in_message):
   result = run_tool(CALCULATE_PARAMS, *args)
@@ -146,17 +156,17 @@ def test_misspelt_json_key_is_a_user_error(tmp_path):
   path = tmp_path / "typo.json"
   path.write_text(json.dumps({"name": "GPT-Typo", "n_layers": 4}))
   for tool in (SHOW_CONFIGS, CALCULATE_PARAMS):
-    result = run_tool(tool, "--config_file", str(path))
+    result = run_tool(tool, f"--config={path}")
     assert_user_error(result)
     assert "Did you mean 'n_layer'?" in result.stderr
 
 
 def test_show_configs_missing_file():
-  assert_user_error(run_tool(SHOW_CONFIGS, "--config_file", "configs/no_such_preset.json"))
+  assert_user_error(run_tool(SHOW_CONFIGS, "--config=configs/no_such_preset.json"))
 
 
-def readme_block(name: str) -> str:
-  with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
+def readme_block(name: str, document: str = "README.md") -> str:
+  with open(os.path.join(REPO_ROOT, document), encoding="utf-8") as f:
     readme = f.read()
   return readme.split(f"<!-- {name}:begin -->\n")[1].split(f"<!-- {name}:end -->")[0].strip()
 
@@ -170,20 +180,20 @@ def test_readme_presets_table_is_what_show_configs_prints():
 def test_readme_memory_table_is_what_show_configs_prints():
   result = run_tool(SHOW_CONFIGS, "--memory", "--markdown")
   assert result.returncode == 0, result.stderr
-  assert readme_block("memory") == result.stdout.strip()
+  assert readme_block("memory", os.path.join("docs", "planner.md")) == result.stdout.strip()
 
 
 def memory_table():
-  with open(os.path.join(REPO_ROOT, "docs", "memory_table.json")) as f:
-    return {row["file"]: row for row in json.load(f)["rows"]}
+  with open(os.path.join(REPO_ROOT, "gptjax", "planner", "memory_table.json")) as f:
+    return {row["preset"]: row for row in json.load(f)["rows"]}
 
 
 def test_memory_table_covers_every_preset_and_its_marks_are_its_figures():
   """Every preset and common target has a cell; ✓ is a total within the device's memory, and
   every suggested change fits with 10% of it free."""
-  from gptjax import targets
+  from gptjax.planner import targets
   table = memory_table()
-  assert sorted(table) == PRESET_FILES
+  assert sorted(table) == sorted(preset_name(file_name) for file_name in PRESET_FILES)
   for row in table.values():
     assert list(row["targets"]) == list(targets.COMMON_TARGETS)
     for name, cell in row["targets"].items():
@@ -193,19 +203,19 @@ def test_memory_table_covers_every_preset_and_its_marks_are_its_figures():
         assert cell["fix_total"] <= 0.9 * memory
 
 
-@pytest.mark.parametrize("file_name, target", [("tiny_char.py", "tpu-v5e-1"),
-                                               ("small.py", "gpu-a100-40gb")])
-def test_memory_table_is_what_the_planner_compiles_today(file_name, target):
+@pytest.mark.parametrize("preset, target", [("tiny_char", "tpu-v5e-1"),
+                                            ("small", "gpu-a100-40gb")])
+def test_memory_table_is_what_the_planner_compiles_today(preset, target):
   """The stored table is not stale: compiling two of its cells again gives the same bytes (when
-  this fails, the step changed: python tools/show_configs.py --memory --refresh)."""
-  from gptjax import describe, targets
-  config = describe.load_validated(os.path.join(CONFIGS_DIR, file_name))
-  cell = describe.memory_cell(config, targets.parse_target(target), compile=True)
-  assert cell["total"] == pytest.approx(memory_table()[file_name]["targets"][target]["total"],
+  this fails, the step changed: python -m gptjax.show_configs --memory --refresh)."""
+  from gptjax.planner import report, targets
+  config = presets.load_validated(os.path.join(CONFIGS_DIR, f"{preset}.py"))
+  cell = report.memory_cell(config, targets.parse_target(target), compile=True)
+  assert cell["total"] == pytest.approx(memory_table()[preset]["targets"][target]["total"],
                                         rel=0.01)
 
 
-# The devices preset descriptions may name, as planner targets (tools/show_configs.py --memory).
+# The devices preset descriptions may name, as planner targets (gptjax.show_configs --memory).
 CLAIMED_DEVICES = {"24 GB GPU": "gpu-rtx4090-24gb", "40 GB GPU": "gpu-a100-40gb",
                    "80 GB GPU": "gpu-h100-80gb", "TPU v5e chip": "tpu-v5e-1",
                    "TPU v5e-8": "tpu-v5e-8", "TPU v4-8": "tpu-v4-8"}
@@ -215,12 +225,12 @@ CLAIMED_DEVICES = {"24 GB GPU": "gpu-rtx4090-24gb", "40 GB GPU": "gpu-a100-40gb"
 def test_preset_memory_claims_hold_on_the_devices_they_name(file_name):
   """A description that names a device (or a size in GB) is true: at its shipped settings the
   preset fits that device with 10% of its memory free, by the compiled memory table."""
-  from gptjax import targets
-  description = config_lib.load_config(os.path.join(CONFIGS_DIR, file_name)).description
+  from gptjax.planner import targets
+  description = presets.load(os.path.join(CONFIGS_DIR, file_name)).description
   claimed = [target for words, target in CLAIMED_DEVICES.items() if words in description]
   assert claimed or not re.search(r"\d+ ?GB|TPU", description), description  # no unchecked claim
   for name in claimed:
-    total = memory_table()[file_name]["targets"][name]["total"]
+    total = memory_table()[preset_name(file_name)]["targets"][name]["total"]
     assert total <= 0.9 * targets.parse_target(name).device_memory_bytes, (name, total / 2**30)
 
 
@@ -337,10 +347,10 @@ def test_bench_nanogpt_bad_gptjax_args_is_one_clear_error(tmp_path):
 
 
 def test_split_loss_predicts_every_token_once(tiny):
-  """benchmark.split_loss against a brute force: each window alone, log-softmax in numpy."""
+  """training.evaluate.split_loss against a brute force: each window alone, log-softmax in numpy."""
   import jax
   import numpy as np
-  from gptjax.benchmark import split_loss
+  from gptjax.training.evaluate import split_loss
   from gptjax.config import ModelConfig
   from gptjax.model import GPT
   model = GPT(ModelConfig.from_config(tiny()))
