@@ -189,7 +189,7 @@ def usual_approximation(model_config: config_lib.ModelConfig) -> int:
 
 FORMULA = """\
 Exact parameter count (gptjax.params.count_params), with
-  V = vocab_size, T = block_size, C = n_embd, L = n_layer, b = 1 with --bias else 0:
+  V = vocab_size, T = block_size, C = n_embd, L = n_layer, b = 1 with bias, else 0:
 
   token embedding   wte           V*C            (also the output head: tied, counted once)
   position embed.   wpe           T*C
@@ -210,8 +210,8 @@ The usual approximation:
   total ~ 12*L*C^2 + 2*V*C
 It is off because it counts the output head as a second V*C matrix, but the head is tied to wte
 and counted once (an overcount of V*C: 38,633,472 for V=50304, C=768), and it leaves out the
-position embeddings (T*C), the layer norms ((2L + 1)*C scales, and as many biases with --bias) and
-the dense-layer biases (9*C per layer with --bias).
+position embeddings (T*C), the layer norms ((2L + 1)*C scales, and as many biases with bias) and
+the dense-layer biases (9*C per layer with bias).
 
 Training FLOPs per token (gptjax.params.flops_per_token; PaLM appendix B):
   flops = 6*N + 12*L*T*C,   N = non-embedding count

@@ -172,8 +172,8 @@ def _advance(params, state: DecodeState, target, *, model, sampling: Sampling):
 
 def on_this_device(model):
   """The model as it samples fastest here: on a CPU in float32, whatever it trained in, since XLA's
-  CPU matmuls convert bfloat16 rather than compute in it (a bfloat16 350M_1024 drew a token in
-  453 ms, nanoGPT's float32 in 223 ms). Elsewhere as it trained."""
+  CPU matmuls convert bfloat16 rather than compute in it (docs/performance.md). Elsewhere as it
+  trained."""
   if jax.devices()[0].platform != "cpu" or model.config.dtype == "float32":
     return model
   print(f"# sampling in float32 on the CPU (the run computes in {model.config.dtype})",

@@ -12,7 +12,7 @@ heads, kv, mlp, vocab) that gptjax/sharding.py maps onto the device mesh.
 
 The residual stream is kept flat, (N, C): on CPU a dense layer over a flat 2-D array is a plain
 matmul, while one over (B, T, C) makes XLA contract two dimensions at once in the weight gradient,
-a much slower path (PERF-NOTES.md).
+a much slower path (docs/performance.md, "Facts behind the code").
 """
 
 from __future__ import annotations
@@ -98,10 +98,8 @@ class CausalSelfAttention(nn.Module):
     return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
 
   def _attend(self, q, k, v, query_pos, deterministic):
-    """Einsum attention with an explicit causal mask: on CPU faster than the fused op (PERF-NOTES).
-
-    (For one query, a decode step, multiply-and-sum over the cache avoids the dot's transposes of
-    it, but measured twice as slow per token on CPU.)
+    """Einsum attention with an explicit causal mask: on CPU faster than the fused op, and for a
+    single query (a decode step) faster than multiply-and-sum over the cache (docs/performance.md).
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     att = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale  # (B, H, T, T_k)

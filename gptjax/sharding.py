@@ -183,9 +183,9 @@ def flat_all_reduce(loss_and_grads: Callable, mesh: jax.sharding.Mesh) -> Callab
   """`loss_and_grads` per device on its rows, then one all-reduce of all gradients as one buffer.
 
   For pure data parallelism (params replicated). XLA's partitioner all-reduces each weight's
-  gradient and combines them into one all-reduce of a tuple of buffers; on CPU devices a tuple of
-  the recipe model's 27 gradients took 2.3 ms against 0.4 ms for the same floats in one buffer
-  (PyTorch DDP buckets its gradients for the same reason). Each device runs the model on its own
+  gradient and combines them into one all-reduce of a tuple of buffers, which on CPU devices is
+  several times slower than the same floats in one buffer (docs/performance.md; PyTorch DDP
+  buckets its gradients for the same reason). Each device runs the model on its own
   rows, so dropout masks would differ from the unsharded step's: used only without dropout.
   """
   def per_device(params, windows, rng):

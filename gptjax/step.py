@@ -92,9 +92,9 @@ def eval_step(params, windows, *, model: GPT):
   return jax.lax.map(lambda batch: loss_fn(params, model, batch), windows)
 
 
-# Compiler options for programs that run once (init). On CPU, LLVM's optimisations made init's
-# compile 2.5 s of a 2.7 s total for the nanoGPT recipe; at level 0 it compiles in 1.0 s and runs in
-# 0.08 s. GPU and TPU compilers keep their defaults.
+# Compiler options for programs that run once (init). On CPU, LLVM's optimisations cost most of
+# init's compile and buy nothing for one run (docs/performance.md). GPU and TPU compilers keep
+# their defaults.
 _RUN_ONCE_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 
 

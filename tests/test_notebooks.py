@@ -11,6 +11,7 @@ small random GPT-2 directory made here with transformers (CI has no network).
 from __future__ import annotations
 
 import ast
+import importlib.util
 import glob
 import json
 import os
@@ -55,12 +56,14 @@ def test_there_are_the_train_and_finetune_notebooks():
   assert set(REQUIRED_PARAMETERS) <= set(NOTEBOOKS)
 
 
-def test_notebook_commands_use_real_tools_and_config_fields():
+def test_notebook_commands_use_real_commands_and_config_fields():
   fields = set(get_base_config().keys())
   for path in NOTEBOOKS:
     code = code_of(path)
-    for tool in re.findall(r"python (tools/\w+\.py)", code):
-      assert os.path.isfile(os.path.join(REPO_ROOT, tool)), tool
+    commands = re.findall(r"-m (gptjax\.\w+)", code)
+    assert {"gptjax.train", "gptjax.sample"} <= set(commands), (path, commands)
+    for command in commands:
+      assert importlib.util.find_spec(command) is not None, (path, command)
     for field in re.findall(r"--config\.(\w+)", code):
       assert field in fields, (path, field)
     for preset in re.findall(r'PRESET = "([\w-]+)"', code):

@@ -12,6 +12,6 @@ def get_config():
   config.n_embd = 1024
   config.block_size = 1024
   config.batch_size = 16
-  config.dtype = "bfloat16"  # params and AdamW state stay float32; see README "Will it fit?"
+  config.dtype = "bfloat16"  # params and AdamW state stay float32; see docs/planner.md
   config.remat = True
   return config

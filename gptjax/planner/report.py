@@ -146,6 +146,8 @@ def memory_rows(directory: str | None = None, target_names=None, compile: bool =
   """
   rows, catalogue = [], presets.catalogue(directory)
   for row in describe.preset_table(directory):
+    if row["preset"].startswith("recipes/"):  # CPU recipes: not for GPUs and TPUs
+      continue
     config = presets.load_validated(catalogue[row["preset"]])
     cells = {}
     for name in target_names or targets.COMMON_TARGETS:

@@ -185,7 +185,7 @@ def communication_seconds(target, model: ModelConfig, config: ml_collections.Con
 
 @functools.lru_cache(maxsize=None)
 def cpu_matmul_flops(dtype: str) -> float:
-  """FLOP/s of a 1024 x 1024 matmul on this CPU in `dtype` (XLA's CPU peak, measured: ~0.1 s)."""
+  """FLOP/s of a 1024 x 1024 matmul on this CPU in `dtype` (XLA's CPU peak, measured once)."""
   a = jax.device_put(jnp.ones((1024, 1024), jnp.dtype(dtype)), jax.local_devices(backend="cpu")[0])
   matmul = jax.jit(lambda x: x @ x)
   matmul(a).block_until_ready()
