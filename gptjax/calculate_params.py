@@ -64,8 +64,10 @@ def main(f) -> None:
 def define_flags(values) -> None:
   from absl import flags
   flags.DEFINE_bool("interactive", False, "Ask for the sizes on stdin.", flag_values=values)
-  flags.DEFINE_bool("show_formula", False, "Print the exact formula, the usual approximation and "
-                    "the FLOPs formula.", flag_values=values)
+  flags.DEFINE_bool("show_formula",
+                    False, "Print the exact formula, the usual approximation and "
+                    "the FLOPs formula.",
+                    flag_values=values)
 
 
 def cli_main(argv: list[str] | None = None) -> None:

@@ -55,13 +55,17 @@ class Checkpointer:
       self.remove_unfinished()
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=keep),
-        checkpoint_managers.BestN(get_metric_fn=metric_val_loss, reverse=True, n=1,
+        checkpoint_managers.BestN(get_metric_fn=metric_val_loss,
+                                  reverse=True,
+                                  n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
     # best_fn is what makes Orbax write each step's metrics to disk (and read them back); the
     # preservation policy alone keeps them in memory only, so a resumed run forgot its best step.
-    options = ocp.CheckpointManagerOptions(best_fn=metric_val_loss, best_mode="min",
-                                           preservation_policy=policy, read_only=read_only,
+    options = ocp.CheckpointManagerOptions(best_fn=metric_val_loss,
+                                           best_mode="min",
+                                           preservation_policy=policy,
+                                           read_only=read_only,
                                            create=not read_only,
                                            enable_async_checkpointing=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -92,8 +96,8 @@ class Checkpointer:
     if which != "best":
       return steps
     losses = {step: self.val_loss(step) for step in steps}
-    return (sorted((s for s in steps if losses[s] is not None), key=losses.get)
-            + [s for s in steps if losses[s] is None])
+    return (sorted((s for s in steps if losses[s] is not None), key=losses.get) +
+            [s for s in steps if losses[s] is None])
 
   def save(self, step: int, state, meta: dict[str, Any], val_loss: float | None = None) -> None:
     """Starts an asynchronous save of `state` (params, opt_state) and `meta` at `step`, once the
@@ -112,19 +116,20 @@ class Checkpointer:
     """A DiskFullError, before anything is written, when the disk lacks the bytes this process
     writes for the checkpoint (its shards of params and opt_state, plus 256 KiB): a save that ran out
     of space midway would fail in Orbax's background threads instead."""
-    needed = 2**18 + sum(shard.data.nbytes for leaf in jax.tree.leaves((state.params,
-                                                                          state.opt_state))
+    needed = 2**18 + sum(shard.data.nbytes
+                         for leaf in jax.tree.leaves((state.params, state.opt_state))
                          if isinstance(leaf, jax.Array)
                          for shard in leaf.addressable_shards if shard.replica_id == 0)
     stat = os.statvfs(self.directory)
     if stat.f_bavail * stat.f_frsize < needed:
-      raise disk_full_error(self.directory, f"saving checkpoint step {step}, which needs "
-                            f"{needed / 2**20:,.1f} MiB", self.resume_hint())
+      raise disk_full_error(
+          self.directory, f"saving checkpoint step {step}, which needs "
+          f"{needed / 2**20:,.1f} MiB", self.resume_hint())
 
   def resume_hint(self) -> str:
     latest = self.manager.latest_step()
-    return (f"it resumes from checkpoint step {latest}, the last one saved." if latest is not None
-            else "no checkpoint was saved yet, so it starts from step 0.")
+    return (f"it resumes from checkpoint step {latest}, the last one saved."
+            if latest is not None else "no checkpoint was saved yet, so it starts from step 0.")
 
   @contextlib.contextmanager
   def failed_save_as_error(self):
@@ -169,8 +174,8 @@ class Checkpointer:
       return step, loaded
     if damaged:
       raise CheckpointError(
-          f"no checkpoint in {self.directory!r} can be read (" + "; ".join(
-              f"step {step}: {reason}" for step, reason in damaged) + "). Fix: move "
+          f"no checkpoint in {self.directory!r} can be read (" +
+          "; ".join(f"step {step}: {reason}" for step, reason in damaged) + "). Fix: move "
           f"{os.path.dirname(self.directory)!r} away and train again, or train into a new "
           f"directory with --config.model_name=<new name>.")
     return None
@@ -237,8 +242,10 @@ def open_run(run_dir: str) -> Checkpointer:
 
 def architecture_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """'field: saved X, now Y' for every architecture field that differs."""
-  return [f"{k}: checkpoint has {saved.get(k)!r}, config has {v!r}"
-          for k, v in current.items() if saved.get(k) != v]
+  return [
+      f"{k}: checkpoint has {saved.get(k)!r}, config has {v!r}" for k, v in current.items()
+      if saved.get(k) != v
+  ]
 
 
 def load_run(run_dir: str, which: str = "latest"):

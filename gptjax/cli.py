@@ -34,8 +34,13 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports an interrupted comman
 _PRESET_LOADER = presets.__file__
 
 
-def run_command(main, define_flags, doc: str | None, *, config: str | None = None,
-                aliases: dict[str, str] | None = None, uses_jax: bool = True,
+def run_command(main,
+                define_flags,
+                doc: str | None,
+                *,
+                config: str | None = None,
+                aliases: dict[str, str] | None = None,
+                uses_jax: bool = True,
                 argv: list[str] | None = None) -> None:
   """Runs a command: defines its flags, answers --help, checks the arguments, then `main(flags)`.
 
@@ -103,8 +108,8 @@ def _watch_interrupts() -> None:
 
   def watch() -> None:
     while True:
-      if signal.SIGINT in os.read(read_end, 64) and (
-          signal.getsignal(signal.SIGINT) is _exit_on_interrupt):
+      if signal.SIGINT in os.read(read_end, 64) and (signal.getsignal(signal.SIGINT)
+                                                     is _exit_on_interrupt):
         _exit_on_interrupt()
 
   threading.Thread(target=watch, name="gptjax-interrupts", daemon=True).start()
@@ -122,9 +127,12 @@ def config_lib_flag(values: flags.FlagValues) -> None:
   """The --config flag (ml_collections' config_file flag, lock_config) on `values`."""
   from ml_collections import config_flags
   config_flags.DEFINE_config_file(
-      "config", None, "Preset: a shipped preset's name (tiny_char, 350M_1024, ...), or a .py or "
+      "config",
+      None, "Preset: a shipped preset's name (tiny_char, 350M_1024, ...), or a .py or "
       "nanoGPT-style .json file. Override its fields with --config.<field>=<value> (every field "
-      "is listed below).", flag_values=values, lock_config=True)
+      "is listed below).",
+      flag_values=values,
+      lock_config=True)
 
 
 def drop_background_noise() -> None:
@@ -150,7 +158,8 @@ def drop_background_noise() -> None:
   default_hook = sys.unraisablehook
 
   def unraisable(info) -> None:
-    if not (isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"):
+    if not (isinstance(info.exc_value, RuntimeError) and
+            str(info.exc_value) == "Event loop is closed"):
       default_hook(info)
 
   unraisable.gptjax = True
@@ -158,6 +167,7 @@ def drop_background_noise() -> None:
 
 
 # --- --help -----------------------------------------------------------------------------------------
+
 
 def usage(doc: str | None, values: flags.FlagValues, config_argv: list[str] | None = None) -> str:
   """--help: the docstring, the command's flags, and (with `config_argv`, the command line of a
@@ -170,8 +180,11 @@ def usage(doc: str | None, values: flags.FlagValues, config_argv: list[str] | No
       continue
     shown = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
     default = "" if flag.default is None else f" (default: {flag.default_as_str})"
-    lines.append(flags.text_wrap(f"{shown}: {flag.help}{default}", length=100, indent="      ",
-                                 firstline_indent="  "))
+    lines.append(
+        flags.text_wrap(f"{shown}: {flag.help}{default}",
+                        length=100,
+                        indent="      ",
+                        firstline_indent="  "))
   if config_argv is not None:
     preset, name = None, _config_value(config_argv)
     if name:
@@ -180,9 +193,10 @@ def usage(doc: str | None, values: flags.FlagValues, config_argv: list[str] | No
       except UserError:
         preset = None
     base = config_lib.get_base_config()
-    lines += ["", "config fields, set with --config.<field>=<value> (gptjax's defaults" +
-              (f"; {name}'s value beside them where it differs" if preset is not None else "") +
-              "):"]
+    lines += [
+        "", "config fields, set with --config.<field>=<value> (gptjax's defaults" +
+        (f"; {name}'s value beside them where it differs" if preset is not None else "") + "):"
+    ]
     for field, comment in config_lib.field_comments().items():
       default = _lookup(base, field)
       line = f"--config.{field}={_format_value(default)}"
@@ -220,6 +234,7 @@ def _config_value(argv: list[str]) -> str | None:
 
 # --- Checking a command line before absl parses it ---------------------------------------------------
 
+
 def _check_arguments(argv: list[str], values: flags.FlagValues, config: str | None,
                      aliases: dict[str, str]) -> list[str]:
   """The command line with --config=<preset> pointed at the preset loader; a UserError for each
@@ -236,8 +251,10 @@ def _check_arguments(argv: list[str], values: flags.FlagValues, config: str | No
   loaded = None
   if preset is not None:
     loaded = presets.get_config(preset)  # a UserError for a preset that does not load
-    argv = [f"--config={_PRESET_LOADER}:{preset}" if arg.startswith("--config=") else arg
-            for arg in argv]
+    argv = [
+        f"--config={_PRESET_LOADER}:{preset}" if arg.startswith("--config=") else arg
+        for arg in argv
+    ]
   for arg in argv:
     if arg.startswith("--config."):
       field = arg[len("--config."):].split("=", 1)[0]
@@ -274,8 +291,8 @@ def _check_flags(argv: list[str], values: flags.FlagValues, fields: dict[str, st
     if arg == "--":
       break
     if not arg.startswith("-") or arg == "-":
-      takes_value = previous.startswith("-") and "=" not in previous and not _is_bool(previous,
-                                                                                       values)
+      takes_value = previous.startswith("-") and "=" not in previous and not _is_bool(
+          previous, values)
       if not takes_value:
         if fields and arg.endswith((".py", ".json")):
           hints.append(f"{arg!r} is not an argument of this command: use --config={arg}")
@@ -293,8 +310,8 @@ def _check_flags(argv: list[str], values: flags.FlagValues, fields: dict[str, st
       value, has_value = argv[index + 1], "="
     hints.append(_hint(name, value, has_value, values, fields, aliases))
   if hints:
-    raise UserError("\n".join(hints) if len(hints) == 1 else
-                    f"{len(hints)} flags to change:\n  " + "\n  ".join(hints))
+    raise UserError("\n".join(hints) if len(hints) == 1 else f"{len(hints)} flags to change:\n  " +
+                    "\n  ".join(hints))
 
 
 def _hint(name: str, value: str, has_value: str, values: flags.FlagValues, fields: dict[str, str],
@@ -303,8 +320,8 @@ def _hint(name: str, value: str, has_value: str, values: flags.FlagValues, field
   if fields and name == "config_file":
     return f"--config_file is not a flag of gptjax: use --config={value or '<preset>'}"
   if name in aliases:
-    return f"--{name} is not a flag of this command: use {aliases[name]}" + (
-        f"={value}" if has_value else "")
+    return f"--{name} is not a flag of this command: use {aliases[name]}" + (f"={value}"
+                                                                             if has_value else "")
   field = name[2:] if name.startswith("no") and name[2:] in fields and not has_value else name
   if field in fields:
     if field != name:  # --nobias
@@ -315,9 +332,9 @@ def _hint(name: str, value: str, has_value: str, values: flags.FlagValues, field
     return f"--{name} is not a flag of gptjax: use --config.{field}={value}"
   known = sorted({values[n].name for n in values} | {f"config.{f}" for f in fields})
   close = difflib.get_close_matches(name, known, n=1)
-  return (f"unknown flag --{name}." + (f" Did you mean --{close[0]}?" if close else "")
-          + " Fix: see --help for the flags" + (" and the --config.<field> names." if fields
-                                                else "."))
+  return (f"unknown flag --{name}." + (f" Did you mean --{close[0]}?" if close else "") +
+          " Fix: see --help for the flags" +
+          (" and the --config.<field> names." if fields else "."))
 
 
 def _is_bool(arg: str, values: flags.FlagValues) -> bool:

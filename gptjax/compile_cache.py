@@ -66,9 +66,11 @@ def _replace_unreadable_cache_entries() -> None:
       for path in (entry, entry[:-len("-cache")] + "-atime"):
         if os.path.exists(path):
           os.remove(path)
-      print(f"note: removed an unreadable compilation cache entry ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:120]}), {entry}; it is compiled and stored again.",
-            file=sys.stderr, flush=True)
+      print(
+          f"note: removed an unreadable compilation cache entry ({type(e).__name__}: "
+          f"{str(e).splitlines()[0][:120]}), {entry}; it is compiled and stored again.",
+          file=sys.stderr,
+          flush=True)
       return None, None
 
   compilation_cache.get_executable_and_time = load_or_remove

@@ -31,8 +31,12 @@ DROPOUT_RNGS = ("auto", "threefry2x32", "rbg")
 ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 # OpenAI's GPT-2 sizes by Hugging Face model name: (n_layer, n_head, n_embd), each with a context of
 # GPT2_BLOCK_SIZE, GPT-2's vocabulary and biases, and a preset configs/<name>.py.
-GPT2_SIZES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
-              "gpt2-xl": (48, 25, 1600)}
+GPT2_SIZES = {
+    "gpt2": (12, 12, 768),
+    "gpt2-medium": (24, 16, 1024),
+    "gpt2-large": (36, 20, 1280),
+    "gpt2-xl": (48, 25, 1600)
+}
 GPT2_BLOCK_SIZE = 1024
 
 
@@ -190,6 +194,8 @@ def gpt2_finetune_config(model_type: str) -> ml_collections.ConfigDict:
   config.eval_interval = 100
   config.eval_iters = 40
   return config
+
+
 def field_comments() -> dict[str, str]:
   """The comment above each field of `get_base_config()`, by dotted name ("n_layer", "mesh.fsdp"),
   in the order of the source: the fields' documentation, which `--help` prints. Section headers
@@ -207,8 +213,8 @@ def field_comments() -> dict[str, str]:
     if isinstance(node.value, ast.Call) and ast.unparse(node.value.func).endswith("ConfigDict"):
       continue
     above, index = [], node.lineno - 2  # the line above the assignment, 0-based
-    while index >= 0 and lines[index].lstrip().startswith("#") and not lines[
-        index].lstrip().startswith("# ---"):
+    while index >= 0 and lines[index].lstrip().startswith(
+        "#") and not lines[index].lstrip().startswith("# ---"):
       above.insert(0, lines[index].strip().lstrip("#").strip())
       index -= 1
     comments[".".join(path)] = " ".join(above)
@@ -246,24 +252,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config[field]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
       fail(field, f"{value!r} must be a positive integer", f"set --config.{field} to a value >= 1")
-  if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not (
-      0 <= config.seed < 2**32):
+  if isinstance(config.seed,
+                bool) or not isinstance(config.seed, int) or not (0 <= config.seed < 2**32):
     fail("seed", f"{config.seed!r} is not an integer in [0, 2**32)", "use e.g. --config.seed=1337")
   for field in ("warmup_iters", "checkpoint_interval"):
     if config[field] < 0:
       fail(field, f"{config[field]!r} is negative", f"set --config.{field} to 0 or more")
   if config.n_embd % config.n_head:
-    fail("n_head", f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}",
-         f"choose n_head among the divisors of n_embd {_divisors(config.n_embd)}, or an n_embd "
-         f"that is a multiple of {config.n_head}")
+    fail(
+        "n_head", f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}",
+        f"choose n_head among the divisors of n_embd {_divisors(config.n_embd)}, or an n_embd "
+        f"that is a multiple of {config.n_head}")
   if not 0.0 <= config.dropout < 1.0:
     fail("dropout", f"{config.dropout!r} is outside [0, 1)", "use e.g. 0.0 (large data) to 0.2")
   if config.tokenizer not in ("auto", *TOKENIZER_VOCAB_SIZES) and not (
       config.tokenizer.endswith(".json") and os.path.isfile(config.tokenizer)):
-    fail("tokenizer", f"{config.tokenizer!r} is not a tokenizer" + (
-        " (no such file)" if config.tokenizer.endswith(".json") else ""),
-         f"use one of auto, {', '.join(TOKENIZER_VOCAB_SIZES)}, or the path of a Hugging Face "
-         "tokenizer.json")
+    fail(
+        "tokenizer", f"{config.tokenizer!r} is not a tokenizer" +
+        (" (no such file)" if config.tokenizer.endswith(".json") else ""),
+        f"use one of auto, {', '.join(TOKENIZER_VOCAB_SIZES)}, or the path of a Hugging Face "
+        "tokenizer.json")
   if config.data_dir and config.input_file:
     fail("data_dir", f"{config.data_dir!r} is set, and so is input_file={config.input_file!r}",
          "train on one of them: leave the other empty")
@@ -271,18 +279,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   # A tokenizer.json's vocabulary, and data_dir's tokenizer with "auto", are checked with the data.
   if tokenizer in TOKENIZER_VOCAB_SIZES and not (config.data_dir and config.tokenizer == "auto") \
       and config.vocab_size < TOKENIZER_VOCAB_SIZES[tokenizer]:
-    fail("vocab_size", f"{config.vocab_size} is smaller than the {tokenizer} tokenizer's "
-         f"{TOKENIZER_VOCAB_SIZES[tokenizer]} tokens",
-         f"set vocab_size >= {TOKENIZER_VOCAB_SIZES[tokenizer]}"
-         + (f" ({GPT2_PADDED_VOCAB_SIZE} pads it for speed)" if tokenizer == "gpt2" else ""))
+    fail(
+        "vocab_size", f"{config.vocab_size} is smaller than the {tokenizer} tokenizer's "
+        f"{TOKENIZER_VOCAB_SIZES[tokenizer]} tokens",
+        f"set vocab_size >= {TOKENIZER_VOCAB_SIZES[tokenizer]}" +
+        (f" ({GPT2_PADDED_VOCAB_SIZE} pads it for speed)" if tokenizer == "gpt2" else ""))
   if config.learning_rate <= 0:
     fail("learning_rate", f"{config.learning_rate!r} must be positive", "use e.g. 6e-4")
   if not 0 <= config.min_lr <= config.learning_rate:
     fail("min_lr", f"{config.min_lr!r} must be in [0, learning_rate={config.learning_rate}]",
          "use e.g. learning_rate / 10")
   if config.lr_decay_iters != -1 and config.lr_decay_iters <= config.warmup_iters:
-    fail("lr_decay_iters", f"{config.lr_decay_iters} must exceed warmup_iters="
-         f"{config.warmup_iters} (or be -1 for max_iters)", "set it to max_iters or -1")
+    fail(
+        "lr_decay_iters", f"{config.lr_decay_iters} must exceed warmup_iters="
+        f"{config.warmup_iters} (or be -1 for max_iters)", "set it to max_iters or -1")
   for field in ("beta1", "beta2"):
     if not 0.0 <= config[field] < 1.0:
       fail(field, f"{config[field]!r} is outside [0, 1)", "use 0.9 for beta1, 0.95-0.99 for beta2")
@@ -301,7 +311,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("train_split", f"{config.train_split!r} is outside (0, 1)", "use e.g. 0.9")
   mesh_sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
   if sum(size == -1 for size in mesh_sizes) > 1 or any(s == 0 or s < -1 for s in mesh_sizes):
-    fail("mesh", f"data={mesh_sizes[0]}, fsdp={mesh_sizes[1]}, tensor={mesh_sizes[2]} is not a mesh",
+    fail("mesh",
+         f"data={mesh_sizes[0]}, fsdp={mesh_sizes[1]}, tensor={mesh_sizes[2]} is not a mesh",
          "give positive sizes, with at most one of them -1 (= all remaining devices)")
   if config.mesh.tensor > 0 and config.n_head % config.mesh.tensor:
     fail("mesh.tensor", f"n_head={config.n_head} is not divisible by mesh.tensor="

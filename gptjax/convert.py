@@ -18,8 +18,9 @@ from gptjax.config import GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE
 from gptjax.errors import CheckpointError, UserError
 
 # (n_layer, n_head, n_embd, block_size, vocab_size) of OpenAI's GPT-2 sizes -> their presets.
-GPT2_PRESETS = {(*sizes, GPT2_BLOCK_SIZE, GPT2_VOCAB_SIZE): name
-                for name, sizes in GPT2_SIZES.items()}
+GPT2_PRESETS = {
+    (*sizes, GPT2_BLOCK_SIZE, GPT2_VOCAB_SIZE): name for name, sizes in GPT2_SIZES.items()
+}
 
 
 def import_to_run_dir(hf: str, run_dir: str):
@@ -37,12 +38,16 @@ def import_to_run_dir(hf: str, run_dir: str):
   hf_dir = hf_gpt2.resolve_hf(hf, flag="--from_hf")
   model, params = hf_gpt2.load_hf_gpt2(hf_dir)
   config = get_base_config()
-  config.update(dict(name=os.path.basename(os.path.normpath(hf)), dropout=0.0,
-                     description=f"imported from {hf}", init_from=hf,
-                     model_name=os.path.basename(os.path.normpath(run_dir)),
-                     out_dir=os.path.dirname(os.path.normpath(run_dir)) or "."))
+  config.update(
+      dict(name=os.path.basename(os.path.normpath(hf)),
+           dropout=0.0,
+           description=f"imported from {hf}",
+           init_from=hf,
+           model_name=os.path.basename(os.path.normpath(run_dir)),
+           out_dir=os.path.dirname(os.path.normpath(run_dir)) or "."))
   config.update(model.config.architecture())
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  state = TrainState(step=jnp.zeros((), jnp.int32),
+                     params=params,
                      opt_state=make_optimizer(config).init(params))
   meta = dict(architecture=model.config.architecture(), config=config.to_dict())
   checkpointer = Checkpointer(run_dir)
@@ -62,19 +67,35 @@ def export_run_dir(run_dir: str, hf_dir: str, which: str = "latest") -> None:
 
 def define_flags(values) -> None:
   from absl import flags
-  flags.DEFINE_string("from_hf", None, "HF GPT-2 directory (or hub name, e.g. gpt2) to import.", flag_values=values)
-  flags.DEFINE_string("out", None, "With --from_hf: the new run directory, e.g. out/gpt2.", flag_values=values)
-  flags.DEFINE_string("run_dir", None, "With --to_hf: the run directory to export.", flag_values=values)
-  flags.DEFINE_string("to_hf", None, "With --run_dir: the HF directory to write.", flag_values=values)
-  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "With --run_dir: which checkpoint.", flag_values=values)
+  flags.DEFINE_string("from_hf",
+                      None,
+                      "HF GPT-2 directory (or hub name, e.g. gpt2) to import.",
+                      flag_values=values)
+  flags.DEFINE_string("out",
+                      None,
+                      "With --from_hf: the new run directory, e.g. out/gpt2.",
+                      flag_values=values)
+  flags.DEFINE_string("run_dir",
+                      None,
+                      "With --to_hf: the run directory to export.",
+                      flag_values=values)
+  flags.DEFINE_string("to_hf",
+                      None,
+                      "With --run_dir: the HF directory to write.",
+                      flag_values=values)
+  flags.DEFINE_enum("checkpoint",
+                    "latest", ["latest", "best"],
+                    "With --run_dir: which checkpoint.",
+                    flag_values=values)
 
 
 def main(f) -> None:
   if f.from_hf and f.out and not (f.run_dir or f.to_hf):
     config = import_to_run_dir(f.from_hf, f.out)
     shape = (config.n_layer, config.n_head, config.n_embd, config.block_size, config.vocab_size)
-    preset = GPT2_PRESETS.get(shape, "<a preset with n_layer, n_head, n_embd, block_size, "
-                                     f"vocab_size = {shape} and bias=True>")
+    preset = GPT2_PRESETS.get(
+        shape, "<a preset with n_layer, n_head, n_embd, block_size, "
+        f"vocab_size = {shape} and bias=True>")
     print(f"wrote {f.out} (step 0). Sample: python -m gptjax.sample --run_dir {f.out}\n"
           f"Train on: python -m gptjax.train --config={preset} --config.out_dir={config.out_dir} "
           f"--config.model_name={config.model_name}")

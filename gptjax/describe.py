@@ -21,24 +21,35 @@ from gptjax.errors import ConfigError, UserError
 # (heading, row key, right-aligned) for the table columns.
 TABLE_COLUMNS = (("Preset", "preset", False), ("Name", "name", False), ("Params", "params", True),
                  ("Layers", "n_layer", True), ("Heads", "n_head", True), ("Embed", "n_embd", True),
-                 ("Block", "block_size", True), ("Vocab", "vocab_size", True),
-                 ("Batch", "batch_size", True))
+                 ("Block", "block_size", True), ("Vocab", "vocab_size", True), ("Batch",
+                                                                                "batch_size", True))
 RULE_WIDTH = 70
 # The label of each architecture field, with the letter the formula calls it by.
-ARCHITECTURE_LABELS = {"n_layer": "Layers (L)", "n_head": "Heads", "n_embd": "Embedding (C)",
-                       "block_size": "Block size (T)", "vocab_size": "Vocab size (V)",
-                       "bias": "Bias"}
+ARCHITECTURE_LABELS = {
+    "n_layer": "Layers (L)",
+    "n_head": "Heads",
+    "n_embd": "Embedding (C)",
+    "block_size": "Block size (T)",
+    "vocab_size": "Vocab size (V)",
+    "bias": "Bias"
+}
 LABEL_WIDTH = len("FLOPs per token")
 
-
 # --- The catalogue (show_configs, the README's table) -------------------------------------------
+
 
 def preset_row(preset: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
   """One table row: preset, name, exact counts and the architecture of a loaded preset."""
   breakdown = params_lib.count_params(config_lib.ModelConfig.from_config(config))
-  return dict(preset=preset, name=config.name, params=breakdown.total,
-              non_embedding=breakdown.non_embedding, n_layer=config.n_layer, n_head=config.n_head,
-              n_embd=config.n_embd, block_size=config.block_size, vocab_size=config.vocab_size,
+  return dict(preset=preset,
+              name=config.name,
+              params=breakdown.total,
+              non_embedding=breakdown.non_embedding,
+              n_layer=config.n_layer,
+              n_head=config.n_head,
+              n_embd=config.n_embd,
+              block_size=config.block_size,
+              vocab_size=config.vocab_size,
               batch_size=config.batch_size)
 
 
@@ -49,8 +60,10 @@ def preset_table(directory: str | None = None) -> list[dict[str, Any]]:
   Raises:
     ConfigError: a preset does not load or does not validate (the message names it).
   """
-  rows = [preset_row(name, presets.load_validated(path))
-          for name, path in presets.catalogue(directory).items()]
+  rows = [
+      preset_row(name, presets.load_validated(path))
+      for name, path in presets.catalogue(directory).items()
+  ]
   return sorted(rows, key=lambda row: (row["params"], row["preset"]))
 
 
@@ -65,23 +78,30 @@ def format_preset_table(rows: list[dict[str, Any]]) -> str:
   widths = [max(len(cell) for cell in column) for column in zip(headings, *body)]
 
   def line(cells):
-    return "  ".join(cell.rjust(width) if right else cell.ljust(width)
-                     for cell, width, (_, _, right) in zip(cells, widths, TABLE_COLUMNS)).rstrip()
+    return "  ".join(
+        cell.rjust(width) if right else cell.ljust(width)
+        for cell, width, (_, _, right) in zip(cells, widths, TABLE_COLUMNS)).rstrip()
 
   rule_width = max(RULE_WIDTH, sum(widths) + 2 * (len(widths) - 1))
-  lines = ["Available Model Configurations", "=" * rule_width, "", line(headings),
-           "  ".join("-" * width for width in widths)]
+  lines = [
+      "Available Model Configurations", "=" * rule_width, "",
+      line(headings), "  ".join("-" * width for width in widths)
+  ]
   lines += [line(cells) for cells in body]
-  lines += ["", f"{len(rows)} presets. Params are exact (tied output head counted once); "
-            f"details: --config=<preset>."]
+  lines += [
+      "", f"{len(rows)} presets. Params are exact (tied output head counted once); "
+      f"details: --config=<preset>."
+  ]
   return "\n".join(lines)
 
 
 def format_preset_markdown(rows: list[dict[str, Any]]) -> str:
   """The catalogue as a markdown table (same columns, exact Params with thousands separators)."""
   headings = [heading for heading, _, _ in TABLE_COLUMNS]
-  lines = ["| " + " | ".join(headings) + " |",
-           "| " + " | ".join("---:" if right else "---" for _, _, right in TABLE_COLUMNS) + " |"]
+  lines = [
+      "| " + " | ".join(headings) + " |",
+      "| " + " | ".join("---:" if right else "---" for _, _, right in TABLE_COLUMNS) + " |"
+  ]
   for row in rows:
     cells = _cells(row)
     cells[0] = f"`{cells[0]}`"
@@ -91,18 +111,23 @@ def format_preset_markdown(rows: list[dict[str, Any]]) -> str:
 
 # --- One architecture: the blocks both tools print ------------------------------------------------
 
+
 def _field(label: str, value) -> str:
   return f"  {label:<{LABEL_WIDTH}} : {value}"
 
 
 def architecture_lines(model_config: config_lib.ModelConfig, *more: tuple[str, Any]) -> list[str]:
   """The "Architecture:" block: every ARCHITECTURE_FIELDS entry, then the (label, value) `more`."""
-  values = {**model_config.architecture(),
-            "n_head": f"{model_config.n_head} (head dim {model_config.head_dim})"}
-  return ["Architecture:",
-          *[_field(ARCHITECTURE_LABELS[field], values[field])
-            for field in config_lib.ARCHITECTURE_FIELDS],
-          *[_field(label, value) for label, value in more]]
+  values = {
+      **model_config.architecture(), "n_head":
+          f"{model_config.n_head} (head dim {model_config.head_dim})"
+  }
+  return [
+      "Architecture:", *[
+          _field(ARCHITECTURE_LABELS[field], values[field])
+          for field in config_lib.ARCHITECTURE_FIELDS
+      ], *[_field(label, value) for label, value in more]
+  ]
 
 
 def count_lines(model_config: config_lib.ModelConfig, pytree_count: int | None = None) -> list[str]:
@@ -110,16 +135,21 @@ def count_lines(model_config: config_lib.ModelConfig, pytree_count: int | None =
   breakdown = params_lib.count_params(model_config)
   total, non_embedding = breakdown.total, breakdown.non_embedding
   flops = params_lib.flops_per_token(model_config)
-  lines = [_field("Per layer", f"{breakdown.per_layer:,}"),
-           _field("Total", f"{total:,} ({format_count(total)})"),
-           _field("Non-embedding", f"{non_embedding:,} ({format_count(non_embedding)}; nanoGPT's "
-                                   f"get_num_params(), without wpe)")]
+  lines = [
+      _field("Per layer", f"{breakdown.per_layer:,}"),
+      _field("Total", f"{total:,} ({format_count(total)})"),
+      _field(
+          "Non-embedding", f"{non_embedding:,} ({format_count(non_embedding)}; nanoGPT's "
+          f"get_num_params(), without wpe)")
+  ]
   if pytree_count is not None:
     check = ("(matches)" if pytree_count == total else
              f"(MISMATCH: differs from the analytic count by {pytree_count - total:+,})")
     lines.append(_field("Pytree count", f"{pytree_count:,} {check}"))
-  return lines + [_field("FLOPs per token",
-                         f"{flops:,} ({flops / 1e9:.2f} GFLOP, training: forward + backward)")]
+  return lines + [
+      _field("FLOPs per token",
+             f"{flops:,} ({flops / 1e9:.2f} GFLOP, training: forward + backward)")
+  ]
 
 
 def breakdown_rows(breakdown: params_lib.ParamBreakdown) -> list[tuple[str, int]]:
@@ -130,8 +160,7 @@ def breakdown_rows(breakdown: params_lib.ParamBreakdown) -> list[tuple[str, int]
           (f"attention ({L} x {breakdown.attention:,})", L * breakdown.attention),
           (f"MLP ({L} x {breakdown.mlp:,})", L * breakdown.mlp),
           (f"layer norms ({L} x {breakdown.layer_norms:,})", L * breakdown.layer_norms),
-          ("final layer norm (ln_f)", breakdown.final_norm),
-          ("output head (tied to wte)", 0)]
+          ("final layer norm (ln_f)", breakdown.final_norm), ("output head (tied to wte)", 0)]
 
 
 def format_preset_details(preset: str, config: ml_collections.ConfigDict) -> str:
@@ -141,22 +170,22 @@ def format_preset_details(preset: str, config: ml_collections.ConfigDict) -> str
   rule = "=" * RULE_WIDTH
   tokenizer = config_lib.resolve_tokenizer(config)
   return "\n".join([
-      rule, f"Config: {config.name}", f"Preset: {preset}", rule,
-      f"Description: {config.description}", "",
-      *architecture_lines(model_config, ("Tokenizer", f"{tokenizer} (auto)"
-                                         if config.tokenizer == "auto" else tokenizer),
-                          ("Dropout", config.dropout)), "",
-      "Parameters:", *count_lines(model_config),
-      _field("Train memory", f"{memory:,} bytes ({format_bytes(memory)}: float32 params + grads "
-                             f"+ AdamW moments, before activations)"),
-      _field("Batch size", config.batch_size), "",
-      "Usage:",
+      rule, f"Config: {config.name}", f"Preset: {preset}",
+      rule, f"Description: {config.description}", "", *architecture_lines(
+          model_config,
+          ("Tokenizer", f"{tokenizer} (auto)" if config.tokenizer == "auto" else tokenizer),
+          ("Dropout", config.dropout)), "", "Parameters:", *count_lines(model_config),
+      _field(
+          "Train memory", f"{memory:,} bytes ({format_bytes(memory)}: float32 params + grads "
+          f"+ AdamW moments, before activations)"),
+      _field("Batch size", config.batch_size), "", "Usage:",
       f"  python -m gptjax.train --config={preset} --config.model_name=my_model "
-      f"--config.input_file=input.txt",
-      rule])
+      f"--config.input_file=input.txt", rule
+  ])
 
 
 # --- The parameter report (calculate_params) ------------------------------------------------------
+
 
 def format_report(model_config: config_lib.ModelConfig, pytree_count: int | None = None) -> str:
   """Architecture, per-component breakdown with percentages, and the exact totals.
@@ -175,10 +204,11 @@ def format_report(model_config: config_lib.ModelConfig, pytree_count: int | None
   def row(label, count):
     return f"  {label:<{label_width}}  {count:>{count_width},}  {100 * count / total:6.2f}%"
 
-  return "\n".join([*architecture_lines(model_config), "", "Parameter breakdown:",
-                    *[row(label, count) for label, count in rows],
-                    "  " + "-" * (label_width + count_width + 11), row("Total", total), "",
-                    *count_lines(model_config, pytree_count)])
+  return "\n".join([
+      *architecture_lines(model_config), "", "Parameter breakdown:",
+      *[row(label, count) for label, count in rows], "  " + "-" * (label_width + count_width + 11),
+      row("Total", total), "", *count_lines(model_config, pytree_count)
+  ])
 
 
 def usual_approximation(model_config: config_lib.ModelConfig) -> int:
@@ -227,9 +257,10 @@ def format_formula(model_config: config_lib.ModelConfig | None = None) -> str:
     return FORMULA
   exact = params_lib.count_params(model_config).total
   approx = usual_approximation(model_config)
-  return (f"{FORMULA}\n\nFor this architecture:\n"
-          f"  exact         : {exact:,}\n"
-          f"  approximation : {approx:,} ({approx - exact:+,}, {100 * (approx - exact) / exact:+.2f}%)")
+  return (
+      f"{FORMULA}\n\nFor this architecture:\n"
+      f"  exact         : {exact:,}\n"
+      f"  approximation : {approx:,} ({approx - exact:+,}, {100 * (approx - exact) / exact:+.2f}%)")
 
 
 def _parse_positive_int(answer: str) -> int:
@@ -250,7 +281,8 @@ def _parse_yes_no(answer: str) -> bool:
   raise ValueError(f"{answer!r} is not y or n")
 
 
-def ask_architecture(read_line: Callable[[], str] = None, write: Callable[[str], object] = None,
+def ask_architecture(read_line: Callable[[], str] = None,
+                     write: Callable[[str], object] = None,
                      echo: bool | None = None) -> ml_collections.ConfigDict:
   """Asks for the architecture one field at a time; re-asks with the reason after a bad answer.
 
@@ -278,8 +310,8 @@ def ask_architecture(read_line: Callable[[], str] = None, write: Callable[[str],
   )
   answers = {}
   for field, question, default, parse in questions:
-    shown_default = (f" [{'y' if default else 'n'}]" if isinstance(default, bool)
-                     else "" if default is None else f" [{default}]")
+    shown_default = (f" [{'y' if default else 'n'}]"
+                     if isinstance(default, bool) else "" if default is None else f" [{default}]")
     while True:
       write(f"{question}{shown_default}: ")
       line = read_line()

@@ -53,13 +53,13 @@ class GpuSpec:
 class Chip:
   """One accelerator: what it holds and how fast it computes and reads memory."""
   name: str
-  platform: str              # "tpu", "gpu" or "cpu"
-  memory_bytes: int          # memory a program may use on one device
-  peak_flops: float          # dense bf16 matmul FLOP/s
-  peak_flops_fp32: float     # float32 matmuls as XLA runs them (TPU: bf16 passes; GPU: TF32)
-  memory_bandwidth: float    # bytes/s
+  platform: str  # "tpu", "gpu" or "cpu"
+  memory_bytes: int  # memory a program may use on one device
+  peak_flops: float  # dense bf16 matmul FLOP/s
+  peak_flops_fp32: float  # float32 matmuls as XLA runs them (TPU: bf16 passes; GPU: TF32)
+  memory_bandwidth: float  # bytes/s
   link_bandwidth: float = 0.0  # bytes/s one device sends to its neighbours (TPU ICI, NVLink, PCIe)
-  memory_note: str = ""      # how memory_bytes was arrived at
+  memory_note: str = ""  # how memory_bytes was arrived at
   gpu: GpuSpec | None = None  # what XLA's deviceless GPU compiler needs to know of the card
 
 
@@ -80,36 +80,53 @@ TPU_CHIPS = {
 # NVIDIA GPUs: memory as nvidia-smi shows it. Those with a GpuSpec can be planned for without the
 # card (XLA's deviceless compiler); the others are known for MFU and the local planner.
 GPUS = {
-    "b200-180gb": Chip("NVIDIA B200", "gpu", 183359 * 2**20, 2250e12, 1125e12, 8000e9, 900e9),
-    "h200-141gb": Chip("NVIDIA H200", "gpu", 143771 * 2**20, 989e12, 494e12, 4800e9, 450e9,
-                       gpu=_HOPPER),
-    "h100-80gb": Chip("NVIDIA H100 80GB", "gpu", 81559 * 2**20, 989e12, 494e12, 3352e9, 450e9,
-                      gpu=_HOPPER),
-    "a100-80gb": Chip("NVIDIA A100 80GB", "gpu", 81920 * 2**20, 312e12, 156e12, 2039e9, 300e9,
-                      gpu=_A100),
-    "a100-40gb": Chip("NVIDIA A100 40GB", "gpu", 40960 * 2**20, 312e12, 156e12, 1555e9, 300e9,
-                      gpu=_A100),
-    "l40s-48gb": Chip("NVIDIA L40S", "gpu", 46068 * 2**20, 362e12, 183e12, 864e9, 32e9),
-    "a10-24gb": Chip("NVIDIA A10", "gpu", 23028 * 2**20, 125e12, 62.5e12, 600e9, 32e9),
-    "l4-24gb": Chip("NVIDIA L4", "gpu", 23034 * 2**20, 121e12, 60e12, 300e9, 32e9,
-                    gpu=GpuSpec((8, 9), 58, 128, l2_bytes=48 * 2**20, clock_ghz=2.04, **_ADA)),
-    "rtx4090-24gb": Chip("NVIDIA GeForce RTX 4090", "gpu", 24564 * 2**20, 165e12, 82.6e12, 1008e9,
-                         32e9, gpu=GpuSpec((8, 9), 128, 128, l2_bytes=72 * 2**20, clock_ghz=2.52,
-                                           **_ADA)),
-    "rtx3090-24gb": Chip("NVIDIA GeForce RTX 3090", "gpu", 24268 * 2**20, 71e12, 35.6e12, 936e9,
-                         32e9),
-    "v100-32gb": Chip("NVIDIA V100", "gpu", 32510 * 2**20, 125e12, 15.7e12, 900e9, 150e9),
-    "t4-16gb": Chip("NVIDIA T4", "gpu", 15360 * 2**20, 65e12, 8.1e12, 320e9, 16e9),
+    "b200-180gb":
+        Chip("NVIDIA B200", "gpu", 183359 * 2**20, 2250e12, 1125e12, 8000e9, 900e9),
+    "h200-141gb":
+        Chip("NVIDIA H200", "gpu", 143771 * 2**20, 989e12, 494e12, 4800e9, 450e9, gpu=_HOPPER),
+    "h100-80gb":
+        Chip("NVIDIA H100 80GB", "gpu", 81559 * 2**20, 989e12, 494e12, 3352e9, 450e9, gpu=_HOPPER),
+    "a100-80gb":
+        Chip("NVIDIA A100 80GB", "gpu", 81920 * 2**20, 312e12, 156e12, 2039e9, 300e9, gpu=_A100),
+    "a100-40gb":
+        Chip("NVIDIA A100 40GB", "gpu", 40960 * 2**20, 312e12, 156e12, 1555e9, 300e9, gpu=_A100),
+    "l40s-48gb":
+        Chip("NVIDIA L40S", "gpu", 46068 * 2**20, 362e12, 183e12, 864e9, 32e9),
+    "a10-24gb":
+        Chip("NVIDIA A10", "gpu", 23028 * 2**20, 125e12, 62.5e12, 600e9, 32e9),
+    "l4-24gb":
+        Chip("NVIDIA L4",
+             "gpu",
+             23034 * 2**20,
+             121e12,
+             60e12,
+             300e9,
+             32e9,
+             gpu=GpuSpec((8, 9), 58, 128, l2_bytes=48 * 2**20, clock_ghz=2.04, **_ADA)),
+    "rtx4090-24gb":
+        Chip("NVIDIA GeForce RTX 4090",
+             "gpu",
+             24564 * 2**20,
+             165e12,
+             82.6e12,
+             1008e9,
+             32e9,
+             gpu=GpuSpec((8, 9), 128, 128, l2_bytes=72 * 2**20, clock_ghz=2.52, **_ADA)),
+    "rtx3090-24gb":
+        Chip("NVIDIA GeForce RTX 3090", "gpu", 24268 * 2**20, 71e12, 35.6e12, 936e9, 32e9),
+    "v100-32gb":
+        Chip("NVIDIA V100", "gpu", 32510 * 2**20, 125e12, 15.7e12, 900e9, 150e9),
+    "t4-16gb":
+        Chip("NVIDIA T4", "gpu", 15360 * 2**20, 65e12, 8.1e12, 320e9, 16e9),
 }
 # jax's device_kind -> the chip, matched as lower-case substrings, most specific first.
-_DEVICE_KINDS = (
-    ("tpu v5 lite", "v5e"), ("tpu v5e", "v5e"), ("tpu v6 lite", "v6e"), ("tpu v6e", "v6e"),
-    ("tpu v5", "v5p"), ("tpu v4", "v4"), ("tpu v3", "v3"), ("tpu v2", "v2"),
-    ("b200", "b200-180gb"), ("gh200", "h100-80gb"), ("h200", "h200-141gb"), ("h100", "h100-80gb"),
-    ("a100-sxm4-80gb", "a100-80gb"), ("a100 80gb", "a100-80gb"),
-    ("a100", "a100-40gb"), ("l40s", "l40s-48gb"), ("l40", None), ("a10", "a10-24gb"),
-    ("l4", "l4-24gb"), ("4090", "rtx4090-24gb"), ("3090", "rtx3090-24gb"), ("v100", "v100-32gb"),
-    ("t4", "t4-16gb"))
+_DEVICE_KINDS = (("tpu v5 lite", "v5e"), ("tpu v5e", "v5e"), ("tpu v6 lite", "v6e"),
+                 ("tpu v6e", "v6e"), ("tpu v5", "v5p"), ("tpu v4", "v4"), ("tpu v3", "v3"),
+                 ("tpu v2", "v2"), ("b200", "b200-180gb"), ("gh200", "h100-80gb"),
+                 ("h200", "h200-141gb"), ("h100", "h100-80gb"), ("a100-sxm4-80gb", "a100-80gb"),
+                 ("a100 80gb", "a100-80gb"), ("a100", "a100-40gb"), ("l40s", "l40s-48gb"),
+                 ("l40", None), ("a10", "a10-24gb"), ("l4", "l4-24gb"), ("4090", "rtx4090-24gb"),
+                 ("3090", "rtx3090-24gb"), ("v100", "v100-32gb"), ("t4", "t4-16gb"))
 
 
 def known_chip(device_kind: str) -> Chip | None:
@@ -180,9 +197,11 @@ def accelerator_hardware() -> str | None:
 
 
 # What to install when JAX sees only the CPU of a machine with this hardware.
-_INSTALL_FIX = {"gpu": 'pip install "jax[cuda12]" (gptjax\'s [cuda] extra; "jax[cuda13]" for CUDA 13 '
-                       'drivers)',
-                "tpu": 'pip install "jax[tpu]" (gptjax\'s [tpu] extra)'}
+_INSTALL_FIX = {
+    "gpu": 'pip install "jax[cuda12]" (gptjax\'s [cuda] extra; "jax[cuda13]" for CUDA 13 '
+           'drivers)',
+    "tpu": 'pip install "jax[tpu]" (gptjax\'s [tpu] extra)'
+}
 
 
 def check_accelerator_used(allow_cpu: bool) -> None:
@@ -191,14 +210,15 @@ def check_accelerator_used(allow_cpu: bool) -> None:
   without a word."""
   import jax
   hardware = accelerator_hardware()
-  if (hardware is None or allow_cpu or jax.devices()[0].platform != "cpu"
-      or os.environ.get("JAX_PLATFORMS", "").strip() == "cpu"):
+  if (hardware is None or allow_cpu or jax.devices()[0].platform != "cpu" or
+      os.environ.get("JAX_PLATFORMS", "").strip() == "cpu"):
     return
   from gptjax.errors import UserError
   what = "an NVIDIA GPU" if hardware == "gpu" else "a TPU"
-  raise UserError(f"this machine has {what}, but JAX sees only the CPU: the installed jaxlib cannot "
-                  f"use it. Fix: {_INSTALL_FIX[hardware]}, or train on the CPU on purpose with "
-                  f"--config.allow_cpu=True.")
+  raise UserError(
+      f"this machine has {what}, but JAX sees only the CPU: the installed jaxlib cannot "
+      f"use it. Fix: {_INSTALL_FIX[hardware]}, or train on the CPU on purpose with "
+      f"--config.allow_cpu=True.")
 
 
 def _nvidia_smi_lists_a_gpu() -> bool:

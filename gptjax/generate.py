@@ -67,8 +67,8 @@ def sample_logits(logits, keys, *, temperature: float, top_k: int, top_p: float,
   if top_k or top_p < 1.0:
     # The candidates, most likely first: top_k's are already sorted, and a nucleus over them needs
     # no sort of the whole vocabulary (50k entries per token at GPT-2's size).
-    candidates = (jax.lax.top_k(logits, min(top_k, vocab_limit))[0] if top_k
-                  else jnp.sort(logits, axis=-1)[:, ::-1])
+    candidates = (jax.lax.top_k(logits, min(top_k, vocab_limit))[0]
+                  if top_k else jnp.sort(logits, axis=-1)[:, ::-1])
     threshold = candidates[:, -1:]  # the least likely token kept
     if top_p < 1.0:
       probs = jax.nn.softmax(candidates, axis=-1)
@@ -88,18 +88,29 @@ def init_cache(model, batch_size: int):
 
 def _feed(model, params, cache, tokens, logits_at):
   """Feeds `tokens` (B, T) at the cache's position: ((B, V) logits at `logits_at`, new cache)."""
-  logits, variables = model.apply({"params": params, "cache": cache}, tokens, decode=True,
-                                  logits_at=logits_at, mutable=["cache"])
+  logits, variables = model.apply({
+      "params": params,
+      "cache": cache
+  },
+                                  tokens,
+                                  decode=True,
+                                  logits_at=logits_at,
+                                  mutable=["cache"])
   return logits[:, 0], variables["cache"]
 
 
 def _draw(state: DecodeState, logits, sampling: Sampling) -> DecodeState:
   """Draws token number `state.drawn` of every sample from `logits` (B, V); it becomes pending."""
   keys = jax.vmap(jax.random.fold_in, (0, None))(state.keys, state.drawn)
-  token = sample_logits(logits, keys, temperature=sampling.temperature, top_k=sampling.top_k,
-                        top_p=sampling.top_p, vocab_limit=sampling.vocab_limit)
+  token = sample_logits(logits,
+                        keys,
+                        temperature=sampling.temperature,
+                        top_k=sampling.top_k,
+                        top_p=sampling.top_p,
+                        vocab_limit=sampling.vocab_limit)
   token = jnp.where(state.done, sampling.stop_token, token)  # a finished sample stays finished
-  return state._replace(pending=token, drawn=state.drawn + 1,
+  return state._replace(pending=token,
+                        drawn=state.drawn + 1,
                         done=state.done | (token == sampling.stop_token))
 
 
@@ -118,8 +129,12 @@ def _prefill(params, prompt, prompt_length, seed, first_sample, *, model,
   logits, cache = _feed(model, params, init_cache(model, batch), prompt, prompt_length - 1)
   cache = {**cache, "position": prompt_length.astype(jnp.int32)}
   context = jnp.zeros((batch, model.config.block_size), jnp.int32).at[:, :bucket].set(prompt)
-  state = DecodeState(cache, context, pending=jnp.zeros(batch, jnp.int32), drawn=jnp.int32(0),
-                      keys=keys, done=jnp.zeros(batch, bool))
+  state = DecodeState(cache,
+                      context,
+                      pending=jnp.zeros(batch, jnp.int32),
+                      drawn=jnp.int32(0),
+                      keys=keys,
+                      done=jnp.zeros(batch, bool))
   return _draw(state, logits, sampling)
 
 
@@ -151,8 +166,9 @@ def _advance(params, state: DecodeState, target, *, model, sampling: Sampling):
   def slide_window(carry):
     state, out = carry
     window = jnp.concatenate([state.context[:, block - half + 1:], state.pending[:, None]], 1)
-    logits, cache = _feed(model, params, {**state.cache, "position": jnp.int32(0)}, window,
-                          half - 1)
+    logits, cache = _feed(model, params, {
+        **state.cache, "position": jnp.int32(0)
+    }, window, half - 1)
     context = jax.lax.dynamic_update_slice(state.context, window, (0, 0))
     state = _draw(state._replace(cache=cache, context=context), logits, sampling)
     return state, record(state, out)
@@ -164,8 +180,8 @@ def _advance(params, state: DecodeState, target, *, model, sampling: Sampling):
   def segment(carry):
     full = carry[0].cache["position"] == block
     carry = jax.lax.cond(full, slide_window, lambda c: c, carry)
-    return jax.lax.while_loop(lambda c: unfinished(c) & (c[0].cache["position"] < block),
-                              one_token, carry)
+    return jax.lax.while_loop(lambda c: unfinished(c) & (c[0].cache["position"] < block), one_token,
+                              carry)
 
   return jax.lax.while_loop(unfinished, segment, (state, out))
 
@@ -177,7 +193,8 @@ def on_this_device(model):
   if jax.devices()[0].platform != "cpu" or model.config.dtype == "float32":
     return model
   print(f"# sampling in float32 on the CPU (the run computes in {model.config.dtype})",
-        file=sys.stderr, flush=True)
+        file=sys.stderr,
+        flush=True)
   return type(model)(dataclasses.replace(model.config, dtype="float32"))
 
 
@@ -204,17 +221,25 @@ def compiled_programs(model, sampling: Sampling, params_tree, params_leaves: tup
   generation, and found in the persistent compilation cache (when on) by the next process."""
   params = jax.tree.unflatten(params_tree, params_leaves)
   scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)
-  inputs = (jax.ShapeDtypeStruct((batch, bucket), jnp.int32), scalar(jnp.int32),
-            scalar(jnp.uint32), scalar(jnp.int32))
+  inputs = (jax.ShapeDtypeStruct(
+      (batch, bucket), jnp.int32), scalar(jnp.int32), scalar(jnp.uint32), scalar(jnp.int32))
   static = dict(model=model, sampling=sampling)
   prefill = _prefill.lower(params, *inputs, **static).compile()
   state = jax.eval_shape(functools.partial(_prefill, **static), params, *inputs)
   return prefill, _advance.lower(params, state, scalar(jnp.int32), **static).compile()
 
 
-def stream(model, params, prompt: list[int], max_new_tokens: int, *, seed: int,
-           num_samples: int = 1, first_sample: int = 0, sampling: Sampling,
-           chunk_seconds: float | None = None, timings: dict | None = None) -> Iterator[np.ndarray]:
+def stream(model,
+           params,
+           prompt: list[int],
+           max_new_tokens: int,
+           *,
+           seed: int,
+           num_samples: int = 1,
+           first_sample: int = 0,
+           sampling: Sampling,
+           chunk_seconds: float | None = None,
+           timings: dict | None = None) -> Iterator[np.ndarray]:
   """Continues `prompt` `num_samples` times, yielding the new tokens as they come: (B, n) arrays.
 
   Samples first_sample ... first_sample + num_samples - 1 are drawn, sample b with the key
@@ -260,18 +285,34 @@ def stream(model, params, prompt: list[int], max_new_tokens: int, *, seed: int,
   timings["decode_s"] = time.perf_counter() - start
 
 
-def generate(model, params, prompt: list[int], max_new_tokens: int, *, seed: int = 0,
+def generate(model,
+             params,
+             prompt: list[int],
+             max_new_tokens: int,
+             *,
+             seed: int = 0,
              num_samples: int = 1,
-             first_sample: int = 0, temperature: float = 0.8, top_k: int = 200, top_p: float = 1.0,
-             vocab_limit: int | None = None, stop_token: int | None = None) -> np.ndarray:
+             first_sample: int = 0,
+             temperature: float = 0.8,
+             top_k: int = 200,
+             top_p: float = 1.0,
+             vocab_limit: int | None = None,
+             stop_token: int | None = None) -> np.ndarray:
   """Continues `prompt` `num_samples` times. Returns (num_samples, len(prompt) + new tokens):
   max_new_tokens new ones, fewer when every sample drew `stop_token` (then padded with it)."""
   sampling = Sampling(float(temperature), int(top_k), float(top_p),
                       int(vocab_limit or model.config.vocab_size),
                       -1 if stop_token is None else int(stop_token))
   prompt = list(prompt)[-model.config.block_size:]
-  pieces = list(stream(model, decode_params(model, params), prompt, max_new_tokens, seed=seed,
-                       num_samples=num_samples, first_sample=first_sample, sampling=sampling))
+  pieces = list(
+      stream(model,
+             decode_params(model, params),
+             prompt,
+             max_new_tokens,
+             seed=seed,
+             num_samples=num_samples,
+             first_sample=first_sample,
+             sampling=sampling))
   return np.concatenate([np.tile(np.asarray(prompt, np.int32), (num_samples, 1))] + pieces, 1)
 
 

@@ -29,8 +29,8 @@ from gptjax.config import GPT2_VOCAB_SIZE, ModelConfig
 from gptjax.errors import CheckpointError, ConfigError, UserError
 from gptjax.model import GPT
 
-SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN = ("model.safetensors", "model.safetensors.index.json",
+                                             "pytorch_model.bin")
 # HF's causal-mask buffers, saved by old transformers versions: constants, not parameters.
 _BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # gptjax's GELU is the tanh form
@@ -48,8 +48,9 @@ def read_hf_config(hf_dir: str) -> ModelConfig:
   """
   path = os.path.join(hf_dir, "config.json")
   if not os.path.isfile(path):
-    _fail(hf_dir, "no config.json" if os.path.isdir(hf_dir) else "not a directory", "pass "
-          "the directory that save_pretrained() or `hf download` wrote (config.json + weights)")
+    _fail(
+        hf_dir, "no config.json" if os.path.isdir(hf_dir) else "not a directory", "pass "
+        "the directory that save_pretrained() or `hf download` wrote (config.json + weights)")
   try:
     with open(path, encoding="utf-8") as f:
       hf = json.load(f)
@@ -57,8 +58,9 @@ def read_hf_config(hf_dir: str) -> ModelConfig:
     _fail(path, f"unreadable ({e})", "re-download or re-export the checkpoint")
   if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
     found = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
-    _fail(path, f"model_type is {found!r}, not 'gpt2'", "gptjax imports GPT-2 checkpoints only "
-          "(gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, or GPT2LMHeadModel fine-tunes)")
+    _fail(
+        path, f"model_type is {found!r}, not 'gpt2'", "gptjax imports GPT-2 checkpoints only "
+        "(gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, or GPT2LMHeadModel fine-tunes)")
   sizes = {}
   for field in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions"):
     value = hf.get(field, hf.get("n_ctx") if field == "n_positions" else None)
@@ -67,23 +69,28 @@ def read_hf_config(hf_dir: str) -> ModelConfig:
             "GPT2Config (GPT2Config().to_dict() lists every field)")
     sizes[field] = value
   n_embd, n_head = sizes["n_embd"], sizes["n_head"]
-  checks = (
-      ("n_head", n_embd % n_head == 0, f"does not divide n_embd={n_embd}"),
-      ("activation_function", hf.get("activation_function", "gelu_new") in _TANH_GELUS,
-       f"is not a tanh GELU ({', '.join(_TANH_GELUS)}), which gptjax uses"),
-      ("layer_norm_epsilon", abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) < 1e-12,
-       "differs from gptjax's 1e-5"),
-      ("n_inner", hf.get("n_inner") in (None, 4 * n_embd), f"is not 4 * n_embd = {4 * n_embd}"),
-      ("scale_attn_weights", hf.get("scale_attn_weights", True) is True, "must be true"),
-      ("scale_attn_by_inverse_layer_idx", not hf.get("scale_attn_by_inverse_layer_idx", False),
-       "must be false"),
-      ("add_cross_attention", not hf.get("add_cross_attention", False), "must be false"))
+  checks = (("n_head", n_embd % n_head == 0, f"does not divide n_embd={n_embd}"),
+            ("activation_function", hf.get("activation_function", "gelu_new")
+             in _TANH_GELUS, f"is not a tanh GELU ({', '.join(_TANH_GELUS)}), which gptjax uses"),
+            ("layer_norm_epsilon", abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5)
+             < 1e-12, "differs from gptjax's 1e-5"), ("n_inner", hf.get("n_inner")
+                                                      in (None, 4 * n_embd),
+                                                      f"is not 4 * n_embd = {4 * n_embd}"),
+            ("scale_attn_weights", hf.get("scale_attn_weights", True)
+             is True, "must be true"), ("scale_attn_by_inverse_layer_idx",
+                                        not hf.get("scale_attn_by_inverse_layer_idx", False),
+                                        "must be false"),
+            ("add_cross_attention", not hf.get("add_cross_attention", False), "must be false"))
   for field, ok, problem in checks:
     if not ok:
       _fail(path, f"field {field!r} = {hf.get(field)!r} {problem}", "gptjax runs standard GPT-2 "
             "only; pass a checkpoint with GPT-2's settings")
-  return ModelConfig(vocab_size=sizes["vocab_size"], block_size=sizes["n_positions"],
-                     n_layer=sizes["n_layer"], n_head=n_head, n_embd=n_embd, bias=True)
+  return ModelConfig(vocab_size=sizes["vocab_size"],
+                     block_size=sizes["n_positions"],
+                     n_layer=sizes["n_layer"],
+                     n_head=n_head,
+                     n_embd=n_embd,
+                     bias=True)
 
 
 def _gptjax_path(hf_key: str) -> tuple[str, ...]:
@@ -99,18 +106,31 @@ def _gptjax_path(hf_key: str) -> tuple[str, ...]:
 def tensor_table(config: ModelConfig) -> dict[str, tuple[tuple[str, ...], tuple, tuple]]:
   """{HF key, no "transformer." prefix: (gptjax path, HF shape, gptjax shape)}, biases included."""
   C, H, D = config.n_embd, config.n_head, config.head_dim
-  shapes = {"wte.weight": (config.vocab_size, C), "wpe.weight": (config.block_size, C),
-            "ln_f.weight": (C,), "ln_f.bias": (C,)}
-  layer = {"ln_1.weight": (C,), "ln_1.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
-           "attn.c_attn.weight": ((C, 3 * C), (C, 3, H, D)),
-           "attn.c_attn.bias": ((3 * C,), (3, H, D)),
-           "attn.c_proj.weight": ((C, C), (H, D, C)), "attn.c_proj.bias": (C,),
-           "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,),
-           "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,)}
+  shapes = {
+      "wte.weight": (config.vocab_size, C),
+      "wpe.weight": (config.block_size, C),
+      "ln_f.weight": (C,),
+      "ln_f.bias": (C,)
+  }
+  layer = {
+      "ln_1.weight": (C,),
+      "ln_1.bias": (C,),
+      "ln_2.weight": (C,),
+      "ln_2.bias": (C,),
+      "attn.c_attn.weight": ((C, 3 * C), (C, 3, H, D)),
+      "attn.c_attn.bias": ((3 * C,), (3, H, D)),
+      "attn.c_proj.weight": ((C, C), (H, D, C)),
+      "attn.c_proj.bias": (C,),
+      "mlp.c_fc.weight": (C, 4 * C),
+      "mlp.c_fc.bias": (4 * C,),
+      "mlp.c_proj.weight": (4 * C, C),
+      "mlp.c_proj.bias": (C,)
+  }
   shapes.update({f"h.{i}.{k}": v for i in range(config.n_layer) for k, v in layer.items()})
   # A pair of shapes is (HF's, gptjax's): the attention weights keep their heads apart in gptjax.
-  return {k: (_gptjax_path(k),) + (v if isinstance(v[0], tuple) else (v, v))
-          for k, v in shapes.items()}
+  return {
+      k: (_gptjax_path(k),) + (v if isinstance(v[0], tuple) else (v, v)) for k, v in shapes.items()
+  }
 
 
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -143,8 +163,9 @@ def _read_tensors(hf_dir: str) -> tuple[dict[str, np.ndarray], str]:
     except Exception as e:  # torch raises many types for a truncated or foreign pickle
       _fail(bin_path, f"unreadable ({type(e).__name__}: {e})", "re-download the checkpoint")
   else:
-    _fail(hf_dir, f"no weights ({SAFETENSORS}, {SAFETENSORS_INDEX} or {TORCH_BIN})", "pass the "
-          "complete directory: save_pretrained() or `hf download` writes config.json and weights")
+    _fail(
+        hf_dir, f"no weights ({SAFETENSORS}, {SAFETENSORS_INDEX} or {TORCH_BIN})", "pass the "
+        "complete directory: save_pretrained() or `hf download` writes config.json and weights")
   tensors = {}
   for name in files:
     tensors.update(_load_safetensors(os.path.join(hf_dir, name)))
@@ -167,13 +188,15 @@ def read_hf_gpt2(hf_dir: str) -> tuple[ModelConfig, dict[tuple[str, ...], np.nda
           f"vocab_size={config.vocab_size})")
   missing, unexpected = sorted(set(table) - set(tensors)), sorted(set(tensors) - set(table))
   if missing or unexpected:
-    _fail(where, f"tensors do not match {arch} (missing: {missing[:4] or 'none'}; unexpected: "
-          f"{unexpected[:4] or 'none'})", "keep config.json and the weights of one model together")
+    _fail(
+        where, f"tensors do not match {arch} (missing: {missing[:4] or 'none'}; unexpected: "
+        f"{unexpected[:4] or 'none'})", "keep config.json and the weights of one model together")
   params = {}
   for key, (path, hf_shape, shape) in table.items():
     if tuple(tensors[key].shape) != hf_shape:
-      _fail(where, f"tensor {key!r} has shape {tuple(tensors[key].shape)}, but {arch} needs "
-            f"{hf_shape}", "keep config.json and the weights of one model together")
+      _fail(
+          where, f"tensor {key!r} has shape {tuple(tensors[key].shape)}, but {arch} needs "
+          f"{hf_shape}", "keep config.json and the weights of one model together")
     params[path] = np.asarray(tensors[key], np.float32).reshape(shape)
   return config, params
 
@@ -193,16 +216,33 @@ def load_hf_gpt2(path: str) -> tuple[GPT, dict]:
 def hf_config_dict(config: ModelConfig, vocab_size: int) -> dict:
   """A complete GPT2Config dict for `config` with `vocab_size` embedding rows."""
   eot = GPT2_VOCAB_SIZE - 1 if vocab_size >= GPT2_VOCAB_SIZE else None  # <|endoftext|>
-  return dict(
-      architectures=["GPT2LMHeadModel"], model_type="gpt2", vocab_size=vocab_size,
-      n_positions=config.block_size, n_ctx=config.block_size, n_embd=config.n_embd,
-      n_layer=config.n_layer, n_head=config.n_head, n_inner=None, activation_function="gelu_new",
-      resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-      layer_norm_epsilon=1e-5, initializer_range=0.02, summary_type="cls_index",
-      summary_use_proj=True, summary_activation=None, summary_proj_to_labels=True,
-      summary_first_dropout=0.1, scale_attn_weights=True, use_cache=True,
-      scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False, bos_token_id=eot,
-      eos_token_id=eot, tie_word_embeddings=True)
+  return dict(architectures=["GPT2LMHeadModel"],
+              model_type="gpt2",
+              vocab_size=vocab_size,
+              n_positions=config.block_size,
+              n_ctx=config.block_size,
+              n_embd=config.n_embd,
+              n_layer=config.n_layer,
+              n_head=config.n_head,
+              n_inner=None,
+              activation_function="gelu_new",
+              resid_pdrop=config.dropout,
+              embd_pdrop=config.dropout,
+              attn_pdrop=config.dropout,
+              layer_norm_epsilon=1e-5,
+              initializer_range=0.02,
+              summary_type="cls_index",
+              summary_use_proj=True,
+              summary_activation=None,
+              summary_proj_to_labels=True,
+              summary_first_dropout=0.1,
+              scale_attn_weights=True,
+              use_cache=True,
+              scale_attn_by_inverse_layer_idx=False,
+              reorder_and_upcast_attn=False,
+              bos_token_id=eot,
+              eos_token_id=eot,
+              tie_word_embeddings=True)
 
 
 def save_hf_gpt2(model: GPT, params, path: str, vocab_size: int | None = None) -> None:
@@ -215,20 +255,24 @@ def save_hf_gpt2(model: GPT, params, path: str, vocab_size: int | None = None) -
       are the first 50257 of gptjax's), else all of them.
   """
   config = model.config
-  rows = vocab_size or (GPT2_VOCAB_SIZE if config.vocab_size > GPT2_VOCAB_SIZE
-                        else config.vocab_size)
+  rows = vocab_size or (GPT2_VOCAB_SIZE
+                        if config.vocab_size > GPT2_VOCAB_SIZE else config.vocab_size)
   if not 0 < rows <= config.vocab_size:
     raise UserError(f"save_hf_gpt2: vocab_size={rows} is outside 1..{config.vocab_size}, the "
                     f"model's embedding rows. Fix: pass at most {config.vocab_size}.")
-  notes = [f"exporting the first {rows} of {config.vocab_size} vocabulary rows (the rest are "
-           f"padding no tokenizer emits)"] if rows < config.vocab_size else []
+  notes = [
+      f"exporting the first {rows} of {config.vocab_size} vocabulary rows (the rest are "
+      f"padding no tokenizer emits)"
+  ] if rows < config.vocab_size else []
   if not config.bias:  # exact: a missing bias is a zero bias, in dense layers and LayerNorms alike
     notes.append("the model has no biases; GPT-2 format needs them, so they are written as zeros")
   print("".join(f"note: {note}.\n" for note in notes), end="", file=sys.stderr)
   flat = traverse_util.flatten_dict(jax.device_get(nn.meta.unbox(params)))  # model.init's boxes
   tensors = {}
-  for key, (gptjax_path, hf_shape, shape) in tensor_table(
-      ModelConfig(**{**config.architecture(), "bias": True})).items():
+  for key, (gptjax_path, hf_shape,
+            shape) in tensor_table(ModelConfig(**{
+                **config.architecture(), "bias": True
+            })).items():
     value = flat.get(gptjax_path)
     if value is None and gptjax_path[-1] == "bias" and not config.bias:
       value = np.zeros(shape, np.float32)
@@ -237,8 +281,8 @@ def save_hf_gpt2(model: GPT, params, path: str, vocab_size: int | None = None) -
                             f"{None if value is None else tuple(value.shape)}, but the model "
                             f"config needs {shape}. Fix: pass the params of this model.")
     value = np.asarray(value, np.float32).reshape(hf_shape)
-    tensors[f"transformer.{key}"] = np.ascontiguousarray(value[:rows] if key == "wte.weight"
-                                                         else value)
+    tensors[f"transformer.{key}"] = np.ascontiguousarray(value[:rows] if key ==
+                                                         "wte.weight" else value)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf_config_dict(config, rows), f, indent=2)
@@ -300,8 +344,10 @@ def apply_hf_architecture(config: ml_collections.ConfigDict, init_from: str) -> 
   """
   for field, value in read_hf_config(resolve_hf(init_from)).architecture().items():
     if config[field] != value:
-      print(f"note: init_from {init_from}: {field} {config[field]} -> {value} (from the "
-            f"checkpoint)", file=sys.stderr)
+      print(
+          f"note: init_from {init_from}: {field} {config[field]} -> {value} (from the "
+          f"checkpoint)",
+          file=sys.stderr)
       config[field] = value
 
 
@@ -323,5 +369,6 @@ def init_params_from(config: ml_collections.ConfigDict, abstract_params):
     raise CheckpointError(f"init_from {config.init_from}: the config's architecture differs from "
                           f"the checkpoint's ({', '.join(differing[:4])}). Fix: call "
                           f"hf_gpt2.apply_hf_architecture(config, config.init_from) first.")
-  return traverse_util.unflatten_dict(
-      {p: jax.device_put(loaded[p], t.sharding) for p, t in targets.items()})
+  return traverse_util.unflatten_dict({
+      p: jax.device_put(loaded[p], t.sharding) for p, t in targets.items()
+  })

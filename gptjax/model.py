@@ -48,18 +48,22 @@ class Dense(nn.Module):
                         self.in_shape + self.out_shape, jnp.float32)
     n_in = len(self.in_shape)
     contracting = (tuple(range(1, 1 + n_in)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contracting, ((), ())))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            (contracting, ((), ())))
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                             self.axes[n_in:]),
-                        self.out_shape, jnp.float32)
+                                                             self.axes[n_in:]), self.out_shape,
+                        jnp.float32)
       y = y + bias.astype(self.dtype)
     return y
 
 
 def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=1e-5, use_bias=config.bias, dtype=_dtype(config),
-                      param_dtype=jnp.float32, name=name,
+  return nn.LayerNorm(epsilon=1e-5,
+                      use_bias=config.bias,
+                      dtype=_dtype(config),
+                      param_dtype=jnp.float32,
+                      name=name,
                       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
@@ -67,8 +71,8 @@ def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
 def _use_cudnn(config: ModelConfig, deterministic: bool) -> bool:
   if config.attention != "auto":
     return config.attention == "cudnn"
-  return (jax.default_backend() == "gpu" and config.dtype in ("bfloat16", "float16")
-          and (deterministic or config.dropout == 0.0))
+  return (jax.default_backend() == "gpu" and config.dtype in ("bfloat16", "float16") and
+          (deterministic or config.dropout == 0.0))
 
 
 class CausalSelfAttention(nn.Module):
@@ -80,21 +84,26 @@ class CausalSelfAttention(nn.Module):
     cfg = self.config
     B, T, H, D = batch_size, x.shape[0] // batch_size, cfg.n_head, cfg.head_dim
     dtype = _dtype(cfg)
-    qkv = Dense((cfg.n_embd,), (3, H, D), ("embed", None, "heads", "kv"), cfg.bias, dtype,
-                name="c_attn")(x)                                         # (N, 3, H, D)
+    qkv = Dense((cfg.n_embd,), (3, H, D), ("embed", None, "heads", "kv"),
+                cfg.bias,
+                dtype,
+                name="c_attn")(x)  # (N, 3, H, D)
     qkv = nn.with_logical_constraint(qkv.reshape(B, T, 3, H, D),
                                      ("batch", "length", None, "heads", "kv"))
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]                    # (B, T, H, D)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, D)
 
     query_pos = jnp.arange(T)
     if decode:
-      k, v, query_pos = self._update_cache(k, v, start)                   # k, v: (B, block, H, D)
+      k, v, query_pos = self._update_cache(k, v, start)  # k, v: (B, block, H, D)
     if decode or not _use_cudnn(cfg, deterministic):
       y = self._attend(q, k, v, query_pos, deterministic)
     else:
       y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
-    y = Dense((H, D), (cfg.n_embd,), ("heads", "kv", "embed"), cfg.bias, dtype,
-              std=INIT_STD / math.sqrt(2 * cfg.n_layer), name="c_proj")(y.reshape(B * T, H, D))
+    y = Dense((H, D), (cfg.n_embd,), ("heads", "kv", "embed"),
+              cfg.bias,
+              dtype,
+              std=INIT_STD / math.sqrt(2 * cfg.n_layer),
+              name="c_proj")(y.reshape(B * T, H, D))
     return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
 
   def _attend(self, q, k, v, query_pos, deterministic):
@@ -103,11 +112,11 @@ class CausalSelfAttention(nn.Module):
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     att = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale  # (B, H, T, T_k)
-    causal = jnp.arange(k.shape[1])[None, :] <= query_pos[:, None]        # (T, T_k)
+    causal = jnp.arange(k.shape[1])[None, :] <= query_pos[:, None]  # (T, T_k)
     att = jnp.where(causal, att, jnp.finfo(jnp.float32).min)
     att = jax.nn.softmax(att, axis=-1).astype(q.dtype)
     att = nn.Dropout(self.config.dropout)(att, deterministic=deterministic)
-    return jnp.einsum("bhqk,bkhd->bqhd", att, v)                           # (B, T, H, D)
+    return jnp.einsum("bhqk,bkhd->bqhd", att, v)  # (B, T, H, D)
 
   def _update_cache(self, k, v, start):
     cfg = self.config
@@ -128,11 +137,16 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool):  # (N, C) -> (N, C)
     cfg = self.config
-    h = Dense((cfg.n_embd,), (4 * cfg.n_embd,), ("embed", "mlp"), cfg.bias, _dtype(cfg),
+    h = Dense((cfg.n_embd,), (4 * cfg.n_embd,), ("embed", "mlp"),
+              cfg.bias,
+              _dtype(cfg),
               name="c_fc")(x)
     h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=True), ("batch", "mlp"))
-    h = Dense((4 * cfg.n_embd,), (cfg.n_embd,), ("mlp", "embed"), cfg.bias, _dtype(cfg),
-              std=INIT_STD / math.sqrt(2 * cfg.n_layer), name="c_proj")(h)
+    h = Dense((4 * cfg.n_embd,), (cfg.n_embd,), ("mlp", "embed"),
+              cfg.bias,
+              _dtype(cfg),
+              std=INIT_STD / math.sqrt(2 * cfg.n_layer),
+              name="c_proj")(h)
     return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 
@@ -141,8 +155,8 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, batch_size: int, deterministic: bool, decode: bool = False, start=0):
-    x = x + CausalSelfAttention(self.config, name="attn")(
-        _layer_norm(self.config, "ln_1")(x), batch_size, deterministic, decode, start)
+    x = x + CausalSelfAttention(self.config, name="attn")(_layer_norm(self.config, "ln_1")(x),
+                                                          batch_size, deterministic, decode, start)
     x = x + Mlp(self.config, name="mlp")(_layer_norm(self.config, "ln_2")(x), deterministic)
     return nn.with_logical_constraint(x, ("batch", "embed"))
 
@@ -162,12 +176,12 @@ class GPT(nn.Module):
   def __call__(self, tokens, deterministic: bool = True, decode: bool = False, logits_at=None):
     cfg = self.config
     B, T = tokens.shape
-    wte = self.param("wte", nn.with_logical_partitioning(nn.initializers.normal(INIT_STD),
-                                                         ("vocab", "embed")),
-                     (cfg.vocab_size, cfg.n_embd), jnp.float32)
-    wpe = self.param("wpe", nn.with_logical_partitioning(nn.initializers.normal(INIT_STD),
-                                                         ("length", "embed")),
-                     (cfg.block_size, cfg.n_embd), jnp.float32)
+    wte = self.param(
+        "wte", nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), ("vocab", "embed")),
+        (cfg.vocab_size, cfg.n_embd), jnp.float32)
+    wpe = self.param(
+        "wpe", nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), ("length", "embed")),
+        (cfg.block_size, cfg.n_embd), jnp.float32)
     start = 0
     if decode:
       initialised = self.has_variable("cache", "position")
@@ -176,8 +190,8 @@ class GPT(nn.Module):
       if initialised:
         position.value = start + T
     positions = start + jnp.arange(T)
-    x = jnp.take(wte, tokens.reshape(-1), axis=0) + jnp.tile(
-        jnp.take(wpe, positions, axis=0), (B, 1))                       # (N, C)
+    x = jnp.take(wte, tokens.reshape(-1), axis=0) + jnp.tile(jnp.take(wpe, positions, axis=0),
+                                                             (B, 1))  # (N, C)
     x = nn.Dropout(cfg.dropout)(x.astype(_dtype(cfg)), deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "embed"))
     block = nn.remat(Block, static_argnums=(2, 3, 4)) if cfg.remat else Block
@@ -185,8 +199,8 @@ class GPT(nn.Module):
       x = block(cfg, name=f"h_{i}")(x, B, deterministic, decode, start)
     if logits_at is not None:
       x = jax.lax.dynamic_index_in_dim(x.reshape(B, T, -1), logits_at, axis=1, keepdims=False)
-      T = 1                                                                 # x: (B, C)
+      T = 1  # x: (B, C)
     x = _layer_norm(cfg, "ln_f")(x)
-    logits = jnp.einsum("nc,vc->nv", x, wte.astype(x.dtype))               # tied head, (N, V)
+    logits = jnp.einsum("nc,vc->nv", x, wte.astype(x.dtype))  # tied head, (N, V)
     logits = nn.with_logical_constraint(logits, ("batch", "vocab"))
     return logits.astype(jnp.float32).reshape(B, T, cfg.vocab_size)

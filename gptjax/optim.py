@@ -36,8 +36,12 @@ def weight_decay_mask(params):
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """clip(global norm) -> AdamW(schedule, betas, masked decoupled weight decay)."""
-  adamw = optax.adamw(learning_rate_schedule(config), b1=config.beta1, b2=config.beta2,
-                      eps=1e-8, weight_decay=config.weight_decay, mask=weight_decay_mask)
+  adamw = optax.adamw(learning_rate_schedule(config),
+                      b1=config.beta1,
+                      b2=config.beta2,
+                      eps=1e-8,
+                      weight_decay=config.weight_decay,
+                      mask=weight_decay_mask)
   # identity() when clipping is off keeps the state's structure, so a run can resume either way.
   clip = optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity()
   return optax.chain(clip, adamw)

@@ -20,12 +20,12 @@ from gptjax.config import ModelConfig
 @dataclasses.dataclass(frozen=True)
 class ParamBreakdown:
   """Exact parameter counts of a GPT, by component."""
-  token_embedding: int     # wte: V x C, also the (tied) output head
+  token_embedding: int  # wte: V x C, also the (tied) output head
   position_embedding: int  # wpe: T x C
-  attention: int           # per layer: c_attn (C x 3C) + c_proj (C x C), with biases if any
-  mlp: int                 # per layer: c_fc (C x 4C) + c_proj (4C x C), with biases if any
-  layer_norms: int         # per layer: ln_1 + ln_2 (scale, and bias if any)
-  final_norm: int          # ln_f
+  attention: int  # per layer: c_attn (C x 3C) + c_proj (C x C), with biases if any
+  mlp: int  # per layer: c_fc (C x 4C) + c_proj (4C x C), with biases if any
+  layer_norms: int  # per layer: ln_1 + ln_2 (scale, and bias if any)
+  final_norm: int  # ln_f
   n_layer: int
 
   @property
@@ -34,8 +34,8 @@ class ParamBreakdown:
 
   @property
   def total(self) -> int:
-    return (self.token_embedding + self.position_embedding + self.n_layer * self.per_layer
-            + self.final_norm)
+    return (self.token_embedding + self.position_embedding + self.n_layer * self.per_layer +
+            self.final_norm)
 
   @property
   def non_embedding(self) -> int:

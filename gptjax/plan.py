@@ -55,13 +55,16 @@ def main(f) -> None:
   if f.check:
     problems, result = fit.check(config, target, fast=f.fast)
     if f.json:
-      print(json.dumps(dict(ok=not problems, problems=problems,
-                            estimate=result.to_json() if result else None), indent=1))
+      print(
+          json.dumps(dict(ok=not problems,
+                          problems=problems,
+                          estimate=result.to_json() if result else None),
+                     indent=1))
     else:
       if result:
         print(report.format_estimate(result, config))
-      print("\ncheck: " + (f"{len(problems)} problem(s)" if problems else
-                           f"OK, {config.name} will run on {target.name}"))
+      print("\ncheck: " + (f"{len(problems)} problem(s)"
+                           if problems else f"OK, {config.name} will run on {target.name}"))
       for problem in problems:
         print(f"  - {problem}")
     sys.exit(2 if problems else 0)
@@ -73,10 +76,13 @@ def main(f) -> None:
     command = train_command(sys.argv[1:])
     if f.json:
       best = found[0].estimate.settings if found else None
-      print(json.dumps(dict(
-          best=found[0].estimate.to_json() if found else None,
-          command=f"{command} {search.format_overrides(best, config)}".strip() if found else None,
-          runners_up=[c.estimate.to_json() for c in found[1:6]], rejected=rejected), indent=1))
+      print(
+          json.dumps(dict(best=found[0].estimate.to_json() if found else None,
+                          command=f"{command} {search.format_overrides(best, config)}".strip()
+                          if found else None,
+                          runners_up=[c.estimate.to_json() for c in found[1:6]],
+                          rejected=rejected),
+                     indent=1))
     else:
       try:  # the config as given, compiled like the candidates where the target compiles
         given = estimate_lib.estimate(config, target, method=method, fast=fast_is_exact(target))
@@ -85,7 +91,10 @@ def main(f) -> None:
       print(report.format_search(found, rejected, config, command, target, given))
     sys.exit(0 if found else 2)
   try:
-    result = estimate_lib.estimate(config, target, method=method, fast=f.fast,
+    result = estimate_lib.estimate(config,
+                                   target,
+                                   method=method,
+                                   fast=f.fast,
                                    num_samples=f.num_samples)
   except targets.CompileOnlyUnavailable as e:
     raise UserError(f"--method=compile: {e}") from e
@@ -95,33 +104,50 @@ def main(f) -> None:
                       f"{f.target}.")
     from gptjax.planner import measure
     measure.measure(config, result)
-  print(json.dumps(result.to_json(), indent=1) if f.json else report.format_estimate(result, config))
+  print(
+      json.dumps(result.to_json(), indent=1) if f.json else report.format_estimate(result, config))
 
 
 def define_flags(values) -> None:
   from absl import flags
-  flags.DEFINE_string("target", "local", "Where it would run: local, tpu-v5e-1, tpu-v5e-8, "
-                      "tpu-v4-8, tpu-v5p-8, tpu-v6e-8 (any Cloud size), gpu-h100-80gb, "
-                      "gpu-h200-141gb, gpu-a100-40gb, gpu-a100-80gb, gpu-l4-24gb, gpu-rtx4090-24gb, "
-                      "or N of them: 8xgpu-h100-80gb.", flag_values=values)
-  flags.DEFINE_bool("search", False, "Find the fastest batch split, remat, dtype and mesh that fit.",
+  flags.DEFINE_string(
+      "target",
+      "local", "Where it would run: local, tpu-v5e-1, tpu-v5e-8, "
+      "tpu-v4-8, tpu-v5p-8, tpu-v6e-8 (any Cloud size), gpu-h100-80gb, "
+      "gpu-h200-141gb, gpu-a100-40gb, gpu-a100-80gb, gpu-l4-24gb, gpu-rtx4090-24gb, "
+      "or N of them: 8xgpu-h100-80gb.",
+      flag_values=values)
+  flags.DEFINE_bool("search",
+                    False,
+                    "Find the fastest batch split, remat, dtype and mesh that fit.",
                     flag_values=values)
-  flags.DEFINE_bool("check", False, "Will it run there? Every problem as one line with its fix; "
-                    "exit status 2 if there are any.", flag_values=values)
-  flags.DEFINE_enum("method", "auto", ["auto", "compile", "analytic"], "auto compiles where the "
+  flags.DEFINE_bool("check",
+                    False, "Will it run there? Every problem as one line with its fix; "
+                    "exit status 2 if there are any.",
+                    flag_values=values)
+  flags.DEFINE_enum("method",
+                    "auto", ["auto", "compile", "analytic"], "auto compiles where the "
                     "target's compiler is installed, else uses the analytic model.",
                     flag_values=values)
-  flags.DEFINE_bool("fast", False, "Compile 1- and 2-layer versions and extrapolate per layer "
+  flags.DEFINE_bool("fast",
+                    False, "Compile 1- and 2-layer versions and extrapolate per layer "
                     "instead of compiling every layer (minutes -> seconds for deep models).",
                     flag_values=values)
-  flags.DEFINE_integer("verify", 3, "--search: compile this many of the fastest candidates "
+  flags.DEFINE_integer("verify",
+                       3, "--search: compile this many of the fastest candidates "
                        "(none with --method=analytic).",
                        flag_values=values)
-  flags.DEFINE_bool("measure", False, "--target=local: also run the step (allocating it) and "
-                    "report its measured time and peak memory.", flag_values=values)
-  flags.DEFINE_integer("num_samples", 1, "Sequences sampled at once, for the generation memory.",
+  flags.DEFINE_bool("measure",
+                    False, "--target=local: also run the step (allocating it) and "
+                    "report its measured time and peak memory.",
+                    flag_values=values)
+  flags.DEFINE_integer("num_samples",
+                       1,
+                       "Sequences sampled at once, for the generation memory.",
                        flag_values=values)
-  flags.DEFINE_bool("json", False, "Print one JSON object instead of the report.",
+  flags.DEFINE_bool("json",
+                    False,
+                    "Print one JSON object instead of the report.",
                     flag_values=values)
 
 

@@ -24,28 +24,48 @@ def define_flags(values) -> None:
   from absl import flags
   flags.DEFINE_multi_string("input", [], "A text file (one document), a .jsonl/.ndjson file (one "
                             "document a line), a directory (every file below it) or a glob; "
-                            "repeat for more.", flag_values=values)
-  flags.DEFINE_string("tokenizer", None, "bytes, gpt2, or the path of a Hugging Face "
-                      "tokenizer.json.", flag_values=values)
-  flags.DEFINE_string("out_dir", None, "Directory to write the shards and meta.json into (new or "
-                      "empty, or one this command wrote).", flag_values=values)
-  flags.DEFINE_string("text_field", "text", "The field holding the text, in JSON lines and "
-                      "dataset rows.", flag_values=values)
-  flags.DEFINE_string("hf_dataset", "", "A Hugging Face dataset name, streamed instead of "
-                      "--input (needs the datasets package and network).", flag_values=values)
-  flags.DEFINE_string("hf_config", "", "The dataset's configuration name, if it has several.", flag_values=values)
+                            "repeat for more.",
+                            flag_values=values)
+  flags.DEFINE_string("tokenizer",
+                      None, "bytes, gpt2, or the path of a Hugging Face "
+                      "tokenizer.json.",
+                      flag_values=values)
+  flags.DEFINE_string("out_dir",
+                      None, "Directory to write the shards and meta.json into (new or "
+                      "empty, or one this command wrote).",
+                      flag_values=values)
+  flags.DEFINE_string("text_field",
+                      "text", "The field holding the text, in JSON lines and "
+                      "dataset rows.",
+                      flag_values=values)
+  flags.DEFINE_string("hf_dataset",
+                      "", "A Hugging Face dataset name, streamed instead of "
+                      "--input (needs the datasets package and network).",
+                      flag_values=values)
+  flags.DEFINE_string("hf_config",
+                      "",
+                      "The dataset's configuration name, if it has several.",
+                      flag_values=values)
   flags.DEFINE_string("hf_split", "train", "The dataset's split to read.", flag_values=values)
-  flags.DEFINE_float("val_fraction", 0.0005, "Fraction of the documents held out for validation "
-                     "(nanoGPT's openwebtext: 0.0005); with one document, its tail.", flag_values=values)
+  flags.DEFINE_float("val_fraction",
+                     0.0005, "Fraction of the documents held out for validation "
+                     "(nanoGPT's openwebtext: 0.0005); with one document, its tail.",
+                     flag_values=values)
   flags.DEFINE_integer("seed", 2357, "Seed of the validation draw.", flag_values=values)
   flags.DEFINE_integer("num_proc", 0, "Worker processes; 0 = every core.", flag_values=values)
   flags.DEFINE_integer("shard_tokens", 100_000_000, "Tokens per shard file.", flag_values=values)
-  flags.DEFINE_string("tokenizer_path", "", "GPT-2 ranks file (gpt2.tiktoken) for offline use; "
-                      "'' tries $GPTJAX_GPT2_TIKTOKEN, then tiktoken's cache.", flag_values=values)
-  flags.DEFINE_string("eot_token", "auto", "A tokenizer.json's end-of-text token; auto looks for "
-                      "<|endoftext|>, </s>, ...; none joins documents without one.", flag_values=values)
-  flags.DEFINE_bool("force", False, "Tokenize again even when out_dir is already prepared from "
-                    "the same inputs.", flag_values=values)
+  flags.DEFINE_string("tokenizer_path",
+                      "", "GPT-2 ranks file (gpt2.tiktoken) for offline use; "
+                      "'' tries $GPTJAX_GPT2_TIKTOKEN, then tiktoken's cache.",
+                      flag_values=values)
+  flags.DEFINE_string("eot_token",
+                      "auto", "A tokenizer.json's end-of-text token; auto looks for "
+                      "<|endoftext|>, </s>, ...; none joins documents without one.",
+                      flag_values=values)
+  flags.DEFINE_bool("force",
+                    False, "Tokenize again even when out_dir is already prepared from "
+                    "the same inputs.",
+                    flag_values=values)
 
 
 def main(f) -> None:
@@ -61,11 +81,20 @@ def main(f) -> None:
   for name, ok in (("shard_tokens", f.shard_tokens >= 1), ("num_proc", f.num_proc >= 0)):
     if not ok:
       raise UserError(f"--{name}={f[name].value} is out of range. Fix: see --help.")
-  options = Options(inputs=list(f.input), tokenizer=f.tokenizer, out_dir=f.out_dir,
-                    text_field=f.text_field, hf_dataset=f.hf_dataset, hf_config=f.hf_config,
-                    hf_split=f.hf_split, val_fraction=f.val_fraction, seed=f.seed,
-                    num_proc=f.num_proc, shard_tokens=f.shard_tokens,
-                    tokenizer_path=f.tokenizer_path, eot_token=f.eot_token, force=f.force)
+  options = Options(inputs=list(f.input),
+                    tokenizer=f.tokenizer,
+                    out_dir=f.out_dir,
+                    text_field=f.text_field,
+                    hf_dataset=f.hf_dataset,
+                    hf_config=f.hf_config,
+                    hf_split=f.hf_split,
+                    val_fraction=f.val_fraction,
+                    seed=f.seed,
+                    num_proc=f.num_proc,
+                    shard_tokens=f.shard_tokens,
+                    tokenizer_path=f.tokenizer_path,
+                    eot_token=f.eot_token,
+                    force=f.force)
   print(summary(prepare(options), f.out_dir))
 
 

@@ -68,17 +68,17 @@ def resolve(preset: str) -> str:
       return preset
     name = _preset_name(preset)
     shipped = catalogue()
-    hint = (f" A shipped preset has that name: --config={name}." if name in shipped else
-            f" Shipped presets: {', '.join(shipped)}.")
+    hint = (f" A shipped preset has that name: --config={name}."
+            if name in shipped else f" Shipped presets: {', '.join(shipped)}.")
     raise ConfigError(f"config file {preset!r} does not exist.{hint}")
   shipped = catalogue()
   if preset in shipped:
     return shipped[preset]
   close = difflib.get_close_matches(preset, list(shipped), n=1)
-  raise ConfigError(f"--config={preset}: no preset of that name." + (
-      f" Did you mean --config={close[0]}?" if close else "") + f" Fix: one of "
-      f"{', '.join(shipped)}, or the path of a .py or .json preset file "
-      f"(`python -m gptjax.show_configs` lists them).")
+  raise ConfigError(f"--config={preset}: no preset of that name." +
+                    (f" Did you mean --config={close[0]}?" if close else "") + f" Fix: one of "
+                    f"{', '.join(shipped)}, or the path of a .py or .json preset file "
+                    f"(`python -m gptjax.show_configs` lists them).")
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -123,8 +123,9 @@ def _load_python_config(path: str) -> ml_collections.ConfigDict:
   except Exception as e:  # A broken preset file is user input: report it without a traceback.
     raise ConfigError(f"config file {path!r} failed to load: {type(e).__name__}: {e}") from e
   if not hasattr(module, "get_config"):
-    raise ConfigError(f"config file {path!r} has no get_config() function. Fix: define "
-                      f"get_config() returning a ConfigDict (copy the shipped gptjax/configs/tiny.py).")
+    raise ConfigError(
+        f"config file {path!r} has no get_config() function. Fix: define "
+        f"get_config() returning a ConfigDict (copy the shipped gptjax/configs/tiny.py).")
   try:
     config = module.get_config()
   except Exception as e:  # the preset's own code failed: user input, reported without a traceback
@@ -180,12 +181,17 @@ def apply_overrides(config: ml_collections.ConfigDict, values: dict[str, Any], s
                           f"{sorted(current.keys())}, got {value!r}.")
       apply_overrides(current, value, source=f"{source}:{key}")
       continue
-    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[
-        type(current)]
-    if isinstance(current, bool) != isinstance(value, bool) or (
-        isinstance(current, int) and not isinstance(value, int)) or (
-        isinstance(current, float) and not isinstance(value, (int, float))) or (
-        isinstance(current, str) and not isinstance(value, str)):
+    kind = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string"
+    }[type(current)]
+    if isinstance(current, bool) != isinstance(
+        value, bool) or (isinstance(current, int) and not isinstance(value, int)) or (isinstance(
+            current, float) and not isinstance(value,
+                                               (int, float))) or (isinstance(current, str) and
+                                                                  not isinstance(value, str)):
       raise ConfigError(f"{source}: field {key!r} must be {kind}, got {value!r}. Fix: write it "
                         f"like the default, {json.dumps(current)}.")
     if isinstance(current, float) and isinstance(value, int):
@@ -198,8 +204,9 @@ def check_field_path(config: ml_collections.ConfigDict, dotted: str, source: str
   node = config
   for key in dotted.split("."):
     if not isinstance(node, ml_collections.ConfigDict) or key not in node:
-      raise ConfigError(_unknown_key_message(key, node if isinstance(node, ml_collections.ConfigDict)
-                                             else config, source))
+      raise ConfigError(
+          _unknown_key_message(key, node if isinstance(node, ml_collections.ConfigDict) else config,
+                               source))
     node = node[key]
 
 
@@ -209,8 +216,8 @@ def check_field_value(config: ml_collections.ConfigDict, dotted: str, text: str)
   current = config
   for key in dotted.split("."):
     current = current[key]
-  kinds = ((bool, "true or false", lambda t: t.lower() in ("true", "false", "1", "0")),
-           (int, "an integer", lambda t: _parses(int, t)),
+  kinds = ((bool, "true or false", lambda t: t.lower() in
+            ("true", "false", "1", "0")), (int, "an integer", lambda t: _parses(int, t)),
            (float, "a number", lambda t: _parses(float, t)))
   for kind, words, ok in kinds:
     if isinstance(current, kind):
@@ -245,8 +252,8 @@ def load_validated(preset: str) -> ml_collections.ConfigDict:
   return config
 
 
-def with_values(values: dict, base: ml_collections.ConfigDict | None = None
-                ) -> ml_collections.ConfigDict:
+def with_values(values: dict,
+                base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
   """`base` (default: the base config) with `values` set (None values skipped), validated.
 
   Raises:

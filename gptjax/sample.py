@@ -60,31 +60,49 @@ def tokenizer_for(config, run_dir: str | None):
   one place sample.py looks them up. A run's is the one it trained with (its data.json)."""
   from gptjax.config import resolve_tokenizer
   from gptjax.data import dataset, tokenizer as tokenizer_lib
-  tokenizer = (dataset.run_tokenizer(run_dir, config) if run_dir else
-               tokenizer_lib.get_tokenizer(resolve_tokenizer(config), config.tokenizer_path))
+  tokenizer = (dataset.run_tokenizer(run_dir, config) if run_dir else tokenizer_lib.get_tokenizer(
+      resolve_tokenizer(config), config.tokenizer_path))
   return tokenizer, None if tokenizer.name == "bytes" else tokenizer.eot_id
 
 
 def define_flags(values) -> None:
   from absl import flags
   flags.DEFINE_string("run_dir", None, "Run directory, e.g. out/tiny_char.", flag_values=values)
-  flags.DEFINE_string("init_from", "", "Instead of --run_dir: Hugging Face GPT-2 weights, a "
+  flags.DEFINE_string("init_from",
+                      "", "Instead of --run_dir: Hugging Face GPT-2 weights, a "
                       "directory as save_pretrained writes it, or a hub name (gpt2, "
-                      "gpt2-medium, gpt2-large, gpt2-xl) from the hub cache or downloaded.", flag_values=values)
-  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
-                    "Which checkpoint: the latest, or the best by val loss.", flag_values=values)
-  flags.DEFINE_string("prompt", "", "Text to continue; FILE:path reads it from a file. Empty: "
-                      "start from a newline (bytes) or <|endoftext|> (GPT-2).", flag_values=values)
+                      "gpt2-medium, gpt2-large, gpt2-xl) from the hub cache or downloaded.",
+                      flag_values=values)
+  flags.DEFINE_enum("checkpoint",
+                    "latest", ["latest", "best"],
+                    "Which checkpoint: the latest, or the best by val loss.",
+                    flag_values=values)
+  flags.DEFINE_string("prompt",
+                      "", "Text to continue; FILE:path reads it from a file. Empty: "
+                      "start from a newline (bytes) or <|endoftext|> (GPT-2).",
+                      flag_values=values)
   flags.DEFINE_integer("max_new_tokens", 500, "Tokens to generate per sample.", flag_values=values)
   flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.", flag_values=values)
-  flags.DEFINE_integer("top_k", 200, "Keep only the k most likely tokens; 0 = all.", flag_values=values)
-  flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: keep tokens up to this probability.", flag_values=values)
-  flags.DEFINE_integer("num_samples", 1, "Independent samples, decoded as one batch.", flag_values=values)
+  flags.DEFINE_integer("top_k",
+                       200,
+                       "Keep only the k most likely tokens; 0 = all.",
+                       flag_values=values)
+  flags.DEFINE_float("top_p",
+                     1.0,
+                     "Nucleus sampling: keep tokens up to this probability.",
+                     flag_values=values)
+  flags.DEFINE_integer("num_samples",
+                       1,
+                       "Independent samples, decoded as one batch.",
+                       flag_values=values)
   flags.DEFINE_integer("seed", 1337, "Random seed.", flag_values=values)
   flags.DEFINE_multi_string("stop", [], "Stop a sample at this text (not printed); repeat the "
-                            "flag for several.", flag_values=values)
-  flags.DEFINE_bool("stop_at_eot", False, "Stop a sample at the end-of-text token (GPT-2's "
-                    "<|endoftext|>).", flag_values=values)
+                            "flag for several.",
+                            flag_values=values)
+  flags.DEFINE_bool("stop_at_eot",
+                    False, "Stop a sample at the end-of-text token (GPT-2's "
+                    "<|endoftext|>).",
+                    flag_values=values)
 
 
 def main(f) -> None:
@@ -93,9 +111,10 @@ def main(f) -> None:
   if bool(f.run_dir) == bool(f.init_from):
     raise UserError("give one of --run_dir (a gptjax run, e.g. --run_dir out/tiny_char) or "
                     "--init_from (Hugging Face GPT-2 weights, e.g. --init_from gpt2).")
-  for name, ok in (("max_new_tokens", f.max_new_tokens >= 1), ("temperature", f.temperature >= 0),
-                   ("top_k", f.top_k >= 0), ("top_p", 0 < f.top_p <= 1),
-                   ("num_samples", f.num_samples >= 1), ("stop", all(f.stop))):
+  for name, ok in (("max_new_tokens", f.max_new_tokens >= 1), ("temperature", f.temperature
+                                                               >= 0), ("top_k", f.top_k >= 0),
+                   ("top_p", 0 < f.top_p <= 1), ("num_samples", f.num_samples
+                                                 >= 1), ("stop", all(f.stop))):
     if not ok:
       raise UserError(f"--{name}={f[name].value} is out of range. Fix: see "
                       f"`python -m gptjax.sample --help`.")
@@ -107,8 +126,8 @@ def main(f) -> None:
   if f.stop_at_eot and end_of_text is None:
     raise UserError(f"--stop_at_eot: the {tokenizer.name} tokenizer has no end-of-text token. "
                     f"Fix: stop at a text instead, e.g. --stop=$'\\n\\n'.")
-  prompt = list(tokenizer.encode(prompt_text)) or (
-      list(tokenizer.encode("\n")) if end_of_text is None else [end_of_text])
+  prompt = list(tokenizer.encode(prompt_text)) or (list(tokenizer.encode("\n"))
+                                                   if end_of_text is None else [end_of_text])
   stop_token = end_of_text if f.stop_at_eot else None
   print(f"# {loaded}", file=sys.stderr, flush=True)
   model = on_this_device(model)
@@ -119,8 +138,14 @@ def main(f) -> None:
   transcripts = [Transcript(tokenizer, prompt, f.stop, stop_token) for _ in range(f.num_samples)]
   timings, new_tokens = {}, 0
   loop_start = time.perf_counter()
-  for tokens in stream(model, params, prompt, f.max_new_tokens, seed=f.seed,
-                       num_samples=f.num_samples, sampling=sampling, chunk_seconds=0.1,
+  for tokens in stream(model,
+                       params,
+                       prompt,
+                       f.max_new_tokens,
+                       seed=f.seed,
+                       num_samples=f.num_samples,
+                       sampling=sampling,
+                       chunk_seconds=0.1,
                        timings=timings):
     new_tokens += tokens.shape[1]
     pieces = [transcript.add(row) for transcript, row in zip(transcripts, tokens)]
@@ -134,11 +159,13 @@ def main(f) -> None:
     transcript.finish()
     print("---------------")
     print(transcript.text)
-  print(f"# {f.num_samples} sample(s) x {new_tokens} new tokens in {decode_s:.2f} s: "
-        f"{f.num_samples * new_tokens / decode_s:,.1f} tokens/s, "
-        f"{1000 * decode_s / new_tokens:.2f} ms per token step | load {load_s:.2f} s, compile "
-        f"{timings['compile_s']:.2f} s ({timings['programs_from_cache']} of 2 programs from the "
-        f"compilation cache)", file=sys.stderr)
+  print(
+      f"# {f.num_samples} sample(s) x {new_tokens} new tokens in {decode_s:.2f} s: "
+      f"{f.num_samples * new_tokens / decode_s:,.1f} tokens/s, "
+      f"{1000 * decode_s / new_tokens:.2f} ms per token step | load {load_s:.2f} s, compile "
+      f"{timings['compile_s']:.2f} s ({timings['programs_from_cache']} of 2 programs from the "
+      f"compilation cache)",
+      file=sys.stderr)
 
 
 def cli_main(argv: list[str] | None = None) -> None:

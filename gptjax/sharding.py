@@ -92,14 +92,15 @@ def validate_for_mesh(config: ml_collections.ConfigDict, shape: tuple[int, int, 
     raise ConfigError(
         f"config field 'batch_size': {config.batch_size} is not divisible by mesh data x fsdp = "
         f"{data * fsdp}, over which the global batch is split. Fix: use a multiple of "
-        f"{data * fsdp}, e.g. --config.batch_size={max(1, config.batch_size // (data * fsdp)) * data * fsdp}.")
+        f"{data * fsdp}, e.g. --config.batch_size={max(1, config.batch_size // (data * fsdp)) * data * fsdp}."
+    )
   for field in ("n_head", "vocab_size"):
     if config[field] % tensor:
       raise ConfigError(
           f"config field '{field}': {config[field]} is not divisible by mesh.tensor={tensor}, "
-          f"which splits it. Fix: a mesh.tensor that divides {config[field]}"
-          + (", or a vocab_size padded to a multiple of it (50304 = 64 x 786)."
-             if field == "vocab_size" else "."))
+          f"which splits it. Fix: a mesh.tensor that divides {config[field]}" +
+          (", or a vocab_size padded to a multiple of it (50304 = 64 x 786)." if field ==
+           "vocab_size" else "."))
 
 
 def logical_shardings(abstract_tree, mesh: jax.sharding.Mesh):
@@ -112,10 +113,12 @@ def optimizer_shardings(tx: optax.GradientTransformation, abstract_opt_state, pa
                         mesh: jax.sharding.Mesh):
   """Shards every parameter-shaped optimizer leaf (AdamW's moments) like its parameter."""
   replicated = NamedSharding(mesh, P())
-  return optax.tree_map_params(
-      tx, lambda _, sharding: sharding, abstract_opt_state, param_shardings,
-      transform_non_params=lambda _: replicated,
-      is_leaf=lambda x: isinstance(x, NamedSharding))
+  return optax.tree_map_params(tx,
+                               lambda _, sharding: sharding,
+                               abstract_opt_state,
+                               param_shardings,
+                               transform_non_params=lambda _: replicated,
+                               is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -159,8 +162,8 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   address = settings.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
   if address:
     num_processes = settings.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0"))
-    process_id = (settings.process_id if settings.process_id >= 0
-                  else int(os.environ.get("JAX_PROCESS_ID", "-1")))
+    process_id = (settings.process_id if settings.process_id >= 0 else int(
+        os.environ.get("JAX_PROCESS_ID", "-1")))
     if num_processes <= 0 or process_id < 0:
       raise ConfigError(
           f"distributed: coordinator_address={address!r} needs num_processes and process_id. "
@@ -188,6 +191,7 @@ def flat_all_reduce(loss_and_grads: Callable, mesh: jax.sharding.Mesh) -> Callab
   buckets its gradients for the same reason). Each device runs the model on its own
   rows, so dropout masks would differ from the unsharded step's: used only without dropout.
   """
+
   def per_device(params, windows, rng):
     with nn.logical_axis_rules(()):  # the batch is already split: no activation constraints
       loss, grads = loss_and_grads(params, windows, rng)
@@ -195,6 +199,8 @@ def flat_all_reduce(loss_and_grads: Callable, mesh: jax.sharding.Mesh) -> Callab
     loss, flat = jax.lax.pmean((loss, flat), BATCH_AXES)
     return loss, unflatten(flat)
 
-  return jax.shard_map(per_device, mesh=mesh, check_vma=False,
+  return jax.shard_map(per_device,
+                       mesh=mesh,
+                       check_vma=False,
                        in_specs=(P(), batch_sharding(mesh).spec, P()),
                        out_specs=(P(), P()))

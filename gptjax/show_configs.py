@@ -43,32 +43,42 @@ def memory_table(f) -> list[dict]:
   if not (f.refresh or f.analytic):
     return report.read_memory_table()
   targets.compile_only_process()  # nothing runs here: keep JAX off any accelerator
-  rows = report.memory_rows(f.configs_dir or None, f.targets and f.targets.split(","),
+  rows = report.memory_rows(f.configs_dir or None,
+                            f.targets and f.targets.split(","),
                             compile=f.refresh,
                             log=lambda line: print(line, file=sys.stderr, flush=True))
   if f.refresh:
     import jax
-    rows = report.store_memory_table(rows, f"python -m gptjax.show_configs --memory --refresh, "
-                                           f"jax {jax.__version__}, {datetime.date.today()}")
+    rows = report.store_memory_table(
+        rows, f"python -m gptjax.show_configs --memory --refresh, "
+        f"jax {jax.__version__}, {datetime.date.today()}")
   return rows
 
 
 def define_flags(values) -> None:
   from absl import flags
   flags.DEFINE_bool("markdown", False, "Print the table as markdown.", flag_values=values)
-  flags.DEFINE_bool("memory", False, "Training and sampling memory per device of every preset on "
+  flags.DEFINE_bool("memory",
+                    False, "Training and sampling memory per device of every preset on "
                     "common GPUs and TPUs, as XLA compiles it (the shipped table), and what fits "
-                    "where the shipped settings do not.", flag_values=values)
-  flags.DEFINE_bool("refresh", False, "With --memory: compile every cell anew (libtpu and jax's "
+                    "where the shipped settings do not.",
+                    flag_values=values)
+  flags.DEFINE_bool("refresh",
+                    False, "With --memory: compile every cell anew (libtpu and jax's "
                     "CUDA plugin; about an hour on 2 cores) and rewrite the shipped table.",
                     flag_values=values)
-  flags.DEFINE_bool("analytic", False, "With --memory: the planner's analytic model instead "
-                    "(seconds).", flag_values=values)
-  flags.DEFINE_string("targets", "", "With --memory --analytic/--refresh: comma-separated planner "
+  flags.DEFINE_bool("analytic",
+                    False, "With --memory: the planner's analytic model instead "
+                    "(seconds).",
+                    flag_values=values)
+  flags.DEFINE_string("targets",
+                      "", "With --memory --analytic/--refresh: comma-separated planner "
                       "targets (default: 24/40/80 GB GPUs, tpu-v5e-1, tpu-v5e-8, tpu-v4-8).",
                       flag_values=values)
-  flags.DEFINE_string("configs_dir", "", "List the presets of this directory instead of the "
-                      "shipped ones.", flag_values=values)
+  flags.DEFINE_string("configs_dir",
+                      "", "List the presets of this directory instead of the "
+                      "shipped ones.",
+                      flag_values=values)
 
 
 def cli_main(argv: list[str] | None = None) -> None:

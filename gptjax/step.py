@@ -41,7 +41,9 @@ class TrainState:
 def loss_fn(params, model: GPT, windows, dropout_rng=None):
   """Mean next-token cross-entropy of `windows` (B, T+1): inputs [:, :-1], targets [:, 1:]."""
   inputs, targets = windows[:, :-1], windows[:, 1:]
-  logits = model.apply({"params": params}, inputs, deterministic=dropout_rng is None,
+  logits = model.apply({"params": params},
+                       inputs,
+                       deterministic=dropout_rng is None,
                        rngs=None if dropout_rng is None else {"dropout": dropout_rng})
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
@@ -63,7 +65,13 @@ def mean_loss_and_grads(params, windows, rng, *, model: GPT):
   return jax.tree.map(lambda x: x / micro_batches, (loss, grads))
 
 
-def train_step(state: TrainState, windows, *, model: GPT, tx, schedule, seed: int,
+def train_step(state: TrainState,
+               windows,
+               *,
+               model: GPT,
+               tx,
+               schedule,
+               seed: int,
                dropout_rng: str = "threefry2x32",
                flat_all_reduce_mesh: jax.sharding.Mesh | None = None):
   """One update from `windows` (A, B, T+1): the mean gradient over A micro-batches, then AdamW.
@@ -78,7 +86,8 @@ def train_step(state: TrainState, windows, *, model: GPT, tx, schedule, seed: in
     loss_and_grads = sharding.flat_all_reduce(loss_and_grads, flat_all_reduce_mesh)
   loss, grads = loss_and_grads(state.params, windows, rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+  new_state = TrainState(step=state.step + 1,
+                         params=optax.apply_updates(state.params, updates),
                          opt_state=opt_state)
   metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
   return new_state, metrics
@@ -104,10 +113,10 @@ class Setup:
   model: GPT
   tx: optax.GradientTransformation
   mesh: jax.sharding.Mesh
-  abstract_state: TrainState     # ShapeDtypeStructs carrying their target shardings
-  init: Callable                 # rng -> TrainState, born sharded
-  train_step: Callable           # (state, windows) -> (state, metrics), state donated
-  eval_step: Callable            # (params, windows (E, B, T+1)) -> (E,) losses
+  abstract_state: TrainState  # ShapeDtypeStructs carrying their target shardings
+  init: Callable  # rng -> TrainState, born sharded
+  train_step: Callable  # (state, windows) -> (state, metrics), state donated
+  eval_step: Callable  # (params, windows (E, B, T+1)) -> (E,) losses
 
 
 def mesh_platform(mesh: jax.sharding.Mesh) -> str:
@@ -132,35 +141,45 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
 
   boxed_params, abstract_opt_state = jax.eval_shape(init_boxed, jax.random.key(0))
   param_shardings = sharding.logical_shardings(boxed_params, mesh)
-  state_shardings = TrainState(
-      step=sharding.replicated(mesh), params=param_shardings,
-      opt_state=sharding.optimizer_shardings(tx, abstract_opt_state, param_shardings, mesh))
-  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=nn.meta.unbox(boxed_params),
+  state_shardings = TrainState(step=sharding.replicated(mesh),
+                               params=param_shardings,
+                               opt_state=sharding.optimizer_shardings(tx, abstract_opt_state,
+                                                                      param_shardings, mesh))
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
+                        params=nn.meta.unbox(boxed_params),
                         opt_state=abstract_opt_state)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, state_shardings)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                          state_shardings)
 
   def init(rng):
     params, opt_state = init_boxed(rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=nn.meta.unbox(params),
+    return TrainState(step=jnp.zeros((), jnp.int32),
+                      params=nn.meta.unbox(params),
                       opt_state=opt_state)
 
   batch = sharding.batch_sharding(mesh)
-  step_fn = functools.partial(train_step, model=model, tx=tx,
-                              schedule=learning_rate_schedule(config), seed=config.seed,
+  step_fn = functools.partial(train_step,
+                              model=model,
+                              tx=tx,
+                              schedule=learning_rate_schedule(config),
+                              seed=config.seed,
                               dropout_rng=config_module.resolve_dropout_rng(config, platform),
-                              flat_all_reduce_mesh=mesh if config.dropout == 0
-                              and sharding.is_replicated_data_parallel(mesh) else None)
-  return Setup(
-      model=model, tx=tx, mesh=mesh, abstract_state=abstract,
-      init=jax.jit(init, out_shardings=state_shardings,
-                   compiler_options=_RUN_ONCE_OPTIONS.get(platform)),
-      train_step=jax.jit(step_fn, in_shardings=(state_shardings, batch),
-                         out_shardings=(state_shardings, sharding.replicated(mesh)),
-                         donate_argnums=0),
-      eval_step=jax.jit(functools.partial(eval_step, model=model),
-                        in_shardings=(param_shardings, batch),
-                        out_shardings=sharding.replicated(mesh)))
+                              flat_all_reduce_mesh=mesh if config.dropout == 0 and
+                              sharding.is_replicated_data_parallel(mesh) else None)
+  return Setup(model=model,
+               tx=tx,
+               mesh=mesh,
+               abstract_state=abstract,
+               init=jax.jit(init,
+                            out_shardings=state_shardings,
+                            compiler_options=_RUN_ONCE_OPTIONS.get(platform)),
+               train_step=jax.jit(step_fn,
+                                  in_shardings=(state_shardings, batch),
+                                  out_shardings=(state_shardings, sharding.replicated(mesh)),
+                                  donate_argnums=0),
+               eval_step=jax.jit(functools.partial(eval_step, model=model),
+                                 in_shardings=(param_shardings, batch),
+                                 out_shardings=sharding.replicated(mesh)))
 
 
 @contextlib.contextmanager
@@ -186,5 +205,5 @@ def compile_train_step(setup: Setup, config: ml_collections.ConfigDict):
   """The train step compiled ahead of time for the setup's mesh: what the loop calls, and what
   the planner's memory check reads (before any state exists)."""
   with mesh_context(setup.mesh):
-    return setup.train_step.lower(setup.abstract_state,
-                                  abstract_batch(config, setup.mesh)).compile()
+    return setup.train_step.lower(setup.abstract_state, abstract_batch(config,
+                                                                       setup.mesh)).compile()

@@ -19,6 +19,7 @@ import sys
 from gptjax import cli
 from gptjax.errors import UserError
 
+
 def main(f) -> None:
   from gptjax.training.loop import train
   config = f.config

@@ -46,11 +46,26 @@ def tiny_config(tmp_path, **overrides):
   if not input_file.exists():
     input_file.write_text(TEXT, encoding="utf-8")
   config = get_base_config()
-  config.update(dict(name="test", n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=256,
-                     tokenizer="bytes", batch_size=4, dropout=0.0, max_iters=8, warmup_iters=2,
-                     learning_rate=3e-3, min_lr=3e-4, eval_interval=4, eval_iters=2,
-                     log_interval=1, input_file=str(input_file), out_dir=str(tmp_path / "out"),
-                     model_name="tiny"))
+  config.update(
+      dict(name="test",
+           n_layer=2,
+           n_head=2,
+           n_embd=32,
+           block_size=16,
+           vocab_size=256,
+           tokenizer="bytes",
+           batch_size=4,
+           dropout=0.0,
+           max_iters=8,
+           warmup_iters=2,
+           learning_rate=3e-3,
+           min_lr=3e-4,
+           eval_interval=4,
+           eval_iters=2,
+           log_interval=1,
+           input_file=str(input_file),
+           out_dir=str(tmp_path / "out"),
+           model_name="tiny"))
   for key, value in overrides.items():
     if isinstance(value, dict):
       config[key].update(value)
@@ -84,8 +99,12 @@ def damage(step_dir) -> None:
 def run_module(*args, cwd=REPO_ROOT, timeout=300, env=None):
   """Runs `python -m ...` or a script as a user would; returns the CompletedProcess."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
-  return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                        timeout=timeout, env=env)
+  return subprocess.run([sys.executable, *args],
+                        cwd=cwd,
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout,
+                        env=env)
 
 
 def assert_user_error(result, *fragments):

@@ -31,8 +31,10 @@ MESHES = [(8, 1, 1), (1, 8, 1), (1, 4, 2), (2, 2, 2)]
 def config_for(out_dir, mesh, **overrides):
   data, fsdp, tensor = mesh
   overrides = dict(dict(dropout=0.1), **overrides)
-  return tiny_config(pathlib.Path(out_dir), batch_size=8,
-                     mesh=dict(data=data, fsdp=fsdp, tensor=tensor), **overrides)
+  return tiny_config(pathlib.Path(out_dir),
+                     batch_size=8,
+                     mesh=dict(data=data, fsdp=fsdp, tensor=tensor),
+                     **overrides)
 
 
 def one_step(config, devices, windows):
@@ -59,8 +61,8 @@ def check_step(out_dir):
   # With dropout every mesh draws the unsharded step's masks; without it, pure data parallelism
   # takes the flat all-reduce path (sharding.flat_all_reduce).
   for dropout, meshes in ((0.1, MESHES), (0.0, [(8, 1, 1), (2, 1, 1), (1, 8, 1)])):
-    reference = one_step(config_for(out_dir, (1, 1, 1), dropout=dropout), jax.devices()[:1],
-                         windows)
+    reference = one_step(config_for(out_dir, (1, 1, 1), dropout=dropout),
+                         jax.devices()[:1], windows)
     ref_init, ref_params, ref_metrics, _ = reference
     for mesh in meshes:
       data, fsdp, tensor = mesh
@@ -68,11 +70,14 @@ def check_step(out_dir):
       init, params, metrics, flat = one_step(config_for(out_dir, mesh, dropout=dropout), devices,
                                              windows)
       results[f"{mesh} dropout {dropout}"] = dict(
-          loss=float(metrics["loss"]), reference_loss=float(ref_metrics["loss"]),
-          grad_norm=float(metrics["grad_norm"]), reference_grad_norm=float(ref_metrics["grad_norm"]),
+          loss=float(metrics["loss"]),
+          reference_loss=float(ref_metrics["loss"]),
+          grad_norm=float(metrics["grad_norm"]),
+          reference_grad_norm=float(ref_metrics["grad_norm"]),
           init_difference=max_difference(init, ref_init),
           param_difference=max_difference(params, ref_params),
-          update_size=max_difference(ref_params, ref_init), flat_all_reduce=flat)
+          update_size=max_difference(ref_params, ref_init),
+          flat_all_reduce=flat)
   return results
 
 
@@ -91,9 +96,12 @@ def check_shards(out_dir):
       if leaf.ndim == 0:
         continue
       shard_sizes = {int(np.prod(s.data.shape)) for s in leaf.addressable_shards}
-      rows.append(dict(path=jax.tree_util.keystr(path), size=int(leaf.size),
-                       shard_sizes=sorted(shard_sizes), devices=len(leaf.sharding.device_set),
-                       spec=str(leaf.sharding.spec)))
+      rows.append(
+          dict(path=jax.tree_util.keystr(path),
+               size=int(leaf.size),
+               shard_sizes=sorted(shard_sizes),
+               devices=len(leaf.sharding.device_set),
+               spec=str(leaf.sharding.spec)))
     report[part] = rows
   return report
 
@@ -109,8 +117,8 @@ def check_restore(out_dir):
   reference, _ = checkpointer.restore(4, source.abstract_state.params)
   reference = jax.device_get(reference)
   differences = {}
-  for name, mesh_shape, devices in (("(2, 2, 2)", (2, 2, 2), jax.devices()),
-                                    ("1 device", (1, 1, 1), jax.devices()[:1])):
+  for name, mesh_shape, devices in (("(2, 2, 2)", (2, 2, 2), jax.devices()), ("1 device", (1, 1, 1),
+                                                                              jax.devices()[:1])):
     config = config_for(out_dir, mesh_shape)
     mesh = sharding.make_mesh(config, devices)
     setup = build(config, mesh)

@@ -52,22 +52,23 @@ def test_help_of_the_other_commands_lists_their_flags(module, flag):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--config_file", "configs/150M.json"],
-     "--config_file is not a flag of gptjax: use --config=configs/150M.json"),
-    (["--config_file=configs/150M.py"],
-     "--config_file is not a flag of gptjax: use --config=configs/150M.py"),
-    (["--config=tiny_char", "--max_iters", "5000"],
-     "--max_iters is not a flag of gptjax: use --config.max_iters=5000"),
-    (["--config=tiny_char", "--max_iters=5000"],
-     "--max_iters is not a flag of gptjax: use --config.max_iters=5000"),
-    (["--config=tiny_char", "--learning_rate=1e-4"],
-     "--learning_rate is not a flag of gptjax: use --config.learning_rate=1e-4"),
-    (["--config=tiny_char", "--mesh.fsdp=2"],
-     "--mesh.fsdp is not a flag of gptjax: use --config.mesh.fsdp=2"),
-    (["--config=tiny_char", "--nobias"],
-     "--nobias is not a flag of gptjax: use --config.bias=False"),
+    (["--config_file", "configs/150M.json"
+     ], "--config_file is not a flag of gptjax: use --config=configs/150M.json"),
+    (["--config_file=configs/150M.py"
+     ], "--config_file is not a flag of gptjax: use --config=configs/150M.py"),
+    (["--config=tiny_char", "--max_iters", "5000"
+     ], "--max_iters is not a flag of gptjax: use --config.max_iters=5000"),
+    (["--config=tiny_char", "--max_iters=5000"
+     ], "--max_iters is not a flag of gptjax: use --config.max_iters=5000"),
+    (["--config=tiny_char", "--learning_rate=1e-4"
+     ], "--learning_rate is not a flag of gptjax: use --config.learning_rate=1e-4"),
+    (["--config=tiny_char", "--mesh.fsdp=2"
+     ], "--mesh.fsdp is not a flag of gptjax: use --config.mesh.fsdp=2"),
+    (["--config=tiny_char", "--nobias"
+     ], "--nobias is not a flag of gptjax: use --config.bias=False"),
     (["configs/tiny_char.py"],
-     "'configs/tiny_char.py' is not an argument of this command: use --config=configs/tiny_char.py"),
+     "'configs/tiny_char.py' is not an argument of this command: use --config=configs/tiny_char.py"
+    ),
     (["--config.max_iters=3"], "--config.max_iters needs a preset to override: add "
      "--config=<preset>, e.g. --config=tiny_char."),
 ])
@@ -77,14 +78,23 @@ def test_nanogpt_habits_get_a_one_line_hint(args, message):
 
 def test_an_unknown_flag_is_one_line_with_the_flag_it_resembles():
   result = run_module("-m", "gptjax.plan", "--config=tiny_char", "--targt=local")
-  assert_one_line_error(result, "unknown flag --targt. Did you mean --target? Fix: see --help "
-                                "for the flags and the --config.<field> names.")
+  assert_one_line_error(
+      result, "unknown flag --targt. Did you mean --target? Fix: see --help "
+      "for the flags and the --config.<field> names.")
 
 
 def test_bench_takes_a_json_preset_like_train(tmp_path):
   preset = tmp_path / "my_bench.json"
-  preset.write_text(json.dumps({"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16,
-                                "vocab_size": 256, "batch_size": 2, "dropout": 0.0}))
+  preset.write_text(
+      json.dumps({
+          "n_layer": 1,
+          "n_head": 2,
+          "n_embd": 32,
+          "block_size": 16,
+          "vocab_size": 256,
+          "batch_size": 2,
+          "dropout": 0.0
+      }))
   result = run_module("tools/bench.py", f"--config={preset}", "--steps=1", "--nosampling")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "my_bench: " in result.stdout and "ms/step" in result.stdout
@@ -115,8 +125,10 @@ def console_scripts() -> dict[str, str]:
 
 def test_setup_declares_a_console_script_per_command():
   scripts = console_scripts()
-  assert set(scripts) == {"gptjax-train", "gptjax-sample", "gptjax-convert", "gptjax-plan",
-                          "gptjax-prepare", "gptjax-show-configs", "gptjax-calculate-params"}
+  assert set(scripts) == {
+      "gptjax-train", "gptjax-sample", "gptjax-convert", "gptjax-plan", "gptjax-prepare",
+      "gptjax-show-configs", "gptjax-calculate-params"
+  }
   for name, target in scripts.items():
     module, function = target.split(":")
     assert module == "gptjax." + name.split("-", 1)[1].replace("-", "_")
@@ -138,6 +150,6 @@ def test_console_script_runs_its_command(tmp_path, name):
   assert importlib.import_module(module).__doc__.splitlines()[0] in result.stdout
   assert ("--config.max_iters=5000" in result.stdout) == (name in ("gptjax-train", "gptjax-plan"))
   mistake = run_module(str(script), "--no_such_flag=1")
-  assert_one_line_error(mistake, "unknown flag --no_such_flag. Fix: see --help for the flags"
-                         + (" and the --config.<field> names." if "config" in result.stdout
-                            else "."))
+  assert_one_line_error(
+      mistake, "unknown flag --no_such_flag. Fix: see --help for the flags" +
+      (" and the --config.<field> names." if "config" in result.stdout else "."))

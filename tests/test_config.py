@@ -46,9 +46,16 @@ GPT2_FAMILY = {
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
 # A nanoGPT-style JSON preset: every architecture field, as users write them.
 CUSTOM_JSON = {
-    "name": "GPT-Custom", "description": "My custom configuration", "batch_size": 32,
-    "block_size": 512, "vocab_size": 50304, "n_embd": 512, "n_head": 8, "n_layer": 8,
-    "dropout": 0.2, "bias": False,
+    "name": "GPT-Custom",
+    "description": "My custom configuration",
+    "batch_size": 32,
+    "block_size": 512,
+    "vocab_size": 50304,
+    "n_embd": 512,
+    "n_head": 8,
+    "n_layer": 8,
+    "dropout": 0.2,
+    "bias": False,
 }
 
 
@@ -109,23 +116,30 @@ def test_json_preset_device_field_is_ignored(tmp_path, capsys):
 
 def test_json_preset_without_name_or_description_is_named_by_its_file_and_shape(tmp_path):
   values = {key: value for key, value in CUSTOM_JSON.items() if key != "description"}
-  config = presets.load(write_json(tmp_path, {**values, "n_layer": 16, "n_head": 16,
-                                                "n_embd": 1024, "block_size": 1024}))
+  config = presets.load(
+      write_json(tmp_path, {
+          **values, "n_layer": 16,
+          "n_head": 16,
+          "n_embd": 1024,
+          "block_size": 1024
+      }))
   assert config.description == "16-layer, 16-head, 1024-channel GPT (block 1024, vocab 50304)"
   assert config.name == "GPT-Custom"
   assert presets.load(write_json(tmp_path, {"n_layer": 2}, "unnamed.json")).name == "unnamed"
-  assert presets.load(write_json(tmp_path, CUSTOM_JSON, "described.json")
-                      ).description == "My custom configuration"
+  assert presets.load(write_json(tmp_path, CUSTOM_JSON,
+                                 "described.json")).description == "My custom configuration"
 
 
 def test_every_config_field_has_its_comment():
   """field_comments() (what --help prints) reads a comment for every leaf of the base config."""
+
   def leaves(config, prefix=""):
     for key, value in config.items():
       if isinstance(value, ml_collections.ConfigDict):
         yield from leaves(value, f"{prefix}{key}.")
       else:
         yield prefix + key
+
   comments = config_lib.field_comments()
   assert sorted(comments) == sorted(leaves(config_lib.get_base_config()))
   assert all(len(comment) > 10 and "---" not in comment for comment in comments.values()), comments
@@ -189,8 +203,8 @@ def test_n_embd_not_divisible_by_n_head():
   assert "n_head" in message and "100" in message and "3" in message
 
 
-@pytest.mark.parametrize("field", ["n_layer", "n_head", "n_embd", "block_size", "vocab_size",
-                                   "batch_size"])
+@pytest.mark.parametrize("field",
+                         ["n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size"])
 @pytest.mark.parametrize("value", [0, -1])
 def test_sizes_must_be_positive(field, value):
   with pytest.raises(ConfigError, match=field):

@@ -27,8 +27,12 @@ from gptjax.model import GPT  # noqa: E402
 from gptjax.training import loop  # noqa: E402
 from gptjax import params as params_lib  # noqa: E402
 
-from conftest import (CONFIGS_DIR, assert_user_error, read_metrics, run_module,  # noqa: E402
-                      tiny_config)
+from conftest import (
+    CONFIGS_DIR,
+    assert_user_error,
+    read_metrics,
+    run_module,  # noqa: E402
+    tiny_config)
 
 # Two shapes: (n_layer, n_head, n_embd, n_positions, vocab_size). The second's vocab covers the
 # byte tokenizer, so it can be fine-tuned and sampled as a gptjax run.
@@ -38,9 +42,15 @@ SHAPES = {"A": (2, 4, 64, 32, 100), "B": (3, 2, 32, 16, 257)}
 def make_hf(shape, seed=0):
   n_layer, n_head, n_embd, n_positions, vocab_size = SHAPES[shape]
   torch.manual_seed(seed)
-  config = transformers.GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                                   n_positions=n_positions, vocab_size=vocab_size, resid_pdrop=0.0,
-                                   embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=vocab_size - 1,
+  config = transformers.GPT2Config(n_layer=n_layer,
+                                   n_head=n_head,
+                                   n_embd=n_embd,
+                                   n_positions=n_positions,
+                                   vocab_size=vocab_size,
+                                   resid_pdrop=0.0,
+                                   embd_pdrop=0.0,
+                                   attn_pdrop=0.0,
+                                   bos_token_id=vocab_size - 1,
                                    eos_token_id=vocab_size - 1)
   config._attn_implementation = "eager"  # the reference: plain softmax(QK^T / sqrt(D)) V
   model = transformers.GPT2LMHeadModel(config).eval()
@@ -86,8 +96,12 @@ def apply_fn():
 def test_import_gives_hf_logits(hf_model, apply_fn):
   hf, _, (model, params) = hf_model
   V, T = hf.config.vocab_size, hf.config.n_positions
-  assert model.config == ModelConfig(vocab_size=V, block_size=T, n_layer=hf.config.n_layer,
-                                     n_head=hf.config.n_head, n_embd=hf.config.n_embd, bias=True)
+  assert model.config == ModelConfig(vocab_size=V,
+                                     block_size=T,
+                                     n_layer=hf.config.n_layer,
+                                     n_head=hf.config.n_head,
+                                     n_embd=hf.config.n_embd,
+                                     bias=True)
   for seed, (batch, length) in enumerate([(3, T), (2, T // 2 + 1)]):
     tokens = random_tokens(V, batch, length, seed)
     ours = np.asarray(apply_fn(model, params, jnp.asarray(tokens)))
@@ -111,11 +125,19 @@ def test_greedy_generation_equals_hf_generate(hf_model):
   hf, _, (model, params) = hf_model
   prompt = random_tokens(hf.config.vocab_size, 1, 8, seed=3)
   new_tokens = min(20, hf.config.n_positions - 8)  # HF cannot go past n_positions: A makes 20
-  ours = generate.generate(model, params, list(prompt[0]), new_tokens, seed=0,
-                           temperature=0.0, top_k=0, vocab_limit=hf.config.vocab_size)
+  ours = generate.generate(model,
+                           params,
+                           list(prompt[0]),
+                           new_tokens,
+                           seed=0,
+                           temperature=0.0,
+                           top_k=0,
+                           vocab_limit=hf.config.vocab_size)
   with torch.no_grad():
-    theirs = hf.generate(torch.as_tensor(prompt, dtype=torch.long), max_new_tokens=new_tokens,
-                         do_sample=False, pad_token_id=0).numpy()
+    theirs = hf.generate(torch.as_tensor(prompt, dtype=torch.long),
+                         max_new_tokens=new_tokens,
+                         do_sample=False,
+                         pad_token_id=0).numpy()
   np.testing.assert_array_equal(ours, theirs)
 
 
@@ -164,8 +186,13 @@ def test_init_params_from_places_the_checkpoint_on_the_target_shardings(hf_bytes
 
 def test_fine_tuning_starts_from_hf_with_hf_loss(hf_bytes, tmp_path, capsys):
   hf, directory = hf_bytes
-  config = tiny_config(tmp_path, init_from=directory, max_iters=3, eval_interval=1000,
-                       eval_iters=1, log_interval=1, batch_size=4)
+  config = tiny_config(tmp_path,
+                       init_from=directory,
+                       max_iters=3,
+                       eval_interval=1000,
+                       eval_iters=1,
+                       log_interval=1,
+                       batch_size=4)
   # training.loop.train() does this before validate(); the notes report every field it changes.
   hf_gpt2.apply_hf_architecture(config, config.init_from)
   err = capsys.readouterr().err
@@ -173,12 +200,12 @@ def test_fine_tuning_starts_from_hf_with_hf_loss(hf_bytes, tmp_path, capsys):
   assert "vocab_size 256 -> 257" in err and "bias False -> True" in err
   loop.train(config)
   first = read_metrics(os.path.join(config.out_dir, config.model_name))[0]
-  windows = batches.train_batch(dataset.open_tokens(config).train, config.seed, 0, 1,
-                                config.batch_size, config.block_size)[0]
+  windows = batches.train_batch(
+      dataset.open_tokens(config).train, config.seed, 0, 1, config.batch_size, config.block_size)[0]
   with torch.no_grad():
     logits = hf(input_ids=torch.as_tensor(windows[:, :-1], dtype=torch.long)).logits
-    expected = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), torch.as_tensor(windows[:, 1:]).long().reshape(-1))
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 torch.as_tensor(windows[:, 1:]).long().reshape(-1))
   assert first["step"] == 1
   np.testing.assert_allclose(first["train_loss"], float(expected), rtol=1e-5)
 
@@ -190,10 +217,18 @@ def test_from_hf_run_directory_samples_and_exports(hf_bytes, tmp_path):
   model, params, config, step, _ = checkpoint.load_run(run_dir)
   assert step == 0 and config.init_from == directory and config.tokenizer == "auto"
   prompt = [int(t) for t in ByteTokenizer().encode("ROMEO:")]
-  ours = generate.generate(model, params, prompt, 8, seed=0, temperature=0.0,
-                           top_k=0, vocab_limit=257)
+  ours = generate.generate(model,
+                           params,
+                           prompt,
+                           8,
+                           seed=0,
+                           temperature=0.0,
+                           top_k=0,
+                           vocab_limit=257)
   with torch.no_grad():
-    theirs = hf.generate(torch.as_tensor([prompt]), max_new_tokens=8, do_sample=False,
+    theirs = hf.generate(torch.as_tensor([prompt]),
+                         max_new_tokens=8,
+                         do_sample=False,
                          pad_token_id=0).numpy()
   np.testing.assert_array_equal(ours, theirs)
   with pytest.raises(CheckpointError, match="already holds checkpoints"):
@@ -204,16 +239,17 @@ def test_from_hf_run_directory_samples_and_exports(hf_bytes, tmp_path):
   np.testing.assert_allclose(hf_logits(exported, tokens), hf_logits(hf, tokens), atol=1e-6)
 
 
-@pytest.mark.parametrize("preset, hf_count", [
-    ("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080),
-    ("gpt2-xl", 1_557_611_200)])
+@pytest.mark.parametrize("preset, hf_count", [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168),
+                                              ("gpt2-large", 774_030_080),
+                                              ("gpt2-xl", 1_557_611_200)])
 def test_gpt2_presets_have_hf_shapes_and_counts(preset, hf_count):
   config = presets.load(os.path.join(CONFIGS_DIR, f"{preset}.py"))
   validate(config)
   hf_config = hf_gpt2.hf_config_dict(ModelConfig.from_config(config), config.vocab_size)
   with torch.device("meta"):  # shapes only: nothing is allocated
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config))
-  assert hf.num_parameters() == hf_count == params_lib.count_params(ModelConfig.from_config(config)).total
+  assert hf.num_parameters() == hf_count == params_lib.count_params(
+      ModelConfig.from_config(config)).total
   assert config.init_from == "" and config.bias and config.vocab_size == 50257
 
 
@@ -251,8 +287,10 @@ def test_non_gpt2_config(hf_bytes, tmp_path, change, message):
   with open(os.path.join(hf_bytes[1], "config.json")) as f:
     hf_config = json.load(f)
   hf_config.update(change)
-  (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in hf_config.items()
-                                                    if v is not None}))
+  (tmp_path / "config.json").write_text(
+      json.dumps({
+          k: v for k, v in hf_config.items() if v is not None
+      }))
   with pytest.raises(CheckpointError, match=message):
     hf_gpt2.load_hf_gpt2(str(tmp_path))
 
@@ -265,7 +303,8 @@ def test_mismatched_tensor_shape(hf_bytes, tmp_path):
   key = next(k for k in tensors if k.endswith("wpe.weight"))
   tensors[key] = tensors[key][:-1]
   save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-  with pytest.raises(CheckpointError, match=r"'wpe.weight' has shape \(15, 32\), but config.json "
+  with pytest.raises(CheckpointError,
+                     match=r"'wpe.weight' has shape \(15, 32\), but config.json "
                      r"\(.*n_positions=16.*\) needs \(16, 32\)"):
     hf_gpt2.load_hf_gpt2(str(tmp_path))
 
@@ -287,8 +326,9 @@ def test_init_from_a_hub_name_offline_without_a_cache(tmp_path, monkeypatch):
 
 def test_cli_from_hf_without_weights_exits_2(tmp_path):
   (tmp_path / "hf").mkdir()
-  (tmp_path / "hf" / "config.json").write_text(json.dumps(dict(
-      model_type="gpt2", n_layer=1, n_head=1, n_embd=8, n_positions=8, vocab_size=256)))
+  (tmp_path / "hf" / "config.json").write_text(
+      json.dumps(
+          dict(model_type="gpt2", n_layer=1, n_head=1, n_embd=8, n_positions=8, vocab_size=256)))
   result = run_module("-m", "gptjax.convert", "--from_hf", str(tmp_path / "hf"), "--out",
                       str(tmp_path / "out" / "run"))
   assert_user_error(result, "no weights")

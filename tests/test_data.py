@@ -14,8 +14,10 @@ from gptjax.errors import DataError
 from conftest import GPT2_TIKTOKEN
 
 
-@pytest.mark.parametrize("text", ["", "hello", "Nel mezzo del cammin — ché la diritta via",
-                                  "日本語のテキスト 🎉", "\x00\x7f\u0800\U0010ffff"])
+@pytest.mark.parametrize("text", [
+    "", "hello", "Nel mezzo del cammin — ché la diritta via", "日本語のテキスト 🎉",
+    "\x00\x7f\u0800\U0010ffff"
+])
 def test_byte_tokenizer_round_trips_utf8(text):
   tokenizer = tokenizer_lib.ByteTokenizer()
   tokens = tokenizer.encode(text)
@@ -101,9 +103,10 @@ def test_batches_are_reproducible_and_shifted(tiny):
     assert any(np.array_equal(train[s:s + 17], window) for s in starts)
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "does not exist"), (b"", "is empty"), (b"   \n", "is empty"),
-    ("caf\xe9".encode("latin-1") * 50, "is not UTF-8"), (b"short text", "fewer than block_size")])
+@pytest.mark.parametrize("content, message", [(None, "does not exist"), (b"", "is empty"),
+                                              (b"   \n", "is empty"),
+                                              ("caf\xe9".encode("latin-1") * 50, "is not UTF-8"),
+                                              (b"short text", "fewer than block_size")])
 def test_bad_corpora_are_clear_errors(tiny, tmp_path, content, message):
   path = tmp_path / "corpus.txt"
   if content is not None:

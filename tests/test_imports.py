@@ -66,8 +66,10 @@ def imported_modules(path: str, module: str, modules: set[str]) -> set[str]:
 
 def import_graph() -> dict[str, set[str]]:
   modules = package_modules()
-  return {module: imported_modules(path, module, set(modules)) - {module}
-          for module, path in modules.items()}
+  return {
+      module: imported_modules(path, module, set(modules)) - {module}
+      for module, path in modules.items()
+  }
 
 
 def layer_of(module: str) -> int:
@@ -127,10 +129,12 @@ def test_every_module_has_a_layer_and_imports_only_its_own_or_lower_layers():
   graph = import_graph()
   unlisted = [module for module in graph if module != PACKAGE and not _listed(module)]
   assert not unlisted, f"modules in no layer of LAYERS: {unlisted}"
-  upward = [f"{module} (layer {layer_of(module)}) imports {imported} (layer {layer_of(imported)})"
-            for module, imports in sorted(graph.items()) if module != PACKAGE
-            for imported in sorted(imports) if imported != PACKAGE and _listed(imported)
-            and layer_of(imported) > layer_of(module)]
+  upward = [
+      f"{module} (layer {layer_of(module)}) imports {imported} (layer {layer_of(imported)})"
+      for module, imports in sorted(graph.items()) if module != PACKAGE
+      for imported in sorted(imports)
+      if imported != PACKAGE and _listed(imported) and layer_of(imported) > layer_of(module)
+  ]
   assert not upward, "imports upward:\n" + "\n".join(upward)
 
 
@@ -144,11 +148,11 @@ def _listed(module: str) -> bool:
 
 def test_the_trainer_uses_the_planner_s_fit_alone_and_the_planner_never_samples_or_checkpoints():
   graph = import_graph()
-  training = set().union(*(imports for module, imports in graph.items()
-                           if module.startswith("gptjax.training")))
+  training = set().union(
+      *(imports for module, imports in graph.items() if module.startswith("gptjax.training")))
   assert {m for m in training if m.startswith("gptjax.planner.")} == {"gptjax.planner.fit"}
-  planner = set().union(*(imports for module, imports in graph.items()
-                          if module.startswith("gptjax.planner")))
+  planner = set().union(
+      *(imports for module, imports in graph.items() if module.startswith("gptjax.planner")))
   assert not planner & {"gptjax.generate", "gptjax.sample", "gptjax.checkpoint"}, planner
 
 
@@ -156,14 +160,20 @@ def test_the_data_wing_has_no_jax():
   data = [path for module, path in package_modules().items() if module.startswith("gptjax.data")]
   for path in data:
     tree = ast.parse(open(path, encoding="utf-8").read(), path)
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    imported |= {(node.module or "").split(".")[0]
+                 for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and not node.level}
     assert not imported & {"jax", "flax", "optax", "orbax"}, (path, imported)
 
 
 def test_no_module_is_longer_than_the_house_rule():
-  long = {os.path.relpath(path, REPO_ROOT): lines for path in package_modules().values()
-          if (lines := sum(1 for _ in open(path, encoding="utf-8"))) > MAX_LINES}
+  long = {
+      os.path.relpath(path, REPO_ROOT): lines
+      for path in package_modules().values()
+      if (lines := sum(1 for _ in open(path, encoding="utf-8"))) > MAX_LINES
+  }
   assert not long, f"modules over {MAX_LINES} lines: {long}"

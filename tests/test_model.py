@@ -24,23 +24,33 @@ def model_and_params():
   # Non-zero biases and norms, so that the test would see a bias or scale applied in the wrong place.
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape)
-                                     for x, k in zip(leaves, keys)])
+  params = jax.tree.unflatten(
+      tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
   return model, params
 
 
 def test_kv_cache_logits_equal_full_forward_at_every_position(model_and_params):
   model, params = model_and_params
   tokens = jax.random.randint(jax.random.key(2), (3, 16), 0, CONFIG.vocab_size)
-  full = model.apply({"params": params}, tokens)                               # (B, T, V)
+  full = model.apply({"params": params}, tokens)  # (B, T, V)
   # Prefill 5 tokens at once, then feed one at a time: every position's logits must match.
   cache = init_cache(model, 3)
-  logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, :5], decode=True,
+  logits, variables = model.apply({
+      "params": params,
+      "cache": cache
+  },
+                                  tokens[:, :5],
+                                  decode=True,
                                   mutable=["cache"])
   pieces = [logits]
   for t in range(5, 16):
-    logits, variables = model.apply({"params": params, "cache": variables["cache"]},
-                                    tokens[:, t:t + 1], decode=True, mutable=["cache"])
+    logits, variables = model.apply({
+        "params": params,
+        "cache": variables["cache"]
+    },
+                                    tokens[:, t:t + 1],
+                                    decode=True,
+                                    mutable=["cache"])
     pieces.append(logits)
   cached = jnp.concatenate(pieces, axis=1)
   np.testing.assert_allclose(cached, full, atol=1e-5, rtol=1e-5)
@@ -90,7 +100,9 @@ def test_forward_equals_a_plain_numpy_gpt(model_and_params):
     h = gelu(layer_norm(x, block["ln_2"]) @ mlp["c_fc"]["kernel"] + mlp["c_fc"]["bias"])
     x = x + h @ mlp["c_proj"]["kernel"] + mlp["c_proj"]["bias"]
   expected = layer_norm(x, p["ln_f"]) @ p["wte"].T
-  np.testing.assert_allclose(model.apply({"params": params}, tokens), expected, atol=2e-5,
+  np.testing.assert_allclose(model.apply({"params": params}, tokens),
+                             expected,
+                             atol=2e-5,
                              rtol=1e-4)
 
 

@@ -32,7 +32,9 @@ from conftest import REPO_ROOT, TEXT, read_metrics
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO_ROOT, "notebooks", "*.ipynb")))
 TRAIN_NOTEBOOK = os.path.join(REPO_ROOT, "notebooks", "train_tpu_colab.ipynb")
 FINETUNE_NOTEBOOK = os.path.join(REPO_ROOT, "notebooks", "finetune_gpt2_colab.ipynb")
-REQUIRED_PARAMETERS = {TRAIN_NOTEBOOK: {"GPTJAX_SOURCE", "PRESET", "INPUT", "MAX_ITERS", "RUN_ROOT"}}
+REQUIRED_PARAMETERS = {
+    TRAIN_NOTEBOOK: {"GPTJAX_SOURCE", "PRESET", "INPUT", "MAX_ITERS", "RUN_ROOT"}
+}
 REQUIRED_PARAMETERS[FINETUNE_NOTEBOOK] = REQUIRED_PARAMETERS[TRAIN_NOTEBOOK] | {"INIT_FROM"}
 # A tiny_char run that trains, evaluates and checkpoints in seconds on 2 cores.
 TINY_FLAGS = ("--config.n_layer=2 --config.block_size=64 --config.batch_size=8 "
@@ -74,8 +76,12 @@ def test_notebook_commands_use_real_commands_and_config_fields():
 def test_first_code_cell_is_the_parameters_and_no_cell_imports_jax(path):
   cells = code_cells(path)
   assert cells[0]["metadata"].get("tags") == ["parameters"]
-  assigned = {target.id for node in ast.parse("".join(cells[0]["source"])).body
-              for target in getattr(node, "targets", []) if isinstance(target, ast.Name)}
+  assigned = {
+      target.id
+      for node in ast.parse("".join(cells[0]["source"])).body
+      for target in getattr(node, "targets", [])
+      if isinstance(target, ast.Name)
+  }
   assert REQUIRED_PARAMETERS[path] <= assigned, REQUIRED_PARAMETERS[path] - assigned
   for cell in cells:  # libtpu lets one process own the chips: the kernel must not take them
     assert not re.search(r"^\s*(import|from) (jax|gptjax|flax)\b", "".join(cell["source"]),
@@ -90,27 +96,34 @@ def kernel_env(monkeypatch):
   """The kernel and its commands import the checkout under test (CI installs it editable; here
   it may be installed from elsewhere), so the notebook's install cell finds it and installs
   nothing into the environment."""
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-      [REPO_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  monkeypatch.setenv(
+      "PYTHONPATH",
+      os.pathsep.join([REPO_ROOT] +
+                      [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
 
 
 def with_parameters(path, **parameters):
   """The notebook with a cell tagged `injected-parameters` after its `parameters` cell."""
   notebook = nbformat.read(path, as_version=4)
-  index = next(i for i, cell in enumerate(notebook.cells)
-               if "parameters" in cell.metadata.get("tags", []))
+  index = next(
+      i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
   source = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
-  notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(
-      source, metadata={"tags": ["injected-parameters"]}))
+  notebook.cells.insert(
+      index + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
   # A last cell that reports whether the kernel itself ever imported jax.
-  notebook.cells.append(nbformat.v4.new_code_cell(
-      'import sys\nprint("jax imported in the kernel:", "jax" in sys.modules)'))
+  notebook.cells.append(
+      nbformat.v4.new_code_cell(
+          'import sys\nprint("jax imported in the kernel:", "jax" in sys.modules)'))
   return notebook
 
 
 def client_for(notebook, workdir) -> NotebookClient:
-  return NotebookClient(notebook, timeout=300, kernel_name="python3",
-                        resources={"metadata": {"path": str(workdir)}})
+  return NotebookClient(notebook,
+                        timeout=300,
+                        kernel_name="python3",
+                        resources={"metadata": {
+                            "path": str(workdir)
+                        }})
 
 
 def text_of(cell) -> str:
@@ -127,14 +140,16 @@ def text_of(cell) -> str:
 def cell_titled(notebook, title: str):
   """The code cell with the Colab form title `title`."""
   line = re.compile(rf"^# @title {re.escape(title)}$", re.MULTILINE)
-  return next(cell for cell in notebook.cells
-              if cell.cell_type == "code" and line.search(cell.source))
+  return next(
+      cell for cell in notebook.cells if cell.cell_type == "code" and line.search(cell.source))
 
 
 def committed_steps(run_dir) -> list[int]:
   directory = os.path.join(run_dir, "checkpoints")
-  return sorted(int(name) for name in (os.listdir(directory) if os.path.isdir(directory) else [])
-                if name.isdigit())
+  return sorted(
+      int(name)
+      for name in (os.listdir(directory) if os.path.isdir(directory) else [])
+      if name.isdigit())
 
 
 def kill(pid: int) -> None:
@@ -175,12 +190,15 @@ def execute_until_a_checkpoint_then_disconnect(client: NotebookClient, run_dir) 
 
 def test_placeholder_source_stops_with_one_sentence(tmp_path, kernel_env):
   for source in ("", "https://github.com/<you>/gptjax.git"):
-    client = client_for(with_parameters(TRAIN_NOTEBOOK, GPTJAX_SOURCE=source,
-                                        RUN_ROOT=str(tmp_path / "runs")), tmp_path)
+    client = client_for(
+        with_parameters(TRAIN_NOTEBOOK, GPTJAX_SOURCE=source, RUN_ROOT=str(tmp_path / "runs")),
+        tmp_path)
     with pytest.raises(CellExecutionError):
       client.execute()
-    errors = [output for cell in client.nb.cells for output in cell.get("outputs", [])
-              if output.output_type == "error"]
+    errors = [
+        output for cell in client.nb.cells for output in cell.get("outputs", [])
+        if output.output_type == "error"
+    ]
     assert len(errors) == 1 and len(errors[0].traceback) == 1, errors
     assert errors[0].traceback[0].startswith(f"GPTJAX_SOURCE is {source!r}: set it in the "
                                              f"Parameters cell"), errors[0].traceback
@@ -191,10 +209,15 @@ def test_placeholder_source_stops_with_one_sentence(tmp_path, kernel_env):
 def test_train_notebook_resumes_after_a_disconnect_and_finishes(tmp_path, kernel_env):
   input_file = tmp_path / "input.txt"
   input_file.write_text(TEXT * 3, encoding="utf-8")
-  notebook = with_parameters(
-      TRAIN_NOTEBOOK, GPTJAX_SOURCE=REPO_ROOT, PRESET="tiny_char", INPUT=str(input_file),
-      MAX_ITERS=TINY_ITERS, RUN_ROOT=str(tmp_path / "runs"), EXTRA_FLAGS=TINY_FLAGS,
-      PROMPT="First Citizen:", SAMPLE_TOKENS=100)
+  notebook = with_parameters(TRAIN_NOTEBOOK,
+                             GPTJAX_SOURCE=REPO_ROOT,
+                             PRESET="tiny_char",
+                             INPUT=str(input_file),
+                             MAX_ITERS=TINY_ITERS,
+                             RUN_ROOT=str(tmp_path / "runs"),
+                             EXTRA_FLAGS=TINY_FLAGS,
+                             PROMPT="First Citizen:",
+                             SAMPLE_TOKENS=100)
   run_dir = tmp_path / "runs" / "tiny_char"
 
   first = client_for(notebook, tmp_path)
@@ -206,17 +229,23 @@ def test_train_notebook_resumes_after_a_disconnect_and_finishes(tmp_path, kernel
   killed_at = read_metrics(run_dir)[-1]["step"]
   assert 0 < killed_at < TINY_ITERS, killed_at
 
-  second = client_for(with_parameters(
-      TRAIN_NOTEBOOK, GPTJAX_SOURCE=REPO_ROOT, PRESET="tiny_char", INPUT=str(input_file),
-      MAX_ITERS=TINY_ITERS, RUN_ROOT=str(tmp_path / "runs"), EXTRA_FLAGS=TINY_FLAGS,
-      PROMPT="First Citizen:", SAMPLE_TOKENS=100), tmp_path)
+  second = client_for(
+      with_parameters(TRAIN_NOTEBOOK,
+                      GPTJAX_SOURCE=REPO_ROOT,
+                      PRESET="tiny_char",
+                      INPUT=str(input_file),
+                      MAX_ITERS=TINY_ITERS,
+                      RUN_ROOT=str(tmp_path / "runs"),
+                      EXTRA_FLAGS=TINY_FLAGS,
+                      PROMPT="First Citizen:",
+                      SAMPLE_TOKENS=100), tmp_path)
   second.execute()
   training = text_of(cell_titled(second.nb, TRAIN_TITLE))
   resumed = re.search(r"resuming from step (\d+)", training)
   assert resumed and 0 < int(resumed.group(1)) <= killed_at, training
   assert f"done: step {TINY_ITERS}" in training, training
-  assert "(it resumes from its last checkpoint)" in text_of(cell_titled(second.nb,
-                                                                         "Where runs live"))
+  assert "(it resumes from its last checkpoint)" in text_of(
+      cell_titled(second.nb, "Where runs live"))
   steps = [record["step"] for record in read_metrics(run_dir)]
   assert steps == sorted(set(steps)) and steps[-1] == TINY_ITERS, steps
   plot = cell_titled(second.nb, "Loss curve")
@@ -240,13 +269,20 @@ def test_finetune_notebook_samples_before_and_after_and_exports(tmp_path, kernel
   gpt2_dir, input_file = tmp_path / "random-gpt2", tmp_path / "input.txt"
   make_random_gpt2(gpt2_dir)
   input_file.write_text(TEXT, encoding="utf-8")
-  client = client_for(with_parameters(
-      FINETUNE_NOTEBOOK, GPTJAX_SOURCE=REPO_ROOT, PRESET="gpt2", INIT_FROM=str(gpt2_dir),
-      INPUT=str(input_file), MAX_ITERS=6, RUN_ROOT=str(tmp_path / "runs"),
-      EXTRA_FLAGS="--config.batch_size=2 --config.grad_accum_steps=1 --config.eval_interval=3 "
-                  "--config.eval_iters=1 --config.warmup_iters=1 --config.log_interval=1 "
-                  "--config.learning_rate=1e-3",
-      PROMPT="First Citizen:", SAMPLE_TOKENS=40), tmp_path)
+  client = client_for(
+      with_parameters(
+          FINETUNE_NOTEBOOK,
+          GPTJAX_SOURCE=REPO_ROOT,
+          PRESET="gpt2",
+          INIT_FROM=str(gpt2_dir),
+          INPUT=str(input_file),
+          MAX_ITERS=6,
+          RUN_ROOT=str(tmp_path / "runs"),
+          EXTRA_FLAGS="--config.batch_size=2 --config.grad_accum_steps=1 --config.eval_interval=3 "
+          "--config.eval_iters=1 --config.warmup_iters=1 --config.log_interval=1 "
+          "--config.learning_rate=1e-3",
+          PROMPT="First Citizen:",
+          SAMPLE_TOKENS=40), tmp_path)
   client.execute()
   before = text_of(cell_titled(client.nb, "Sample before"))
   after = text_of(cell_titled(client.nb, "Sample after"))
@@ -270,9 +306,14 @@ def test_finetune_notebook_samples_before_and_after_and_exports(tmp_path, kernel
 
 def test_shared_cells_are_the_same_in_both_notebooks():
   """Each notebook stands alone on Colab, so they repeat the install and plot cells: kept equal."""
+
   def titled(path):
-    return {cell["source"][0]: "".join(cell["source"]) for cell in code_cells(path)
-            if cell["source"] and cell["source"][0].startswith("# @title")}
+    return {
+        cell["source"][0]: "".join(cell["source"])
+        for cell in code_cells(path)
+        if cell["source"] and cell["source"][0].startswith("# @title")
+    }
+
   train, finetune = titled(TRAIN_NOTEBOOK), titled(FINETUNE_NOTEBOOK)
   for title in ("# @title Install gptjax\n", "# @title Loss curve\n"):
     assert train[title] == finetune[title], title

@@ -19,9 +19,11 @@ PLUGIN_NOISE = re.compile(r"cudart_stub|Could not find cuda drivers|Jax plugin c
                           r"TPU_WORKER_HOSTNAMES|libtpu|absl::InitializeLog|InitGoogle|"
                           r"Traceback")
 # A byte-level 1-layer run on the default corpus: seconds on a CPU.
-QUICK_TRAIN = ["--config=tiny_char", "--config.max_iters=5", "--config.eval_interval=5",
-               "--config.eval_iters=1", "--config.n_layer=1", "--config.batch_size=4",
-               "--config.log_interval=1"]
+QUICK_TRAIN = [
+    "--config=tiny_char", "--config.max_iters=5", "--config.eval_interval=5",
+    "--config.eval_iters=1", "--config.n_layer=1", "--config.batch_size=4",
+    "--config.log_interval=1"
+]
 
 
 def without_platform_choice() -> dict:
@@ -30,7 +32,11 @@ def without_platform_choice() -> dict:
 
 
 def run(command: list[str], cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
-  return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+  return subprocess.run(command,
+                        cwd=cwd,
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout,
                         env=env or without_platform_choice())
 
 
@@ -46,8 +52,11 @@ def wheel_env(tmp_path_factory):
   """A fresh virtual environment (seeing this one's packages, so nothing is downloaded) with
   gptjax installed from its wheel; (its python, an empty working directory)."""
   root = tmp_path_factory.mktemp("wheel")
-  built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-               "-w", str(root / "dist"), REPO_ROOT], cwd=root)
+  built = run([
+      sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+      str(root / "dist"), REPO_ROOT
+  ],
+              cwd=root)
   assert built.returncode == 0, built.stderr[-3000:]
   wheel, = glob.glob(str(root / "dist" / "gptjax-*.whl"))
   made = run([sys.executable, "-m", "venv", "--system-site-packages", str(root / "venv")], cwd=root)
@@ -71,16 +80,25 @@ def test_the_wheel_works_from_an_empty_directory(wheel_env):
   trained = run([python, "-m", "gptjax.train", *QUICK_TRAIN, "--config.out_dir=out"], cwd=work)
   assert_quiet(trained, "train")
   assert "done: step 5" in trained.stdout
-  planned = run([python, "-m", "gptjax.plan", "--config=350M_1024", "--target=gpu-h100-80gb",
-                 "--method=analytic"], cwd=work)
+  planned = run([
+      python, "-m", "gptjax.plan", "--config=350M_1024", "--target=gpu-h100-80gb",
+      "--method=analytic"
+  ],
+                cwd=work)
   assert_quiet(planned, "plan --method=analytic")
   assert "analytic model" in planned.stdout and "GiB" in planned.stdout
-  searched = run([python, "-m", "gptjax.plan", "--config=350M_1024", "--target=gpu-h100-80gb",
-                  "--method=analytic", "--search"], cwd=work)
+  searched = run([
+      python, "-m", "gptjax.plan", "--config=350M_1024", "--target=gpu-h100-80gb",
+      "--method=analytic", "--search"
+  ],
+                 cwd=work)
   assert_quiet(searched, "plan --method=analytic --search")
   assert "python -m gptjax.train --config=350M_1024" in searched.stdout
-  sampled = run([python, "-m", "gptjax.sample", "--run_dir=out/tiny_char", "--prompt=def ",
-                 "--max_new_tokens=20"], cwd=work)
+  sampled = run([
+      python, "-m", "gptjax.sample", "--run_dir=out/tiny_char", "--prompt=def ",
+      "--max_new_tokens=20"
+  ],
+                cwd=work)
   assert_quiet(sampled, "sample")
   assert sampled.stdout.startswith("def ")
   shown = run([python, "-m", "gptjax.show_configs"], cwd=work)
@@ -95,15 +113,23 @@ def test_the_wheel_works_from_an_empty_directory(wheel_env):
 def test_prepare_and_convert_start_quietly(tmp_path):
   text = tmp_path / "text.txt"
   text.write_text(TEXT, encoding="utf-8")
-  prepared = run([sys.executable, "-m", "gptjax.prepare", f"--input={text}", "--tokenizer=bytes",
-                  "--val_fraction=0.1", f"--out_dir={tmp_path / 'data'}"], cwd=tmp_path)
+  prepared = run([
+      sys.executable, "-m", "gptjax.prepare", f"--input={text}", "--tokenizer=bytes",
+      "--val_fraction=0.1", f"--out_dir={tmp_path / 'data'}"
+  ],
+                 cwd=tmp_path)
   assert_quiet(prepared, "prepare")
-  trained = run([sys.executable, "-m", "gptjax.train", *QUICK_TRAIN,
-                 f"--config.data_dir={tmp_path / 'data'}", "--config.block_size=16",
-                 f"--config.out_dir={tmp_path / 'out'}"], cwd=tmp_path)
+  trained = run([
+      sys.executable, "-m", "gptjax.train", *QUICK_TRAIN, f"--config.data_dir={tmp_path / 'data'}",
+      "--config.block_size=16", f"--config.out_dir={tmp_path / 'out'}"
+  ],
+                cwd=tmp_path)
   assert_quiet(trained, "train on the prepared data")
-  converted = run([sys.executable, "-m", "gptjax.convert", f"--run_dir={tmp_path / 'out' / 'tiny_char'}",
-                   f"--to_hf={tmp_path / 'hf'}"], cwd=tmp_path)
+  converted = run([
+      sys.executable, "-m", "gptjax.convert", f"--run_dir={tmp_path / 'out' / 'tiny_char'}",
+      f"--to_hf={tmp_path / 'hf'}"
+  ],
+                  cwd=tmp_path)
   assert_quiet(converted, "convert")
   assert os.path.isfile(tmp_path / "hf" / "config.json")
 
@@ -123,25 +149,37 @@ def test_a_gpu_that_jax_cannot_use_stops_training_with_the_install_fix(tmp_path)
   env = fake_nvidia_smi(tmp_path / "bin")
   out = tmp_path / "out"
   result = run([sys.executable, "-m", "gptjax.train", *QUICK_TRAIN, f"--config.out_dir={out}"],
-               cwd=tmp_path, env=env)
+               cwd=tmp_path,
+               env=env)
   assert result.returncode == 2, result.stderr[-3000:]
   error = result.stderr.strip().splitlines()[-1]
   assert error.startswith("error: this machine has an NVIDIA GPU, but JAX sees only the CPU"), error
   assert 'pip install "jax[cuda12]"' in error and "--config.allow_cpu=True" in error
   assert not os.path.exists(out / "tiny_char" / "checkpoints")
-  on_purpose = run([sys.executable, "-m", "gptjax.train", *QUICK_TRAIN, f"--config.out_dir={out}",
-                    "--config.allow_cpu=True"], cwd=tmp_path, env=env)
+  on_purpose = run([
+      sys.executable, "-m", "gptjax.train", *QUICK_TRAIN, f"--config.out_dir={out}",
+      "--config.allow_cpu=True"
+  ],
+                   cwd=tmp_path,
+                   env=env)
   assert on_purpose.returncode == 0, on_purpose.stderr[-3000:]
   assert "done: step 5" in on_purpose.stdout
-  with_platforms = run([sys.executable, "-m", "gptjax.train", *QUICK_TRAIN,
-                        f"--config.out_dir={out}", "--config.max_iters=6"], cwd=tmp_path,
-                       env={**env, "JAX_PLATFORMS": "cpu"})
+  with_platforms = run([
+      sys.executable, "-m", "gptjax.train", *QUICK_TRAIN, f"--config.out_dir={out}",
+      "--config.max_iters=6"
+  ],
+                       cwd=tmp_path,
+                       env={
+                           **env, "JAX_PLATFORMS": "cpu"
+                       })
   assert with_platforms.returncode == 0, with_platforms.stderr[-3000:]
   assert "done: step 6" in with_platforms.stdout
 
 
 def test_a_preset_name_works_from_any_directory(tmp_path):
-  result = run_module("-m", "gptjax.calculate_params", "--config=recipes/shakespeare_char_cpu",
+  result = run_module("-m",
+                      "gptjax.calculate_params",
+                      "--config=recipes/shakespeare_char_cpu",
                       cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Layers (L)" in result.stdout

@@ -34,6 +34,7 @@ def nanogpt_param_shapes(V, T, L, C, bias):
   PyTorch's Linear(in, out) weight is (out, in); lm_head.weight is wte.weight (weight tying), so
   named_parameters() yields it once, as transformer.wte.weight.
   """
+
   def linear(name, n_in, n_out):
     return [(f"{name}.weight", (n_out, n_in))] + ([(f"{name}.bias", (n_out,))] if bias else [])
 
@@ -60,8 +61,12 @@ def nanogpt_count(V, T, L, C, bias):
 def test_gpt2_small_matches_the_published_count():
   # Hugging Face's gpt2 (124M): 124,439,808 parameters; nanoGPT prints 123.65M, i.e. without wpe.
   assert nanogpt_count(V=50257, T=1024, L=12, C=768, bias=True) == 124_439_808
-  gpt2 = config_lib.ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12,
-                                n_embd=768, bias=True)
+  gpt2 = config_lib.ModelConfig(vocab_size=50257,
+                                block_size=1024,
+                                n_layer=12,
+                                n_head=12,
+                                n_embd=768,
+                                bias=True)
   breakdown = params_lib.count_params(gpt2)
   assert breakdown.total == 124_439_808
   assert breakdown.non_embedding == 124_439_808 - 1024 * 768
@@ -92,8 +97,10 @@ def test_brute_force_init_of_a_tiny_model(bias):
   assert actual == params_lib.count_pytree_params(mc)
   assert actual == nanogpt_count(37, 7, 2, 8, bias)
   # Per-name check against nanoGPT's parameters (same scalars per GPT-2 name, after reshapes).
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf.size
-          for path, leaf in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(variables["params"]))}
+  flat = {
+      "/".join(str(getattr(k, "key", k)) for k in path): leaf.size for path, leaf in
+      jax.tree_util.tree_leaves_with_path(nn.meta.unbox(variables["params"]))
+  }
   assert flat["wte"] == 37 * 8 and flat["wpe"] == 7 * 8
   assert flat["h_0/attn/c_attn/kernel"] == 8 * 3 * 8
   assert flat["h_1/mlp/c_proj/kernel"] == 4 * 8 * 8

@@ -41,19 +41,23 @@ def write_config(tmp_path, **overrides) -> str:
   return str(path)
 
 
-@pytest.mark.parametrize("name, chips, topology", [
-    ("tpu-v5e-1", 1, "v5e:1x1"), ("tpu-v5e-8", 8, "v5e:2x4"), ("tpu-v4-8", 4, "v4:2x2x1"),
-    ("tpu-v5p-8", 4, "v5p:2x2x1"), ("tpu-v6e-8", 8, "v6e:2x4"), ("tpu-v6e-256", 256, "v6e:16x16"),
-    ("gpu-h100-80gb", 1, "1x1x1"), ("8xgpu-h100-80gb", 8, "1x1x8"),
-    ("16xgpu-a100-40gb", 16, "1x2x8")])
+@pytest.mark.parametrize("name, chips, topology", [("tpu-v5e-1", 1, "v5e:1x1"),
+                                                   ("tpu-v5e-8", 8, "v5e:2x4"),
+                                                   ("tpu-v4-8", 4, "v4:2x2x1"),
+                                                   ("tpu-v5p-8", 4, "v5p:2x2x1"),
+                                                   ("tpu-v6e-8", 8, "v6e:2x4"),
+                                                   ("tpu-v6e-256", 256, "v6e:16x16"),
+                                                   ("gpu-h100-80gb", 1, "1x1x1"),
+                                                   ("8xgpu-h100-80gb", 8, "1x1x8"),
+                                                   ("16xgpu-a100-40gb", 16, "1x2x8")])
 def test_targets_by_cloud_name(name, chips, topology):
   target = targets.parse_target(name)
   assert (target.num_devices, target.topology) == (chips, topology)
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("tpu-v4-6", "tpu-v4-8"), ("tpu-v9-1", "tpu-v5e-1"), ("12xgpu-h100-80gb", "multiple of 8"),
-    ("gpu-h100", "gpu-h100-80gb")])
+@pytest.mark.parametrize("name, fragment", [("tpu-v4-6", "tpu-v4-8"), ("tpu-v9-1", "tpu-v5e-1"),
+                                            ("12xgpu-h100-80gb", "multiple of 8"),
+                                            ("gpu-h100", "gpu-h100-80gb")])
 def test_bad_target_names_say_what_exists(name, fragment):
   with pytest.raises(ConfigError, match=fragment):
     targets.parse_target(name)
@@ -101,8 +105,8 @@ def test_tpu_compile_path_for_two_presets_on_two_targets(tmp_path):
   """libtpu compiles the real step for TPU slices on this CPU: params and optimizer state are
   the exact count's shards, and the time is XLA's TPU cost model, never negative. Its cost
   analysis counts the gradient-accumulation loop once: the planner runs it grad_accum_steps times."""
-  cases = (("tiny_char", "tpu-v5e-1", 1, 1), ("tiny_char", "tpu-v5e-1", 1, 4),
-           ("tiny", "tpu-v4-8", 4, 1))
+  cases = (("tiny_char", "tpu-v5e-1", 1, 1), ("tiny_char", "tpu-v5e-1", 1, 4), ("tiny", "tpu-v4-8",
+                                                                                4, 1))
   seconds = {}
   for preset, target, devices, accumulate in cases:
     result = plan_json(f"--config={preset}", f"--target={target}",
@@ -123,8 +127,14 @@ def test_tpu_compile_path_for_two_presets_on_two_targets(tmp_path):
 def test_remat_saves_memory_in_bfloat16_with_dropout_on_tpu(tmp_path):
   """The bug that made remat cost memory on TPUs (threefry dropout bits materialised under remat)
   stays fixed: with dropout_rng auto (rbg on TPU) remat shrinks the activations."""
-  preset = write_config(tmp_path, n_layer=4, n_head=4, n_embd=256, block_size=512, batch_size=8,
-                        dropout=0.2, dtype="bfloat16")
+  preset = write_config(tmp_path,
+                        n_layer=4,
+                        n_head=4,
+                        n_embd=256,
+                        block_size=512,
+                        batch_size=8,
+                        dropout=0.2,
+                        dtype="bfloat16")
   activations = {}
   for remat in (False, True):
     result = plan_json(f"--config={preset}", "--target=tpu-v5e-1", f"--config.remat={remat}")
@@ -143,8 +153,15 @@ def test_gpu_compile_path_and_roofline_time(tmp_path):
 
 def test_extrapolation_from_shallow_compiles_matches_the_full_compile(tmp_path):
   """--fast (1- and 2-layer compiles, extrapolated) against compiling all 6 layers."""
-  preset = write_config(tmp_path, n_layer=6, n_head=4, n_embd=128, block_size=128, batch_size=8,
-                        dtype="bfloat16", vocab_size=4096, tokenizer="bytes")
+  preset = write_config(tmp_path,
+                        n_layer=6,
+                        n_head=4,
+                        n_embd=128,
+                        block_size=128,
+                        batch_size=8,
+                        dtype="bfloat16",
+                        vocab_size=4096,
+                        tokenizer="bytes")
   full = plan_json(f"--config={preset}", "--target=gpu-a100-40gb")
   fast = plan_json(f"--config={preset}", "--target=gpu-a100-40gb", "--fast")
   assert fast["extrapolated_from_layers"] == [1, 2] and full["extrapolated_from_layers"] is None
@@ -152,8 +169,15 @@ def test_extrapolation_from_shallow_compiles_matches_the_full_compile(tmp_path):
 
 
 def test_analytic_model_is_within_its_stated_error_of_the_gpu_compile(tmp_path):
-  preset = write_config(tmp_path, n_layer=4, n_head=8, n_embd=512, block_size=512, batch_size=8,
-                        vocab_size=8192, tokenizer="bytes", dropout=0.1)
+  preset = write_config(tmp_path,
+                        n_layer=4,
+                        n_head=8,
+                        n_embd=512,
+                        block_size=512,
+                        batch_size=8,
+                        vocab_size=8192,
+                        tokenizer="bytes",
+                        dropout=0.1)
   for remat in (False, True):
     args = (f"--config={preset}", "--target=gpu-h100-80gb", f"--config.remat={remat}")
     compiled = plan_json(*args)
@@ -161,8 +185,9 @@ def test_analytic_model_is_within_its_stated_error_of_the_gpu_compile(tmp_path):
     assert analytic["method"] == "analytic"
     assert analytic["memory_bytes_per_device"]["params"] == (
         compiled["memory_bytes_per_device"]["params"])
-    assert analytic["total_bytes_per_device"] == pytest.approx(
-        compiled["total_bytes_per_device"], rel=0.25), (remat, analytic, compiled)
+    assert analytic["total_bytes_per_device"] == pytest.approx(compiled["total_bytes_per_device"],
+                                                               rel=0.25), (remat, analytic,
+                                                                           compiled)
 
 
 def test_check_names_every_problem_with_its_fix(tmp_path):
@@ -180,10 +205,20 @@ def test_check_names_every_problem_with_its_fix(tmp_path):
 
 
 def test_check_reports_memory_with_a_fix_that_fits(tmp_path):
-  preset = write_config(tmp_path, n_layer=4, n_embd=256, n_head=4, block_size=256, batch_size=32,
-                        vocab_size=8192, tokenizer="bytes")
+  preset = write_config(tmp_path,
+                        n_layer=4,
+                        n_embd=256,
+                        n_head=4,
+                        block_size=256,
+                        batch_size=32,
+                        vocab_size=8192,
+                        tokenizer="bytes")
   env = {DEVICE_MEMORY_ENV: "0.3"}
-  result = run_module("-m", "gptjax.plan", f"--config={preset}", "--target=local", "--check",
+  result = run_module("-m",
+                      "gptjax.plan",
+                      f"--config={preset}",
+                      "--target=local",
+                      "--check",
                       env=env)
   assert result.returncode == 2
   [line] = [line for line in result.stdout.splitlines() if "memory:" in line]
@@ -193,17 +228,34 @@ def test_check_reports_memory_with_a_fix_that_fits(tmp_path):
 def test_search_prints_a_command_that_trains(tmp_path):
   """On a pretend 0.3 GiB device the shipped settings do not fit; the searched command does, and
   runs: the planner's answer is a working training command."""
-  preset = write_config(tmp_path, n_layer=4, n_embd=256, n_head=4, block_size=256, batch_size=32,
-                        vocab_size=8192, tokenizer="bytes", max_iters=2, eval_interval=2,
+  preset = write_config(tmp_path,
+                        n_layer=4,
+                        n_embd=256,
+                        n_head=4,
+                        block_size=256,
+                        batch_size=32,
+                        vocab_size=8192,
+                        tokenizer="bytes",
+                        max_iters=2,
+                        eval_interval=2,
                         eval_iters=1)
   env = {DEVICE_MEMORY_ENV: "0.3"}
   shipped = plan_json(f"--config={preset}", "--target=local", env=env)
   assert not shipped["fits"]
-  result = run_module("-m", "gptjax.plan", f"--config={preset}", "--target=local", "--search",
-                      "--verify=1", env=env, timeout=600)
+  result = run_module("-m",
+                      "gptjax.plan",
+                      f"--config={preset}",
+                      "--target=local",
+                      "--search",
+                      "--verify=1",
+                      env=env,
+                      timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  [command] = [line.strip() for line in result.stdout.splitlines()
-               if line.strip().startswith("python -m gptjax.train")]
+  [command] = [
+      line.strip()
+      for line in result.stdout.splitlines()
+      if line.strip().startswith("python -m gptjax.train")
+  ]
   assert "as given:" in result.stdout and "does NOT fit" in result.stdout
   assert "runners-up, compiled" in result.stdout or "also fitting" in result.stdout
   trained = run_module(*shlex.split(command)[1:], env=env, timeout=600)
@@ -212,8 +264,7 @@ def test_search_prints_a_command_that_trains(tmp_path):
 
 def test_training_that_cannot_fit_stops_before_allocating(tmp_path):
   preset = write_config(tmp_path)
-  result = run_module("-m", "gptjax.train", f"--config={preset}",
-                      env={DEVICE_MEMORY_ENV: "0.0001"})
+  result = run_module("-m", "gptjax.train", f"--config={preset}", env={DEVICE_MEMORY_ENV: "0.0001"})
   assert_user_error(result, "memory:", "Fix:", "Nothing was allocated")
   run_dir = tmp_path / "out" / "tiny"
   assert not (run_dir / "checkpoints").exists() or not os.listdir(run_dir / "checkpoints")
@@ -246,14 +297,14 @@ class _FakeCompiled:
     return {"flops": 1e12, "bytes accessed": 1e10, "optimal_seconds": self._optimal}
 
   def as_text(self):
-    return (f'custom_call_target="{self._call}"\n' * self._count
-            + 'custom_call_target="AssumeGatherIndicesInBound"\n')  # priced: not added back
+    return (f'custom_call_target="{self._call}"\n' * self._count +
+            'custom_call_target="AssumeGatherIndicesInBound"\n')  # priced: not added back
 
 
 def test_unpriced_tpu_ops_are_added_back_to_the_cost_models_time():
   assert figures_of(_FakeCompiled(-25.98, 26)).optimal_seconds == pytest.approx(0.02)
-  assert figures_of(_FakeCompiled(-12.9985, 13, "X64Combine")).optimal_seconds == (
-      pytest.approx(0.0015))
+  assert figures_of(_FakeCompiled(-12.9985, 13,
+                                  "X64Combine")).optimal_seconds == (pytest.approx(0.0015))
   assert figures_of(_FakeCompiled(0.5, 0)).optimal_seconds == 0.5
   # Still negative after adding them back: not a time; the planner uses its roofline instead.
   assert figures_of(_FakeCompiled(-30.0, 2)).optimal_seconds < 0

@@ -28,14 +28,18 @@ needs_gpt2 = pytest.mark.skipif(not os.path.isfile(GPT2_TIKTOKEN),
                                 reason="needs ../shared/data/gpt2.tiktoken")
 SHAKESPEARE = open(TINY_SHAKESPEARE, encoding="utf-8").read() if os.path.isfile(
     TINY_SHAKESPEARE) else "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 4000
-DOCS = [f"Document {i}: " + SHAKESPEARE[i * 997:i * 997 + 300 + 150 * i] + " «ché» 日本 🎉\n"
-        for i in range(12)]
+DOCS = [
+    f"Document {i}: " + SHAKESPEARE[i * 997:i * 997 + 300 + 150 * i] + " «ché» 日本 🎉\n"
+    for i in range(12)
+]
 
 
 def gpt2_directly() -> tiktoken.Encoding:
   """GPT-2 BPE built here from the ranks file and tiktoken's own pattern, not through gptjax."""
   ranks = load_tiktoken_bpe(GPT2_TIKTOKEN)
-  return tiktoken.Encoding("gpt2-test", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+  return tiktoken.Encoding("gpt2-test",
+                           pat_str=r50k_pat_str,
+                           mergeable_ranks=ranks,
                            special_tokens={"<|endoftext|>": 50256})
 
 
@@ -48,9 +52,12 @@ def write_docs(directory, docs, suffix=".txt"):
 
 def prep(tmp_path, inputs, tokenizer="bytes", name="data", **options):
   out = tmp_path / name
-  meta = prepare_lib.prepare(prepare_lib.Options(
-      inputs=[str(i) for i in inputs], tokenizer=str(tokenizer), out_dir=str(out), progress=False,
-      **options))
+  meta = prepare_lib.prepare(
+      prepare_lib.Options(inputs=[str(i) for i in inputs],
+                          tokenizer=str(tokenizer),
+                          out_dir=str(out),
+                          progress=False,
+                          **options))
   return out, meta
 
 
@@ -58,8 +65,8 @@ def read_split(out, split):
   """A split's tokens read with plain numpy, not through gptjax.data."""
   with open(out / "meta.json") as f:
     meta = json.load(f)
-  return np.concatenate([np.fromfile(out / s["file"], meta["dtype"])
-                         for s in meta["splits"][split]["shards"]])
+  return np.concatenate(
+      [np.fromfile(out / s["file"], meta["dtype"]) for s in meta["splits"][split]["shards"]])
 
 
 def split_documents(tokens, eot):
@@ -84,17 +91,26 @@ def assert_whole_documents(out, expected, eot, n_val):
 
 @needs_gpt2
 def test_gpt2_shards_are_tiktoken_documents_with_a_whole_document_val_split(tmp_path):
-  out, meta = prep(tmp_path, [write_docs(tmp_path / "in", DOCS)], "gpt2", val_fraction=0.2,
+  out, meta = prep(tmp_path, [write_docs(tmp_path / "in", DOCS)],
+                   "gpt2",
+                   val_fraction=0.2,
                    tokenizer_path=GPT2_TIKTOKEN)
   encoding = gpt2_directly()
   val = assert_whole_documents(out, [encoding.encode_ordinary(d) for d in DOCS], 50256, n_val=2)
   assert meta["dtype"] == "uint16" and meta["eot_id"] == 50256 and meta["vocab_size"] == 50257
   assert meta["splits"]["val"]["documents"] == 2 and meta["source"]["bytes"] == sum(
       len(d.encode()) for d in DOCS)
-  again, _ = prep(tmp_path, [tmp_path / "in"], "gpt2", name="again", val_fraction=0.2,
+  again, _ = prep(tmp_path, [tmp_path / "in"],
+                  "gpt2",
+                  name="again",
+                  val_fraction=0.2,
                   tokenizer_path=GPT2_TIKTOKEN)
   assert assert_whole_documents(again, [encoding.encode_ordinary(d) for d in DOCS], 50256, 2) == val
-  other, _ = prep(tmp_path, [tmp_path / "in"], "gpt2", name="other", val_fraction=0.2, seed=1,
+  other, _ = prep(tmp_path, [tmp_path / "in"],
+                  "gpt2",
+                  name="other",
+                  val_fraction=0.2,
+                  seed=1,
                   tokenizer_path=GPT2_TIKTOKEN)
   assert assert_whole_documents(other, [encoding.encode_ordinary(d) for d in DOCS], 50256, 2) != val
 
@@ -104,8 +120,7 @@ def test_bytes_round_trip_and_jsonl_documents(tmp_path):
   lines.insert(3, "")  # a blank line is no document
   lines.insert(5, json.dumps({"text": ""}))  # an empty one is a counted skip
   (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-  out, meta = prep(tmp_path, [tmp_path / "docs.jsonl"], "bytes", val_fraction=0.25,
-                   task_bytes=2000)
+  out, meta = prep(tmp_path, [tmp_path / "docs.jsonl"], "bytes", val_fraction=0.25, task_bytes=2000)
   # 14 lines, 4 drawn for val: the blank and the empty line may be among them
   assert_whole_documents(out, [list(d.encode("utf-8")) for d in DOCS], 255, n_val=None)
   assert meta["skipped_empty_documents"] == 1
@@ -120,7 +135,8 @@ def hf_tokenizer_file(tmp_path, vocab_size=300):
   tokenizer = Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                special_tokens=["<|endoftext|>"],
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   tokenizer.train_from_iterator([SHAKESPEARE[:50_000]] + DOCS, trainer)
   path = tmp_path / "tokenizer.json"
@@ -148,7 +164,8 @@ def test_vocabularies_beyond_65536_are_uint32(tmp_path):
   tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
   tokenizer.save(str(tmp_path / "big.json"))
   docs = ["w69999 w1 w65536 w70", "w3 w4", "w65535 w65534 w2"]
-  out, meta = prep(tmp_path, [write_docs(tmp_path / "in", docs)], tmp_path / "big.json",
+  out, meta = prep(tmp_path, [write_docs(tmp_path / "in", docs)],
+                   tmp_path / "big.json",
                    val_fraction=0.3)
   assert meta["dtype"] == "uint32" and meta["eot_id"] == 1
   assert_whole_documents(out, [tokenizer.encode(d).ids for d in docs], 1, n_val=1)
@@ -158,13 +175,23 @@ def test_vocabularies_beyond_65536_are_uint32(tmp_path):
 def test_a_large_document_cut_into_tasks_tokenizes_as_one_piece(tmp_path):
   text = SHAKESPEARE[:200_000]
   write_docs(tmp_path / "in", [text, DOCS[0]])
-  out, _ = prep(tmp_path, [tmp_path / "in"], "gpt2", val_fraction=0.5, task_bytes=10_000,
+  out, _ = prep(tmp_path, [tmp_path / "in"],
+                "gpt2",
+                val_fraction=0.5,
+                task_bytes=10_000,
                 tokenizer_path=GPT2_TIKTOKEN)
   encoding = gpt2_directly()
-  assert_whole_documents(out, [encoding.encode_ordinary(text), encoding.encode_ordinary(DOCS[0])],
-                         50256, n_val=1)
-  memory, _ = prep(tmp_path, [], "gpt2", name="memory", texts=(text, DOCS[0]), val_fraction=0.5,
-                   task_bytes=10_000, tokenizer_path=GPT2_TIKTOKEN)
+  assert_whole_documents(out, [encoding.encode_ordinary(text),
+                               encoding.encode_ordinary(DOCS[0])],
+                         50256,
+                         n_val=1)
+  memory, _ = prep(tmp_path, [],
+                   "gpt2",
+                   name="memory",
+                   texts=(text, DOCS[0]),
+                   val_fraction=0.5,
+                   task_bytes=10_000,
+                   tokenizer_path=GPT2_TIKTOKEN)
   for split in shards.SPLITS:
     np.testing.assert_array_equal(read_split(memory, split), read_split(out, split))
 
@@ -190,9 +217,8 @@ def test_memmapped_shards_give_the_in_memory_batches(tmp_path, tiny):
   in_memory = read_split(out, "train")
   assert len(data.train) == len(in_memory)
   for seed, step in ((0, 0), (1, 7), (3, 11)):
-    np.testing.assert_array_equal(
-        batches.train_batch(data.train, seed, step, 2, 8, 64),
-        batches.train_batch(in_memory, seed, step, 2, 8, 64))
+    np.testing.assert_array_equal(batches.train_batch(data.train, seed, step, 2, 8, 64),
+                                  batches.train_batch(in_memory, seed, step, 2, 8, 64))
   offsets = np.arange(0, len(in_memory) - 65, 37)  # every shard boundary is straddled
   np.testing.assert_array_equal(batches.windows(data.train, offsets, 65),
                                 batches.windows(in_memory, offsets, 65))
@@ -200,9 +226,17 @@ def test_memmapped_shards_give_the_in_memory_batches(tmp_path, tiny):
 
 def test_resume_on_memmapped_shards_equals_the_uninterrupted_run(tmp_path, tiny):
   path, _ = hf_tokenizer_file(tmp_path, vocab_size=250)
-  out, _ = prep(tmp_path, [write_docs(tmp_path / "in", DOCS * 3)], path, val_fraction=0.2,
+  out, _ = prep(tmp_path, [write_docs(tmp_path / "in", DOCS * 3)],
+                path,
+                val_fraction=0.2,
                 shard_tokens=1000)
-  common = dict(input_file="", data_dir=str(out), tokenizer="auto", vocab_size=320, max_iters=6, lr_decay_iters=6, eval_interval=3)
+  common = dict(input_file="",
+                data_dir=str(out),
+                tokenizer="auto",
+                vocab_size=320,
+                max_iters=6,
+                lr_decay_iters=6,
+                eval_interval=3)
   train(tiny(model_name="straight", **common))
   interrupted = tiny(model_name="resumed", **{**common, "max_iters": 3})
   train(interrupted)
@@ -232,8 +266,12 @@ def test_nanogpt_train_and_val_bins_work_as_they_are(tmp_path, tiny):
   n = int(len(SHAKESPEARE[:60_000]) * 0.9)
   for name, text in (("train.bin", SHAKESPEARE[:n]), ("val.bin", SHAKESPEARE[n:60_000])):
     np.array(encoding.encode_ordinary(text), dtype=np.uint16).tofile(directory / name)
-  config = tiny(input_file="", data_dir=str(directory), tokenizer="auto", vocab_size=50304,
-                max_iters=2, eval_interval=2)
+  config = tiny(input_file="",
+                data_dir=str(directory),
+                tokenizer="auto",
+                vocab_size=50304,
+                max_iters=2,
+                eval_interval=2)
   data = dataset.open_tokens(config)
   assert data.tokenizer.name == "gpt2"
   np.testing.assert_array_equal(data.val, encoding.encode_ordinary(SHAKESPEARE[n:60_000]))
@@ -253,7 +291,9 @@ def test_nanogpt_train_and_val_bins_work_as_they_are(tmp_path, tiny):
     ("other_tokenizer", ["prepared with the tokenizer gpt2", "--config.tokenizer=auto"]),
 ])
 def test_bad_data_dirs_are_clear_errors(tmp_path, tiny, case, fragments):
-  gpt2_dir, _ = prep(tmp_path, [write_docs(tmp_path / "in", DOCS)], "gpt2", val_fraction=0.2,
+  gpt2_dir, _ = prep(tmp_path, [write_docs(tmp_path / "in", DOCS)],
+                     "gpt2",
+                     val_fraction=0.2,
                      tokenizer_path=GPT2_TIKTOKEN)
   directory, overrides = tmp_path / case, dict(tokenizer="auto", vocab_size=50304)
   if case == "empty":
@@ -348,11 +388,10 @@ def test_hf_datasets_streamed_or_a_clear_error(tmp_path, monkeypatch):
     return iter({"text": doc, "n": i} for i, doc in enumerate(DOCS * 10))
 
   monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=streamed))
-  out, meta = prep(tmp_path, [], "bytes", hf_dataset="stories", hf_split="train",
-                   val_fraction=0.1)
+  out, meta = prep(tmp_path, [], "bytes", hf_dataset="stories", hf_split="train", val_fraction=0.1)
   assert calls == [("stories", None, "train", True)]
-  docs = split_documents(read_split(out, "train"), 255) + split_documents(read_split(out, "val"),
-                                                                          255)
+  docs = split_documents(read_split(out, "train"), 255) + split_documents(
+      read_split(out, "val"), 255)
   assert len(docs) == 120 and meta["splits"]["val"]["documents"] > 0
 
 

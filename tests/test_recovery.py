@@ -73,8 +73,10 @@ def test_a_damaged_latest_checkpoint_costs_one_checkpoint(tiny, capfd):
 
 
 def test_every_checkpoint_damaged_is_one_clear_error(tmp_path):
-  command = ["-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1",
-             "--config.eval_iters=1", "--config.eval_interval=1", f"--config.out_dir={tmp_path}"]
+  command = [
+      "-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1", "--config.eval_iters=1",
+      "--config.eval_interval=1", f"--config.out_dir={tmp_path}"
+  ]
   result = run_module(*command, "--config.max_iters=2")
   assert result.returncode == 0, result.stderr[-3000:]
   run_dir = str(tmp_path / "tiny_char")
@@ -133,8 +135,10 @@ TINY_COMMAND = ("-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1"
 
 def tree_state(directory) -> dict[str, float]:
   """Every file under `directory` with its modification time."""
-  return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime
-          for root, _, files in os.walk(directory) for name in files}
+  return {
+      os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime
+      for root, _, files in os.walk(directory) for name in files
+  }
 
 
 def test_a_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
@@ -160,8 +164,7 @@ def test_a_failing_command_changes_nothing_in_the_run_directory(tmp_path):
   command = (*TINY_COMMAND, f"--config.out_dir={tmp_path}")
   assert run_module(*command, "--config.max_iters=2").returncode == 0
   before = tree_state(tmp_path / "tiny_char")
-  assert_user_error(run_module(*command, "--config.max_iters=4", "--config.seed=-1"),
-                    "seed", "-1")
+  assert_user_error(run_module(*command, "--config.max_iters=4", "--config.seed=-1"), "seed", "-1")
   assert tree_state(tmp_path / "tiny_char") == before
 
 
@@ -170,11 +173,19 @@ def test_a_signal_after_the_last_step_keeps_the_final_checkpoint_and_exits_0(tmp
   import subprocess
   import sys
   from conftest import REPO_ROOT
-  args = [sys.executable, *TINY_COMMAND, "--config.max_iters=6", "--config.eval_interval=100",
-          f"--config.out_dir={tmp_path}"]
-  process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, "JAX_PLATFORMS": "cpu",
-                                             "PYTHONUNBUFFERED": "1"})
+  args = [
+      sys.executable, *TINY_COMMAND, "--config.max_iters=6", "--config.eval_interval=100",
+      f"--config.out_dir={tmp_path}"
+  ]
+  process = subprocess.Popen(args,
+                             cwd=REPO_ROOT,
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE,
+                             text=True,
+                             env={
+                                 **os.environ, "JAX_PLATFORMS": "cpu",
+                                 "PYTHONUNBUFFERED": "1"
+                             })
   for line in process.stdout:  # the last step's line: its save has started, not committed
     if line.startswith("step 6:"):
       process.send_signal(signal.SIGTERM)
@@ -189,8 +200,11 @@ def test_a_signal_after_the_last_step_keeps_the_final_checkpoint_and_exits_0(tmp
 def test_a_damaged_token_cache_is_rebuilt_with_a_note(tmp_path):
   command = (*TINY_COMMAND, "--config.max_iters=1", f"--config.out_dir={tmp_path}")
   assert run_module(*command).returncode == 0
-  [train_bin] = [os.path.join(root, "train-00000.bin") for root, _, files
-                 in os.walk(tmp_path / "token_cache") if "train-00000.bin" in files]
+  [train_bin] = [
+      os.path.join(root, "train-00000.bin")
+      for root, _, files in os.walk(tmp_path / "token_cache")
+      if "train-00000.bin" in files
+  ]
   size = os.path.getsize(train_bin)
   os.truncate(train_bin, size // 2)  # half of it, as a full disk or an interrupted copy leaves it
   result = run_module(*command, "--config.max_iters=2")
@@ -233,9 +247,15 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_losses(tmp_path):
              "--config.eval_interval=5", "--config.dropout=0.1", f"--config.out_dir={tmp_path}")
   assert run_module(*command, "--config.model_name=straight").returncode == 0
   killed = [*command, "--config.model_name=killed"]
-  process = subprocess.Popen([sys.executable, *killed], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True,
-                             env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"})
+  process = subprocess.Popen([sys.executable, *killed],
+                             cwd=REPO_ROOT,
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL,
+                             text=True,
+                             env={
+                                 **os.environ, "JAX_PLATFORMS": "cpu",
+                                 "PYTHONUNBUFFERED": "1"
+                             })
   for line in process.stdout:
     if line.startswith("step 5:"):  # its evaluation's save has just started
       process.send_signal(signal.SIGKILL)
@@ -335,24 +355,46 @@ def test_a_full_disk_is_one_error_and_the_same_command_resumes(tmp_path):
   logs.mkdir(), mount.mkdir()
   corpus = tmp_path / "corpus.txt"
   corpus.write_text("A corpus to prepare onto a full disk.\n" * 20000)
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable, "MNT": str(mount),
-         "LOGS": str(logs), "UNCHECKED_SAVE": UNCHECKED_SAVE, "METRICS_APPEND": METRICS_APPEND,
-         "CORPUS": str(corpus),
-         "TRAIN": " ".join(("--config=tiny_char", "--config.n_layer=1", "--config.eval_iters=1",
-                            "--config.log_interval=1", "--config.eval_interval=2"))}
-  result = subprocess.run([*unshare, "bash", "-c", FULL_DISK_SCRIPT], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+  env = {
+      **os.environ, "JAX_PLATFORMS":
+          "cpu",
+      "PYTHON":
+          sys.executable,
+      "MNT":
+          str(mount),
+      "LOGS":
+          str(logs),
+      "UNCHECKED_SAVE":
+          UNCHECKED_SAVE,
+      "METRICS_APPEND":
+          METRICS_APPEND,
+      "CORPUS":
+          str(corpus),
+      "TRAIN":
+          " ".join(("--config=tiny_char", "--config.n_layer=1", "--config.eval_iters=1",
+                    "--config.log_interval=1", "--config.eval_interval=2"))
+  }
+  result = subprocess.run([*unshare, "bash", "-c", FULL_DISK_SCRIPT],
+                          cwd=REPO_ROOT,
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
   codes = dict(line.split() for line in result.stdout.splitlines())
-  assert codes == dict(first="0", save="2", during="2", start="2", append="2", prepare="2",
-                       freed="0"), (
-      codes, result.stderr[-2000:])
-  for case, fragments in (
-      ("save", ("checkpoints", "while saving checkpoint step 6, which needs", "MiB free",
-                "resumes from checkpoint step 4")),
-      ("during", ("checkpoints", "while saving checkpoint step 6.", "resumes from checkpoint step 4")),
-      ("start", ("tiny_char/lock", "while taking the run directory's lock")),
-      ("append", ("metrics.jsonl", "while appending to metrics.jsonl")),
-      ("prepare", ("data", "while writing token shards", "starts over"))):
+  assert codes == dict(first="0",
+                       save="2",
+                       during="2",
+                       start="2",
+                       append="2",
+                       prepare="2",
+                       freed="0"), (codes, result.stderr[-2000:])
+  for case, fragments in (("save", ("checkpoints", "while saving checkpoint step 6, which needs",
+                                    "MiB free", "resumes from checkpoint step 4")),
+                          ("during", ("checkpoints", "while saving checkpoint step 6.",
+                                      "resumes from checkpoint step 4")),
+                          ("start", ("tiny_char/lock", "while taking the run directory's lock")),
+                          ("append", ("metrics.jsonl", "while appending to metrics.jsonl")),
+                          ("prepare", ("data", "while writing token shards", "starts over"))):
     stderr = (logs / f"{case}.err").read_text()
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no space left on the disk of" in errors[0], (case, stderr[-3000:])

@@ -53,16 +53,23 @@ def test_filters_keep_exactly_the_brute_force_set(top_k, top_p):
 def test_padding_rows_are_never_drawn_even_when_most_likely():
   logits = jnp.array([0.0, 0.0, 10.0, 10.0])
   assert allowed_tokens(logits, temperature=1.0, top_k=0, top_p=1.0, vocab_limit=2) == {0, 1}
-  assert int(sample_logits(logits[None], jax.random.key(0)[None], temperature=0.0, top_k=0,
-                           top_p=1.0, vocab_limit=2)[0]) in (0, 1)
+  assert int(
+      sample_logits(logits[None],
+                    jax.random.key(0)[None],
+                    temperature=0.0,
+                    top_k=0,
+                    top_p=1.0,
+                    vocab_limit=2)[0]) in (0, 1)
 
 
 def test_temperature_sharpens_the_distribution():
   keys = jax.random.split(jax.random.key(1), 4000)
+
   def frequency_of_best(temperature):
-    draw = jax.vmap(lambda k: sample_logits(LOGITS[None], k[None], temperature=temperature,
-                                            top_k=0, top_p=1.0, vocab_limit=8)[0])
+    draw = jax.vmap(lambda k: sample_logits(
+        LOGITS[None], k[None], temperature=temperature, top_k=0, top_p=1.0, vocab_limit=8)[0])
     return float(np.mean(np.asarray(draw(keys)) == 0))
+
   assert frequency_of_best(0.3) > frequency_of_best(1.0) + 0.2
   np.testing.assert_allclose(frequency_of_best(1.0), 0.30, atol=0.03)
 
@@ -83,6 +90,7 @@ def reference(model, params, prompt, new_tokens, *, seed, sample, **settings):
   the model, no cache. The context is what gptjax.generate's cache holds: the prompt's last
   block_size tokens, then, whenever it is full, the last block_size // 2 tokens. Token i of sample
   b is drawn with fold_in(fold_in(key(seed), b), i)."""
+
   @jax.jit
   def next_token(context, length, key):  # context padded to BLOCK: one compile (causal: exact)
     logits = model.apply({"params": params}, context[None])[:, length - 1]
@@ -104,14 +112,12 @@ def test_greedy_generation_equals_the_full_recompute_reference_past_the_window(s
   params = jax.tree.map(lambda x: x * 20, params)  # sharper logits: fewer near-ties in argmax
   settings = dict(temperature=0.0, top_k=0, top_p=1.0, vocab_limit=64)
   got = generate(model, params, [5, 9, 2], 30, seed=0, **settings)
-  assert got.tolist() == [reference(model, params, [5, 9, 2], 30, seed=0,
-                                    sample=0, **settings)]
+  assert got.tolist() == [reference(model, params, [5, 9, 2], 30, seed=0, sample=0, **settings)]
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.8, 5, 0.9)])
-def test_seeded_batch_equals_the_reference_and_one_by_one_past_the_window(small_model,
-                                                                         temperature, top_k,
-                                                                         top_p):
+def test_seeded_batch_equals_the_reference_and_one_by_one_past_the_window(
+    small_model, temperature, top_k, top_p):
   model, params = small_model
   settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, vocab_limit=50)
   prompt = list(range(20))  # longer than block_size: cropped to its last 12 tokens
@@ -119,8 +125,7 @@ def test_seeded_batch_equals_the_reference_and_one_by_one_past_the_window(small_
   assert batch.shape == (3, BLOCK + 30) and batch.max() < 50
   assert len({tuple(row) for row in batch.tolist()}) == 3  # the samples differ
   for b in range(3):
-    assert batch[b].tolist() == reference(model, params, prompt, 30, seed=1, sample=b,
-                                          **settings)
+    assert batch[b].tolist() == reference(model, params, prompt, 30, seed=1, sample=b, **settings)
     alone = generate(model, params, prompt, 30, seed=1, first_sample=b, **settings)
     assert alone.tolist() == [batch[b].tolist()]
 
@@ -131,8 +136,7 @@ def test_generation_stops_when_every_sample_drew_the_stop_token(small_model):
   full = generate(model, params, [1], 40, seed=2, num_samples=2, **settings)
   stop = int(full[0, 5])  # sample 0 draws it at step 4 at the latest
   last = max(list(row[1:]).index(stop) for row in full.tolist() if stop in row[1:])
-  stopped = generate(model, params, [1], 40, seed=2, num_samples=2,
-                     stop_token=stop, **settings)
+  stopped = generate(model, params, [1], 40, seed=2, num_samples=2, stop_token=stop, **settings)
   if all(stop in row[1:] for row in full.tolist()):
     assert stopped.shape[1] == 1 + last + 1
   for row, full_row in zip(stopped.tolist(), full.tolist()):
@@ -172,10 +176,18 @@ def test_cli_samples_straight_from_hf_weights_and_reuses_the_compiled_programs(h
   from gptjax.hf_gpt2 import load_hf_gpt2
   model, params = load_hf_gpt2(hf_gpt2_dir)
   prompt = list(ByteTokenizer().encode("ab"))
-  expected = generate(model, params, prompt, 40, seed=7, num_samples=2,
-                      temperature=0.9, top_k=20, vocab_limit=256)
+  expected = generate(model,
+                      params,
+                      prompt,
+                      40,
+                      seed=7,
+                      num_samples=2,
+                      temperature=0.9,
+                      top_k=20,
+                      vocab_limit=256)
   texts = [ByteTokenizer().decode(row) for row in expected]
-  stop = next(texts[0][i:i + 2] for i in range(5, 40)  # one that sample 0 reaches, in ASCII
+  stop = next(texts[0][i:i + 2]
+              for i in range(5, 40)  # one that sample 0 reaches, in ASCII
               if texts[0][i:i + 2].isascii() and texts[0][i:i + 2].isprintable())
   command = ("-m", "gptjax.sample", f"--init_from={hf_gpt2_dir}", "--prompt=ab", "--seed=7",
              "--max_new_tokens=40", "--num_samples=2", "--temperature=0.9", "--top_k=20",
@@ -194,7 +206,8 @@ def test_cli_mistakes_are_one_clear_error(tmp_path, hf_gpt2_dir):
   empty_hub = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
   assert_user_error(run_module("-m", "gptjax.sample", "--init_from=gpt2", env=empty_hub),
                     "--init_from", "'gpt2'", "Fix:")
-  assert_user_error(run_module("-m", "gptjax.sample", f"--init_from={hf_gpt2_dir}",
-                               "--stop_at_eot"), "--stop_at_eot", "bytes tokenizer")
+  assert_user_error(
+      run_module("-m", "gptjax.sample", f"--init_from={hf_gpt2_dir}", "--stop_at_eot"),
+      "--stop_at_eot", "bytes tokenizer")
   assert_user_error(run_module("-m", "gptjax.sample", "--run_dir=x", f"--init_from={tmp_path}"),
                     "one of --run_dir", "--init_from")

@@ -18,14 +18,19 @@ from gptjax.errors import ConfigError
 
 from conftest import REPO_ROOT, TEXT, assert_user_error, damage, read_metrics, run_module
 
-EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
-                              "--xla_backend_optimization_level=0"}
+EIGHT_DEVICES = {
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
+                 "--xla_backend_optimization_level=0"
+}
 
 
 def run_worker(scenario, tmp_path):
   (tmp_path / "out").mkdir(exist_ok=True)
-  result = run_module(os.path.join("tests", "sharding_worker.py"), scenario, str(tmp_path),
-                      env=EIGHT_DEVICES, timeout=600)
+  result = run_module(os.path.join("tests", "sharding_worker.py"),
+                      scenario,
+                      str(tmp_path),
+                      env=EIGHT_DEVICES,
+                      timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
   [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
   return json.loads(line[len("RESULT "):])
@@ -38,7 +43,8 @@ def test_one_step_on_every_mesh_equals_the_single_device_step(tmp_path):
   for mesh, r in result.items():
     assert r["init_difference"] == 0.0, mesh  # born sharded, the same values
     # Pure data parallelism without dropout all-reduces one flat gradient buffer; all else is SPMD.
-    assert r["flat_all_reduce"] == (mesh in ("(8, 1, 1) dropout 0.0", "(2, 1, 1) dropout 0.0")), mesh
+    assert r["flat_all_reduce"] == (mesh
+                                    in ("(8, 1, 1) dropout 0.0", "(2, 1, 1) dropout 0.0")), mesh
     np.testing.assert_allclose(r["loss"], r["reference_loss"], rtol=1e-6, err_msg=mesh)
     np.testing.assert_allclose(r["grad_norm"], r["reference_grad_norm"], rtol=1e-5, err_msg=mesh)
     assert r["param_difference"] < 2e-6, mesh  # float32 rounding of sharded reductions
@@ -77,24 +83,29 @@ def free_port() -> int:
 
 
 def train_args(out_dir):
-  return ["-m", "gptjax.train", "--config=tiny_char", "--config.max_iters=4",
-          "--config.eval_interval=2", "--config.eval_iters=2", "--config.log_interval=1",
-          "--config.dropout=0.1", f"--config.out_dir={out_dir}"]
-
-
+  return [
+      "-m", "gptjax.train", "--config=tiny_char", "--config.max_iters=4",
+      "--config.eval_interval=2", "--config.eval_iters=2", "--config.log_interval=1",
+      "--config.dropout=0.1", f"--config.out_dir={out_dir}"
+  ]
 
 
 def train_two_processes(out_dir, *overrides):
   """`python -m gptjax.train` as two processes on localhost, 2 CPU devices each."""
   port = free_port()
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-  workers = [subprocess.Popen(
-      [sys.executable, *train_args(out_dir), "--config.cpu_devices=2", *overrides,
-       f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-       "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
-      cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+  workers = [
+      subprocess.Popen([
+          sys.executable, *train_args(out_dir), "--config.cpu_devices=2", *overrides,
+          f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+          "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"
+      ],
+                       cwd=REPO_ROOT,
+                       env=env,
+                       stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE,
+                       text=True) for i in range(2)
+  ]
   outputs = [worker.communicate(timeout=600) for worker in workers]
   for worker, (stdout, stderr) in zip(workers, outputs):
     assert worker.returncode == 0, stderr[-4000:]
@@ -115,10 +126,12 @@ def test_two_processes_train_like_one_and_resume_past_a_damaged_checkpoint(tmp_p
                 read_metrics(tmp_path / "single" / "tiny_char"))
   assert [r["step"] for r in multi] == [1, 2, 3, 4]
   for key in ("train_loss", "grad_norm"):
-    np.testing.assert_allclose([r[key] for r in multi], [r[key] for r in one], rtol=2e-5,
+    np.testing.assert_allclose([r[key] for r in multi], [r[key] for r in one],
+                               rtol=2e-5,
                                err_msg=key)
   np.testing.assert_allclose([r["val_loss"] for r in multi if "val_loss" in r],
-                             [r["val_loss"] for r in one if "val_loss" in r], rtol=2e-5)
+                             [r["val_loss"] for r in one if "val_loss" in r],
+                             rtol=2e-5)
 
   checkpoints = tmp_path / "multi" / "tiny_char" / "checkpoints"
   damage(checkpoints / "4")
@@ -129,7 +142,8 @@ def test_two_processes_train_like_one_and_resume_past_a_damaged_checkpoint(tmp_p
   resumed = read_metrics(tmp_path / "multi" / "tiny_char")
   assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose([r["train_loss"] for r in resumed[2:4]],
-                             [r["train_loss"] for r in multi[2:4]], rtol=2e-5)
+                             [r["train_loss"] for r in multi[2:4]],
+                             rtol=2e-5)
 
 
 @pytest.mark.slow
@@ -142,12 +156,19 @@ def test_two_cpu_devices_train_hundreds_of_steps_between_logs(tmp_path):
   """
   input_file = tmp_path / "input.txt"
   input_file.write_text(TEXT, encoding="utf-8")
-  result = run_module(
-      "-m", "gptjax.train", "--config=recipes/shakespeare_char_cpu",
-      f"--config.input_file={input_file}", f"--config.out_dir={tmp_path / 'out'}",
-      "--config.cpu_devices=2", "--config.mesh.data=-1", "--config.mesh.fsdp=1",
-      "--config.max_iters=300", "--config.log_interval=1000", "--config.eval_interval=1000",
-      "--config.eval_iters=2", env={"XLA_FLAGS": ""})  # optimised code: steps as fast as a user's
+  result = run_module("-m",
+                      "gptjax.train",
+                      "--config=recipes/shakespeare_char_cpu",
+                      f"--config.input_file={input_file}",
+                      f"--config.out_dir={tmp_path / 'out'}",
+                      "--config.cpu_devices=2",
+                      "--config.mesh.data=-1",
+                      "--config.mesh.fsdp=1",
+                      "--config.max_iters=300",
+                      "--config.log_interval=1000",
+                      "--config.eval_interval=1000",
+                      "--config.eval_iters=2",
+                      env={"XLA_FLAGS": ""})  # optimised code: steps as fast as a user's
   assert result.returncode == 0, result.stderr[-4000:]
   records = read_metrics(tmp_path / "out" / "shakespeare_char_cpu")
   assert [r["step"] for r in records] == [1, 300]
@@ -178,6 +199,6 @@ def test_vocab_must_divide_where_the_rules_shard_it(tiny):
 
 
 def test_cli_mesh_error_is_one_clear_line(tmp_path):
-  result = run_module("-m", "gptjax.train", "--config=tiny_char",
-                      "--config.mesh.data=2", "--config.mesh.fsdp=1", f"--config.out_dir={tmp_path}")
+  result = run_module("-m", "gptjax.train", "--config=tiny_char", "--config.mesh.data=2",
+                      "--config.mesh.fsdp=1", f"--config.out_dir={tmp_path}")
   assert_user_error(result, "mesh", "data=2")

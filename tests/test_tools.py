@@ -31,13 +31,20 @@ def run_tool(tool, *args, stdin=None, timeout=120):
   """Runs a script of tools/ (or `python -c`), or a command given as ("-m", module)."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   command = [tool] if isinstance(tool, str) else list(tool)
-  return subprocess.run([sys.executable, *command, *args], cwd=REPO_ROOT, input=stdin, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run([sys.executable, *command, *args],
+                        cwd=REPO_ROOT,
+                        input=stdin,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout)
 
 
 def expected_total(**architecture):
-  model_config = config_lib.ModelConfig(**{"vocab_size": config_lib.GPT2_PADDED_VOCAB_SIZE,
-                                           **architecture})
+  model_config = config_lib.ModelConfig(**{
+      "vocab_size": config_lib.GPT2_PADDED_VOCAB_SIZE,
+      **architecture
+  })
   return params_lib.count_params(model_config).total
 
 
@@ -75,10 +82,19 @@ def test_show_configs_details_of_150m():
 
 def test_show_configs_json_preset(tmp_path):
   path = tmp_path / "my_custom.json"
-  path.write_text(json.dumps({"name": "GPT-Custom", "description": "My custom configuration",
-                              "batch_size": 32, "block_size": 512, "vocab_size": 50304,
-                              "n_embd": 512, "n_head": 8, "n_layer": 8, "dropout": 0.2,
-                              "bias": False}))
+  path.write_text(
+      json.dumps({
+          "name": "GPT-Custom",
+          "description": "My custom configuration",
+          "batch_size": 32,
+          "block_size": 512,
+          "vocab_size": 50304,
+          "n_embd": 512,
+          "n_head": 8,
+          "n_layer": 8,
+          "dropout": 0.2,
+          "bias": False
+      }))
   result = run_tool(SHOW_CONFIGS, f"--config={path}")
   assert result.returncode == 0, result.stderr
   total = expected_total(n_layer=8, n_head=8, n_embd=512, block_size=512)
@@ -99,8 +115,7 @@ def test_calculate_params_explicit_sizes():
 def test_calculate_params_config_file_with_bias_override():
   result = run_tool(CALCULATE_PARAMS, "--config=tiny_char", "--config.bias=True")
   assert result.returncode == 0, result.stderr
-  total = expected_total(n_layer=4, n_head=4, n_embd=192, block_size=128, vocab_size=256,
-                         bias=True)
+  total = expected_total(n_layer=4, n_head=4, n_embd=192, block_size=128, vocab_size=256, bias=True)
   assert f"Pytree count    : {total:,} (matches)" in result.stdout
 
 
@@ -141,8 +156,8 @@ def test_calculate_params_show_formula():
 @pytest.mark.parametrize("args, in_message", [
     (("--config.n_layer=4", "--config.n_embd=100", "--config.n_head=3", "--config.block_size=64"),
      "n_head"),
-    (("--config.n_layer=-1", "--config.n_embd=768", "--config.n_head=12",
-      "--config.block_size=64"), "n_layer"),
+    (("--config.n_layer=-1", "--config.n_embd=768", "--config.n_head=12", "--config.block_size=64"),
+     "n_layer"),
     (("--config.n_layer=4", "--config.n_embd=768"), "--config.n_head, --config.block_size"),
     (("--config=configs/no_such_preset.py",), "does not exist"),
 ])
@@ -203,8 +218,7 @@ def test_memory_table_covers_every_preset_and_its_marks_are_its_figures():
         assert cell["fix_total"] <= 0.9 * memory
 
 
-@pytest.mark.parametrize("preset, target", [("tiny_char", "tpu-v5e-1"),
-                                            ("small", "gpu-a100-40gb")])
+@pytest.mark.parametrize("preset, target", [("tiny_char", "tpu-v5e-1"), ("small", "gpu-a100-40gb")])
 def test_memory_table_is_what_the_planner_compiles_today(preset, target):
   """The stored table is not stale: compiling two of its cells again gives the same bytes (when
   this fails, the step changed: python -m gptjax.show_configs --memory --refresh)."""
@@ -216,9 +230,14 @@ def test_memory_table_is_what_the_planner_compiles_today(preset, target):
 
 
 # The devices preset descriptions may name, as planner targets (gptjax.show_configs --memory).
-CLAIMED_DEVICES = {"24 GB GPU": "gpu-rtx4090-24gb", "40 GB GPU": "gpu-a100-40gb",
-                   "80 GB GPU": "gpu-h100-80gb", "TPU v5e chip": "tpu-v5e-1",
-                   "TPU v5e-8": "tpu-v5e-8", "TPU v4-8": "tpu-v4-8"}
+CLAIMED_DEVICES = {
+    "24 GB GPU": "gpu-rtx4090-24gb",
+    "40 GB GPU": "gpu-a100-40gb",
+    "80 GB GPU": "gpu-h100-80gb",
+    "TPU v5e chip": "tpu-v5e-1",
+    "TPU v5e-8": "tpu-v5e-8",
+    "TPU v4-8": "tpu-v4-8"
+}
 
 
 @pytest.mark.parametrize("file_name", PRESET_FILES)
@@ -241,11 +260,18 @@ BENCH_NANOGPT = os.path.join("tools", "bench_nanogpt.py")
 def test_bench_nanogpt_runs_both_engines_side_by_side(tmp_path):
   """Two iterations of each engine on a small text: one row each, finite losses, a plot."""
   text = tmp_path / "input.txt"
-  text.write_text("".join(f"Line {i}: to be, or not to be, that is the question.\n"
-                          for i in range(300)), encoding="utf-8")
+  text.write_text("".join(
+      f"Line {i}: to be, or not to be, that is the question.\n" for i in range(300)),
+                  encoding="utf-8")
   plot = tmp_path / "bench.png"
-  result = run_tool(BENCH_NANOGPT, f"--input_file={text}", "--max_iters=2", "--seeds=3",
-                    "--gptjax_args=", f"--plot={plot}", "--compilation_cache=warm", timeout=600)
+  result = run_tool(BENCH_NANOGPT,
+                    f"--input_file={text}",
+                    "--max_iters=2",
+                    "--seeds=3",
+                    "--gptjax_args=",
+                    f"--plot={plot}",
+                    "--compilation_cache=warm",
+                    timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = {line.split()[0]: line for line in result.stdout.splitlines() if " seed " in line}
   assert set(rows) == {"nanogpt", "gptjax"}, result.stdout
@@ -259,10 +285,16 @@ def test_bench_nanogpt_runs_both_engines_side_by_side(tmp_path):
 def test_bench_nanogpt_interleaves_both_engines_in_one_process(tmp_path):
   """--interleaved_rounds alone: per-round medians of both engines and their ratio."""
   text = tmp_path / "input.txt"
-  text.write_text("".join(f"Line {i}: to be, or not to be.\n" for i in range(300)), encoding="utf-8")
-  result = run_tool(BENCH_NANOGPT, f"--input_file={text}", "--seeds=", "--interleaved_rounds=1",
-                    "--gptjax_args=--config.cpu_devices=2 --config.mesh.data=-1 --config.mesh.fsdp=1",
-                    "--plot=", timeout=600)
+  text.write_text("".join(f"Line {i}: to be, or not to be.\n" for i in range(300)),
+                  encoding="utf-8")
+  result = run_tool(
+      BENCH_NANOGPT,
+      f"--input_file={text}",
+      "--seeds=",
+      "--interleaved_rounds=1",
+      "--gptjax_args=--config.cpu_devices=2 --config.mesh.data=-1 --config.mesh.fsdp=1",
+      "--plot=",
+      timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   nano, jax_ms, ratio = re.search(r"round  1: nanoGPT +([\d.]+) \| gptjax +([\d.]+) \| ([\d.]+)x",
                                   result.stdout).groups()
@@ -286,10 +318,22 @@ def test_nanogpt_reference_trains_exactly_as_upstream_nanogpt(tmp_path):
   evaluations and per-step losses (to the 4 decimals it prints), and its checkpoint."""
   from conftest import TEXT
   reference = nanogpt_reference()
-  settings = reference.TrainSettings(
-      n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_iters=6, lr_decay_iters=6,
-      learning_rate=1e-3, min_lr=1e-4, warmup_iters=2, beta1=0.9, beta2=0.99, weight_decay=0.1,
-      grad_clip=1.0, eval_interval=3, eval_iters=2)
+  settings = reference.TrainSettings(n_layer=2,
+                                     n_head=2,
+                                     n_embd=32,
+                                     block_size=32,
+                                     batch_size=4,
+                                     max_iters=6,
+                                     lr_decay_iters=6,
+                                     learning_rate=1e-3,
+                                     min_lr=1e-4,
+                                     warmup_iters=2,
+                                     beta1=0.9,
+                                     beta2=0.99,
+                                     weight_decay=0.1,
+                                     grad_clip=1.0,
+                                     eval_interval=3,
+                                     eval_iters=2)
   trainer = reference.Trainer(TEXT, settings, seed=1337)
   losses, reference_step = [], trainer.step
   trainer.step = lambda it: (reference_step(it), losses.append(trainer.last_loss))
@@ -297,7 +341,8 @@ def test_nanogpt_reference_trains_exactly_as_upstream_nanogpt(tmp_path):
   upstream_evals = [(0, 3.5008, 3.4963), (3, 3.4273, 3.4340), (6, 3.3507, 3.3682)]
   assert [e["step"] for e in result["evals"]] == [step for step, _, _ in upstream_evals]
   np.testing.assert_allclose([(e["train"], e["val"]) for e in result["evals"]],
-                             [(train, val) for _, train, val in upstream_evals], atol=2e-4)
+                             [(train, val) for _, train, val in upstream_evals],
+                             atol=2e-4)
   np.testing.assert_allclose(losses, [3.5098, 3.4940, 3.4863, 3.4281, 3.3979, 3.3901, 3.3968],
                              atol=2e-4)
   assert len(result["step_seconds"]) == 7 and (tmp_path / "ckpt.pt").stat().st_size > 0

@@ -39,7 +39,10 @@ def test_tiny_run_learns_and_writes_its_run_directory(tiny):
 
 def test_checkpoint_interval_saves_between_log_steps(tiny):
   """Saves land every checkpoint_interval steps, also on steps that neither log nor evaluate."""
-  config = tiny(max_iters=10, log_interval=2, checkpoint_interval=3, eval_interval=100,
+  config = tiny(max_iters=10,
+                log_interval=2,
+                checkpoint_interval=3,
+                eval_interval=100,
                 keep_checkpoints=10)
   train(config)
   checkpointer = Checkpointer(os.path.join(config.out_dir, config.model_name), read_only=True)
@@ -47,10 +50,16 @@ def test_checkpoint_interval_saves_between_log_steps(tiny):
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny):
-  straight = tiny(model_name="straight", max_iters=12, lr_decay_iters=12, eval_interval=6,
+  straight = tiny(model_name="straight",
+                  max_iters=12,
+                  lr_decay_iters=12,
+                  eval_interval=6,
                   dropout=0.1)
   train(straight)
-  interrupted = tiny(model_name="resumed", max_iters=6, lr_decay_iters=12, eval_interval=6,
+  interrupted = tiny(model_name="resumed",
+                     max_iters=6,
+                     lr_decay_iters=12,
+                     eval_interval=6,
                      dropout=0.1)
   train(interrupted)
   interrupted.max_iters = 12
@@ -59,7 +68,8 @@ def test_resumed_run_equals_uninterrupted_run(tiny):
   assert [r["step"] for r in b] == list(range(1, 13))
   for key in ("train_loss", "grad_norm", "lr", "val_loss"):
     np.testing.assert_allclose([r.get(key, 0) for r in b], [r.get(key, 0) for r in a],
-                               rtol=1e-6, err_msg=key)
+                               rtol=1e-6,
+                               err_msg=key)
 
 
 def test_resuming_a_different_architecture_is_an_error(tiny):
@@ -78,7 +88,11 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny):
   run_dir = os.path.join(config.out_dir, "tiny")
   checkpointer = Checkpointer(run_dir, read_only=True)
   saved = set(checkpointer.manager.all_steps())
-  exploding = tiny(max_iters=12, learning_rate=1e6, min_lr=1e5, grad_clip=0.0, warmup_iters=0,
+  exploding = tiny(max_iters=12,
+                   learning_rate=1e6,
+                   min_lr=1e5,
+                   grad_clip=0.0,
+                   warmup_iters=0,
                    eval_interval=4)
   with pytest.raises(DivergenceError, match="last good checkpoint"):
     train(exploding)
@@ -87,9 +101,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny):
 
 
 def test_cli_trains_out_of_the_box_and_samples(tmp_path):
-  result = run_module("-m", "gptjax.train", "--config=tiny_char",
-                      "--config.max_iters=3", "--config.eval_iters=1", "--config.n_layer=1",
-                      f"--config.out_dir={tmp_path}")
+  result = run_module("-m", "gptjax.train", "--config=tiny_char", "--config.max_iters=3",
+                      "--config.eval_iters=1", "--config.n_layer=1", f"--config.out_dir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "step 3" in result.stdout and "val" in result.stdout
   sample = run_module("-m", "gptjax.sample", f"--run_dir={tmp_path}/tiny_char", "--prompt=def ",
@@ -107,10 +120,17 @@ def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
   env = {"JAX_COMPILATION_CACHE_DIR": "", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
   def train_run(name):
-    result = run_module("-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1",
-                        "--config.max_iters=3", "--config.eval_iters=1", "--config.log_interval=1",
-                        f"--config.out_dir={tmp_path}", f"--config.model_name={name}",
-                        f"--config.compilation_cache_dir={cache}", env=env)
+    result = run_module("-m",
+                        "gptjax.train",
+                        "--config=tiny_char",
+                        "--config.n_layer=1",
+                        "--config.max_iters=3",
+                        "--config.eval_iters=1",
+                        "--config.log_interval=1",
+                        f"--config.out_dir={tmp_path}",
+                        f"--config.model_name={name}",
+                        f"--config.compilation_cache_dir={cache}",
+                        env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return read_metrics(tmp_path / name), result.stderr
 
@@ -121,8 +141,11 @@ def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
   for key in ("train_loss", "val_loss"):
     assert [r.get(key) for r in second] == [r.get(key) for r in first], key
 
-  [entry] = [cache / name for name in os.listdir(cache) if name.startswith("jit_train_step-")
-             and name.endswith("-cache")]
+  [entry] = [
+      cache / name
+      for name in os.listdir(cache)
+      if name.startswith("jit_train_step-") and name.endswith("-cache")
+  ]
   whole = entry.stat().st_size
   os.truncate(entry, whole // 2)  # as a kill or a full disk during JAX's write leaves it
   third, stderr = train_run("third")
@@ -135,8 +158,11 @@ def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
   assert [r["train_loss"] for r in third] == [r["train_loss"] for r in first]
 
   # Sampling from the run uses the cache its config names: both decode programs land there.
-  sample = run_module("-m", "gptjax.sample", f"--run_dir={tmp_path / 'second'}",
-                      "--max_new_tokens=5", env=env)
+  sample = run_module("-m",
+                      "gptjax.sample",
+                      f"--run_dir={tmp_path / 'second'}",
+                      "--max_new_tokens=5",
+                      env=env)
   assert sample.returncode == 0, sample.stderr[-3000:]
   for program in ("jit__prefill-", "jit__advance-"):
     assert any(name.startswith(program) for name in os.listdir(cache)), program
@@ -144,9 +170,19 @@ def test_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
 
 def test_cli_accepts_a_nanogpt_style_json_preset(tmp_path):
   preset = tmp_path / "my_custom.json"
-  preset.write_text(json.dumps({"name": "GPT-Custom", "n_layer": 1, "n_head": 2, "n_embd": 32,
-                                "block_size": 16, "vocab_size": 256, "batch_size": 4,
-                                "dropout": 0.0, "bias": False, "device": "cuda"}))
+  preset.write_text(
+      json.dumps({
+          "name": "GPT-Custom",
+          "n_layer": 1,
+          "n_head": 2,
+          "n_embd": 32,
+          "block_size": 16,
+          "vocab_size": 256,
+          "batch_size": 4,
+          "dropout": 0.0,
+          "bias": False,
+          "device": "cuda"
+      }))
   result = run_module("-m", "gptjax.train", f"--config={preset}", "--config.max_iters=2",
                       "--config.eval_iters=1", f"--config.out_dir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -160,17 +196,17 @@ def test_cli_accepts_a_nanogpt_style_json_preset(tmp_path):
     (["--config=tiny_char", "--config.mesh.fsdpp=3"], ["fsdpp", "fsdp"]),
     (["--config=tiny_char", "--config.input_file=/no/such.txt"], ["/no/such.txt"]),
     (["--config=tiny", "--config.tokenizer_path=/no/gpt2.tiktoken"], ["/no/gpt2.tiktoken"]),
-    (["--config=tiny", "--config.vocab_size=1000", "--config.tokenizer=gpt2"],
-     ["vocab_size", "1000", "50257"]),
-    (["--config=tiny_char", "--config.out_dir=/etc/passwd/x"],
-     ["out_dir", "/etc/passwd", "not a directory"]),
+    (["--config=tiny", "--config.vocab_size=1000", "--config.tokenizer=gpt2"
+     ], ["vocab_size", "1000", "50257"]),
+    (["--config=tiny_char", "--config.out_dir=/etc/passwd/x"
+     ], ["out_dir", "/etc/passwd", "not a directory"]),
     (["--config=tiny_char", "--config.max_iters=abc"], ["max_iters", "abc", "integer"]),
     (["--config=tiny_char", "--config.remat=maybe"], ["remat", "maybe", "true or false"]),
     (["--config=tiny_char", "--config.seed=-1"], ["seed", "-1"]),
-    (["--config=tests/data/raising_preset.py"], ["raising_preset.py", "get_config() raised",
-                                                 "RuntimeError"]),
-    (["--config=tests/data/not_a_configdict_preset.py"], ["not_a_configdict_preset.py",
-                                                          "not a ConfigDict"]),
+    (["--config=tests/data/raising_preset.py"
+     ], ["raising_preset.py", "get_config() raised", "RuntimeError"]),
+    (["--config=tests/data/not_a_configdict_preset.py"
+     ], ["not_a_configdict_preset.py", "not a ConfigDict"]),
 ])
 def test_cli_bad_input_is_one_clear_error(tmp_path, args, fragments):
   if not any(arg.startswith("--config.out_dir=") for arg in args):
@@ -189,13 +225,18 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
   import subprocess
   import sys
   from conftest import REPO_ROOT
-  command = ["-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1",
-             "--config.log_interval=1", "--config.eval_interval=100000",
-             f"--config.out_dir={tmp_path}"]
+  command = [
+      "-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1", "--config.log_interval=1",
+      "--config.eval_interval=100000", f"--config.out_dir={tmp_path}"
+  ]
   args = [sys.executable, *command, "--config.max_iters=100000"]
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
-  process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen(args,
+                             cwd=REPO_ROOT,
+                             env=env,
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE,
+                             text=True)
   for line in process.stdout:  # wait until training is under way
     if line.startswith("step 3:"):
       break
@@ -212,8 +253,6 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
   assert steps[-2:] == [saved + 1, saved + 2] and len(steps) == len(set(steps))
 
 
-
-
 def test_running_the_host_ahead_logs_the_same_records(tiny, monkeypatch):
   """On accelerators a log step's metrics are read after the next step is dispatched, and the next
   batches are read in a thread: the records (steps, losses, evaluations) equal those of a host
@@ -222,8 +261,12 @@ def test_running_the_host_ahead_logs_the_same_records(tiny, monkeypatch):
   runs = {}
   for late in (False, True):
     monkeypatch.setattr(metrics, "host_runs_ahead", lambda late=late: late)
-    config = tiny(model_name=f"late_{late}", max_iters=11, log_interval=2, eval_interval=5,
-                  checkpoint_interval=3, keep_checkpoints=10)
+    config = tiny(model_name=f"late_{late}",
+                  max_iters=11,
+                  log_interval=2,
+                  eval_interval=5,
+                  checkpoint_interval=3,
+                  keep_checkpoints=10)
     train(config)
     runs[late] = run_metrics(config)
     checkpointer = Checkpointer(os.path.join(config.out_dir, config.model_name), read_only=True)

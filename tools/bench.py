@@ -21,11 +21,17 @@ from gptjax.errors import UserError
 
 
 def define_flags(values) -> None:
-  flags.DEFINE_integer("steps", 20, "Timed train steps (after warm-up); the median is shown.",
+  flags.DEFINE_integer("steps",
+                       20,
+                       "Timed train steps (after warm-up); the median is shown.",
                        flag_values=values)
-  flags.DEFINE_bool("sampling", True, "Also time KV-cache sampling against full forwards.",
+  flags.DEFINE_bool("sampling",
+                    True,
+                    "Also time KV-cache sampling against full forwards.",
                     flag_values=values)
-  flags.DEFINE_integer("new_tokens", 100, "Tokens generated when timing sampling.",
+  flags.DEFINE_integer("new_tokens",
+                       100,
+                       "Tokens generated when timing sampling.",
                        flag_values=values)
 
 
@@ -46,13 +52,13 @@ def bench_sampling(config, new_tokens: int = 100, num_samples: int = 1) -> dict:
   from gptjax.model import GPT
   from gptjax.planner.measure import median_seconds
   model = GPT(dataclasses.replace(ModelConfig.from_config(config), dropout=0.0))
-  params = jax.jit(lambda t: nn.meta.unbox(model.init(jax.random.key(0), t)["params"]))(
-      jnp.zeros((1, config.block_size), jnp.int32))
+  params = jax.jit(lambda t: nn.meta.unbox(model.init(jax.random.key(0), t)["params"]))(jnp.zeros(
+      (1, config.block_size), jnp.int32))
   new_tokens = min(new_tokens, config.block_size - 1)
   prompt = [1]
   generate(model, params, prompt, 4, num_samples=num_samples)  # compile
-  cached_s = median_seconds(lambda: generate(model, params, prompt, new_tokens,
-                                              num_samples=num_samples), 3)
+  cached_s = median_seconds(
+      lambda: generate(model, params, prompt, new_tokens, num_samples=num_samples), 3)
 
   forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
   tokens = jnp.zeros((num_samples, config.block_size), jnp.int32)
@@ -84,9 +90,10 @@ def main(f) -> None:
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores | "
         f"jax {jax.__version__} | {jax.device_count()} x {device.device_kind} ({device.platform})")
   step = bench_train_step(config, steps=f.steps)
-  print(f"\n{config.name}: {step['params']:,} params, mesh {dict(sharding.make_mesh(config).shape)}, batch {config.batch_size} x "
-        f"{config.grad_accum_steps} x {config.block_size} tokens, dtype {config.dtype}, "
-        f"remat {config.remat}")
+  print(
+      f"\n{config.name}: {step['params']:,} params, mesh {dict(sharding.make_mesh(config).shape)}, batch {config.batch_size} x "
+      f"{config.grad_accum_steps} x {config.block_size} tokens, dtype {config.dtype}, "
+      f"remat {config.remat}")
   print(f"{'compile s':>10} {'ms/step':>10} {'tokens/s':>12} {'MFU':>8} {'planned MiB':>12} "
         f"{'peak MiB':>10}")
   print(f"{step['compile_s']:>10.2f} {step['step_ms']:>10.1f} {step['tokens_per_second']:>12,.0f} "

@@ -39,18 +39,29 @@ SHAKESPEARE = os.path.join(os.path.dirname(REPO), "shared", "data", "tinyshakesp
 
 
 def define_flags(values) -> None:
-  flags.DEFINE_list("parts", ["tokenize", "batches", "memory"], "Which benchmarks to run.", flag_values=values)
+  flags.DEFINE_list("parts", ["tokenize", "batches", "memory"],
+                    "Which benchmarks to run.",
+                    flag_values=values)
   flags.DEFINE_integer("text_mb", 200, "MB of text to tokenize.", flag_values=values)
-  flags.DEFINE_float("big_gb", 2.0, "GB of synthetic token shards for the batch and memory runs.", flag_values=values)
-  flags.DEFINE_string("work_dir", "/tmp/gptjax-bench-data", "Scratch directory (removed after).", flag_values=values)
-  flags.DEFINE_integer("num_proc", 0, "gptjax.prepare's worker processes; 0 = every core.", flag_values=values)
+  flags.DEFINE_float("big_gb",
+                     2.0,
+                     "GB of synthetic token shards for the batch and memory runs.",
+                     flag_values=values)
+  flags.DEFINE_string("work_dir",
+                      "/tmp/gptjax-bench-data",
+                      "Scratch directory (removed after).",
+                      flag_values=values)
+  flags.DEFINE_integer("num_proc",
+                       0,
+                       "gptjax.prepare's worker processes; 0 = every core.",
+                       flag_values=values)
 
 
 def cpu_name() -> str:
   try:
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                if line.startswith("Model name"))
+    return next(
+        line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
   except (OSError, StopIteration):
     return "unknown CPU"
 
@@ -112,9 +123,14 @@ def bench_tokenize(work_dir: str, megabytes: int, num_proc: int) -> None:
     out = os.path.join(work_dir, f"prepared-{procs}")
     cpu = cpu_seconds()
     start = time.perf_counter()
-    meta = prepare_lib.prepare(prepare_lib.Options(
-        inputs=[os.path.join(work_dir, "text")], tokenizer="gpt2", out_dir=out, num_proc=procs,
-        val_fraction=0.01, force=True, progress=False))
+    meta = prepare_lib.prepare(
+        prepare_lib.Options(inputs=[os.path.join(work_dir, "text")],
+                            tokenizer="gpt2",
+                            out_dir=out,
+                            num_proc=procs,
+                            val_fraction=0.01,
+                            force=True,
+                            progress=False))
     results.append((f"gptjax.prepare, {procs} worker process{'es' if procs > 1 else ''}",
                     time.perf_counter() - start))
     cpus.append(cpu_seconds() - cpu)
@@ -145,10 +161,19 @@ def synthetic_data_dir(directory: str, n_tokens: int, seed: int = 0) -> str:
     written = writer.close()
     splits[split] = dict(tokens=count, documents=count // 1000, shards=written)
   spec = ByteTokenizer().spec()
-  files.write_json(os.path.join(directory, shards.META), dict(
-      format=shards.FORMAT, version=shards.VERSION, tokenizer=spec, vocab_size=256, eot_id=255,
-      dtype="uint16", splits=splits, skipped_empty_documents=0, val_fraction=0.01, seed=seed,
-      source=dict(synthetic=True)))
+  files.write_json(
+      os.path.join(directory, shards.META),
+      dict(format=shards.FORMAT,
+           version=shards.VERSION,
+           tokenizer=spec,
+           vocab_size=256,
+           eot_id=255,
+           dtype="uint16",
+           splits=splits,
+           skipped_empty_documents=0,
+           val_fraction=0.01,
+           seed=seed,
+           source=dict(synthetic=True)))
   return directory
 
 
@@ -205,14 +230,20 @@ def step_time(preset) -> str:
 
 def peak_rss_mb(data_dir: str) -> float:
   """Peak resident memory of a 20-step tiny_char run on `data_dir`, in MB."""
-  command = [sys.executable, "-m", "gptjax.train", "--config=tiny_char",
-             f"--config.data_dir={data_dir}", "--config.max_iters=20", "--config.eval_interval=20",
-             "--config.eval_iters=20", f"--config.out_dir={data_dir}-run",
-             "--config.model_name=memory"]
+  command = [
+      sys.executable, "-m", "gptjax.train", "--config=tiny_char", f"--config.data_dir={data_dir}",
+      "--config.max_iters=20", "--config.eval_interval=20", "--config.eval_iters=20",
+      f"--config.out_dir={data_dir}-run", "--config.model_name=memory"
+  ]
   # Measured through /usr/bin/time in a small parent: a child's ru_maxrss starts from its
   # parent's resident size at fork, which would be this benchmark's own.
-  result = subprocess.run(["/usr/bin/time", "-f", "maxrss_kb=%M", *command], cwd=REPO,
-                          capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  result = subprocess.run(["/usr/bin/time", "-f", "maxrss_kb=%M", *command],
+                          cwd=REPO,
+                          capture_output=True,
+                          text=True,
+                          env={
+                              **os.environ, "JAX_PLATFORMS": "cpu"
+                          })
   shutil.rmtree(f"{data_dir}-run", ignore_errors=True)
   if result.returncode:
     raise SystemExit(f"training on {data_dir} failed:\n{result.stderr[-2000:]}")

@@ -52,31 +52,56 @@ def recipe(max_iters: int | None = None) -> dict:
   from gptjax import presets
   config = presets.load(RECIPE)
   values = {key: config[key] for key in RECIPE_FIELDS}
-  return dict(values, gradient_accumulation_steps=config.grad_accum_steps,
+  return dict(values,
+              gradient_accumulation_steps=config.grad_accum_steps,
               **({} if max_iters is None else dict(max_iters=max_iters)))
 
 
 def define_flags(values) -> None:
-  flags.DEFINE_string("input_file", "", "UTF-8 text to train on; '' is gptjax's embedded default "
-                      "corpus (its standard-library text).", flag_values=values)
-  flags.DEFINE_list("seeds", ["1337"], "Seeds; every engine trains once per seed.", flag_values=values)
-  flags.DEFINE_integer("max_iters", None, "Iterations (default: the recipe's, 2000).", flag_values=values)
+  flags.DEFINE_string("input_file",
+                      "", "UTF-8 text to train on; '' is gptjax's embedded default "
+                      "corpus (its standard-library text).",
+                      flag_values=values)
+  flags.DEFINE_list("seeds", ["1337"],
+                    "Seeds; every engine trains once per seed.",
+                    flag_values=values)
+  flags.DEFINE_integer("max_iters",
+                       None,
+                       "Iterations (default: the recipe's, 2000).",
+                       flag_values=values)
   flags.DEFINE_list("engines", ["nanogpt", "gptjax"], "Which to run.", flag_values=values)
   flags.DEFINE_string("gptjax_args", "--config.cpu_devices=2 --config.mesh.data=-1 "
-                      "--config.mesh.fsdp=1", "Extra flags for python -m gptjax.train.", flag_values=values)
-  flags.DEFINE_string("plot", "bench_nanogpt.png", "Val loss curves of every run ('' = none).", flag_values=values)
-  flags.DEFINE_integer("interleaved_rounds", 0, "Also time both engines' train steps in one "
+                      "--config.mesh.fsdp=1",
+                      "Extra flags for python -m gptjax.train.",
+                      flag_values=values)
+  flags.DEFINE_string("plot",
+                      "bench_nanogpt.png",
+                      "Val loss curves of every run ('' = none).",
+                      flag_values=values)
+  flags.DEFINE_integer("interleaved_rounds",
+                       0, "Also time both engines' train steps in one "
                        f"process, alternating blocks of {INTERLEAVED_STEPS} steps for this many "
-                       "rounds (0 = off): the per-step ratio under the same load.", flag_values=values)
-  flags.DEFINE_enum("nanogpt_vocab", "chars", ["chars", "bytes"], "nanoGPT's vocabulary: its "
+                       "rounds (0 = off): the per-step ratio under the same load.",
+                       flag_values=values)
+  flags.DEFINE_enum("nanogpt_vocab",
+                    "chars", ["chars", "bytes"], "nanoGPT's vocabulary: its "
                     "prepare.py's characters of the text (65 for tiny Shakespeare), or gptjax's "
                     "256 bytes (the same data and output layer as gptjax, so the engines differ "
-                    "only in the engine).", flag_values=values)
-  flags.DEFINE_enum("compilation_cache", "cold", ["cold", "warm"], "gptjax's compiled programs: "
+                    "only in the engine).",
+                    flag_values=values)
+  flags.DEFINE_enum("compilation_cache",
+                    "cold", ["cold", "warm"], "gptjax's compiled programs: "
                     "'cold', an empty cache per run (a first run), or 'warm', a cache filled by an "
-                    "untimed 1-step run beforehand (every run after the first).", flag_values=values)
-  flags.DEFINE_string("nanogpt_worker", "", "Internal: run the PyTorch side, print JSON.", flag_values=values)
-  flags.DEFINE_bool("interleaved_worker", False, "Internal: run interleaved_steps, print JSON.", flag_values=values)
+                    "untimed 1-step run beforehand (every run after the first).",
+                    flag_values=values)
+  flags.DEFINE_string("nanogpt_worker",
+                      "",
+                      "Internal: run the PyTorch side, print JSON.",
+                      flag_values=values)
+  flags.DEFINE_bool("interleaved_worker",
+                    False,
+                    "Internal: run interleaved_steps, print JSON.",
+                    flag_values=values)
 
 
 def _text(input_file: str) -> str:
@@ -87,14 +112,17 @@ def _text(input_file: str) -> str:
 def nanogpt_run(input_file: str, seed: int, max_iters: int, vocab: str = "chars") -> dict:
   """nanoGPT's train.py on the text: its evaluations, median ms/step and whole-split val loss."""
   import nanogpt_reference
-  trainer = nanogpt_reference.Trainer(
-      _text(input_file), nanogpt_reference.TrainSettings(**recipe(max_iters)), seed, vocab)
+  trainer = nanogpt_reference.Trainer(_text(input_file),
+                                      nanogpt_reference.TrainSettings(**recipe(max_iters)), seed,
+                                      vocab)
   with tempfile.TemporaryDirectory() as out_dir:
     result = nanogpt_reference.train(trainer, out_dir)
   full_val_start = time.perf_counter()
   full_val = trainer.whole_split_loss("val")
-  return dict(evals=result["evals"], step_ms=1000 * statistics.median(result["step_seconds"]),
-              full_val=full_val, full_val_s=time.perf_counter() - full_val_start)
+  return dict(evals=result["evals"],
+              step_ms=1000 * statistics.median(result["step_seconds"]),
+              full_val=full_val,
+              full_val_s=time.perf_counter() - full_val_start)
 
 
 def gptjax_config(input_file: str, gptjax_args: str, out_dir: str):
@@ -124,9 +152,10 @@ def interleaved_steps(input_file: str, rounds: int, gptjax_args: str,
   with tempfile.TemporaryDirectory() as scratch:  # gptjax's token cache
     config = gptjax_config(input_file, gptjax_args, scratch)
     sharding.use_cpu_devices(config.cpu_devices)
-    engines = (("nanogpt", nanogpt_reference.Trainer(
-        _text(input_file), nanogpt_reference.TrainSettings(**recipe(10 ** 9)), 0, vocab).step),
-               ("gptjax", train_loop_steps(config)))
+    engines = (("nanogpt",
+                nanogpt_reference.Trainer(_text(input_file),
+                                          nanogpt_reference.TrainSettings(**recipe(10**9)), 0,
+                                          vocab).step), ("gptjax", train_loop_steps(config)))
     medians, it = [], 0
     for _ in range(rounds + 1):  # round 0 warms up; not reported
       times = {}
@@ -141,13 +170,20 @@ def interleaved_steps(input_file: str, rounds: int, gptjax_args: str,
   return medians[1:]
 
 
-def _run(cmd: list[str], what: str, stdout=subprocess.PIPE, cwd: str | None = None,
+def _run(cmd: list[str],
+         what: str,
+         stdout=subprocess.PIPE,
+         cwd: str | None = None,
          env: dict | None = None) -> str:
   """Runs a child to completion and returns its stdout; a failing child is one clear error (its
   own message, e.g. a bad --gptjax_args value, is printed above it), not a traceback."""
   from gptjax.errors import UserError
-  proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=stdout,
-                        stderr=None if stdout is subprocess.DEVNULL else subprocess.PIPE, text=True)
+  proc = subprocess.run(cmd,
+                        cwd=cwd,
+                        env=env,
+                        stdout=stdout,
+                        stderr=None if stdout is subprocess.DEVNULL else subprocess.PIPE,
+                        text=True)
   if proc.returncode:
     if proc.stderr:
       sys.stderr.write(proc.stderr[-3000:])
@@ -165,14 +201,21 @@ def train_gptjax(seed: int, out_dir: str, cache_dir: str, max_iters: int) -> flo
   """`python -m gptjax.train` on the recipe in a subprocess, its compilation cache in `cache_dir`
   (not the user's); returns the wall time, process start to exit."""
   f = FLAGS
-  cmd = [sys.executable, "-m", "gptjax.train", f"--config={RECIPE}",
-         f"--config.input_file={os.path.abspath(f.input_file) if f.input_file else ''}",
-         f"--config.seed={seed}", f"--config.max_iters={max_iters}",
-         f"--config.out_dir={out_dir}", f"--config.model_name=seed{seed}",
-         f"--config.compilation_cache_dir={cache_dir}", *f.gptjax_args.split()]
+  cmd = [
+      sys.executable, "-m", "gptjax.train", f"--config={RECIPE}",
+      f"--config.input_file={os.path.abspath(f.input_file) if f.input_file else ''}",
+      f"--config.seed={seed}", f"--config.max_iters={max_iters}", f"--config.out_dir={out_dir}",
+      f"--config.model_name=seed{seed}", f"--config.compilation_cache_dir={cache_dir}",
+      *f.gptjax_args.split()
+  ]
   start = time.perf_counter()
-  _run(cmd, f"python -m gptjax.train (seed {seed})", stdout=subprocess.DEVNULL, cwd=REPO,
-       env={**os.environ, "JAX_COMPILATION_CACHE_DIR": ""})
+  _run(cmd,
+       f"python -m gptjax.train (seed {seed})",
+       stdout=subprocess.DEVNULL,
+       cwd=REPO,
+       env={
+           **os.environ, "JAX_COMPILATION_CACHE_DIR": ""
+       })
   return time.perf_counter() - start
 
 
@@ -190,7 +233,8 @@ def run_gptjax(seed: int, max_iters: int, cache_dir: str) -> dict:
     full_val, _ = split_loss(model, params, dataset.open_tokens(config).val)
   return dict(evals=[dict(step=r["step"], val=r["val_loss"]) for r in records if "val_loss" in r],
               step_ms=statistics.median(r["step_time_ms"] for r in records if r["step"] > 1),
-              wall=wall, full_val=full_val)
+              wall=wall,
+              full_val=full_val)
 
 
 def run_nanogpt(seed: int, max_iters: int) -> dict:
@@ -198,8 +242,10 @@ def run_nanogpt(seed: int, max_iters: int) -> dict:
   evaluation after training (gptjax's is made outside its process)."""
   f = FLAGS
   start = time.perf_counter()
-  result = _worker_result([f"--input_file={f.input_file}", f"--nanogpt_worker={seed},{max_iters}",
-                           f"--nanogpt_vocab={f.nanogpt_vocab}"], f"the nanoGPT run (seed {seed})")
+  result = _worker_result([
+      f"--input_file={f.input_file}", f"--nanogpt_worker={seed},{max_iters}",
+      f"--nanogpt_vocab={f.nanogpt_vocab}"
+  ], f"the nanoGPT run (seed {seed})")
   return dict(result, wall=time.perf_counter() - start - result["full_val_s"])
 
 
@@ -212,10 +258,13 @@ def summarize(rows: list[dict], engines: list[str]) -> None:
   means = {}
   for engine in engines:
     mine = [r for r in rows if r["engine"] == engine]
-    means[engine] = {k: statistics.mean(r[k] for r in mine)
-                     for k in ("wall", "step_ms", "val", "full_val")}
-    spread = {k: statistics.stdev(r[k] for r in mine) if len(mine) > 1 else 0.0
-              for k in ("val", "full_val")}
+    means[engine] = {
+        k: statistics.mean(r[k] for r in mine) for k in ("wall", "step_ms", "val", "full_val")
+    }
+    spread = {
+        k: statistics.stdev(r[k] for r in mine) if len(mine) > 1 else 0.0
+        for k in ("val", "full_val")
+    }
     print(f"{engine:>8} {len(mine):>5} {means[engine]['wall']:>8.1f} "
           f"{means[engine]['step_ms']:>8.1f} {means[engine]['val']:>10.4f} ± {spread['val']:.4f} "
           f"{means[engine]['full_val']:>10.4f} ± {spread['full_val']:.4f}")
@@ -233,21 +282,31 @@ def plot(rows: list[dict], engines: list[str], path: str, input_file: str, max_i
   fig, (ax, end) = plt.subplots(1, 2, figsize=(9, 4), width_ratios=(3, 1))
   color = lambda engine: "C0" if engine == "gptjax" else "C1"  # noqa: E731
   for r in rows:
-    ax.plot(*zip(*r["curve"]), marker="o", ms=3, color=color(r["engine"]),
+    ax.plot(*zip(*r["curve"]),
+            marker="o",
+            ms=3,
+            color=color(r["engine"]),
             label=f"{r['engine']} seed {r['seed']}")
-  later = [loss for r in rows for step, loss in r["curve"] if step > 0] or [
-      loss for r in rows for _, loss in r["curve"]]
-  ax.set(xlabel="step", ylabel="val loss (20 batches)", ylim=(min(later) - 0.1, max(later) + 0.1),
+  later = [loss for r in rows for step, loss in r["curve"] if step > 0
+          ] or [loss for r in rows for _, loss in r["curve"]]
+  ax.set(xlabel="step",
+         ylabel="val loss (20 batches)",
+         ylim=(min(later) - 0.1, max(later) + 0.1),
          title=f"nanoGPT CPU recipe, {os.path.basename(input_file) or 'default corpus'}")
   ax.legend(fontsize=7)
   for x, key in enumerate(("val", "full_val")):
     for i, engine in enumerate(engines):
       values = [r[key] for r in rows if r["engine"] == engine]
-      end.plot([x + 0.15 * (i - 0.5)] * len(values), values, "o", color=color(engine),
+      end.plot([x + 0.15 * (i - 0.5)] * len(values),
+               values,
+               "o",
+               color=color(engine),
                label=engine if x == 0 else None)
   if "shakespeare" in os.path.basename(input_file).lower():
     end.axhline(1.88, color="gray", ls="--", lw=1, label="1.88 (nanoGPT README)")
-  end.set(xticks=[0, 1], xticklabels=["20 batches", "whole split"], xlim=(-0.5, 1.5),
+  end.set(xticks=[0, 1],
+          xticklabels=["20 batches", "whole split"],
+          xlim=(-0.5, 1.5),
           title=f"final val loss, step {max_iters}")
   end.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
   fig.tight_layout()
@@ -266,8 +325,8 @@ def main(values) -> None:
     print("RESULT " + json.dumps(nanogpt_run(f.input_file, seed, iters, f.nanogpt_vocab)))
     return
   if f.interleaved_worker:  # both engines in one process of their own
-    print("RESULT " + json.dumps(interleaved_steps(f.input_file, f.interleaved_rounds,
-                                                   f.gptjax_args, f.nanogpt_vocab)))
+    print("RESULT " + json.dumps(
+        interleaved_steps(f.input_file, f.interleaved_rounds, f.gptjax_args, f.nanogpt_vocab)))
     return
   if f.input_file and not os.path.isfile(f.input_file):
     raise DataError(f"--input_file {f.input_file!r} does not exist. Fix: pass a UTF-8 text file, "
@@ -279,9 +338,9 @@ def main(values) -> None:
   import jax
   import torch
   print(f"machine: {platform.machine()}, {os.cpu_count()} cores | torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads) | jax {jax.__version__} | recipe: "
-        + ", ".join(f"{k}={v}" for k, v in recipe(max_iters).items())
-        + f" | text: {f.input_file or 'gptjax default corpus'} | nanoGPT vocabulary: "
+        f"({torch.get_num_threads()} threads) | jax {jax.__version__} | recipe: " +
+        ", ".join(f"{k}={v}" for k, v in recipe(max_iters).items()) +
+        f" | text: {f.input_file or 'gptjax default corpus'} | nanoGPT vocabulary: "
         f"{f.nanogpt_vocab} | gptjax compilation cache: {f.compilation_cache}")
   rows = []
   with tempfile.TemporaryDirectory() as shared_cache:
@@ -296,18 +355,26 @@ def main(values) -> None:
           with tempfile.TemporaryDirectory() as empty:
             result = run_gptjax(seed, max_iters,
                                 shared_cache if f.compilation_cache == "warm" else empty)
-        rows.append(dict(engine=engine, seed=seed, wall=result["wall"], step_ms=result["step_ms"],
-                         val=result["evals"][-1]["val"], full_val=result["full_val"],
-                         curve=[(e["step"], e["val"]) for e in result["evals"]]))
-        print(f"{engine:>8} seed {seed:>5}: wall {result['wall']:6.1f} s | "
-              f"{result['step_ms']:5.1f} ms/step in the loop | val loss {rows[-1]['val']:.4f} "
-              f"(whole split {result['full_val']:.4f})", flush=True)
+        rows.append(
+            dict(engine=engine,
+                 seed=seed,
+                 wall=result["wall"],
+                 step_ms=result["step_ms"],
+                 val=result["evals"][-1]["val"],
+                 full_val=result["full_val"],
+                 curve=[(e["step"], e["val"]) for e in result["evals"]]))
+        print(
+            f"{engine:>8} seed {seed:>5}: wall {result['wall']:6.1f} s | "
+            f"{result['step_ms']:5.1f} ms/step in the loop | val loss {rows[-1]['val']:.4f} "
+            f"(whole split {result['full_val']:.4f})",
+            flush=True)
   summarize(rows, f.engines)
   if f.interleaved_rounds:
-    medians = _worker_result([f"--input_file={f.input_file}", "--interleaved_worker",
-                              f"--interleaved_rounds={f.interleaved_rounds}",
-                              f"--nanogpt_vocab={f.nanogpt_vocab}",
-                              f"--gptjax_args={f.gptjax_args}"], "the interleaved run")
+    medians = _worker_result([
+        f"--input_file={f.input_file}", "--interleaved_worker",
+        f"--interleaved_rounds={f.interleaved_rounds}", f"--nanogpt_vocab={f.nanogpt_vocab}",
+        f"--gptjax_args={f.gptjax_args}"
+    ], "the interleaved run")
     ratios = [nano / jax_ms for nano, jax_ms in medians]
     print(f"\ninterleaved in one process, {len(medians)} rounds of {INTERLEAVED_STEPS} steps each "
           f"(median ms/step):")

@@ -36,11 +36,24 @@ _GPTJAX_SUMMARY = re.compile(r"x (\d+) new tokens in ([\d.]+) s")
 
 
 def define_flags(values) -> None:
-  flags.DEFINE_list("presets", ["small_char", "small", "350M_1024"], "Shipped presets, by name.", flag_values=values)
-  flags.DEFINE_list("new_tokens", ["1000", "500", "50"], "New tokens per preset (one value: all).", flag_values=values)
-  flags.DEFINE_integer("repeats", 3, "Timed gptjax runs per preset (median shown).", flag_values=values)
-  flags.DEFINE_integer("nanogpt_repeats", 1, "Timed nanoGPT runs per preset (median shown).", flag_values=values)
-  flags.DEFINE_string("work_dir", "/tmp/gptjax_bench_sample", "Run directories, weights, caches.", flag_values=values)
+  flags.DEFINE_list("presets", ["small_char", "small", "350M_1024"],
+                    "Shipped presets, by name.",
+                    flag_values=values)
+  flags.DEFINE_list("new_tokens", ["1000", "500", "50"],
+                    "New tokens per preset (one value: all).",
+                    flag_values=values)
+  flags.DEFINE_integer("repeats",
+                       3,
+                       "Timed gptjax runs per preset (median shown).",
+                       flag_values=values)
+  flags.DEFINE_integer("nanogpt_repeats",
+                       1,
+                       "Timed nanoGPT runs per preset (median shown).",
+                       flag_values=values)
+  flags.DEFINE_string("work_dir",
+                      "/tmp/gptjax_bench_sample",
+                      "Run directories, weights, caches.",
+                      flag_values=values)
 
 
 def make_run(preset: str, run_dir: str) -> None:
@@ -82,8 +95,10 @@ def export_for_nanogpt(run_dir: str, path: str) -> None:
   model, params, config, _, _ = load_run(run_dir)
   flat = traverse_util.flatten_dict(params)
   state = {}
-  for key, (gptjax_path, hf_shape, _) in hf_gpt2.tensor_table(
-      ModelConfig(**{**model.config.architecture(), "bias": True})).items():
+  for key, (gptjax_path, hf_shape,
+            _) in hf_gpt2.tensor_table(ModelConfig(**{
+                **model.config.architecture(), "bias": True
+            })).items():
     if gptjax_path not in flat:  # a bias of a model without biases
       continue
     value = np.asarray(flat[gptjax_path], np.float32).reshape(hf_shape)
@@ -92,8 +107,11 @@ def export_for_nanogpt(run_dir: str, path: str) -> None:
     state[f"transformer.{key}"] = torch.from_numpy(np.array(value))  # a writable copy
   state["lm_head.weight"] = state["transformer.wte.weight"]
   model_args = dict(model.config.architecture(), dropout=0.0)
-  torch.save(dict(model=state, model_args=model_args, tokenizer=config.tokenizer,
-                  vocab_size=config.vocab_size), path)
+  torch.save(
+      dict(model=state,
+           model_args=model_args,
+           tokenizer=config.tokenizer,
+           vocab_size=config.vocab_size), path)
 
 
 def nanogpt_worker(path: str, new_tokens: int) -> None:
@@ -112,8 +130,10 @@ def nanogpt_worker(path: str, new_tokens: int) -> None:
   model.load_state_dict(checkpoint["model"])
   model.eval()
   torch.manual_seed(SEED)
-  tokenizer = get_tokenizer(resolve_tokenizer(ml_collections.ConfigDict(
-      dict(tokenizer=checkpoint["tokenizer"], vocab_size=checkpoint["vocab_size"]))))
+  tokenizer = get_tokenizer(
+      resolve_tokenizer(
+          ml_collections.ConfigDict(
+              dict(tokenizer=checkpoint["tokenizer"], vocab_size=checkpoint["vocab_size"]))))
   x = torch.tensor([list(tokenizer.encode(PROMPT))], dtype=torch.long)
   start = time.perf_counter()
   y = model.generate(x, new_tokens, temperature=TEMPERATURE, top_k=TOP_K)
@@ -125,8 +145,15 @@ def nanogpt_worker(path: str, new_tokens: int) -> None:
 def timed(command: list[str], env: dict | None = None) -> tuple[float, str]:
   """(wall seconds from process start to exit, stderr) of a subprocess; raises if it fails."""
   start = time.perf_counter()
-  result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, **(env or {})}, cwd=REPO)
+  result = subprocess.run(command,
+                          stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE,
+                          text=True,
+                          env={
+                              **os.environ,
+                              **(env or {})
+                          },
+                          cwd=REPO)
   wall = time.perf_counter() - start
   if result.returncode != 0:
     raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
@@ -151,24 +178,32 @@ def bench_preset(preset: str, new_tokens: int, f) -> dict:
     export_for_nanogpt(run_dir, weights)
   cache = os.path.join(f.work_dir, f"{preset}_jax_cache")
   shutil.rmtree(cache, ignore_errors=True)
-  gptjax = [sys.executable, "-m", "gptjax.sample", f"--run_dir={run_dir}", f"--prompt={PROMPT}",
-            f"--max_new_tokens={new_tokens}", f"--temperature={TEMPERATURE}", f"--top_k={TOP_K}",
-            f"--seed={SEED}"]
+  gptjax = [
+      sys.executable, "-m", "gptjax.sample", f"--run_dir={run_dir}", f"--prompt={PROMPT}",
+      f"--max_new_tokens={new_tokens}", f"--temperature={TEMPERATURE}", f"--top_k={TOP_K}",
+      f"--seed={SEED}"
+  ]
   env = dict(JAX_COMPILATION_CACHE_DIR=cache, PYTHONPATH=REPO)
   cold, _ = timed(gptjax, env)
   runs = [timed(gptjax, env) for _ in range(f.repeats)]
-  nanogpt = [sys.executable, os.path.abspath(__file__), "--nanogpt_worker", weights,
-             str(new_tokens)]
+  nanogpt = [
+      sys.executable,
+      os.path.abspath(__file__), "--nanogpt_worker", weights,
+      str(new_tokens)
+  ]
   nano_runs = [timed(nanogpt, env) for _ in range(f.nanogpt_repeats)]
   nano_pattern = re.compile(r"nanogpt: (\d+) new tokens in ([\d.]+) s")
   result = dict(preset=preset, new_tokens=new_tokens, gptjax_cold_s=cold)
-  for name, engine_runs, pattern in (("gptjax", runs, _GPTJAX_SUMMARY),
-                                     ("nanogpt", nano_runs, nano_pattern)):
+  for name, engine_runs, pattern in (("gptjax", runs, _GPTJAX_SUMMARY), ("nanogpt", nano_runs,
+                                                                         nano_pattern)):
     walls = [wall for wall, _ in engine_runs]
     gen_s = statistics.median(generation_seconds(err, pattern)[1] for _, err in engine_runs)
-    result.update({f"{name}_wall_s": statistics.median(walls), f"{name}_walls": walls,
-                   f"{name}_tokens_per_s": new_tokens / gen_s,
-                   f"{name}_ms_per_token": 1000 * gen_s / new_tokens})
+    result.update({
+        f"{name}_wall_s": statistics.median(walls),
+        f"{name}_walls": walls,
+        f"{name}_tokens_per_s": new_tokens / gen_s,
+        f"{name}_ms_per_token": 1000 * gen_s / new_tokens
+    })
   return result
 
 
@@ -186,8 +221,10 @@ def main(argv) -> None:
   counts = [int(n) for n in f.new_tokens]
   counts = counts * len(f.presets) if len(counts) == 1 else counts
   os.makedirs(f.work_dir, exist_ok=True)
-  print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; load average before: "
-        f"{os.getloadavg()[0]:.2f}", flush=True)
+  print(
+      f"machine: {cpu_name()}, {os.cpu_count()} CPUs; load average before: "
+      f"{os.getloadavg()[0]:.2f}",
+      flush=True)
   rows = []
   for preset, new_tokens in zip(f.presets, counts):
     rows.append(bench_preset(preset, new_tokens, f))
@@ -198,8 +235,8 @@ def main(argv) -> None:
   for r in rows:
     for engine in ("nanogpt", "gptjax"):
       speedup = r["nanogpt_wall_s"] / r[f"{engine}_wall_s"]
-      wall = f"{r[f'{engine}_wall_s']:.2f}" + (
-          f" (first run {r['gptjax_cold_s']:.2f})" if engine == "gptjax" else "")
+      wall = f"{r[f'{engine}_wall_s']:.2f}" + (f" (first run {r['gptjax_cold_s']:.2f})"
+                                               if engine == "gptjax" else "")
       print(f"| {r['preset']} | {r['new_tokens']} | {engine} | {wall} | "
             f"{r[f'{engine}_tokens_per_s']:,.1f} | {r[f'{engine}_ms_per_token']:.2f} | "
             f"{speedup:.1f}x |")

@@ -52,9 +52,18 @@ def probe_rows(target_name: str, probes=PROBES, done=()):
   for (dtype, remat, dropout), probe in itertools.product(SETTINGS, probes):
     n_layer, n_embd, n_head, block_size, batch, vocab = probe
     config = get_base_config()
-    config.update(dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, block_size=block_size,
-                       vocab_size=vocab, tokenizer="gpt2", batch_size=batch * target.num_devices,
-                       dtype=dtype, remat=remat, dropout=dropout, attention="xla"))
+    config.update(
+        dict(n_layer=n_layer,
+             n_embd=n_embd,
+             n_head=n_head,
+             block_size=block_size,
+             vocab_size=vocab,
+             tokenizer="gpt2",
+             batch_size=batch * target.num_devices,
+             dtype=dtype,
+             remat=remat,
+             dropout=dropout,
+             attention="xla"))
     config.mesh.update(dict(data=1, fsdp=-1, tensor=1))
     model = ModelConfig.from_config(config).for_platform(target.platform)
     key = memory_model.memory_model_key(target.platform, model)
@@ -63,11 +72,21 @@ def probe_rows(target_name: str, probes=PROBES, done=()):
     figures = compiled.compiled_figures(config, devices, fast=False)
     mesh = jax.sharding.AbstractMesh((1, target.num_devices, 1), ("data", "fsdp", "tensor"))
     param_bytes, optimizer_bytes = estimate.state_bytes(config, mesh)
-    row = dict(target=target.name, platform=target.platform, key=key, probe=probe,
-               dtype=dtype, remat=remat, dropout=dropout,
-               terms=memory_model.activation_terms(model, batch * block_size, 1, target.num_devices),
-               temp=figures.temp, arguments=figures.arguments, code=figures.code,
-               params=param_bytes, optimizer=optimizer_bytes, compile_seconds=figures.seconds)
+    row = dict(target=target.name,
+               platform=target.platform,
+               key=key,
+               probe=probe,
+               dtype=dtype,
+               remat=remat,
+               dropout=dropout,
+               terms=memory_model.activation_terms(model, batch * block_size, 1,
+                                                   target.num_devices),
+               temp=figures.temp,
+               arguments=figures.arguments,
+               code=figures.code,
+               params=param_bytes,
+               optimizer=optimizer_bytes,
+               compile_seconds=figures.seconds)
     print(json.dumps(row), flush=True)
     yield row
 
@@ -86,8 +105,12 @@ def fit(rows: list[dict]) -> dict:
   for key in sorted({row["key"] for row in rows}):
     group = [row for row in rows if row["key"] == key]
     remat = group[0]["remat"]
-    k = dict(gradients=1.0, logits=0.7, channels=0.0 if remat else 1.0,
-             scores=0.0 if remat else 1.0, channels_work=1.0, scores_work=1.0,
+    k = dict(gradients=1.0,
+             logits=0.7,
+             channels=0.0 if remat else 1.0,
+             scores=0.0 if remat else 1.0,
+             channels_work=1.0,
+             scores_work=1.0,
              block_input=1.0 if remat else 0.0)
     for _ in range(30):
       new = _solve(group, remat, k, free_input=True)
@@ -96,9 +119,10 @@ def fit(rows: list[dict]) -> dict:
       if all(abs(new[n] - k[n]) < 1e-9 for n in k):
         break
       k = new
-    errors = [memory_model.model_temporary_bytes(row["terms"], row["params"], row["probe"][0],
-                                               remat, k) / row["temp"] - 1 for row in group
-              if row["temp"] >= SMALL_TEMP]
+    errors = [
+        memory_model.model_temporary_bytes(row["terms"], row["params"], row["probe"][0], remat, k) /
+        row["temp"] - 1 for row in group if row["temp"] >= SMALL_TEMP
+    ]
     model[key] = dict(k, probes=len(group), max_relative_error=max(abs(e) for e in errors))
   return model
 
@@ -110,7 +134,8 @@ def fit_code(rows: list[dict]) -> dict[str, list[float]]:
   for platform in sorted({row["platform"] for row in rows}):
     group = [row for row in rows if row["platform"] == platform]
     design = np.array([[1.0, row["probe"][0]] for row in group])
-    (a, b), *_ = np.linalg.lstsq(design, np.array([float(row["code"]) for row in group]),
+    (a, b), *_ = np.linalg.lstsq(design,
+                                 np.array([float(row["code"]) for row in group]),
                                  rcond=None)
     result[platform] = [max(0.0, float(a)), max(0.0, float(b))]
   return result
@@ -126,21 +151,23 @@ def _solve(group: list[dict], remat: bool, k: dict, free_input: bool) -> dict:
     layers, t = row["probe"][0], row["terms"]
     kept = 0.0
     if remat:
-      logits_phase = k["logits"] * t["logits"] >= (k["channels_work"] * t["channels"]
-                                                   + k["scores_work"] * t["scores"])
+      logits_phase = k["logits"] * t["logits"] >= (k["channels_work"] * t["channels"] +
+                                                   k["scores_work"] * t["scores"])
       columns = dict(logits=t["logits"] * logits_phase,
                      channels_work=t["channels"] * (not logits_phase),
                      scores_work=t["scores"] * (not logits_phase),
                      block_input=layers * t["block_input"])
       kept = 0.0 if free_input else k["block_input"] * layers * t["block_input"]
     else:
-      columns = dict(logits=t["logits"], channels=layers * t["channels"],
-                     scores=layers * t["scores"], channels_work=t["channels"],
+      columns = dict(logits=t["logits"],
+                     channels=layers * t["channels"],
+                     scores=layers * t["scores"],
+                     channels_work=t["channels"],
                      scores_work=t["scores"])
     columns["gradients"] = row["params"]
     # Weighted by 1/sqrt(temp): between absolute error (the big probes, most like real presets,
     # decide) and relative error (every probe counts).
-    weight = row["temp"] ** -0.5
+    weight = row["temp"]**-0.5
     design.append([columns[n] * weight for n in names])
     target.append((row["temp"] - kept) * weight)
   solution, *_ = np.linalg.lstsq(np.array(design), np.array(target), rcond=None)
@@ -170,8 +197,8 @@ def main(argv=None):
     model["code"] = fit_code(rows)
     model["_about"] = (f"Multipliers of gptjax.params.activation_terms per platform/dtype/remat/"
                        f"dropout, fitted by tools/calibrate_memory.py on {datetime.date.today()} "
-                       f"with jax {jax.__version__} from {len(rows)} compiled probes on "
-                       + ", ".join(sorted({row['target'] for row in rows})) + ".")
+                       f"with jax {jax.__version__} from {len(rows)} compiled probes on " +
+                       ", ".join(sorted({row['target'] for row in rows})) + ".")
     with open(MODEL_FILE, "w") as f:
       json.dump(model, f, indent=1, sort_keys=True)
     for key, value in sorted(model.items()):

@@ -76,7 +76,10 @@ class CausalSelfAttention(nn.Module):
     k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
     q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
     v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
+    y = F.scaled_dot_product_attention(q,
+                                       k,
+                                       v,
+                                       attn_mask=None,
                                        dropout_p=self.dropout if self.training else 0,
                                        is_causal=True)
     y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -115,13 +118,14 @@ class GPT(nn.Module):
   def __init__(self, config):
     super().__init__()
     self.config = config
-    self.transformer = nn.ModuleDict(dict(
-        wte=nn.Embedding(config.vocab_size, config.n_embd),
-        wpe=nn.Embedding(config.block_size, config.n_embd),
-        drop=nn.Dropout(config.dropout),
-        h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-        ln_f=LayerNorm(config.n_embd, bias=config.bias),
-    ))
+    self.transformer = nn.ModuleDict(
+        dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
     self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
     self.transformer.wte.weight = self.lm_head.weight  # weight tying
     self.apply(self._init_weights)
@@ -171,8 +175,14 @@ class GPT(nn.Module):
     """AdamW, decaying the 2-D tensors (matmul weights, embeddings) only; fused on CUDA."""
     param_dict = {pn: p for pn, p in self.named_parameters() if p.requires_grad}
     optim_groups = [
-        {"params": [p for p in param_dict.values() if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in param_dict.values() if p.dim() < 2], "weight_decay": 0.0},
+        {
+            "params": [p for p in param_dict.values() if p.dim() >= 2],
+            "weight_decay": weight_decay
+        },
+        {
+            "params": [p for p in param_dict.values() if p.dim() < 2],
+            "weight_decay": 0.0
+        },
     ]
     extra_args = dict(fused=True) if device_type == "cuda" else dict()
     return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
@@ -222,8 +232,12 @@ class Trainer:
     n = int(0.9 * len(ids))
     self.splits = dict(train=ids[:n], val=ids[n:])
     torch.manual_seed(seed)
-    self.model_args = dict(n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd,
-                           block_size=s.block_size, bias=s.bias, vocab_size=vocab_size,
+    self.model_args = dict(n_layer=s.n_layer,
+                           n_head=s.n_head,
+                           n_embd=s.n_embd,
+                           block_size=s.block_size,
+                           bias=s.bias,
+                           vocab_size=vocab_size,
                            dropout=s.dropout)
     self.model = GPT(GPTConfig(**self.model_args))
     self.optimizer = self.model.configure_optimizers(s.weight_decay, s.learning_rate,
@@ -234,8 +248,8 @@ class Trainer:
     s, data = self.settings, self.splits[split]
     ix = torch.randint(len(data) - s.block_size, (s.batch_size,))
     x = torch.stack([torch.from_numpy((data[i:i + s.block_size]).astype(np.int64)) for i in ix])
-    y = torch.stack([torch.from_numpy((data[i + 1:i + 1 + s.block_size]).astype(np.int64))
-                     for i in ix])
+    y = torch.stack(
+        [torch.from_numpy((data[i + 1:i + 1 + s.block_size]).astype(np.int64)) for i in ix])
     return x, y
 
   @torch.no_grad()
@@ -279,9 +293,13 @@ class Trainer:
       self.last_loss = loss.item() * s.gradient_accumulation_steps
 
   def save_checkpoint(self, path: str, iter_num: int, best_val_loss: float) -> None:
-    torch.save(dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    model_args=self.model_args, iter_num=iter_num, best_val_loss=best_val_loss,
-                    config=dataclasses.asdict(self.settings)), path)
+    torch.save(
+        dict(model=self.model.state_dict(),
+             optimizer=self.optimizer.state_dict(),
+             model_args=self.model_args,
+             iter_num=iter_num,
+             best_val_loss=best_val_loss,
+             config=dataclasses.asdict(self.settings)), path)
 
   @torch.no_grad()
   def whole_split_loss(self, split: str = "val", batch_size: int = 128) -> float:
@@ -290,10 +308,11 @@ class Trainer:
     self.model.eval()
     data, T = self.splits[split], self.settings.block_size
     n = (len(data) - 1) // T
-    windows = torch.from_numpy(np.stack([data[i * T:i * T + T + 1] for i in range(n)])
-                               .astype(np.int64))
-    total = sum(self.model(w[:, :-1], w[:, 1:].contiguous())[1].item() * len(w)
-                for w in windows.split(batch_size))
+    windows = torch.from_numpy(
+        np.stack([data[i * T:i * T + T + 1] for i in range(n)]).astype(np.int64))
+    total = sum(
+        self.model(w[:, :-1], w[:, 1:].contiguous())[1].item() * len(w)
+        for w in windows.split(batch_size))
     self.model.train()
     return total / n
 

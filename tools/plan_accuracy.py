@@ -26,8 +26,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX is imported: it compiles, runs nothing
 
 GiB = 2**30
-VARIANTS = (("shipped", {}), ("float32", {"dtype": "float32", "remat": False}),
-            ("bf16+remat", {"dtype": "bfloat16", "remat": True}))
+VARIANTS = (("shipped", {}), ("float32", {
+    "dtype": "float32",
+    "remat": False
+}), ("bf16+remat", {
+    "dtype": "bfloat16",
+    "remat": True
+}))
 
 
 def preset_paths(names: str | None) -> list[str]:
@@ -52,18 +57,24 @@ def compare(paths: list[str], target_names: list[str], fast_too: bool, out):
       row["analytic"] = analytic.memory.total
       start = time.perf_counter()
       compiled = estimate.estimate(config, target, method="compile")
-      row.update(compiled=compiled.memory.total, method=compiled.method,
-                 compile_seconds=time.perf_counter() - start, notes=compiled.notes,
-                 step_seconds=compiled.step_seconds, source=compiled.step_time_source,
-                 roofline_seconds=compiled.roofline_seconds, mfu=compiled.mfu,
+      row.update(compiled=compiled.memory.total,
+                 method=compiled.method,
+                 compile_seconds=time.perf_counter() - start,
+                 notes=compiled.notes,
+                 step_seconds=compiled.step_seconds,
+                 source=compiled.step_time_source,
+                 roofline_seconds=compiled.roofline_seconds,
+                 mfu=compiled.mfu,
                  device_memory=target.device_memory_bytes)
       if fast_too and config.n_layer > 2:
         fast = estimate.estimate(config, target, method="compile", fast=True)
         row.update(fast=fast.memory.total, fast_compile_seconds=fast.compile_seconds)
       print(json.dumps(row), file=out, flush=True)
-      print(f"{row['preset']:<16} {name:<16} {variant:<11} analytic {row['analytic'] / GiB:7.2f} "
-            f"compiled {row['compiled'] / GiB:7.2f} GiB ({row['compile_seconds']:.0f} s)",
-            file=sys.stderr, flush=True)
+      print(
+          f"{row['preset']:<16} {name:<16} {variant:<11} analytic {row['analytic'] / GiB:7.2f} "
+          f"compiled {row['compiled'] / GiB:7.2f} GiB ({row['compile_seconds']:.0f} s)",
+          file=sys.stderr,
+          flush=True)
 
 
 def report(rows: list[dict]) -> str:
@@ -73,8 +84,10 @@ def report(rows: list[dict]) -> str:
   it (or gives up), so its figure is no longer the step's need; there the analytic model is
   compared with the extrapolation (XLA's need before that pass) and the row is marked.
   """
-  lines = ["| preset | target | settings | compiled GiB | extrapolated GiB | error | analytic GiB "
-           "| error |", "|---|---|---|---:|---:|---:|---:|---:|"]
+  lines = [
+      "| preset | target | settings | compiled GiB | extrapolated GiB | error | analytic GiB "
+      "| error |", "|---|---|---|---:|---:|---:|---:|---:|"
+  ]
   fits_errors, analytic_errors = [], []
   for row in rows:
     compiled, fast = row["compiled"], row.get("fast")
@@ -86,17 +99,18 @@ def report(rows: list[dict]) -> str:
     if fast is not None and not squeezed:
       fits_errors.append(abs(fast / compiled - 1))
     lines.append(
-        f"| `{row['preset']}` | {row['target']} | {row['variant']} | {compiled / GiB:.2f}"
-        + (" (XLA squeezed)" if squeezed else "") + " | "
-        + (f"{fast / GiB:.2f} | {err(fast, compiled)}" if fast else "– | –")
-        + f" | {row['analytic'] / GiB:.2f} | {err(row['analytic'], reference)} |")
+        f"| `{row['preset']}` | {row['target']} | {row['variant']} | {compiled / GiB:.2f}" +
+        (" (XLA squeezed)" if squeezed else "") + " | " +
+        (f"{fast / GiB:.2f} | {err(fast, compiled)}" if fast else "– | –") +
+        f" | {row['analytic'] / GiB:.2f} | {err(row['analytic'], reference)} |")
   lines.append("")
   if fits_errors:
     lines.append(f"Extrapolated against the full compile where the step fits: worst "
                  f"{100 * max(fits_errors):.2f}% over {len(fits_errors)}.")
-  lines.append(f"Analytic against the step's need (the full compile; where XLA squeezed it, the "
-               f"extrapolation): mean |error| {100 * sum(analytic_errors) / len(analytic_errors):.1f}"
-               f"%, worst {100 * max(analytic_errors):.1f}% over {len(analytic_errors)}.")
+  lines.append(
+      f"Analytic against the step's need (the full compile; where XLA squeezed it, the "
+      f"extrapolation): mean |error| {100 * sum(analytic_errors) / len(analytic_errors):.1f}"
+      f"%, worst {100 * max(analytic_errors):.1f}% over {len(analytic_errors)}.")
   return "\n".join(lines)
 
 
@@ -107,14 +121,17 @@ def table_report(path: str) -> str:
   from gptjax.planner import targets
   with open(path) as f:
     rows = json.load(f)["rows"]
-  lines = ["| target | presets compared | mean abs. error | worst (preset) | mean abs. error, GiB |",
-           "|---|---:|---:|---|---:|"]
+  lines = [
+      "| target | presets compared | mean abs. error | worst (preset) | mean abs. error, GiB |",
+      "|---|---:|---:|---|---:|"
+  ]
   for name in rows[0]["targets"]:
     memory = targets.parse_target(name).device_memory_bytes
     cells = [(row["targets"][name], row["preset"]) for row in rows]
     # Steps under 1 GiB (the tiny presets, or big ones split 8 ways) are left out of the relative
     # errors: there XLA's fixed buffers dominate, and no one asks whether they fit.
-    compared = [(c["analytic"], c["total"], file) for c, file in cells
+    compared = [(c["analytic"], c["total"], file)
+                for c, file in cells
                 if c["total"] and c["analytic"] and GiB <= c["total"] <= memory]
     errors = [(abs(a / t - 1), file) for a, t, file in compared]
     worst = max(errors)
@@ -128,17 +145,21 @@ def cpu_peak(paths: list[str], steps: int = 3) -> str:
   """Trains each preset `steps` steps in a child process; the plan beside its peak RSS."""
   from gptjax import presets
   from gptjax.planner import estimate, targets
-  lines = ["| preset | planned step (compiled) | process peak RSS | peak − planned |",
-           "|---|---:|---:|---:|"]
+  lines = [
+      "| preset | planned step (compiled) | process peak RSS | peak − planned |",
+      "|---|---:|---:|---:|"
+  ]
   for path in paths:
     config = presets.load_validated(path)
     planned = estimate.estimate(config, targets.local_target()).memory.total
     with tempfile.TemporaryDirectory() as out_dir:
-      child = subprocess.Popen(
-          [sys.executable, "-m", "gptjax.train", f"--config={path}", f"--config.max_iters={steps}",
-           f"--config.eval_interval={steps}", "--config.eval_iters=1",
-           f"--config.out_dir={out_dir}", "--config.compilation_cache_dir="],
-          cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+      child = subprocess.Popen([
+          sys.executable, "-m", "gptjax.train", f"--config={path}", f"--config.max_iters={steps}",
+          f"--config.eval_interval={steps}", "--config.eval_iters=1", f"--config.out_dir={out_dir}",
+          "--config.compilation_cache_dir="
+      ],
+                               cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL)
       _, status, usage = os.wait4(child.pid, 0)  # this child's own resource usage
     if status:
       raise SystemExit(f"training {path} failed (status {status})")
@@ -156,15 +177,16 @@ def main(argv=None):
   parser.add_argument("--out", help="JSON-lines file for the rows (default: stdout)")
   parser.add_argument("--report", nargs="+", metavar="ROWS", help="markdown tables of these rows")
   parser.add_argument("--cpu_peak", metavar="PRESETS", help="plan vs process peak on this CPU")
-  parser.add_argument("--table", metavar="JSON", help="analytic vs compiled over a memory table "
+  parser.add_argument("--table",
+                      metavar="JSON",
+                      help="analytic vs compiled over a memory table "
                       "(gptjax/planner/memory_table.json)")
   args = parser.parse_args(argv)
   if args.targets:
     with open(args.out, "w") if args.out else sys.stdout as out:
       compare(preset_paths(args.presets), args.targets.split(","), args.fast_too, out)
   if args.report:
-    print(report([json.loads(line) for path in args.report for line in open(path)
-                  if line.strip()]))
+    print(report([json.loads(line) for path in args.report for line in open(path) if line.strip()]))
   if args.cpu_peak:
     print(cpu_peak(preset_paths(args.cpu_peak)))
   if args.table:

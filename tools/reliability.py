@@ -33,15 +33,20 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 30
-TRAIN = ("-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1",
-         "--config.eval_iters=1", "--config.log_interval=1", "--config.checkpoint_interval=3",
-         "--config.eval_interval=10", "--config.dropout=0.1")
+TRAIN = ("-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1", "--config.eval_iters=1",
+         "--config.log_interval=1", "--config.checkpoint_interval=3", "--config.eval_interval=10",
+         "--config.dropout=0.1")
 
 
 def python(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
   env = {**os.environ, "JAX_PLATFORMS": "cpu", **kwargs.pop("env", {})}
-  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout, env=env, **kwargs)
+  return subprocess.run([sys.executable, *args],
+                        cwd=REPO,
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout,
+                        env=env,
+                        **kwargs)
 
 
 def records(run_dir: str) -> list[dict]:
@@ -53,13 +58,22 @@ def losses(run_dir: str) -> list[tuple]:
   return [(r["step"], r["train_loss"], r["grad_norm"], r.get("val_loss")) for r in records(run_dir)]
 
 
-def kill_trial(root: str, name: str, rng: random.Random, reference: list[tuple]) -> tuple[bool, str]:
-  command = [*TRAIN, f"--config.max_iters={STEPS}", f"--config.out_dir={root}",
-             f"--config.model_name={name}"]
+def kill_trial(root: str, name: str, rng: random.Random,
+               reference: list[tuple]) -> tuple[bool, str]:
+  command = [
+      *TRAIN, f"--config.max_iters={STEPS}", f"--config.out_dir={root}",
+      f"--config.model_name={name}"
+  ]
   at_step, delay = rng.randint(2, STEPS - 2), rng.uniform(0, 0.3)
-  process = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True,
-                             env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"})
+  process = subprocess.Popen([sys.executable, *command],
+                             cwd=REPO,
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL,
+                             text=True,
+                             env={
+                                 **os.environ, "JAX_PLATFORMS": "cpu",
+                                 "PYTHONUNBUFFERED": "1"
+                             })
   for line in process.stdout:
     if line.startswith(f"step {at_step}:"):
       time.sleep(delay)
@@ -77,8 +91,11 @@ def kill_trial(root: str, name: str, rng: random.Random, reference: list[tuple])
 
 
 def corrupt(step_dir: str, rng: random.Random) -> str:
-  files = sorted(os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs
-                 if os.path.getsize(os.path.join(d, f)) > 0)
+  files = sorted(
+      os.path.join(d, f)
+      for d, _, fs in os.walk(step_dir)
+      for f in fs
+      if os.path.getsize(os.path.join(d, f)) > 0)
   path, how = rng.choice(files), rng.choice(("truncated", "overwritten", "deleted"))
   size = os.path.getsize(path)
   if how == "truncated":
@@ -137,29 +154,33 @@ def bad_inputs(root: str) -> list[tuple[str, list[str]]]:
       ("negative learning rate", [preset, "--config.learning_rate=-1"]),
       ("unknown dtype", [preset, "--config.dtype=float8"]),
       ("unknown tokenizer", [preset, "--config.tokenizer=wordpiece"]),
-      ("vocab too small for GPT-2", ["--config=tiny", "--config.tokenizer=gpt2",
-                                     "--config.vocab_size=1000"]),
+      ("vocab too small for GPT-2",
+       ["--config=tiny", "--config.tokenizer=gpt2", "--config.vocab_size=1000"]),
       ("missing tiktoken file", ["--config=tiny", "--config.tokenizer_path=/no/x"]),
       ("missing input file", [preset, "--config.input_file=/no/such.txt"]),
       ("directory as input file", [preset, f"--config.input_file={text_dir}"]),
       ("empty input file", [preset, f"--config.input_file={empty}"]),
-      ("block larger than the corpus", [preset, f"--config.input_file={binary}",
-                                        "--config.block_size=4096"]),
+      ("block larger than the corpus",
+       [preset, f"--config.input_file={binary}", "--config.block_size=4096"]),
       ("out_dir under a file", [preset, "--config.out_dir=/etc/passwd/x"]),
       ("mesh larger than the devices", [preset, "--config.mesh.fsdp=3"]),
-      ("batch not divisible by the mesh", [preset, "--config.cpu_devices=2",
-                                           "--config.mesh.data=2", "--config.batch_size=3"]),
+      ("batch not divisible by the mesh",
+       [preset, "--config.cpu_devices=2", "--config.mesh.data=2", "--config.batch_size=3"]),
       ("missing init_from directory", [preset, "--config.init_from=/no/gpt2"]),
       ("init_from a file", [preset, f"--config.init_from={binary}"]),
-      ("device memory too small", [preset], {"GPTJAX_DEVICE_MEMORY_GB": "0.001"}),
+      ("device memory too small", [preset], {
+          "GPTJAX_DEVICE_MEMORY_GB": "0.001"
+      }),
       ("preset whose get_config raises", ["--config=tests/data/raising_preset.py"]),
       ("preset returning no ConfigDict", ["--config=tests/data/not_a_configdict_preset.py"]),
   ]
 
 
 def tree_state(directory: str) -> dict[str, float]:
-  return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime
-          for d, _, fs in os.walk(directory) for f in fs}
+  return {
+      os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime for d, _, fs in os.walk(directory)
+      for f in fs
+  }
 
 
 def bad_input_trial(root: str, what: str, args: list[str], env=None) -> tuple[bool, str]:
@@ -169,10 +190,10 @@ def bad_input_trial(root: str, what: str, args: list[str], env=None) -> tuple[bo
   before = tree_state(os.path.join(root, "finished"))
   result = python("-m", "gptjax.train", *args, env=env or {})
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  clear = (result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr
-           and tree_state(os.path.join(root, "finished")) == before)
-  return clear, (errors[0][:160] if errors else
-                 f"exit {result.returncode}: {result.stderr.strip()[-200:]}")
+  clear = (result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr and
+           tree_state(os.path.join(root, "finished")) == before)
+  return clear, (errors[0][:160]
+                 if errors else f"exit {result.returncode}: {result.stderr.strip()[-200:]}")
 
 
 def main() -> None:
@@ -198,14 +219,13 @@ def main() -> None:
     sys.exit(f"the undamaged resume failed:\n{resumed.stderr[-2000:]}")
   expected_resumed = losses(os.path.join(root, "resumed"))
   results = {}
-  for kind, trials in (
-      ("kill -9", [lambda i=i: kill_trial(root, f"kill{i}", rng, expected)
-                   for i in range(args.kills)]),
-      ("corruption", [lambda i=i: corruption_trial(root, os.path.join(root, "finished"),
-                                                   f"corrupt{i}", rng, expected_resumed)
-                      for i in range(args.corruptions)]),
-      ("bad input", [lambda case=case: bad_input_trial(root, case[0], *case[1:])
-                     for case in bad_inputs(root)])):
+  for kind, trials in (("kill -9", [
+      lambda i=i: kill_trial(root, f"kill{i}", rng, expected) for i in range(args.kills)
+  ]), ("corruption", [
+      lambda i=i: corruption_trial(root, os.path.join(root, "finished"), f"corrupt{i}", rng,
+                                   expected_resumed) for i in range(args.corruptions)
+  ]), ("bad input",
+       [lambda case=case: bad_input_trial(root, case[0], *case[1:]) for case in bad_inputs(root)])):
     results[kind] = []
     for trial in trials:
       ok, detail = trial()

@@ -66,8 +66,13 @@ class Prefetcher:
       self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def train_batch(tokens: np.ndarray, seed: int, step: int, micro_batches: int, batch_size: int,
-                block_size: int, rows: slice = slice(None)) -> np.ndarray:
+def train_batch(tokens: np.ndarray,
+                seed: int,
+                step: int,
+                micro_batches: int,
+                batch_size: int,
+                block_size: int,
+                rows: slice = slice(None)) -> np.ndarray:
   """The training windows of `step`: (micro_batches, batch_size, block_size + 1), rows `rows` only.
 
   Offsets depend only on (seed, step), so every process draws the same global batch.
@@ -77,7 +82,11 @@ def train_batch(tokens: np.ndarray, seed: int, step: int, micro_batches: int, ba
   return windows(tokens, offsets[:, rows], block_size + 1)
 
 
-def eval_batch(tokens: np.ndarray, seed: int, index: int, batch_size: int, block_size: int,
+def eval_batch(tokens: np.ndarray,
+               seed: int,
+               index: int,
+               batch_size: int,
+               block_size: int,
                rows: slice = slice(None)) -> np.ndarray:
   """Evaluation batch `index`: the same windows at every evaluation, so losses are comparable."""
   rng = np.random.default_rng([seed, _EVAL_STREAM, index])

@@ -140,11 +140,11 @@ def _open_token_cache(config) -> TokenData:
     texts = (default_corpus_text(),)
     content = hashlib.sha256(texts[0].encode("utf-8")).hexdigest()
   spec = json.dumps(tokenizer.spec(), sort_keys=True)
-  key = hashlib.sha256(f"{content}|{spec}|{config.train_split}|{CACHE_VERSION}".encode()).hexdigest()
+  key = hashlib.sha256(
+      f"{content}|{spec}|{config.train_split}|{CACHE_VERSION}".encode()).hexdigest()
   source = config.input_file or DEFAULT_CORPUS
   stem = os.path.splitext(os.path.basename(source))[0].strip("<>") or "corpus"
-  cache_dir = os.path.join(config.out_dir, "token_cache",
-                           f"{stem}-{tokenizer.name}-{key[:16]}")
+  cache_dir = os.path.join(config.out_dir, "token_cache", f"{stem}-{tokenizer.name}-{key[:16]}")
   meta = None
   try:
     meta = shards.read_meta(cache_dir)
@@ -153,12 +153,18 @@ def _open_token_cache(config) -> TokenData:
     problem = str(e)
   if problem:  # several processes of one run may prepare it at once: prepare() copes
     if meta is not None:
-      print(f"note: the token cache {cache_dir} is damaged ({problem}); tokenizing the corpus "
-            f"again.", file=sys.stderr, flush=True)
-    prepare_lib.prepare(prepare_lib.Options(
-        inputs=[config.input_file] if config.input_file else [], texts=texts,
-        tokenizer=resolve_tokenizer(config), tokenizer_path=config.tokenizer_path, out_dir=cache_dir,
-        val_fraction=1 - config.train_split), tokenizer=tokenizer)
+      print(
+          f"note: the token cache {cache_dir} is damaged ({problem}); tokenizing the corpus "
+          f"again.",
+          file=sys.stderr,
+          flush=True)
+    prepare_lib.prepare(prepare_lib.Options(inputs=[config.input_file] if config.input_file else [],
+                                            texts=texts,
+                                            tokenizer=resolve_tokenizer(config),
+                                            tokenizer_path=config.tokenizer_path,
+                                            out_dir=cache_dir,
+                                            val_fraction=1 - config.train_split),
+                        tokenizer=tokenizer)
   return open_data_dir(cache_dir, config, tokenizer=tokenizer)
 
 
@@ -184,8 +190,12 @@ def open_data_dir(directory: str, config, tokenizer=None) -> TokenData:
                                         config.tokenizer_path)
   largest = max(s["max_token"] for split in shards.SPLITS for s in meta["splits"][split]["shards"])
   _check_vocab(config, max(spec["vocab_size"] - 1, largest), where, tokenizer_lib.describe(spec))
-  arrays = [shards.open_tokens([os.path.join(directory, s["file"]) for s in meta["splits"][split]["shards"]],
-                    meta["dtype"]) for split in shards.SPLITS]
+  arrays = [
+      shards.open_tokens(
+          [os.path.join(directory, s["file"])
+           for s in meta["splits"][split]["shards"]], meta["dtype"])
+      for split in shards.SPLITS
+  ]
   return TokenData(train=arrays[0], val=arrays[1], tokenizer=tokenizer, cache_dir=directory)
 
 
@@ -196,9 +206,9 @@ def _open_nanogpt_dir(directory: str, config, where: str) -> TokenData:
     partial = shards.staging_dirs(directory) or any(
         shards.is_shard_file(name) for name in os.listdir(directory))
     raise DataError(f"{where} " + ("holds an unfinished gptjax.prepare (no meta.json)" if partial
-                                   else "holds no token shards (no meta.json, no train.bin)")
-                    + ". Fix: run python -m gptjax.prepare ... --out_dir=" + directory
-                    + " (again) until it finishes.")
+                                   else "holds no token shards (no meta.json, no train.bin)") +
+                    ". Fix: run python -m gptjax.prepare ... --out_dir=" + directory +
+                    " (again) until it finishes.")
   if not present[1]:
     raise DataError(f"{where} has train.bin but no val.bin: no validation split. Fix: write one "
                     f"as nanoGPT's prepare.py does, or prepare the text with python -m "
@@ -209,8 +219,9 @@ def _open_nanogpt_dir(directory: str, config, where: str) -> TokenData:
                     f"--tokenizer=bytes.")
   for path in paths:
     if os.path.getsize(path) < 2:
-      raise DataError(f"{where}: {path!r} is empty" + (": no validation split" if "val" in
-                      os.path.basename(path) else "") + ". Fix: write it again (nanoGPT's "
+      raise DataError(f"{where}: {path!r} is empty" +
+                      (": no validation split" if "val" in os.path.basename(path) else "") +
+                      ". Fix: write it again (nanoGPT's "
                       f"prepare.py), or prepare the text with python -m gptjax.prepare.")
     if os.path.getsize(path) % 2:
       raise DataError(f"{where}: {path!r} is truncated ({os.path.getsize(path):,} bytes, not a "
@@ -227,9 +238,12 @@ def _largest_id(path: str) -> int:
   """The largest uint16 id in a file, read in chunks with plain reads (not a memmap, whose pages
   would stay in this process's resident memory)."""
   largest, size = 0, os.path.getsize(path) // 2
-  with open(path, "rb") as f, tqdm(total=size, unit="tok", unit_scale=True, file=sys.stderr,
-                                    desc=f"checking {os.path.basename(path)}",
-                                    disable=None if size > _SCAN_CHUNK else True) as bar:
+  with open(path, "rb") as f, tqdm(total=size,
+                                   unit="tok",
+                                   unit_scale=True,
+                                   file=sys.stderr,
+                                   desc=f"checking {os.path.basename(path)}",
+                                   disable=None if size > _SCAN_CHUNK else True) as bar:
     while len(chunk := np.fromfile(f, np.uint16, _SCAN_CHUNK)):
       largest = max(largest, int(chunk.max()))
       bar.update(len(chunk))
@@ -243,7 +257,8 @@ def _check_tokenizer(config, spec: dict, where: str) -> None:
   if wanted in ("bytes", "gpt2"):
     same = spec["kind"] == wanted
   else:
-    same = spec["kind"] == "hf" and os.path.isfile(wanted) and _file_sha256(wanted) == spec["sha256"]
+    same = spec["kind"] == "hf" and os.path.isfile(wanted) and _file_sha256(
+        wanted) == spec["sha256"]
   if not same:
     raise DataError(f"{where} was prepared with the tokenizer {tokenizer_lib.describe(spec)}, but "
                     f"config field 'tokenizer' is {wanted!r}. Fix: --config.tokenizer=auto (the "
@@ -258,7 +273,10 @@ def _check_vocab(config, largest_id: int, where: str, described: str) -> None:
                     f"--config.vocab_size={needed} (>= {largest_id + 1}, padded to 64).")
 
 
-def record_run_data(run_dir: str, token_data: TokenData, resuming: bool, write: bool = True) -> None:
+def record_run_data(run_dir: str,
+                    token_data: TokenData,
+                    resuming: bool,
+                    write: bool = True) -> None:
   """Writes <run_dir>/data.json (the tokenizer's spec and the data directory), and the run's copy
   of a Hugging Face tokenizer.json, so that gptjax.sample decodes with the run's own tokenizer.
   Resuming with a different tokenizer is an error (checked before anything is written)."""

@@ -53,7 +53,8 @@ class Options:
   task_bytes: int = 4 << 20
   tokenizer_path: str = ""
   eot_token: str = "auto"
-  texts: tuple[str, ...] | None = None  # in-memory documents (the default corpus), for data/dataset.py
+  texts: tuple[str,
+               ...] | None = None  # in-memory documents (the default corpus), for data/dataset.py
   force: bool = False
   progress: bool | None = None  # None: a bar when stderr is a terminal
 
@@ -144,7 +145,10 @@ def encode_task(pieces: list, field: str = "text") -> dict:
       text_bytes += len(raw)
       add(text or None if ends_doc else text, split, ends_doc)
   tokens = {split: np.concatenate(p) if p else np.zeros(0, np.uint32) for split, p in parts.items()}
-  return dict(tokens=tokens, documents=documents, skipped=skipped, sha256=digest.digest(),
+  return dict(tokens=tokens,
+              documents=documents,
+              skipped=skipped,
+              sha256=digest.digest(),
               text_bytes=text_bytes)
 
 
@@ -181,6 +185,7 @@ def _jax_started() -> bool:
 
 
 # --- main side -----------------------------------------------------------------------------------
+
 
 def _plan(options: Options):
   """(tasks, total input bytes or None, description of the source, stat key parts)."""
@@ -247,24 +252,31 @@ def prepare(options: Options, tokenizer=None) -> dict:
                     f"for a large corpus, 0.1 for one text file.")
   _check_out_dir(options.out_dir)
   tasks, total_bytes, described, stat_key = _plan(options)
-  key = hashlib.sha256(json.dumps([stat_key, tokenizer.spec(), options.val_fraction, options.seed,
-                                   options.text_field, options.shard_tokens, shards.VERSION],
-                                  default=str).encode()).hexdigest()
+  key = hashlib.sha256(
+      json.dumps([
+          stat_key,
+          tokenizer.spec(), options.val_fraction, options.seed, options.text_field,
+          options.shard_tokens, shards.VERSION
+      ],
+                 default=str).encode()).hexdigest()
   existing = _already_prepared(options.out_dir, key) if os.path.isdir(options.out_dir) else None
   if existing and not options.force:
-    print(f"{options.out_dir} is already prepared from these inputs with this tokenizer: "
-          f"nothing to do (--force to redo).", file=sys.stderr)
+    print(
+        f"{options.out_dir} is already prepared from these inputs with this tokenizer: "
+        f"nothing to do (--force to redo).",
+        file=sys.stderr)
     return existing
   _remove_abandoned_staging(options.out_dir)
-  staging = os.path.join(options.out_dir,
-                         f"{shards.STAGING}-{socket.gethostname()}-{os.getpid()}")
+  staging = os.path.join(options.out_dir, f"{shards.STAGING}-{socket.gethostname()}-{os.getpid()}")
   os.makedirs(staging)
   try:
     with disk_full_as_error(options.out_dir, "writing token shards",
                             "it starts over, nothing half-written was kept."):
       meta = _tokenize_into(staging, tasks, total_bytes, tokenizer, options)
-      meta["source"].update(inputs=options.inputs, hf_dataset=options.hf_dataset or None,
-                            description=described, key=key)
+      meta["source"].update(inputs=options.inputs,
+                            hf_dataset=options.hf_dataset or None,
+                            description=described,
+                            key=key)
       if tokenizer.name == "hf":
         shutil.copyfile(tokenizer.path, os.path.join(staging, "tokenizer.json"))
       # Another process preparing the same may finish first.
@@ -314,14 +326,20 @@ def _alive(pid: int) -> bool:
 
 def _tokenize_into(staging: str, tasks, total_bytes, tokenizer, options: Options) -> dict:
   dtype = tokenizer_lib.smallest_dtype(tokenizer.n_vocab)
-  writers = {split: shards.ShardWriter(staging, split, dtype, options.shard_tokens)
-             for split in shards.SPLITS}
+  writers = {
+      split: shards.ShardWriter(staging, split, dtype, options.shard_tokens)
+      for split in shards.SPLITS
+  }
   num_proc = options.num_proc or usable_cores()
   if total_bytes is not None and total_bytes < MIN_PARALLEL_BYTES:
     num_proc = 1
   documents = {split: 0 for split in shards.SPLITS}
   digest, skipped, read = hashlib.sha256(), 0, 0
-  bar = tqdm(desc="tokenizing", unit="tok", unit_scale=True, file=sys.stderr, dynamic_ncols=True,
+  bar = tqdm(desc="tokenizing",
+             unit="tok",
+             unit_scale=True,
+             file=sys.stderr,
+             dynamic_ncols=True,
              disable=(not options.progress) if options.progress is not None else None)
   with bar:
     for result in _run_tasks(tasks, options, tokenizer, num_proc):
@@ -332,24 +350,31 @@ def _tokenize_into(staging: str, tasks, total_bytes, tokenizer, options: Options
       skipped += result["skipped"]
       read += result["text_bytes"]
       bar.update(sum(len(t) for t in result["tokens"].values()))
-      bar.set_postfix_str(f"{read / 1e6:,.0f}" + (f"/{total_bytes / 1e6:,.0f}" if total_bytes
-                                                   else "") + " MB")
+      bar.set_postfix_str(f"{read / 1e6:,.0f}" +
+                          (f"/{total_bytes / 1e6:,.0f}" if total_bytes else "") + " MB")
   splits = {}
   for split, writer in writers.items():
     written = writer.close()
-    splits[split] = dict(tokens=sum(s["tokens"] for s in written), documents=documents[split],
+    splits[split] = dict(tokens=sum(s["tokens"] for s in written),
+                         documents=documents[split],
                          shards=written)
   for split in shards.SPLITS:
     if splits[split]["tokens"] == 0:
       raise DataError(f"the inputs gave no {split} tokens ({sum(documents.values())} documents, "
-                      f"{skipped} empty). Fix: " + (
-                          "raise --val_fraction, or give more documents" if split == "val"
-                          else "give more text, or a smaller --val_fraction") + ".")
+                      f"{skipped} empty). Fix: " +
+                      ("raise --val_fraction, or give more documents" if split ==
+                       "val" else "give more text, or a smaller --val_fraction") + ".")
   spec = tokenizer.spec()
-  return dict(format=shards.FORMAT, version=shards.VERSION, tokenizer=spec,
-              vocab_size=spec["vocab_size"], eot_id=spec["eot_id"], dtype=np.dtype(dtype).name,
-              splits=splits, skipped_empty_documents=skipped,
-              val_fraction=options.val_fraction, seed=options.seed,
+  return dict(format=shards.FORMAT,
+              version=shards.VERSION,
+              tokenizer=spec,
+              vocab_size=spec["vocab_size"],
+              eot_id=spec["eot_id"],
+              dtype=np.dtype(dtype).name,
+              splits=splits,
+              skipped_empty_documents=skipped,
+              val_fraction=options.val_fraction,
+              seed=options.seed,
               source=dict(sha256=digest.hexdigest(), bytes=read, text_field=options.text_field),
               created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
@@ -358,7 +383,7 @@ def summary(meta: dict, out_dir: str) -> str:
   train, val = meta["splits"]["train"], meta["splits"]["val"]
   return (f"{out_dir}: {train['tokens']:,} train tokens ({train['documents']:,} documents, "
           f"{len(train['shards'])} shards) and {val['tokens']:,} val tokens ({val['documents']:,} "
-          f"documents), {meta['dtype']}, tokenizer {tokenizer_lib.describe(meta['tokenizer'])}"
-          + (f"; {meta['skipped_empty_documents']:,} empty documents skipped"
-             if meta["skipped_empty_documents"] else "")
-          + f". Train on it with --config.data_dir={out_dir}")
+          f"documents), {meta['dtype']}, tokenizer {tokenizer_lib.describe(meta['tokenizer'])}" +
+          (f"; {meta['skipped_empty_documents']:,} empty documents skipped"
+           if meta["skipped_empty_documents"] else "") +
+          f". Train on it with --config.data_dir={out_dir}")

@@ -74,8 +74,8 @@ class ShardWriter:
     if self.file is not None:
       self.file.close()
       self.file = None
-      self.shards[-1]["fingerprint"] = fingerprint(os.path.join(self.directory,
-                                                                self.shards[-1]["file"]))
+      self.shards[-1]["fingerprint"] = fingerprint(
+          os.path.join(self.directory, self.shards[-1]["file"]))
 
   def close(self) -> list[dict]:
     self._finish_file()
@@ -145,8 +145,10 @@ def owned_names(name: str) -> bool:
 
 
 def staging_dirs(out_dir: str) -> list[str]:
-  return sorted(os.path.join(out_dir, name) for name in os.listdir(out_dir)
-                if name.startswith(STAGING)) if os.path.isdir(out_dir) else []
+  return sorted(
+      os.path.join(out_dir, name)
+      for name in os.listdir(out_dir)
+      if name.startswith(STAGING)) if os.path.isdir(out_dir) else []
 
 
 class TokenShards:
@@ -191,4 +193,5 @@ class TokenShards:
 
 def open_tokens(paths: list[str], dtype):
   """A split's tokens: one np.memmap for one shard, TokenShards for several."""
-  return np.memmap(paths[0], dtype=dtype, mode="r") if len(paths) == 1 else TokenShards(paths, dtype)
+  return np.memmap(paths[0], dtype=dtype, mode="r") if len(paths) == 1 else TokenShards(
+      paths, dtype)

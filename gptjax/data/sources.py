@@ -35,8 +35,11 @@ def expand_inputs(inputs: list[str]) -> list[str]:
   files = []
   for spec in inputs:
     if os.path.isdir(spec):
-      found = sorted(os.path.join(root, name) for root, dirs, names in os.walk(spec)
-                     for name in names if not name.startswith("."))
+      found = sorted(
+          os.path.join(root, name)
+          for root, dirs, names in os.walk(spec)
+          for name in names
+          if not name.startswith("."))
       if not found:
         raise DataError(f"--input={spec!r} is an empty directory. Fix: put text files in it, or "
                         f"point --input at the files themselves.")
@@ -75,7 +78,8 @@ class ValSplit:
     self.fraction, self.seed, self.mask = fraction, seed, None
     if n_docs is not None:
       self.mask = np.zeros(n_docs, bool)
-      self.mask[np.random.default_rng(seed).permutation(n_docs)[:max(1, round(n_docs * fraction))]] = 1
+      self.mask[np.random.default_rng(seed).permutation(n_docs)[:max(1, round(n_docs *
+                                                                              fraction))]] = 1
 
   def is_val(self, doc: int) -> bool:
     if self.mask is not None:
@@ -91,7 +95,8 @@ def next_cut(data: bytes, start: int) -> int:
   """The first position >= start just after a newline with printable ASCII on both sides (where
   cutting cannot change how GPT-2 or a byte-level BPE pre-tokenizes); -1 if there is none."""
   cut = data.find(b"\n", start)
-  while cut != -1 and not (0 < cut < len(data) - 1 and _safe(data[cut - 1]) and _safe(data[cut + 1])):
+  while cut != -1 and not (0 < cut < len(data) - 1 and _safe(data[cut - 1]) and
+                           _safe(data[cut + 1])):
     cut = data.find(b"\n", cut + 1)
   return -1 if cut == -1 else cut + 1
 
@@ -138,7 +143,10 @@ def _tail_cut(read, size: int, fraction: float) -> int:
   return max(0, target - 4) + (cut + 1 if cut != -1 else char_boundary(window, min(4, target)))
 
 
-def text_file_tasks(paths: list[str], first_doc: int, split: ValSplit, task_bytes: int,
+def text_file_tasks(paths: list[str],
+                    first_doc: int,
+                    split: ValSplit,
+                    task_bytes: int,
                     tail_fraction: float | None = None) -> Iterator[tuple[list, int]]:
   """(pieces, bytes) tasks for text files, one document each (see the module docstring);
   `tail_fraction`: the only document, split by its tail."""
@@ -147,9 +155,11 @@ def text_file_tasks(paths: list[str], first_doc: int, split: ValSplit, task_byte
     size = os.path.getsize(path)
     if tail_fraction is not None:
       with open(path, "rb") as f:
+
         def read(offset, n, f=f):
           f.seek(offset)
           return f.read(n)
+
         tail = _tail_cut(read, size, tail_fraction)
       spans = [(0, tail, "train", False), (tail, size, "val", True)]
     else:
@@ -191,7 +201,10 @@ def jsonl_tasks(path: str, first_doc: int, split: ValSplit,
       start, line = start + end, line + lines
 
 
-def text_tasks(texts, first_doc: int, split: ValSplit, task_bytes: int,
+def text_tasks(texts,
+               first_doc: int,
+               split: ValSplit,
+               task_bytes: int,
                tail_fraction: float | None = None) -> Iterator[tuple[list, int]]:
   """Tasks of in-memory documents (dataset rows, the default corpus); a document larger than
   task_bytes is cut as files are (next_cut); `tail_fraction`: the only document, split by its tail."""

@@ -126,16 +126,22 @@ class HfTokenizer:
 
   def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
     dtype = smallest_dtype(self.n_vocab)
-    return [np.asarray(e.ids, dtype=dtype)
-            for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+    return [
+        np.asarray(e.ids, dtype=dtype)
+        for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)
+    ]
 
   def decode(self, tokens) -> str:
     return self.tokenizer.decode([int(t) for t in tokens if 0 <= int(t) < self.n_vocab],
                                  skip_special_tokens=False)
 
   def spec(self) -> dict:
-    return dict(kind="hf", vocab_size=self.n_vocab, eot_id=self.eot_id, eot_token=self.eot_token,
-                sha256=self.sha256, path=os.path.abspath(self.path))
+    return dict(kind="hf",
+                vocab_size=self.n_vocab,
+                eot_id=self.eot_id,
+                eot_token=self.eot_token,
+                sha256=self.sha256,
+                path=os.path.abspath(self.path))
 
 
 def gpt2_encoding(tokenizer_path: str = "") -> tiktoken.Encoding:
@@ -151,7 +157,9 @@ def gpt2_encoding(tokenizer_path: str = "") -> tiktoken.Encoding:
       ranks = load_tiktoken_bpe(path)
     except Exception as e:
       raise DataError(f"GPT-2 BPE file {path!r} is not a .tiktoken ranks file ({e}).") from e
-    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+    return tiktoken.Encoding("gpt2",
+                             pat_str=GPT2_PATTERN,
+                             mergeable_ranks=ranks,
                              special_tokens={EOT: len(ranks)})
   try:
     return tiktoken.get_encoding("gpt2")

@@ -38,8 +38,9 @@ def lower_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh)
 
 def per_device_bytes(tree) -> int:
   """Bytes one device holds of a pytree of ShapeDtypeStructs with shardings (the largest shard)."""
-  return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
-             for leaf in jax.tree.leaves(tree))
+  return sum(
+      math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+      for leaf in jax.tree.leaves(tree))
 
 
 @dataclasses.dataclass
@@ -49,13 +50,13 @@ class Compiled:
   outputs_not_aliased: int
   temp: int
   code: int
-  flops: float | None           # per device
+  flops: float | None  # per device
   bytes_accessed: float | None  # per device
   optimal_seconds: float | None  # XLA's TPU cost model
-  kernel_seconds: float | None   # GPUs: roofline.kernel_roofline of the optimised program
+  kernel_seconds: float | None  # GPUs: roofline.kernel_roofline of the optimised program
   seconds: float
-  refused: str | None = None     # XLA's words when it refused the program (too big): temp is
-                                 # then the lower bound it gave
+  refused: str | None = None  # XLA's words when it refused the program (too big): temp is
+  # then the lower bound it gave
   @property
   def total(self) -> int:
     """What the step occupies on a device: inputs, temporaries, new outputs and the program."""
@@ -64,16 +65,20 @@ class Compiled:
   def extrapolate(self, other: "Compiled", steps: int) -> "Compiled":
     """self at depth l, other at l + 1: the figures `steps` layers past other, linearly (a layer
     never takes less than nothing: a negative difference counts as none)."""
+
     def line(a, b):
       return None if a is None or b is None else b + steps * max(0, b - a)
-    return Compiled(
-        arguments=other.arguments, outputs_not_aliased=other.outputs_not_aliased,
-        temp=int(line(self.temp, other.temp)), code=int(line(self.code, other.code)),
-        flops=line(self.flops, other.flops), bytes_accessed=line(self.bytes_accessed,
-                                                                  other.bytes_accessed),
-        optimal_seconds=line(self.optimal_seconds, other.optimal_seconds),
-        kernel_seconds=line(self.kernel_seconds, other.kernel_seconds),
-        seconds=self.seconds + other.seconds, refused=self.refused or other.refused)
+
+    return Compiled(arguments=other.arguments,
+                    outputs_not_aliased=other.outputs_not_aliased,
+                    temp=int(line(self.temp, other.temp)),
+                    code=int(line(self.code, other.code)),
+                    flops=line(self.flops, other.flops),
+                    bytes_accessed=line(self.bytes_accessed, other.bytes_accessed),
+                    optimal_seconds=line(self.optimal_seconds, other.optimal_seconds),
+                    kernel_seconds=line(self.kernel_seconds, other.kernel_seconds),
+                    seconds=self.seconds + other.seconds,
+                    refused=self.refused or other.refused)
 
 
 def compile_step(config: ml_collections.ConfigDict, devices) -> Compiled:
@@ -88,9 +93,16 @@ def compile_step(config: ml_collections.ConfigDict, devices) -> Compiled:
       raise
     arguments = per_device_bytes(setup.abstract_state) + per_device_bytes(
         step.abstract_batch(config, mesh))
-    return Compiled(arguments=arguments, outputs_not_aliased=0, temp=temp, code=0, flops=None,
-                     bytes_accessed=None, optimal_seconds=None, kernel_seconds=None,
-                     seconds=time.perf_counter() - start, refused=out_of_memory_line(e))
+    return Compiled(arguments=arguments,
+                    outputs_not_aliased=0,
+                    temp=temp,
+                    code=0,
+                    flops=None,
+                    bytes_accessed=None,
+                    optimal_seconds=None,
+                    kernel_seconds=None,
+                    seconds=time.perf_counter() - start,
+                    refused=out_of_memory_line(e))
   return figures_of(compiled, devices[0], time.perf_counter() - start)
 
 
@@ -100,7 +112,7 @@ def _refused_temporaries(error: Exception) -> int | None:
   match = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\)", str(error))
   if match is None:
     return None
-  return int(float(match.group(1)) * 1024 ** ("KMGT".index(match.group(2)) + 1))
+  return int(float(match.group(1)) * 1024**("KMGT".index(match.group(2)) + 1))
 
 
 def figures_of(compiled, device=None, seconds: float = 0.0) -> Compiled:
@@ -121,12 +133,16 @@ def figures_of(compiled, device=None, seconds: float = 0.0) -> Compiled:
     # is XLA's estimate for everything else (checked against rooflines: docs/performance.md).
     targets_called = re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())
     optimal += sum(name in UNPRICED_TPU_CALLS for name in targets_called)
-  return Compiled(
-      arguments=memory.argument_size_in_bytes,
-      outputs_not_aliased=max(0, memory.output_size_in_bytes - memory.alias_size_in_bytes),
-      temp=memory.temp_size_in_bytes, code=memory.generated_code_size_in_bytes,
-      flops=cost.get("flops"), bytes_accessed=cost.get("bytes accessed"),
-      optimal_seconds=optimal, kernel_seconds=kernel_seconds, seconds=seconds)
+  return Compiled(arguments=memory.argument_size_in_bytes,
+                  outputs_not_aliased=max(0,
+                                          memory.output_size_in_bytes - memory.alias_size_in_bytes),
+                  temp=memory.temp_size_in_bytes,
+                  code=memory.generated_code_size_in_bytes,
+                  flops=cost.get("flops"),
+                  bytes_accessed=cost.get("bytes accessed"),
+                  optimal_seconds=optimal,
+                  kernel_seconds=kernel_seconds,
+                  seconds=seconds)
 
 
 def _cost(stage) -> dict[str, float]:
@@ -149,7 +165,9 @@ def compiled_figures(config: ml_collections.ConfigDict, devices, fast: bool) -> 
   """One compile of the real step, or with `fast` two shallow ones extrapolated per layer."""
   if not fast or config.n_layer <= EXTRAPOLATION_LAYERS[-1]:
     return compile_step(config, devices)
-  shallow = [compile_step(with_fields(config, n_layer=depth), devices) for depth in EXTRAPOLATION_LAYERS]
+  shallow = [
+      compile_step(with_fields(config, n_layer=depth), devices) for depth in EXTRAPOLATION_LAYERS
+  ]
   if shallow[0].refused:  # one layer is already too big: all of them are
     return dataclasses.replace(shallow[0], arguments=shallow[1].arguments)
   return shallow[0].extrapolate(shallow[1], config.n_layer - EXTRAPOLATION_LAYERS[1])

@@ -32,12 +32,12 @@ COMPILED, DEVICELESS, ANALYTIC = "compiled", "compiled-deviceless", "analytic"
 @dataclasses.dataclass
 class Memory:
   """Bytes per device of one train step."""
-  params: int          # float32 parameters, as sharded
-  optimizer: int       # AdamW's two moments (and its step count)
-  gradients: int       # float32 gradients (and the accumulator with grad_accum_steps > 1)
-  activations: int     # activations and every other temporary of the step
-  code: int = 0        # the compiled program (TPUs keep it in HBM)
-  other: int = 0       # the input batch and any output not written over its input
+  params: int  # float32 parameters, as sharded
+  optimizer: int  # AdamW's two moments (and its step count)
+  gradients: int  # float32 gradients (and the accumulator with grad_accum_steps > 1)
+  activations: int  # activations and every other temporary of the step
+  code: int = 0  # the compiled program (TPUs keep it in HBM)
+  other: int = 0  # the input batch and any output not written over its input
 
   @property
   def total(self) -> int:
@@ -48,20 +48,20 @@ class Memory:
 class Estimate:
   """What one config needs on one target, and where each figure comes from."""
   target: targets.Target
-  method: str                       # COMPILED, DEVICELESS or ANALYTIC
-  settings: dict[str, Any]          # the config fields that decide memory and speed
+  method: str  # COMPILED, DEVICELESS or ANALYTIC
+  settings: dict[str, Any]  # the config fields that decide memory and speed
   mesh: dict[str, int]
   memory: Memory
   generation: Generation
   tokens_per_step: int
-  model_flops_per_step: float       # 6N + 12LTC per token: what MFU counts
+  model_flops_per_step: float  # 6N + 12LTC per token: what MFU counts
   step_seconds: float | None
   step_time_source: str
   roofline_seconds: float | None = None
   compile_seconds: float = 0.0
   extrapolated_from_layers: tuple[int, ...] | None = None
   measured_peak_bytes: int | None = None  # --measure: the allocator's (or on CPU the process's)
-  memory_is_lower_bound: bool = False     # XLA refused the program: it needs at least this
+  memory_is_lower_bound: bool = False  # XLA refused the program: it needs at least this
   notes: list[str] = dataclasses.field(default_factory=list)
 
   @property
@@ -90,26 +90,44 @@ class Estimate:
 
   def to_json(self) -> dict[str, Any]:
     memory = dataclasses.asdict(self.memory)
-    return dict(
-        target=self.target.name, method=self.method, device_kind=self.target.chip.name,
-        devices=self.target.num_devices, mesh=self.mesh, settings=self.settings,
-        memory_bytes_per_device={**memory, "total": self.memory.total},
-        total_bytes_per_device=self.memory.total, device_memory_bytes=self.device_memory_bytes,
-        fits=self.fits, headroom=self.headroom, memory_is_lower_bound=self.memory_is_lower_bound,
-        step_seconds=self.step_seconds, step_time_source=self.step_time_source,
-        roofline_seconds=self.roofline_seconds, tokens_per_step=self.tokens_per_step,
-        tokens_per_second=self.tokens_per_second,
-        seconds_per_1000_iters=None if self.step_seconds is None else 1000 * self.step_seconds,
-        mfu=self.mfu, model_flops_per_step=self.model_flops_per_step,
-        generation_bytes={**dataclasses.asdict(self.generation), "total": self.generation.total},
-        compile_seconds=self.compile_seconds, measured_peak_bytes=self.measured_peak_bytes,
-        extrapolated_from_layers=self.extrapolated_from_layers, notes=self.notes)
+    return dict(target=self.target.name,
+                method=self.method,
+                device_kind=self.target.chip.name,
+                devices=self.target.num_devices,
+                mesh=self.mesh,
+                settings=self.settings,
+                memory_bytes_per_device={
+                    **memory, "total": self.memory.total
+                },
+                total_bytes_per_device=self.memory.total,
+                device_memory_bytes=self.device_memory_bytes,
+                fits=self.fits,
+                headroom=self.headroom,
+                memory_is_lower_bound=self.memory_is_lower_bound,
+                step_seconds=self.step_seconds,
+                step_time_source=self.step_time_source,
+                roofline_seconds=self.roofline_seconds,
+                tokens_per_step=self.tokens_per_step,
+                tokens_per_second=self.tokens_per_second,
+                seconds_per_1000_iters=None if self.step_seconds is None else 1000 *
+                self.step_seconds,
+                mfu=self.mfu,
+                model_flops_per_step=self.model_flops_per_step,
+                generation_bytes={
+                    **dataclasses.asdict(self.generation), "total": self.generation.total
+                },
+                compile_seconds=self.compile_seconds,
+                measured_peak_bytes=self.measured_peak_bytes,
+                extrapolated_from_layers=self.extrapolated_from_layers,
+                notes=self.notes)
 
 
 def planned_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The fields the search varies, as `--config.<field>` values."""
-  return dict(batch_size=config.batch_size, grad_accum_steps=config.grad_accum_steps,
-              dtype=config.dtype, remat=config.remat,
+  return dict(batch_size=config.batch_size,
+              grad_accum_steps=config.grad_accum_steps,
+              dtype=config.dtype,
+              remat=config.remat,
               mesh=dict(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor))
 
 
@@ -141,8 +159,13 @@ def _state_bytes(architecture: ModelConfig, mesh_shape: tuple[int, ...], clip: b
 
 # --- The estimate -----------------------------------------------------------------------------------
 
-def estimate(config: ml_collections.ConfigDict, target: targets.Target, *, method: str = "auto",
-             fast: bool = False, num_samples: int = 1) -> Estimate:
+
+def estimate(config: ml_collections.ConfigDict,
+             target: targets.Target,
+             *,
+             method: str = "auto",
+             fast: bool = False,
+             num_samples: int = 1) -> Estimate:
   """What `config` needs per device on `target`, and how fast its step runs there.
 
   Args:
@@ -163,18 +186,22 @@ def estimate(config: ml_collections.ConfigDict, target: targets.Target, *, metho
   gradient_bytes = param_bytes * (2 if config.grad_accum_steps > 1 else 1)
   model = ModelConfig.from_config(config).for_platform(target.platform)
   tokens = config.batch_size * config.grad_accum_steps * config.block_size
-  result = Estimate(
-      target=target, method=ANALYTIC, settings=planned_settings(config),
-      mesh=dict(zip(sharding.MESH_AXES, mesh_shape)),
-      memory=Memory(param_bytes, optimizer_bytes, gradient_bytes, 0),
-      generation=generation_memory(model, num_samples), tokens_per_step=tokens,
-      model_flops_per_step=params_lib.flops_per_token(model) * tokens,
-      step_seconds=None, step_time_source="")
+  result = Estimate(target=target,
+                    method=ANALYTIC,
+                    settings=planned_settings(config),
+                    mesh=dict(zip(sharding.MESH_AXES, mesh_shape)),
+                    memory=Memory(param_bytes, optimizer_bytes, gradient_bytes, 0),
+                    generation=generation_memory(model, num_samples),
+                    tokens_per_step=tokens,
+                    model_flops_per_step=params_lib.flops_per_token(model) * tokens,
+                    step_seconds=None,
+                    step_time_source="")
   figures = None
   if method != ANALYTIC:
     compiled_config = config
     if model.attention == "cudnn" and target.name != "local":
-      compiled_config = with_fields(config, attention="xla")  # cuDNN compiles only beside a real GPU
+      compiled_config = with_fields(config,
+                                    attention="xla")  # cuDNN compiles only beside a real GPU
       result.notes.append(
           "attention compiled as XLA's einsum: cuDNN's fused kernel, which training uses here, "
           "compiles only with a GPU present and keeps no T x T scores, so memory is an upper bound")
@@ -201,8 +228,8 @@ def _fill_compiled(result, config, model, mesh_shape, figures: Compiled, fast: b
   memory.gradients = min(memory.gradients, figures.temp)  # TPUs update part of them in place
   memory.activations = figures.temp - memory.gradients
   memory.code = figures.code
-  memory.other = max(0, figures.arguments - memory.params - memory.optimizer) + (
-      figures.outputs_not_aliased)
+  memory.other = max(
+      0, figures.arguments - memory.params - memory.optimizer) + (figures.outputs_not_aliased)
   result.compile_seconds = figures.seconds
   if fast and config.n_layer > EXTRAPOLATION_LAYERS[-1]:
     result.extrapolated_from_layers = EXTRAPOLATION_LAYERS
@@ -217,8 +244,8 @@ def _fill_compiled(result, config, model, mesh_shape, figures: Compiled, fast: b
   if accumulate > 1 and target.platform == "tpu":
     # XLA's TPU cost analysis counts a while loop's body once, and the micro-batches are one: it
     # runs grad_accum_steps times. The optimizer's pass over its state runs once, after it.
-    update = (roofline.optimizer_bytes(model, mesh_shape) / target.chip.memory_bandwidth
-              if target.chip.memory_bandwidth else 0.0)
+    update = (roofline.optimizer_bytes(model, mesh_shape) /
+              target.chip.memory_bandwidth if target.chip.memory_bandwidth else 0.0)
     flops = flops and flops * accumulate
     bytes_accessed = bytes_accessed and bytes_accessed * accumulate
     if optimal_seconds is not None:
@@ -261,16 +288,16 @@ def _fill_analytic(result, config, model, mesh_shape) -> None:
   coefficients = calibration[key]
   memory = result.memory
   temporaries = memory_model.model_temporary_bytes(terms, memory.gradients, model.n_layer,
-                                                 model.remat, coefficients)
+                                                   model.remat, coefficients)
   memory.gradients = int(min(memory.gradients, temporaries))
   memory.activations = int(temporaries - memory.gradients)
   code = calibration["code"].get(result.target.platform, [0, 0])
   memory.code = int(code[0] + code[1] * model.n_layer)
-  memory.other = config.grad_accum_steps * config.batch_size // (data * fsdp) * (
-      config.block_size + 1) * 4
+  memory.other = config.grad_accum_steps * config.batch_size // (data * fsdp) * (config.block_size +
+                                                                                 1) * 4
   result.roofline_seconds = roofline.step_roofline(
-      result.target, model, roofline.step_flops(config, model) / result.target.num_devices, None,
-      config, mesh_shape)
+      result.target, model,
+      roofline.step_flops(config, model) / result.target.num_devices, None, config, mesh_shape)
   result.step_seconds = result.roofline_seconds
   result.step_time_source = "roofline of the analytic FLOPs and bytes, plus communication"
   result.notes.append(f"memory from the analytic model ({key}: within "

@@ -22,7 +22,8 @@ from gptjax.planner.search import (REQUIRED_HEADROOM, fewest_changes_that_fit, f
 from gptjax.units import gib
 
 
-def check(config: ml_collections.ConfigDict, target: targets.Target,
+def check(config: ml_collections.ConfigDict,
+          target: targets.Target,
           fast: bool = True) -> tuple[list[str], Estimate | None]:
   """Everything that would stop `config` on `target`, one line each with its fix, and the estimate.
 
@@ -55,8 +56,8 @@ def _gpt2_ranks_available(config: ml_collections.ConfigDict) -> bool:
   paths = [config.tokenizer_path, os.environ.get(tokenizer_lib.GPT2_TIKTOKEN_ENV, "")]
   if any(path and os.path.isfile(path) for path in paths):
     return True
-  cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.path.join(
-      os.environ.get("TMPDIR", "/tmp"), "data-gym-cache")
+  cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                                               "data-gym-cache")
   return os.path.isdir(cache) and bool(os.listdir(cache))
 
 
@@ -90,8 +91,9 @@ def ensure_fits(config: ml_collections.ConfigDict, compiled) -> int:
   if target.platform == "cpu" and not os.environ.get(DEVICE_MEMORY_ENV):
     return needed
   if target.device_memory_bytes and needed > target.device_memory_bytes:
-    raise DeviceMemoryError(memory_problem(config, target, needed, "XLA's memory analysis of the "
-                                           "compiled step") + " Nothing was allocated.")
+    raise DeviceMemoryError(
+        memory_problem(config, target, needed, "XLA's memory analysis of the "
+                       "compiled step") + " Nothing was allocated.")
   return needed
 
 

@@ -43,7 +43,9 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20, warmup:
   compiled = compile_train_step(setup, config)
   compile_s = time.perf_counter() - start
   rng = np.random.default_rng(0)
-  windows = rng.integers(0, min(config.vocab_size, 256), dtype=np.int32,
+  windows = rng.integers(0,
+                         min(config.vocab_size, 256),
+                         dtype=np.int32,
                          size=(config.grad_accum_steps, config.batch_size, config.block_size + 1))
   with mesh_context(mesh):
     state = setup.init(jax.random.key(0))
@@ -60,18 +62,22 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20, warmup:
   tokens = config.batch_size * config.grad_accum_steps * config.block_size
   model_config = ModelConfig.from_config(config)
   memory = compiled.memory_analysis()
-  planned = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
-             + memory.generated_code_size_in_bytes
-             + max(0, memory.output_size_in_bytes - memory.alias_size_in_bytes))
+  planned = (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
+             memory.generated_code_size_in_bytes +
+             max(0, memory.output_size_in_bytes - memory.alias_size_in_bytes))
   try:
     peak_in_use = jax.local_devices()[0].memory_stats().get("peak_bytes_in_use")
   except Exception:  # CPU devices keep no allocator statistics
     peak_in_use = None
-  return dict(params=count_params(model_config).total, compile_s=compile_s, step_ms=1000 * step_s,
+  return dict(params=count_params(model_config).total,
+              compile_s=compile_s,
+              step_ms=1000 * step_s,
               tokens_per_second=tokens / step_s,
-              mfu=mfu(flops_per_token(model_config) * tokens / step_s, jax.device_count(),
-                      peak_flops()),
-              planned_bytes=planned, peak_bytes_in_use=peak_in_use)
+              mfu=mfu(
+                  flops_per_token(model_config) * tokens / step_s, jax.device_count(),
+                  peak_flops()),
+              planned_bytes=planned,
+              peak_bytes_in_use=peak_in_use)
 
 
 def measure(config: ml_collections.ConfigDict, result: Estimate, steps: int = 10) -> None:

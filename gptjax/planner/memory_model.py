@@ -22,7 +22,9 @@ def dtype_bytes(dtype: str) -> int:
   return 4 if dtype == "float32" else 2
 
 
-def activation_terms(config: ModelConfig, tokens: int, tensor: int = 1,
+def activation_terms(config: ModelConfig,
+                     tokens: int,
+                     tensor: int = 1,
                      fsdp: int = 1) -> dict[str, float]:
   """What a train step's backward pass needs kept, in bytes per device, before XLA's choices.
 
@@ -42,12 +44,11 @@ def activation_terms(config: ModelConfig, tokens: int, tensor: int = 1,
   """
   s, mask = dtype_bytes(config.dtype), int(config.dropout > 0)
   C, T, heads = config.n_embd, config.block_size, config.n_head // tensor
-  return dict(
-      logits=tokens * (config.vocab_size / tensor) * (s + 8),
-      channels=tokens * (4 * C * s + 12 * C / tensor * s + 2 * C * mask),
-      scores=tokens * heads * (T * (4 + s + mask) if config.attention != "cudnn" else 4),
-      block_input=tokens * C * s,
-      gathered_layer=(fsdp > 1) * 12 * C * C / tensor * s)
+  return dict(logits=tokens * (config.vocab_size / tensor) * (s + 8),
+              channels=tokens * (4 * C * s + 12 * C / tensor * s + 2 * C * mask),
+              scores=tokens * heads * (T * (4 + s + mask) if config.attention != "cudnn" else 4),
+              block_input=tokens * C * s,
+              gathered_layer=(fsdp > 1) * 12 * C * C / tensor * s)
 
 
 def memory_model_key(platform: str, config: ModelConfig) -> str:
@@ -57,8 +58,8 @@ def memory_model_key(platform: str, config: ModelConfig) -> str:
           f"{'dropout' if config.dropout > 0 else 'no-dropout'}")
 
 
-def model_temporary_bytes(terms: dict[str, float], gradient_bytes: float, n_layer: int,
-                          remat: bool, k: dict[str, float]) -> float:
+def model_temporary_bytes(terms: dict[str, float], gradient_bytes: float, n_layer: int, remat: bool,
+                          k: dict[str, float]) -> float:
   """XLA's temporaries of a train step: the terms weighted by calibrated multipliers `k`.
 
   Gradients are `k["gradients"]` of their float32 bytes (XLA on TPUs writes part of them straight
@@ -74,8 +75,8 @@ def model_temporary_bytes(terms: dict[str, float], gradient_bytes: float, n_laye
   else:
     saved = k["channels"] * terms["channels"] + k["scores"] * terms["scores"]
     peak = logits + n_layer * saved + working
-  return (k["gradients"] * gradient_bytes + peak
-          + k.get("gathered_layer", 2.0) * terms["gathered_layer"])
+  return (k["gradients"] * gradient_bytes + peak +
+          k.get("gathered_layer", 2.0) * terms["gathered_layer"])
 
 
 @dataclasses.dataclass
@@ -101,7 +102,8 @@ def generation_memory(model: ModelConfig, batch: int) -> Generation:
   """Sampling `batch` sequences on one device: float32 params, the KV cache at block_size, and
   the prompt's pass at full context (its logits, and one layer's scores and MLP activations)."""
   s, T, C = dtype_bytes(model.dtype), model.block_size, model.n_embd
-  return Generation(
-      batch=batch, params=4 * params_lib.count_params(model).total,
-      kv_cache=2 * model.n_layer * batch * T * C * s,
-      working=batch * T * (model.vocab_size * (4 + s) + model.n_head * T * (4 + s) + 8 * C * s))
+  return Generation(batch=batch,
+                    params=4 * params_lib.count_params(model).total,
+                    kv_cache=2 * model.n_layer * batch * T * C * s,
+                    working=batch * T * (model.vocab_size * (4 + s) + model.n_head * T *
+                                         (4 + s) + 8 * C * s))

@@ -28,16 +28,19 @@ from gptjax.units import GiB, format_duration, gib
 def format_estimate(result: Estimate, config: ml_collections.ConfigDict) -> str:
   """The planner's report: memory per device, speed, generation memory, and their sources."""
   target, memory, settings = result.target, result.memory, result.settings
-  how = {estimate_lib.COMPILED: "compiled for this machine's devices",
-         estimate_lib.DEVICELESS: f"compiled for {target.chip.name} without the hardware",
-         estimate_lib.ANALYTIC: "analytic model (no compile)"}[result.method]
+  how = {
+      estimate_lib.COMPILED: "compiled for this machine's devices",
+      estimate_lib.DEVICELESS: f"compiled for {target.chip.name} without the hardware",
+      estimate_lib.ANALYTIC: "analytic model (no compile)"
+  }[result.method]
   if result.extrapolated_from_layers:
-    how += (f", extrapolated per layer from {' and '.join(map(str, result.extrapolated_from_layers))}"
-            f"-layer compiles")
+    how += (
+        f", extrapolated per layer from {' and '.join(map(str, result.extrapolated_from_layers))}"
+        f"-layer compiles")
   if result.compile_seconds:
     how += f", {result.compile_seconds:.1f} s"
-  fit = (f"fits, {100 * result.headroom:.0f}% free" if result.fits
-         else f"does NOT fit: {gib(memory.total - result.device_memory_bytes)} over")
+  fit = (f"fits, {100 * result.headroom:.0f}% free"
+         if result.fits else f"does NOT fit: {gib(memory.total - result.device_memory_bytes)} over")
   lines = [
       f"gptjax plan | {config.name} on {target.name}: {target.num_devices} x {target.chip.name}, "
       f"mesh " + " ".join(f"{k}={v}" for k, v in result.mesh.items()),
@@ -47,11 +50,14 @@ def format_estimate(result: Estimate, config: ml_collections.ConfigDict) -> str:
       f"  method   : {result.method} ({how})",
       "",
       "memory per device",
-      *[f"  {label:<30}{value / GiB:>9.2f} GiB" for label, value in (
-          ("parameters (float32)", memory.params), ("optimizer state (AdamW)", memory.optimizer),
-          ("gradients (float32)", memory.gradients),
-          ("activations and temporaries", memory.activations), ("compiled program", memory.code),
-          ("batch and other", memory.other))],
+      *[
+          f"  {label:<30}{value / GiB:>9.2f} GiB"
+          for label, value in (("parameters (float32)", memory.params),
+                               ("optimizer state (AdamW)", memory.optimizer),
+                               ("gradients (float32)", memory.gradients),
+                               ("activations and temporaries", memory.activations),
+                               ("compiled program", memory.code), ("batch and other", memory.other))
+      ],
       f"  {'total' + (' (at least)' if result.memory_is_lower_bound else ''):<30}"
       f"{memory.total / GiB:>9.2f} GiB of {gib(result.device_memory_bytes)}"
       f" ({target.chip.memory_note or 'device memory'}): {fit}",
@@ -61,52 +67,69 @@ def format_estimate(result: Estimate, config: ml_collections.ConfigDict) -> str:
       f"speed ({result.step_time_source or 'unknown'})",
   ]
   if result.step_seconds:
-    lines += [f"  step time          : {result.step_seconds * 1000:.1f} ms",
-              f"  tokens/s           : {result.tokens_per_second:,.0f}",
-              f"  1000 iterations    : {format_duration(1000 * result.step_seconds)}"]
+    lines += [
+        f"  step time          : {result.step_seconds * 1000:.1f} ms",
+        f"  tokens/s           : {result.tokens_per_second:,.0f}",
+        f"  1000 iterations    : {format_duration(1000 * result.step_seconds)}"
+    ]
     if result.mfu is not None:
       lines.append(f"  MFU (estimated)    : {100 * result.mfu:.1f}% of {target.num_devices} x "
                    f"{target.chip.peak_flops / 1e12:.0f} TFLOP/s (bf16 peak)")
   gen = result.generation
-  lines += ["", f"generation (gptjax.sample, {gen.batch} sample(s) to block_size {config.block_size},"
-            f" one device)",
-            f"  parameters {gib(gen.params)} + KV cache {gib(gen.kv_cache)} + prompt pass "
-            f"{gib(gen.working)} = {gib(gen.total)}: "
-            + ("fits" if gen.total <= result.device_memory_bytes else "does NOT fit")]
+  lines += [
+      "", f"generation (gptjax.sample, {gen.batch} sample(s) to block_size {config.block_size},"
+      f" one device)",
+      f"  parameters {gib(gen.params)} + KV cache {gib(gen.kv_cache)} + prompt pass "
+      f"{gib(gen.working)} = {gib(gen.total)}: " +
+      ("fits" if gen.total <= result.device_memory_bytes else "does NOT fit")
+  ]
   if result.notes:
     lines += ["", "notes", *[f"  - {note}" for note in result.notes]]
   return "\n".join(lines)
 
 
-def format_search(found: list[Candidate], rejected: list[str], config: ml_collections.ConfigDict,
-                  command: str, target: targets.Target, given: Estimate | None = None) -> str:
+def format_search(found: list[Candidate],
+                  rejected: list[str],
+                  config: ml_collections.ConfigDict,
+                  command: str,
+                  target: targets.Target,
+                  given: Estimate | None = None) -> str:
   """The config as given, the winner as a command, the runners-up, and why the rest were left
   out."""
-  head = [f"as given: {_summary(given)}: "
-          + ("fits" if given.headroom >= REQUIRED_HEADROOM else "does NOT fit with "
-             f"{100 * REQUIRED_HEADROOM:.0f}% free"), ""] if given else []
+  head = [
+      f"as given: {_summary(given)}: " +
+      ("fits" if given.headroom >= REQUIRED_HEADROOM else "does NOT fit with "
+       f"{100 * REQUIRED_HEADROOM:.0f}% free"), ""
+  ] if given else []
   return "\n".join(head + _format_found(found, rejected, config, command, target))
 
 
 def _format_found(found, rejected, config, command, target) -> list[str]:
   if not found:
-    return [f"no configuration of {config.name} fits {target.name} with "
-            f"{100 * REQUIRED_HEADROOM:.0f}% of memory free.", *[f"  - {line}" for line in rejected],
-            "Fix: more devices (a larger --target) or a smaller model."]
+    return [
+        f"no configuration of {config.name} fits {target.name} with "
+        f"{100 * REQUIRED_HEADROOM:.0f}% of memory free.", *[f"  - {line}" for line in rejected],
+        "Fix: more devices (a larger --target) or a smaller model."
+    ]
   best = found[0]
-  lines = [f"fastest configuration that fits {target.name} with >= "
-           f"{100 * REQUIRED_HEADROOM:.0f}% of memory free ({best.estimate.method}):", "",
-           f"  {command} {format_overrides(best.estimate.settings, config)}".rstrip(), "",
-           "  " + _summary(best.estimate)]
+  lines = [
+      f"fastest configuration that fits {target.name} with >= "
+      f"{100 * REQUIRED_HEADROOM:.0f}% of memory free ({best.estimate.method}):", "",
+      f"  {command} {format_overrides(best.estimate.settings, config)}".rstrip(), "",
+      "  " + _summary(best.estimate)
+  ]
   compiled = [c for c in found[1:] if c.estimate.method != estimate_lib.ANALYTIC]
   analytic = [c for c in found[1:] if c.estimate.method == estimate_lib.ANALYTIC]
-  row = lambda c: (f"  {_summary(c.estimate)}  "  # noqa: E731
-                   f"{format_overrides(c.estimate.settings, config) or '(as given)'}")
+  row = lambda c: (
+      f"  {_summary(c.estimate)}  "  # noqa: E731
+      f"{format_overrides(c.estimate.settings, config) or '(as given)'}")
   if compiled:
     lines += ["", "runners-up, compiled:", *map(row, compiled[:5])]
   if analytic:
-    lines += ["", "also fitting by the analytic model, not compiled (rooflines: compare them "
-              "with each other, not with compiled times):", *map(row, analytic[:5])]
+    lines += [
+        "", "also fitting by the analytic model, not compiled (rooflines: compare them "
+        "with each other, not with compiled times):", *map(row, analytic[:5])
+    ]
   lines += ["", "left out:", *[f"  - {line}" for line in rejected]] if rejected else []
   return lines
 
@@ -120,6 +143,7 @@ def _summary(result: Estimate) -> str:
 
 # --- Memory per preset and target (python -m gptjax.show_configs --memory) ------------------------
 
+
 def fix_label(settings: dict[str, Any], config: ml_collections.ConfigDict) -> str:
   """A short name for the planner's changes: 'remat', 'bf16+remat', 'batch 4x2', 'fsdp 8'."""
   parts = []
@@ -130,12 +154,16 @@ def fix_label(settings: dict[str, Any], config: ml_collections.ConfigDict) -> st
   if (settings["batch_size"], settings["grad_accum_steps"]) != (config.batch_size,
                                                                 config.grad_accum_steps):
     parts.append(f"batch {settings['batch_size']}x{settings['grad_accum_steps']}")
-  parts += [f"{axis} {size}" for axis, size in settings["mesh"].items()
-            if size != config.mesh[axis] and not (axis == "fsdp" and config.mesh.fsdp == -1)]
+  parts += [
+      f"{axis} {size}" for axis, size in settings["mesh"].items()
+      if size != config.mesh[axis] and not (axis == "fsdp" and config.mesh.fsdp == -1)
+  ]
   return "+".join(parts) or "as shipped"
 
 
-def memory_rows(directory: str | None = None, target_names=None, compile: bool = False,
+def memory_rows(directory: str | None = None,
+                target_names=None,
+                compile: bool = False,
                 log=lambda line: None) -> list[dict[str, Any]]:
   """Per preset and target: training memory per device at the shipped settings, whether it fits,
   and where it does not, the fewest changes that fit with 10% free; and sampling memory.
@@ -154,21 +182,30 @@ def memory_rows(directory: str | None = None, target_names=None, compile: bool =
       log(f"{row['preset']} on {name}")
       cells[name] = memory_cell(config, targets.parse_target(name), compile)
     generation = generation_memory(config_lib.ModelConfig.from_config(config), batch=1).total
-    rows.append(dict(preset=row["preset"], params=row["params"], dtype=config.dtype,
-                     remat=config.remat, batch=f"{config.batch_size}x{config.block_size}",
-                     targets=cells, generation=generation))
+    rows.append(
+        dict(preset=row["preset"],
+             params=row["params"],
+             dtype=config.dtype,
+             remat=config.remat,
+             batch=f"{config.batch_size}x{config.block_size}",
+             targets=cells,
+             generation=generation))
   return rows
 
 
 def memory_cell(config: ml_collections.ConfigDict, target, compile: bool) -> dict[str, Any]:
   """One cell of the memory table (see memory_rows)."""
-  cell = dict(total=None, analytic=None, fits=False, fix=None, fix_total=None,
+  cell = dict(total=None,
+              analytic=None,
+              fits=False,
+              fix=None,
+              fix_total=None,
               method=estimate_lib.DEVICELESS if compile else estimate_lib.ANALYTIC)
   try:
     cell["analytic"] = estimate_lib.estimate(config, target,
                                              method=estimate_lib.ANALYTIC).memory.total
-    cell["total"] = (estimate_lib.estimate(config, target, method="compile",
-                                           fast=fast_is_exact(target)).memory.total
+    cell["total"] = (estimate_lib.estimate(
+        config, target, method="compile", fast=fast_is_exact(target)).memory.total
                      if compile else cell["analytic"])
     cell["fits"] = cell["total"] <= target.device_memory_bytes
   except ConfigError:  # the shipped batch does not split over this many devices
@@ -192,9 +229,10 @@ def format_memory_table(rows: list[dict[str, Any]], markdown: bool = False) -> s
   """GiB per device for training (✓ fits, ✗ does not → what fits, and its GiB) and sampling."""
   names = list(rows[0]["targets"]) if rows else []
   headings = ["Preset", "Batch", "Train dtype", *names, "Sample (1 seq)"]
-  body = [[row["preset"], row["batch"], row["dtype"] + ("+remat" if row["remat"] else ""),
-           *[_memory_cell(row["targets"][n]) for n in names], f"{row['generation'] / GiB:.2f}"]
-          for row in rows]
+  body = [[
+      row["preset"], row["batch"], row["dtype"] + ("+remat" if row["remat"] else ""),
+      *[_memory_cell(row["targets"][n]) for n in names], f"{row['generation'] / GiB:.2f}"
+  ] for row in rows]
   if markdown:
     lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
     lines += ["| " + " | ".join([f"`{r[0]}`", *r[1:]]) + " |" for r in body]

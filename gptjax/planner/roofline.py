@@ -26,8 +26,21 @@ from gptjax.config import ModelConfig
 from gptjax.planner import memory_model
 
 KERNEL_LAUNCH_SECONDS = 2e-6  # per kernel on a GPU (CUDA launch and scheduling)
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
-                "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+_DTYPE_BYTES = {
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "bf16": 2,
+    "f16": 2,
+    "s16": 2,
+    "u16": 2,
+    "f32": 4,
+    "s32": 4,
+    "u32": 4,
+    "f64": 8,
+    "s64": 8,
+    "u64": 8
+}
 _SHAPE = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.+?) ([a-z][a-z0-9-]*)\((.*)$")
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -36,8 +49,9 @@ _FREE = ("parameter", "get-tuple-element", "tuple", "bitcast", "constant", "afte
 
 
 def _shape_bytes(shape: str) -> int:
-  return sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
-             for dtype, dims in _SHAPE.findall(shape))
+  return sum(
+      _DTYPE_BYTES.get(dtype, 4) *
+      math.prod(int(d) for d in dims.split(",") if d) for dtype, dims in _SHAPE.findall(shape))
 
 
 def _computations(hlo_text: str) -> dict[str, list[tuple[str, str, str, str]]]:
@@ -70,8 +84,12 @@ def _dot_flops(computation, shapes) -> tuple[float, bool]:
   return flops, fp32
 
 
-def kernel_roofline(hlo_text: str, peak_flops: float, peak_flops_fp32: float, bandwidth: float,
-                    link_bandwidth: float, launch_seconds: float = KERNEL_LAUNCH_SECONDS) -> dict:
+def kernel_roofline(hlo_text: str,
+                    peak_flops: float,
+                    peak_flops_fp32: float,
+                    bandwidth: float,
+                    link_bandwidth: float,
+                    launch_seconds: float = KERNEL_LAUNCH_SECONDS) -> dict:
   """Seconds of a compiled (optimised, per-device) HLO module: per kernel max(FLOPs / peak, bytes
   / bandwidth) plus a launch, collectives at the link bandwidth, while loops times their trip
   count. Returns seconds, flops, bytes and kernels."""
@@ -96,8 +114,9 @@ def kernel_roofline(hlo_text: str, peak_flops: float, peak_flops_fp32: float, ba
       operands = re.findall(r"%([\w.-]+)", rest.split("), ", 1)[0])
       moved = _shape_bytes(shape) + sum(_shape_bytes(shapes.get(o, "")) for o in operands)
       called = re.search(r"calls=%([\w.-]+)", rest)
-      flops, fp32 = _dot_flops(computations.get(called.group(1), []) if called else
-                               [(instruction, shape, opcode, rest)], shapes)
+      flops, fp32 = _dot_flops(
+          computations.get(called.group(1), []) if called else [(instruction, shape, opcode, rest)],
+          shapes)
       if opcode.startswith(_COLLECTIVES) and link_bandwidth:
         time_s = _shape_bytes(shape) / link_bandwidth
       else:
@@ -142,16 +161,16 @@ def step_roofline(target, model: ModelConfig, flops: float, bytes_accessed: floa
     s = memory_model.dtype_bytes(model.dtype)
     tokens = config.batch_size // (data * fsdp) * config.block_size
     activations = memory_model.activation_terms(model, tokens, tensor, fsdp)
-    bytes_accessed = config.grad_accum_steps * (
-        3 * total_params / tensor * s + 4 * (activations["logits"] + model.n_layer * (
-            activations["channels"] + activations["scores"])))
+    bytes_accessed = config.grad_accum_steps * (3 * total_params / tensor * s + 4 *
+                                                (activations["logits"] + model.n_layer *
+                                                 (activations["channels"] + activations["scores"])))
     bytes_accessed += optimizer_bytes(model, mesh_shape)
   memory = bytes_accessed / chip.memory_bandwidth if chip.memory_bandwidth else 0.0
   # GPUs launch each kernel: about 60 per layer and 60 more per micro-batch in compiled steps.
-  launches = (60 * model.n_layer + 60) * config.grad_accum_steps * KERNEL_LAUNCH_SECONDS * (
-      target.platform == "gpu")
-  return (max(flops / peak, memory) + launches
-          + communication_seconds(target, model, config, mesh_shape))
+  launches = (60 * model.n_layer +
+              60) * config.grad_accum_steps * KERNEL_LAUNCH_SECONDS * (target.platform == "gpu")
+  return (max(flops / peak, memory) + launches +
+          communication_seconds(target, model, config, mesh_shape))
 
 
 def optimizer_bytes(model: ModelConfig, mesh_shape) -> float:

@@ -24,7 +24,7 @@ from gptjax.planner.estimate import Estimate
 from gptjax.units import gib
 
 REQUIRED_HEADROOM = 0.10  # --search keeps this share of device memory free
-MAX_TENSOR_PARALLEL = 8   # tensor parallelism beyond one host's fast links rarely pays
+MAX_TENSOR_PARALLEL = 8  # tensor parallelism beyond one host's fast links rarely pays
 
 
 @dataclasses.dataclass
@@ -34,8 +34,8 @@ class Candidate:
   changes: int  # settings that differ from the config searched from
 
 
-def candidates(config: ml_collections.ConfigDict, target: targets.Target) -> tuple[
-    list[ml_collections.ConfigDict], list[str]]:
+def candidates(config: ml_collections.ConfigDict,
+               target: targets.Target) -> tuple[list[ml_collections.ConfigDict], list[str]]:
   """Every mesh x micro-batch/accumulation x remat x dtype that keeps the config's tokens per
   step, and one line per kind of setting left out."""
   sequences = config.batch_size * config.grad_accum_steps
@@ -55,8 +55,8 @@ def candidates(config: ml_collections.ConfigDict, target: targets.Target) -> tup
       continue
     for dtype, remat in itertools.product(("float32", "bfloat16"), (False, True)):
       candidate = ml_collections.ConfigDict(config.to_dict())
-      candidate.update(dict(batch_size=micro_batch, grad_accum_steps=accumulate, dtype=dtype,
-                            remat=remat))
+      candidate.update(
+          dict(batch_size=micro_batch, grad_accum_steps=accumulate, dtype=dtype, remat=remat))
       candidate.mesh.update(dict(data=data, fsdp=fsdp, tensor=tensor))
       result.append(candidate)
   if not result:
@@ -64,8 +64,12 @@ def candidates(config: ml_collections.ConfigDict, target: targets.Target) -> tup
   return result, skipped
 
 
-def search(config: ml_collections.ConfigDict, target: targets.Target, *, verify: int = 3,
-           fast: bool = True, log=lambda line: None) -> tuple[list[Candidate], list[str]]:
+def search(config: ml_collections.ConfigDict,
+           target: targets.Target,
+           *,
+           verify: int = 3,
+           fast: bool = True,
+           log=lambda line: None) -> tuple[list[Candidate], list[str]]:
   """The configurations that fit with REQUIRED_HEADROOM, fastest first, and why others did not.
 
   Every candidate is estimated analytically (milliseconds each); then, where the target compiles,
@@ -94,14 +98,18 @@ def search(config: ml_collections.ConfigDict, target: targets.Target, *, verify:
     else:
       too_big.append(Candidate(entry.config, compiled, entry.changes))
   verified.sort(key=_speed_order)
-  unverified = [entry for entry in ranked if not any(entry.config is v.config for v in verified)
-                and not any(entry.config is t.config for t in too_big)]
+  unverified = [
+      entry for entry in ranked
+      if not any(entry.config is v.config for v in verified) and not any(entry.config is t.config
+                                                                         for t in too_big)
+  ]
   if too_big:
     smallest = min(too_big, key=lambda c: c.estimate.memory.total)
-    rejected.insert(0, f"{len(too_big)} settings need more than {100 - 100 * REQUIRED_HEADROOM:.0f}% "
-                       f"of the device's {gib(target.device_memory_bytes)}; the smallest of them, "
-                       f"{format_overrides(smallest.estimate.settings, config) or 'as given'}, "
-                       f"needs {gib(smallest.estimate.memory.total)} ({smallest.estimate.method})")
+    rejected.insert(
+        0, f"{len(too_big)} settings need more than {100 - 100 * REQUIRED_HEADROOM:.0f}% "
+        f"of the device's {gib(target.device_memory_bytes)}; the smallest of them, "
+        f"{format_overrides(smallest.estimate.settings, config) or 'as given'}, "
+        f"needs {gib(smallest.estimate.memory.total)} ({smallest.estimate.method})")
   return verified + unverified, rejected
 
 
@@ -129,8 +137,10 @@ def _divisors(n: int) -> list[int]:
   return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def fewest_changes_that_fit(config: ml_collections.ConfigDict, target: targets.Target,
-                            compile: bool, tries: int = 3) -> tuple["Candidate", int] | None:
+def fewest_changes_that_fit(config: ml_collections.ConfigDict,
+                            target: targets.Target,
+                            compile: bool,
+                            tries: int = 3) -> tuple["Candidate", int] | None:
   """The analytic search's fitting settings with the fewest changes (then the fastest) and their
   bytes per device; with `compile`, the first of the `tries` best whose compiled step (per-layer
   extrapolated) also keeps REQUIRED_HEADROOM free."""
@@ -139,12 +149,13 @@ def fewest_changes_that_fit(config: ml_collections.ConfigDict, target: targets.T
   for candidate in fitting[:tries if compile else 1]:
     total = candidate.estimate.memory.total
     if compile:
-      total = estimate_lib.estimate(candidate.config, target, method="compile",
+      total = estimate_lib.estimate(candidate.config,
+                                    target,
+                                    method="compile",
                                     fast=fast_is_exact(target)).memory.total
     if total <= (1 - REQUIRED_HEADROOM) * target.device_memory_bytes:
       return candidate, total
   return None
-
 
 
 def format_overrides(settings: dict[str, Any], config: ml_collections.ConfigDict) -> str:
@@ -159,8 +170,10 @@ def format_overrides(settings: dict[str, Any], config: ml_collections.ConfigDict
       except ConfigError:
         current = dict(config.mesh)
       if current != value:
-        parts += [f"--config.mesh.{axis}={size}" for axis, size in value.items()
-                  if config.mesh[axis] != size]
+        parts += [
+            f"--config.mesh.{axis}={size}" for axis, size in value.items()
+            if config.mesh[axis] != size
+        ]
     elif config[key] != value:
       parts.append(f"--config.{key}={value}")
   return " ".join(parts)

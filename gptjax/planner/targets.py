@@ -27,12 +27,24 @@ from gptjax.errors import ConfigError
 from gptjax.units import GiB
 
 # TPU generation -> (topology name prefix, devices per Cloud name unit, chip config).
-_TPU_NAMING = {"v4": ("v4", 2, "megacore"), "v5p": ("v5p", 2, None), "v5e": ("v5e", 1, None),
-               "v6e": ("v6e", 1, None)}
-_TPU_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
-           256: "16x16"}
-_TPU_3D = {1: "1x1x1", 4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4",
-           128: "4x4x8", 256: "4x8x8", 512: "8x8x8"}
+_TPU_NAMING = {
+    "v4": ("v4", 2, "megacore"),
+    "v5p": ("v5p", 2, None),
+    "v5e": ("v5e", 1, None),
+    "v6e": ("v6e", 1, None)
+}
+_TPU_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+_TPU_3D = {
+    1: "1x1x1",
+    4: "2x2x1",
+    8: "2x2x2",
+    16: "2x2x4",
+    32: "2x4x4",
+    64: "4x4x4",
+    128: "4x4x8",
+    256: "4x8x8",
+    512: "8x8x8"
+}
 
 GPUS_PER_HOST = 8
 # The GPUs XLA's deviceless compiler can be told about (the table's cards with a GpuSpec).
@@ -49,7 +61,7 @@ class Target:
   name: str
   chip: Chip
   num_devices: int
-  topology: str = ""         # TPU: "v5e:2x4"; GPU: "1x1x8" (partitions x hosts x devices)
+  topology: str = ""  # TPU: "v5e:2x4"; GPU: "1x1x8" (partitions x hosts x devices)
 
   @property
   def platform(self) -> str:
@@ -95,8 +107,9 @@ def parse_target(name: str) -> Target:
     return Target(name, PLANNABLE_GPUS[gpu.group(2)], count, f"1x{hosts}x{count // hosts}")
   raise ConfigError(
       f"--target={name!r} is not a target. Fix: local; a TPU slice tpu-v5e-1, tpu-v5e-8, tpu-v4-8, "
-      f"tpu-v5p-8, tpu-v6e-8 (any Cloud size); or GPUs "
-      + ", ".join(f"gpu-{g}" for g in PLANNABLE_GPUS) + " with an optional count, e.g. 8xgpu-h100-80gb.")
+      f"tpu-v5p-8, tpu-v6e-8 (any Cloud size); or GPUs " +
+      ", ".join(f"gpu-{g}" for g in PLANNABLE_GPUS) +
+      " with an optional count, e.g. 8xgpu-h100-80gb.")
 
 
 def local_target() -> Target:
@@ -166,14 +179,14 @@ def _topology(target: Target):
       kwargs["chips_per_host_bounds"] = (1, 1, 1)
     try:
       with devices_lib.quiet_plugins():
-        return topologies.get_topology_desc(topology_name=target.topology, platform="tpu",
-                                            **kwargs)
+        return topologies.get_topology_desc(topology_name=target.topology, platform="tpu", **kwargs)
     except Exception as e:  # libtpu absent, or another process holds it
       raise CompileOnlyUnavailable(f"TPU compilation without a TPU needs libtpu "
                                    f"(pip install \"gptjax[tpu]\"): {_first_line(e)}") from e
   try:
     with devices_lib.quiet_plugins():
-      return topologies.get_topology_desc(topology_name=target.chip.name, platform="cuda",
+      return topologies.get_topology_desc(topology_name=target.chip.name,
+                                          platform="cuda",
                                           topology=target.topology,
                                           target_config=gpu_target_config(target.chip))
   except Exception as e:

@@ -13,29 +13,34 @@ from gptjax.data import batches
 from gptjax.model import GPT
 from gptjax.step import Setup, TrainState, global_batch, loss_fn
 
-
 EVAL_SPLITS = ("train", "val")
 
 
 def eval_windows(config, token_data, mesh: jax.sharding.Mesh, rows: slice) -> jax.Array:
   """The fixed evaluation batches of both splits, as one global array (2 * eval_iters, B, T+1)."""
-  windows = [batches.eval_batch(token_data.split(split), config.seed, i, config.batch_size,
-                                 config.block_size, rows)
-             for split in EVAL_SPLITS for i in range(config.eval_iters)]
+  windows = [
+      batches.eval_batch(token_data.split(split), config.seed, i, config.batch_size,
+                         config.block_size, rows)
+      for split in EVAL_SPLITS
+      for i in range(config.eval_iters)
+  ]
   return global_batch(np.concatenate(windows), mesh, config.batch_size)
 
 
 def estimate_loss(setup: Setup, params, windows: jax.Array) -> dict[str, float]:
   """Mean loss of each split over its eval_iters batches (`windows` from eval_windows)."""
   losses = np.asarray(jax.device_get(setup.eval_step(params, windows)))
-  return {split: float(mean) for split, mean in
-          zip(EVAL_SPLITS, losses.reshape(len(EVAL_SPLITS), -1).mean(axis=1))}
+  return {
+      split: float(mean) for split, mean in zip(EVAL_SPLITS,
+                                               losses.reshape(len(EVAL_SPLITS), -1).mean(axis=1))
+  }
 
 
 def evaluate(setup: Setup, state: TrainState, windows: jax.Array) -> dict[str, float]:
   start = time.perf_counter()
   losses = estimate_loss(setup, state.params, windows)
-  return dict(val_loss=losses["val"], eval_train_loss=losses["train"],
+  return dict(val_loss=losses["val"],
+              eval_train_loss=losses["train"],
               eval_s=time.perf_counter() - start)
 
 
@@ -52,6 +57,7 @@ def split_loss(model: GPT, params, tokens: np.ndarray, batch_size: int = 128) ->
   n = (len(tokens) - 1) // T
   windows = batches.windows(np.asarray(tokens), np.arange(n) * T, T + 1)
   batch_loss = jax.jit(lambda p, w: loss_fn(p, model, w) * w.shape[0])
-  total = sum(float(batch_loss(params, jnp.asarray(windows[i:i + batch_size])))
-              for i in range(0, n, batch_size))
+  total = sum(
+      float(batch_loss(params, jnp.asarray(windows[i:i + batch_size])))
+      for i in range(0, n, batch_size))
   return total / n, n * T

@@ -48,9 +48,11 @@ class RunLock:
           f"--config.model_name=<new name>.")
     if holder:
       print(f"note: taking over {self.path} from {_describe(holder)}, which is no longer running.",
-            file=sys.stderr, flush=True)
-    payload = json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
-                              since=time.strftime("%Y-%m-%d %H:%M:%S"))) + "\n"
+            file=sys.stderr,
+            flush=True)
+    payload = json.dumps(
+        dict(pid=os.getpid(), host=socket.gethostname(),
+             since=time.strftime("%Y-%m-%d %H:%M:%S"))) + "\n"
     try:
       with disk_full_as_error(self.path, "taking the run directory's lock"):
         os.ftruncate(self.file.fileno(), 0)

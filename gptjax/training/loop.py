@@ -89,18 +89,23 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     say(f"MFU: not reported, the peak FLOP/s of {jax.devices()[0].device_kind!r} is unknown.")
 
   rows = sharding.process_batch_rows(mesh, config.batch_size)
-  progress = tqdm(total=config.max_iters, initial=step, unit="step", mininterval=1.0,
-                  disable=None if is_main else True,  # None: no bar when stdout is not a terminal
-                  dynamic_ncols=True, file=sys.stdout)
+  progress = tqdm(
+      total=config.max_iters,
+      initial=step,
+      unit="step",
+      mininterval=1.0,
+      disable=None if is_main else True,  # None: no bar when stdout is not a terminal
+      dynamic_ncols=True,
+      file=sys.stdout)
   writer = MetricsWriter(run_directory(config), is_main, resume_step=step)
   log = Recorder(config, writer, progress, step, run.first_record, checkpointer.latest_step)
   stop = StopRequest()  # Ctrl-C / SIGTERM: finish the step, save, then stop
   wait = jax.block_until_ready if one_step_in_flight() else (lambda tree: tree)
-  next_windows = batches.Prefetcher(
-      lambda index: batches.train_batch(run.token_data.train, config.seed, index,
-                                         config.grad_accum_steps, config.batch_size,
-                                         config.block_size, rows),
-      stop=config.max_iters, depth=4 if metrics_lib.host_runs_ahead() else 0)
+  next_windows = batches.Prefetcher(lambda index: batches.train_batch(
+      run.token_data.train, config.seed, index, config.grad_accum_steps, config.batch_size, config.
+      block_size, rows),
+                                    stop=config.max_iters,
+                                    depth=4 if metrics_lib.host_runs_ahead() else 0)
   finished = False
   try:
     with mesh_context(mesh), fit.explain_out_of_memory(config):
@@ -110,8 +115,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         state, step_metrics = setup.train_step(wait(state), batch)
         step += 1
         evaluating = step % config.eval_interval == 0 or step == config.max_iters
-        saving = evaluating or bool(config.checkpoint_interval
-                                    and step % config.checkpoint_interval == 0)
+        saving = evaluating or bool(config.checkpoint_interval and
+                                    step % config.checkpoint_interval == 0)
         record = log.step_done(step, step_metrics, read_now=saving)
         if evaluating:
           record.update(evaluate(setup, wait(state), evaluation_windows))
@@ -128,8 +133,9 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     finished = True
   finally:
     progress.close()
-    close_all([next_windows.close, checkpointer.close, writer.close, stop.restore]
-              + ([run.lock.release] if run.lock else []), raising=finished)
+    close_all([next_windows.close, checkpointer.close, writer.close, stop.restore] +
+              ([run.lock.release] if run.lock else []),
+              raising=finished)
   if stop.requested:
     say(f"{stop.signal_name} after the last step: the run is complete, nothing to resume.")
   say(f"done: step {step}, val loss {log.last.get('val_loss', float('nan')):.4f}; "
@@ -150,8 +156,8 @@ def close_all(closers, raising: bool) -> None:
     raise errors[0]
 
 
-def stop_and_save(stop: StopRequest, checkpointer: Checkpointer, config, step: int, state,
-                  metrics, start_step: int, say) -> None:
+def stop_and_save(stop: StopRequest, checkpointer: Checkpointer, config, step: int, state, metrics,
+                  start_step: int, say) -> None:
   """After a signal, between two steps (`state` is whole, never a donated buffer): saves the step
   unless it is saved already or its loss is not finite, says so, and stops."""
   loss = float(metrics["loss"]) if step > start_step else math.nan
@@ -159,9 +165,9 @@ def stop_and_save(stop: StopRequest, checkpointer: Checkpointer, config, step: i
   if saved and checkpointer.latest_step() != step:
     save(checkpointer, config, step, state, dict(train_loss=loss))
   checkpointer.wait()  # "saved" only once it is committed (a second Ctrl-C here aborts)
-  say(f"\n{stop.signal_name} at step {step}: "
-      + ("checkpoint saved" if saved else f"loss {loss} not saved, the last checkpoint kept")
-      + ". Run the same command to resume.")
+  say(f"\n{stop.signal_name} at step {step}: " +
+      ("checkpoint saved" if saved else f"loss {loss} not saved, the last checkpoint kept") +
+      ". Run the same command to resume.")
   raise KeyboardInterrupt
 
 
@@ -183,7 +189,7 @@ def train_loop_steps(config: ml_collections.ConfigDict) -> Callable[[int], float
 
   def step(it: int) -> float:
     windows = batches.train_batch(tokens, config.seed, it, config.grad_accum_steps,
-                                   config.batch_size, config.block_size, rows)
+                                  config.batch_size, config.block_size, rows)
     holder["state"], step_metrics = compiled(holder["state"],
                                              global_batch(windows, mesh, config.batch_size))
     return float(step_metrics["loss"])

@@ -20,6 +20,7 @@ from gptjax.devices import mfu, peak_flops
 from gptjax.errors import DataError, DivergenceError, disk_full, disk_full_as_error
 from gptjax.params import flops_per_token
 
+
 def read_records(path: str) -> list[dict[str, Any]]:
   """The records of a metrics.jsonl. A torn last line (a write cut short by a kill or a full disk)
   is dropped with a note; an unreadable line before it is a DataError."""
@@ -33,8 +34,10 @@ def read_records(path: str) -> list[dict[str, Any]]:
       if number != lines[-1][0]:
         raise DataError(f"{path}, line {number}, is not a JSON record ({e}). Fix: delete or "
                         f"repair that line, then run again.") from e
-      print(f"note: {path}: dropped its torn last line ({len(line.rstrip())} characters, an "
-            f"interrupted write): {line.strip()[:60]!r}", file=sys.stderr)
+      print(
+          f"note: {path}: dropped its torn last line ({len(line.rstrip())} characters, an "
+          f"interrupted write): {line.strip()[:60]!r}",
+          file=sys.stderr)
   return records
 
 
@@ -57,9 +60,10 @@ class MetricsWriter:
     files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records), RESUME_HINT)
     # tensorboardX takes ~1.5 s to import (it loads torch when installed): done in the background,
     # while the train step compiles, and waited for at the first write.
-    self._tensorboard_ready = threading.Thread(
-        target=self._open_tensorboard, args=(os.path.join(run_dir, "tensorboard"), resume_step + 1),
-        daemon=True)
+    self._tensorboard_ready = threading.Thread(target=self._open_tensorboard,
+                                               args=(os.path.join(run_dir,
+                                                                  "tensorboard"), resume_step + 1),
+                                               daemon=True)
     self._tensorboard_ready.start()
 
   def _open_tensorboard(self, directory: str, purge_step: int) -> None:
@@ -190,23 +194,25 @@ class Recorder:
           f"--config.learning_rate, keep --config.grad_clip > 0, or use float32.")
     elapsed = time.perf_counter() - self.timer_start
     step_time = elapsed / (step - self.timer_step)
-    record = dict(step=step, train_loss=train_loss, lr=float(metrics["lr"]),
-                  grad_norm=float(metrics["grad_norm"]), step_time_ms=1000 * step_time,
+    record = dict(step=step,
+                  train_loss=train_loss,
+                  lr=float(metrics["lr"]),
+                  grad_norm=float(metrics["grad_norm"]),
+                  step_time_ms=1000 * step_time,
                   tokens_per_second=self.tokens_per_step / step_time,
                   mfu=mfu(self.flops_per_step / step_time, jax.device_count(), self.peak))
     if step == self.start_step + 1:
-      record.update(self.first, first_step_s=elapsed,
-                    programs_from_cache=compile_cache.hits())
+      record.update(self.first, first_step_s=elapsed, programs_from_cache=compile_cache.hits())
     return record
 
   def write(self, record: dict[str, Any]) -> None:
     line = (f"step {record['step']}: loss {record['train_loss']:.4f}, lr {record['lr']:.2e}, "
-            f"{record['step_time_ms']:.1f} ms/step, {record['tokens_per_second']:,.0f} tok/s"
-            + ("" if record["mfu"] is None else f", MFU {100 * record['mfu']:.1f}%")
-            + (f" (compile: {record['programs_from_cache']} programs from the cache)"
-               if record.get("programs_from_cache") else "")
-            + (f" | eval: train {record['eval_train_loss']:.4f}, val {record['val_loss']:.4f}"
-               if "val_loss" in record else ""))
+            f"{record['step_time_ms']:.1f} ms/step, {record['tokens_per_second']:,.0f} tok/s" +
+            ("" if record["mfu"] is None else f", MFU {100 * record['mfu']:.1f}%") +
+            (f" (compile: {record['programs_from_cache']} programs from the cache)"
+             if record.get("programs_from_cache") else "") +
+            (f" | eval: train {record['eval_train_loss']:.4f}, val {record['val_loss']:.4f}"
+             if "val_loss" in record else ""))
     if self.writer.enabled:  # process 0
       self.progress.write(line)
     self.progress.set_postfix(loss=f"{record['train_loss']:.3f}",

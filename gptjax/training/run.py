@@ -55,8 +55,8 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
     differing = architecture_mismatch(saved, ModelConfig.from_config(config).architecture())
     if differing:
       raise CheckpointError(
-          f"run directory {checkpointer.directory!r} holds a different architecture ("
-          + "; ".join(differing) + "). Fix: train into a new directory with "
+          f"run directory {checkpointer.directory!r} holds a different architecture (" +
+          "; ".join(differing) + "). Fix: train into a new directory with "
           "--config.model_name=<new name>, or use the checkpoint's architecture.")
     return checkpointer.restore(step, setup.abstract_state.params, setup.abstract_state.opt_state)
 
@@ -72,8 +72,10 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
     step, (params, opt_state) = found
     changed = changed_settings(checkpointer.read_meta(step)["config"], config.to_dict())
     if changed and jax.process_index() == 0:
-      print(f"note: resuming step {step} with settings that differ from the run's: "
-            + "; ".join(changed), file=sys.stderr, flush=True)
+      print(f"note: resuming step {step} with settings that differ from the run's: " +
+            "; ".join(changed),
+            file=sys.stderr,
+            flush=True)
   step_array = jax.device_put(jnp.asarray(step, jnp.int32), sharding.replicated(setup.mesh))
   return TrainState(step=step_array, params=params, opt_state=opt_state), step
 
@@ -101,7 +103,8 @@ def save(checkpointer: Checkpointer, config, step: int, state: TrainState,
          losses: dict[str, float]) -> None:
   """Starts an asynchronous save of `state` at `step`, with the architecture, config and losses."""
   meta = dict(architecture=ModelConfig.from_config(config).architecture(),
-              config=config.to_dict(), **losses)
+              config=config.to_dict(),
+              **losses)
   checkpointer.save(step, state, meta, losses.get("val_loss"))
 
 
@@ -146,8 +149,10 @@ def start(config: ml_collections.ConfigDict) -> Run:
     checkpointer = Checkpointer(run_directory(config), keep=config.keep_checkpoints)
     with mesh_context(mesh), fit.explain_out_of_memory(config):
       state, start_step = restore_or_init(config, setup, checkpointer)
-    dataset.record_run_data(run_directory(config), token_data, resuming=start_step > 0,
-                             write=jax.process_index() == 0)
+    dataset.record_run_data(run_directory(config),
+                            token_data,
+                            resuming=start_step > 0,
+                            write=jax.process_index() == 0)
   except BaseException:
     if lock:
       lock.release()
@@ -162,5 +167,5 @@ def banner(run: Run) -> str:
           f"{jax.devices()[0].platform} device(s), "
           f"{run.first_record['step_memory_bytes'] / 2**30:.2f} GiB each for the step | "
           f"{len(run.token_data.train):,} train / {len(run.token_data.val):,} val tokens "
-          f"({run.token_data.tokenizer.name}) | run dir {run_directory(config)}"
-          + (f" | resuming from step {run.start_step}" if run.start_step else ""))
+          f"({run.token_data.tokenizer.name}) | run dir {run_directory(config)}" +
+          (f" | resuming from step {run.start_step}" if run.start_step else ""))
