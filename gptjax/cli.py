@@ -1,4 +1,5 @@
-"""How every gptjax command starts: one flag dialect, --help, one-line errors, a quiet JAX.
+"""How every gptjax command starts: Ctrl-C at once, one flag dialect, --help, one-line errors,
+a quiet JAX.
 
   def cli_main(argv=None):  # python -m gptjax.train, and the gptjax-train console script
     cli.run_command(main, define_flags, __doc__, config="required", argv=argv)
@@ -7,31 +8,26 @@ The dialect, the same for every command and tool: `--config=<preset>` (a shipped
 or a .py or nanoGPT-style .json file) and `--config.<field>=<value>` to override a field. A
 mistyped flag, a preset that does not exist, a misspelt field and nanoGPT's habits (`--config_file
 x.json`, `--max_iters 5000`) are each one `error:` line with the fix, exit 2; all the habits of one
-command line are reported at once. Each command gets its own absl FlagValues, so a command can run
-in-process (tests do) as from a shell.
+command line are reported at once (gptjax/command_line.py). Each command gets its own absl
+FlagValues, so a command can run in-process (tests do) as from a shell. Ctrl-C stops any command
+at any moment with one line and exit status 130, from its first import to its last write.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
-import logging
 import os
 import signal
 import sys
 import threading
 
-from absl import flags
-from absl import logging as absl_logging
+from gptjax import command_line
+from gptjax.errors import EXIT_USER_ERROR, exit_on_user_error
 
-from gptjax import config as config_lib
-from gptjax import devices, presets
-from gptjax.errors import EXIT_USER_ERROR, UserError, disk_full, exit_on_user_error
+# Only the standard library above: a command installs its Ctrl-C handler (run_command) before
+# anything slow is imported (absl, ml_collections, JAX); those are imported where they are used.
 
 HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports an interrupted command
-# Where --config=<preset> is loaded: ml_collections imports this file and calls its get_config.
-_PRESET_LOADER = presets.__file__
 
 
 def run_command(main,
@@ -43,6 +39,10 @@ def run_command(main,
                 uses_jax: bool = True,
                 argv: list[str] | None = None) -> None:
   """Runs a command: defines its flags, answers --help, checks the arguments, then `main(flags)`.
+
+  Ctrl-C is one line and exit status 130 from the first moment: the handler is installed before
+  anything slow is imported. A KeyboardInterrupt that `main` lets out (a command that took SIGINT
+  over to clean up, see `interrupts_raise`) ends the same way.
 
   Args:
     main: the command, called with its parsed absl FlagValues.
@@ -59,37 +59,77 @@ def run_command(main,
   if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGINT, _exit_on_interrupt)
     _watch_interrupts()
+  given = sys.argv  # restored at the end: a command run in-process (tests) leaves it as it was
   try:
-    values = flags.FlagValues()
-    define_flags(values)
-    if config:
-      config_lib_flag(values)
-    if any(arg in HELP_ARGS for arg in argv[1:]):
-      print(usage(doc, values, argv if config else None))
-      sys.exit(0)
-    argv = exit_on_user_error(_check_arguments)(argv, values, config, aliases or {})
-    if uses_jax:
-      devices.start_jax()
     try:
-      values(argv)
-    except flags.Error as e:
-      print(f"error: {e}. Fix: see --help.", file=sys.stderr)
-      sys.exit(EXIT_USER_ERROR)
-    flags.FLAGS.mark_as_parsed()  # absl's logging then stays quiet about unparsed flags
-    absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about read-only opens
-    drop_background_noise()
-  except KeyboardInterrupt:  # before the handler above was in place
-    _exit_on_interrupt()
-  given, sys.argv = sys.argv, argv  # what the command sees (gptjax.plan repeats its own)
-  try:
-    exit_on_user_error(main)(values)
+      status(f"importing {'JAX' if uses_jax else 'its libraries'}")
+      from absl import flags
+      from absl import logging as absl_logging
+      values = flags.FlagValues()
+      define_flags(values)
+      if config:
+        config_lib_flag(values)
+      if any(arg in HELP_ARGS for arg in argv[1:]):
+        print(command_line.usage(doc, values, argv if config else None))
+        sys.exit(0)
+      argv = exit_on_user_error(command_line.check_arguments)(argv, values, config, aliases or {})
+      sys.argv = argv  # what ml_collections reads the --config.<field> overrides from
+      if uses_jax:
+        from gptjax import devices
+        devices.start_jax()
+      try:
+        values(argv)
+      except flags.Error as e:
+        print(f"error: {e}. Fix: see --help.", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+      flags.FLAGS.mark_as_parsed()  # absl's logging then stays quiet about unparsed flags
+      absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about read-only opens
+      drop_background_noise()
+    except KeyboardInterrupt:  # before the handler above was in place
+      _exit_on_interrupt()
+    exit_on_user_error(main)(values)  # sys.argv: what the command sees (gptjax.plan repeats it)
+  except KeyboardInterrupt:  # a command that took SIGINT over has cleaned up
+    sys.stdout.flush()
+    print("\ninterrupted.", file=sys.stderr, flush=True)
+    sys.exit(EXIT_INTERRUPTED)
   finally:
     sys.argv = given
 
 
+def status(text: str) -> None:
+  """Says what the command is doing while it is slow ("importing JAX", "compiling ..."), on
+  stderr, where stderr is a terminal: logs and pipes get the command's output alone."""
+  try:
+    if sys.stderr.isatty():
+      print(f"{_program()}: {text}...", file=sys.stderr, flush=True)
+  except (AttributeError, ValueError, OSError):  # a replaced or closed stderr
+    pass
+
+
+def _program() -> str:
+  main = sys.modules.get("__main__")
+  spec = getattr(main, "__spec__", None)
+  if spec is not None and spec.name.startswith("gptjax."):
+    return spec.name
+  return os.path.basename(sys.argv[0] or "gptjax") or "gptjax"
+
+
+_exiting = threading.Lock()
+
+
 def _exit_on_interrupt(*_) -> None:
-  """Ctrl-C (SIGINT) ends the command at once: one line, exit 130. A command that has something
-  to finish or clean up first takes SIGINT over (`interrupts_raise`, or its own handler)."""
+  """Ctrl-C (SIGINT) ends the command at once: what the command asked to undo on an interrupt
+  (gptjax.files.undo_on_interrupt: a lock, a half-written directory) is undone, one line, exit
+  130. A command that has something to finish first takes SIGINT over (`interrupts_raise`, or its
+  own handler). The main thread and the watcher below may both get here: one line either way."""
+  if not _exiting.acquire(blocking=False):
+    threading.Event().wait()  # the other one is exiting the process
+  files = sys.modules.get("gptjax.files")
+  if files is not None:
+    files.run_interrupt_undos()
+  if "multiprocessing" in sys.modules:  # a prepare's worker processes stop with it
+    for child in sys.modules["multiprocessing"].active_children():
+      child.kill()
   sys.stdout.flush()
   print("\ninterrupted.", file=sys.stderr, flush=True)
   os._exit(EXIT_INTERRUPTED)
@@ -118,12 +158,12 @@ def _watch_interrupts() -> None:
 
 def interrupts_raise() -> None:
   """From here on Ctrl-C raises KeyboardInterrupt (Python's default), for a command that cleans
-  up after itself."""
+  up after itself; run_command then ends it with one line and exit status 130."""
   if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def config_lib_flag(values: flags.FlagValues) -> None:
+def config_lib_flag(values) -> None:
   """The --config flag (ml_collections' config_file flag, lock_config) on `values`."""
   from ml_collections import config_flags
   config_flags.DEFINE_config_file(
@@ -144,6 +184,8 @@ def drop_background_noise() -> None:
   asyncio logs their futures' exceptions as never retrieved. The failure itself reaches the main
   thread, where it is one `error:` line or one `note:`. Installed once per process.
   """
+  import logging
+  from gptjax.errors import disk_full
   if getattr(sys.unraisablehook, "gptjax", False):
     return
 
@@ -166,179 +208,7 @@ def drop_background_noise() -> None:
   sys.unraisablehook = unraisable
 
 
-# --- --help -----------------------------------------------------------------------------------------
-
-
-def usage(doc: str | None, values: flags.FlagValues, config_argv: list[str] | None = None) -> str:
-  """--help: the docstring, the command's flags, and (with `config_argv`, the command line of a
-  command that takes --config) every config field with its default and comment, the preset's value
-  beside it where --config names one."""
-  lines = [(doc or "").strip(), "", "flags:"]
-  for name in sorted(values):
-    flag = values[name]
-    if name != flag.name:  # a short name of another flag
-      continue
-    shown = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
-    default = "" if flag.default is None else f" (default: {flag.default_as_str})"
-    lines.append(
-        flags.text_wrap(f"{shown}: {flag.help}{default}",
-                        length=100,
-                        indent="      ",
-                        firstline_indent="  "))
-  if config_argv is not None:
-    preset, name = None, _config_value(config_argv)
-    if name:
-      try:
-        preset = presets.load(name)
-      except UserError:
-        preset = None
-    base = config_lib.get_base_config()
-    lines += [
-        "", "config fields, set with --config.<field>=<value> (gptjax's defaults" +
-        (f"; {name}'s value beside them where it differs" if preset is not None else "") + "):"
-    ]
-    for field, comment in config_lib.field_comments().items():
-      default = _lookup(base, field)
-      line = f"--config.{field}={_format_value(default)}"
-      if preset is not None and _lookup(preset, field) != default:
-        line += f"  ({name}: {_format_value(_lookup(preset, field))})"
-      lines.append("  " + line)
-      lines.append(flags.text_wrap(comment, length=100, indent="      "))
-  return "\n".join(lines)
-
-
 def preset_argument() -> str | None:
   """The preset as the running command's --config gave it (a name or a path), None without one."""
-  value = _config_value(sys.argv)
-  return None if value is None else value.split(f"{_PRESET_LOADER}:", 1)[-1]
-
-
-def _lookup(config, dotted: str):
-  for key in dotted.split("."):
-    config = config[key]
-  return config
-
-
-def _format_value(value) -> str:
-  return json.dumps(value) if isinstance(value, str) else str(value)
-
-
-def _config_value(argv: list[str]) -> str | None:
-  for index, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      return arg.split("=", 1)[1]
-    if arg == "--config" and index + 1 < len(argv):
-      return argv[index + 1]
-  return None
-
-
-# --- Checking a command line before absl parses it ---------------------------------------------------
-
-
-def _check_arguments(argv: list[str], values: flags.FlagValues, config: str | None,
-                     aliases: dict[str, str]) -> list[str]:
-  """The command line with --config=<preset> pointed at the preset loader; a UserError for each
-  kind of mistake absl would report as a traceback or a FATAL."""
-  argv = _join_config_value(argv)
-  fields = config_lib.field_comments() if config else {}
-  _check_flags(argv, values, fields, aliases)
-  if not config:
-    return argv
-  preset = _config_value(argv)
-  if preset is None and config == "base":
-    argv.insert(1, "--config=")
-    preset = ""
-  loaded = None
-  if preset is not None:
-    loaded = presets.get_config(preset)  # a UserError for a preset that does not load
-    argv = [
-        f"--config={_PRESET_LOADER}:{preset}" if arg.startswith("--config=") else arg
-        for arg in argv
-    ]
-  for arg in argv:
-    if arg.startswith("--config."):
-      field = arg[len("--config."):].split("=", 1)[0]
-      if loaded is None:
-        raise UserError(f"--config.{field} needs a preset to override: add --config=<preset>, "
-                        f"e.g. --config=tiny_char.")
-      presets.check_field_path(loaded, field, source=f"--config.{field}")
-      if "=" in arg:
-        presets.check_field_value(loaded, field, arg.split("=", 1)[1])
-  return argv
-
-
-def _join_config_value(argv: list[str]) -> list[str]:
-  """`--config path` as `--config=path`, so that one form is checked and rewritten."""
-  result, index = [], 0
-  while index < len(argv):
-    if argv[index] == "--config" and index + 1 < len(argv):
-      result.append(f"--config={argv[index + 1]}")
-      index += 2
-    else:
-      result.append(argv[index])
-      index += 1
-  return result
-
-
-def _check_flags(argv: list[str], values: flags.FlagValues, fields: dict[str, str],
-                 aliases: dict[str, str]) -> None:
-  """A UserError naming every flag the command does not have, each with the one it means: for
-  commands with a preset (`fields` given), nanoGPT's --config_file and --<field>, and a preset
-  given as a plain argument; for all, nanoGPT's names for this command's flags (`aliases`) and
-  misspellings."""
-  hints, previous = [], ""
-  for index, arg in enumerate(argv[1:], 1):
-    if arg == "--":
-      break
-    if not arg.startswith("-") or arg == "-":
-      takes_value = previous.startswith("-") and "=" not in previous and not _is_bool(
-          previous, values)
-      if not takes_value:
-        if fields and arg.endswith((".py", ".json")):
-          hints.append(f"{arg!r} is not an argument of this command: use --config={arg}")
-        else:
-          hints.append(f"unexpected argument {arg!r}. Fix: flags take the form --name=value "
-                       f"(see --help)")
-      previous = arg
-      continue
-    previous = arg
-    name, has_value, value = arg.lstrip("-").partition("=")
-    if name.startswith("config.") or name in values or name in ("help", "helpshort") or (
-        name.startswith("no") and name[2:] in values and values[name[2:]].boolean):
-      continue
-    if not has_value and index + 1 < len(argv) and not argv[index + 1].startswith("-"):
-      value, has_value = argv[index + 1], "="
-    hints.append(_hint(name, value, has_value, values, fields, aliases))
-  if hints:
-    raise UserError("\n".join(hints) if len(hints) == 1 else f"{len(hints)} flags to change:\n  " +
-                    "\n  ".join(hints))
-
-
-def _hint(name: str, value: str, has_value: str, values: flags.FlagValues, fields: dict[str, str],
-          aliases: dict[str, str]) -> str:
-  """The hint for one flag the command does not have."""
-  if fields and name == "config_file":
-    return f"--config_file is not a flag of gptjax: use --config={value or '<preset>'}"
-  if name in aliases:
-    return f"--{name} is not a flag of this command: use {aliases[name]}" + (f"={value}"
-                                                                             if has_value else "")
-  field = name[2:] if name.startswith("no") and name[2:] in fields and not has_value else name
-  if field in fields:
-    if field != name:  # --nobias
-      value = "False"
-    elif not has_value:
-      value = "True" if isinstance(_lookup(config_lib.get_base_config(), field), bool) \
-          else "<value>"
-    return f"--{name} is not a flag of gptjax: use --config.{field}={value}"
-  known = sorted({values[n].name for n in values} | {f"config.{f}" for f in fields})
-  close = difflib.get_close_matches(name, known, n=1)
-  return (f"unknown flag --{name}." + (f" Did you mean --{close[0]}?" if close else "") +
-          " Fix: see --help for the flags" +
-          (" and the --config.<field> names." if fields else "."))
-
-
-def _is_bool(arg: str, values: flags.FlagValues) -> bool:
-  name = arg.lstrip("-")
-  if name in values:
-    return values[name].boolean
-  return name.startswith("no") and name[2:] in values and values[name[2:]].boolean
+  value = command_line.config_value(sys.argv)
+  return None if value is None else value.split(f"{command_line.PRESET_LOADER}:", 1)[-1]

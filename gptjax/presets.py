@@ -66,11 +66,13 @@ def resolve(preset: str) -> str:
   if preset.endswith(PRESET_EXTENSIONS):
     if os.path.isfile(preset):
       return preset
-    name = _preset_name(preset)
+    name, stem = _preset_name(preset), os.path.splitext(preset)[0]
+    sibling = next((stem + ext for ext in PRESET_EXTENSIONS if os.path.isfile(stem + ext)), None)
     shipped = catalogue()
-    hint = (f" A shipped preset has that name: --config={name}."
-            if name in shipped else f" Shipped presets: {', '.join(shipped)}.")
-    raise ConfigError(f"config file {preset!r} does not exist.{hint}")
+    fix = (f"--config={sibling}, which exists"
+           if sibling else f"the shipped preset of that name, --config={name}" if name in shipped
+           else f"a shipped preset ({', '.join(shipped)}) or the path of your own")
+    raise ConfigError(f"config file {preset!r} does not exist. Fix: {fix}.")
   shipped = catalogue()
   if preset in shipped:
     return shipped[preset]
@@ -105,11 +107,8 @@ def load(preset: str) -> ml_collections.ConfigDict:
   extension = os.path.splitext(path)[1]
   if extension == ".json":
     config = _load_json_config(path)
-  elif extension == ".py":
+  else:  # resolve() returns .py and .json files alone
     config = _load_python_config(path)
-  else:
-    raise ConfigError(f"config file {path!r}: unknown extension {extension!r}. Fix: use a .py file "
-                      f"with get_config() or a nanoGPT-style JSON preset.")
   if not config.model_name:
     config.model_name = _preset_name(path)
   return config

@@ -119,3 +119,27 @@ def assert_user_error(result, *fragments):
 @pytest.fixture
 def tiny(tmp_path):
   return lambda **overrides: tiny_config(tmp_path, **overrides)
+
+
+@pytest.fixture
+def cli(capsys):
+  """Runs a command in-process, as `python -m gptjax.<command> *args` would: (exit status,
+  stdout, stderr). Ctrl-C's handler is restored after it."""
+  import importlib
+  import signal
+
+  def run(command: str, *args: str) -> tuple[int, str, str]:
+    module = importlib.import_module(f"gptjax.{command}")
+    handler = signal.getsignal(signal.SIGINT)
+    capsys.readouterr()
+    try:
+      module.cli_main([f"gptjax-{command}", *args])
+      code = 0
+    except SystemExit as e:
+      code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+      signal.signal(signal.SIGINT, handler)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+  return run

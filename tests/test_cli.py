@@ -52,8 +52,8 @@ def test_help_of_the_other_commands_lists_their_flags(module, flag):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--config_file", "configs/150M.json"
-     ], "--config_file is not a flag of gptjax: use --config=configs/150M.json"),
+    (["--config_file", "configs/150M.json"], "--config_file is not a flag of gptjax: use "
+     "--config=configs/150M.py (configs/150M.json does not exist)"),
     (["--config_file=configs/150M.py"
      ], "--config_file is not a flag of gptjax: use --config=configs/150M.py"),
     (["--config=tiny_char", "--max_iters", "5000"
@@ -153,3 +153,43 @@ def test_console_script_runs_its_command(tmp_path, name):
   assert_one_line_error(
       mistake, "unknown flag --no_such_flag. Fix: see --help for the flags" +
       (" and the --config.<field> names." if "config" in result.stdout else "."))
+
+
+def test_messages_name_the_real_problem_and_a_fix_that_exists(tmp_path, cli, monkeypatch):
+  """The misleading messages of a first hour, each now naming the right thing."""
+  monkeypatch.chdir(tmp_path)
+  train = ("--config=tiny_char", "--config.n_layer=1", f"--config.out_dir={tmp_path / 'out'}")
+
+  def error(command, *args):
+    code, _, err = cli(command, *args)
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err, (code, err)
+    return err
+
+  # learning_rate=nan is learning_rate's problem, not min_lr's.
+  err = error("train", *train, "--config.learning_rate=nan")
+  assert "config field 'learning_rate': nan is not a finite number" in err and "min_lr" not in err
+  # sample's ranges, all at once, each with its range and a value that works.
+  err = error("sample", "--run_dir=x", "--top_p=1.5", "--temperature=-1", "--num_samples", "0")
+  for fragment in ("--top_p=1.5 is outside its range: in (0, 1]", "--temperature=-1.0 is outside "
+                   "its range: >= 0", "--num_samples=0 is outside its range: >= 1"):
+    assert fragment in err, (fragment, err)
+  # A data_dir that is a text file: train on it as input_file, or prepare it elsewhere.
+  (tmp_path / "input.txt").write_text("some text\n" * 100)
+  err = error("train", *train, "--config.data_dir=input.txt")
+  assert "--config.input_file=input.txt" in err and "--out_dir=data/input" in err, err
+  assert "--out_dir=input.txt" not in err
+  # A 3-byte input: a block that fits, or more text; no "larger validation share".
+  (tmp_path / "three.txt").write_text("abc")
+  err = error("train", *train, "--config.input_file=three.txt")
+  assert "--config.block_size=1" in err and "more text" in err and "validation" not in err, err
+  # A nanoGPT-presets command: every habit at once, the preset that exists, the field misspelt.
+  err = error("train", "--config_file", "configs/150M.json", "--model_name", "dante",
+              "--max_iters=5000", "--device=cuda", "--config.n_layr=2")
+  for fragment in ("5 things to change", "use --config=150M (the shipped preset",
+                   "use --config.model_name=dante", "use --config.max_iters=5000",
+                   "--device is nanoGPT's, not gptjax's: drop it",
+                   "unknown field 'n_layr'. Did you mean 'n_layer'?"):
+    assert fragment in err, (fragment, err)
+  monkeypatch.chdir(REPO_ROOT)
+  err = error("train", "--config=configs/150M.json")
+  assert "Fix: --config=configs/150M.py, which exists" in err, err
