@@ -15,6 +15,7 @@ import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str
 
+from gptjax import presets
 from gptjax.config import validate
 from gptjax.data import batches, dataset, shards
 from gptjax.data import prepare as prepare_lib
@@ -251,9 +252,10 @@ def test_resume_on_memmapped_shards_equals_the_uninterrupted_run(tmp_path, tiny)
   assert tokenizer.name == "hf" and os.path.isfile(os.path.join(run_dir, "tokenizer.json"))
   ids = tokenizer.encode(DOCS[1])
   assert tokenizer.decode(ids) == DOCS[1]
-  # Resuming it on data made by another tokenizer is an error.
+  # Resuming it on data made by another tokenizer is an error, even with other data on purpose.
   bytes_dir, _ = prep(tmp_path, [tmp_path / "in"], "bytes", name="bytes", val_fraction=0.2)
   interrupted.data_dir, interrupted.max_iters = str(bytes_dir), 8
+  interrupted.resume_with_changes = True
   with pytest.raises(DataError, match="was trained with the tokenizer tokenizer.json"):
     train(interrupted)
 
@@ -280,13 +282,13 @@ def test_nanogpt_train_and_val_bins_work_as_they_are(tmp_path, tiny):
 
 @needs_gpt2
 @pytest.mark.parametrize("case, fragments", [
-    ("missing", ["data_dir", "is not a directory"]),
+    ("missing", ["data_dir", "does not exist", "python -m gptjax.prepare"]),
     ("empty", ["holds no token shards"]),
     ("unfinished", ["unfinished gptjax.prepare"]),
     ("truncated", ["train-00000.bin", "is truncated"]),
     ("no_val", ["no validation split"]),
     ("odd_bytes", ["val.bin", "truncated"]),
-    ("ids_over_vocab", ["vocab_size", "ids reach 50256", "--config.vocab_size=50304"]),
+    ("ids_over_vocab", ["ids reach 50256", "not bytes ids", "--config.tokenizer=auto"]),
     ("vocab_over_vocab_size", ["vocab_size", "gpt2 (vocab 50257)"]),
     ("other_tokenizer", ["prepared with the tokenizer gpt2", "--config.tokenizer=auto"]),
 ])
@@ -413,3 +415,101 @@ def test_prepare_command_line(tmp_path):
                    f"--out_dir={tmp_path}/out2")
   assert_user_error(bad, "bad.txt is not UTF-8 at byte 3")
   assert not os.path.exists(tmp_path / "out2" / "meta.json")
+
+
+# --- First contact: nanoGPT's char-level bins, the validation rule, source trees, leftovers -------
+
+
+def test_nanogpt_bins_without_meta_are_gpt2_ids_unless_the_tokenizer_is_named(tmp_path, cli):
+  """nanoGPT's shakespeare_char bins without meta.pkl, under a byte-level preset: one error with
+  the fix, nothing trained; named explicitly (--config.tokenizer=bytes) they are read as bytes."""
+  directory = tmp_path / "shakespeare_char"
+  directory.mkdir()
+  chars = sorted(set(SHAKESPEARE))
+  ids = np.array([chars.index(c) for c in SHAKESPEARE[:20_000]], np.uint16)  # 0..64
+  ids[:18_000].tofile(directory / "train.bin")
+  ids[18_000:].tofile(directory / "val.bin")
+  args = ("--config=tiny_char", f"--config.data_dir={directory}", "--config.max_iters=1",
+          "--config.n_layer=1", "--config.eval_iters=1", f"--config.out_dir={tmp_path / 'out'}")
+  code, _, err = cli("train", *args)
+  assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+  assert "GPT-2 token ids, as nanoGPT reads them without its meta.pkl" in err
+  assert "--config=tiny" in err and "--config.tokenizer=bytes" in err
+  assert not os.path.exists(tmp_path / "out" / "tiny_char")
+  config = presets.load("tiny_char")
+  config.update(dict(data_dir=str(directory), out_dir=str(tmp_path / "out")))
+  assert dataset.open_tokens(_with(config, tokenizer="bytes")).tokenizer.name == "bytes"
+
+
+def _with(config, **values):
+  config = config.copy_and_resolve_references()
+  config.update(values)
+  return config
+
+
+def test_one_rule_for_validation_the_nanogpt_tail_or_enough_whole_documents(tmp_path, tiny):
+  """One document: its last 10%. Many: whole documents until >= 10% of the tokens and >= 2 of
+  them from 20 up, capped at 10M tokens; the same for gptjax.prepare and --config.input_file."""
+  # tiny Shakespeare as one file: nanoGPT's 10%, and the summary counts one document.
+  out, meta = prep(tmp_path, [
+      TINY_SHAKESPEARE if os.path.isfile(TINY_SHAKESPEARE) else
+      write_docs(tmp_path / "text", [SHAKESPEARE]) / "doc00.txt"
+  ],
+                   name="one")
+  train, val = meta["splits"]["train"]["tokens"], meta["splits"]["val"]["tokens"]
+  assert abs(val / (train + val) - 0.1) < 0.001, (train, val)
+  assert meta["splits"]["train"]["documents"] == meta["splits"]["val"]["documents"] == 1
+  summary = prepare_lib.summary(meta, str(out))
+  assert "from 1 document, whose last 10% (cut after a line) is validation" in summary, summary
+  # A source tree of 136 files of very different sizes: at least 10% of the tokens, 2+ files.
+  tree = tmp_path / "source_tree"
+  sizes = np.random.default_rng(0).integers(50, 5000, 136)
+  write_docs(tree, [(SHAKESPEARE * 3)[:n] for n in sizes])
+  out, meta = prep(tmp_path, [tree], name="tree")
+  val = meta["splits"]["val"]
+  assert val["documents"] >= 2 and val["tokens"] >= 0.1 * (val["tokens"] +
+                                                           meta["splits"]["train"]["tokens"])
+  # 176 JSON-lines documents: as many whole ones as 10% takes (nanoGPT-style 0.05% gave 113).
+  lines = [json.dumps({"text": (SHAKESPEARE * 2)[i * 300:i * 300 + 400]}) for i in range(176)]
+  (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+  _, meta = prep(tmp_path, [tmp_path / "docs.jsonl"], name="jsonl")
+  total = meta["splits"]["val"]["tokens"] + meta["splits"]["train"]["tokens"]
+  assert meta["splits"]["val"]["tokens"] >= 0.1 * total and meta["splits"]["val"]["documents"] > 2
+  # The same rule trains --config.input_file: a .jsonl of many documents gives whole ones.
+  data = dataset.open_tokens(tiny(input_file=str(tmp_path / "docs.jsonl"), train_split=0.9))
+  assert len(data.val) == meta["splits"]["val"]["tokens"]
+  # The cap: 10M tokens (in bytes per token of the tokenizer), whatever the share.
+  from gptjax.data import sources
+  mask = sources.choose_validation([10_000_000] * 100, 0.1, 0, max_bytes=25_000_000)
+  assert mask.sum() == 3  # 30 MB: the first draw past 25 MB
+  assert sources.choose_validation([5] * 19, 0.01, 0, 1e9).sum() == 1  # 1 below 20 documents
+  assert sources.choose_validation([5] * 20, 0.01, 0, 1e9).sum() == 2  # 2 from 20 up
+  assert not sources.choose_validation([95, 5], 0.1, 0, 1e9)[0]  # no more than half
+
+
+def test_a_source_tree_skips_what_is_not_text_with_one_counted_note(tmp_path, capsys):
+  package = tmp_path / "package"
+  write_docs(package, DOCS[:4], suffix=".py")
+  (package / "__pycache__").mkdir()
+  (package / "__pycache__" / "doc00.cpython-311.pyc").write_bytes(b"\xa7\r\r\n\0\0\0\0" * 50)
+  (package / ".git" / "objects").mkdir(parents=True)
+  (package / ".git" / "objects" / "ab").write_bytes(b"x\x01\xff" * 30)
+  (package / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" * 20)
+  capsys.readouterr()
+  out, meta = prep(tmp_path, [package], val_fraction=0.2)
+  note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+  assert len(note) == 1 and "1 binary" in note[0] and "2 hidden or cache" in note[0], note
+  assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 4
+  (package / "latin1.py").write_bytes("# café\n".encode("latin-1"))  # looks like text: an error
+  with pytest.raises(DataError, match="latin1.py is not UTF-8 at byte 5"):
+    prep(tmp_path, [package], name="again")
+
+
+def test_prepare_leaves_nothing_behind(tmp_path):
+  """A failed prepare leaves no out_dir it made; a finished one no lock file."""
+  (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+  with pytest.raises(DataError):
+    prep(tmp_path, [tmp_path / "latin1.txt"], name="failed")
+  assert not os.path.exists(tmp_path / "failed")
+  out, _ = prep(tmp_path, [write_docs(tmp_path / "in", DOCS)])
+  assert sorted(os.listdir(out)) == ["meta.json", "train-00000.bin", "val-00000.bin"]

@@ -12,8 +12,9 @@ def get_config():
   config.n_embd = 384
   config.block_size = 256
   config.batch_size = 32
-  config.vocab_size = 256  # UTF-8 bytes
-  config.tokenizer = "bytes"
+  # UTF-8 bytes: tokenizer "auto" is bytes below GPT-2's vocabulary. Left "auto", not named, so
+  # that nanoGPT's train.bin/val.bin (GPT-2 ids) are not read as bytes by accident.
+  config.vocab_size = 256
   # nanoGPT's shakespeare_char settings: small models on little data like a higher rate.
   config.learning_rate = 1e-3
   config.min_lr = 1e-4

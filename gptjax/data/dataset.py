@@ -25,14 +25,14 @@ import numpy as np
 from tqdm import tqdm
 
 from gptjax import files
-from gptjax.config import resolve_tokenizer
+from gptjax.config import GPT2_VOCAB_SIZE, resolve_tokenizer
 from gptjax.data import prepare as prepare_lib
 from gptjax.data import shards
 from gptjax.data import tokenizer as tokenizer_lib
 from gptjax.errors import DataError
 
 DEFAULT_CORPUS = "<python-stdlib>"  # the input_file="" corpus, see default_corpus_text()
-CACHE_VERSION = 3  # 3: token shards written by gptjax.prepare
+CACHE_VERSION = 4  # 3: token shards written by gptjax.prepare; 4: sources.SPLIT_RULE 2
 RUN_DATA = "data.json"  # in a run directory: the tokenizer and data it was trained with
 _SCAN_CHUNK = 1 << 24  # tokens read at a time when scanning nanoGPT's files for their largest id
 
@@ -65,6 +65,30 @@ def _check_input_file(input_file: str) -> None:
   if not head.strip() and os.path.getsize(input_file) <= len(head):
     raise DataError(f"config field 'input_file': {input_file!r} is empty. Fix: give a file with "
                     f"text in it.")
+
+
+def check_sources(config) -> None:
+  """The files the config names, checked before a tokenizer is loaded or anything compiled:
+  input_file is a text file with something in it, data_dir a directory."""
+  if config.input_file:
+    _check_input_file(config.input_file)
+  if config.data_dir:
+    _check_data_dir(config.data_dir)
+
+
+def _check_data_dir(directory: str) -> None:
+  where = f"config field 'data_dir': {directory!r}"
+  stem = os.path.splitext(os.path.basename(os.path.normpath(directory)))[0] or "corpus"
+  if os.path.isfile(directory):
+    raise DataError(f"{where} is a file, not a directory of token shards. Fix: train on its text "
+                    f"with --config.input_file={directory} instead of --config.data_dir, or "
+                    f"prepare it with `python -m gptjax.prepare --input={directory} "
+                    f"--tokenizer=bytes --out_dir=data/{stem}` and train with "
+                    f"--config.data_dir=data/{stem}.")
+  if not os.path.isdir(directory):
+    raise DataError(f"{where} does not exist. Fix: prepare it with `python -m gptjax.prepare "
+                    f"--input=<your text> --tokenizer=gpt2 --out_dir={directory}`, or give the "
+                    f"directory that holds train.bin and val.bin.")
 
 
 def read_corpus(input_file: str) -> tuple[str, bytes]:
@@ -118,15 +142,27 @@ def open_tokens(config) -> TokenData:
     data = _open_token_cache(config)
   source = f"data_dir {config.data_dir!r}" if config.data_dir else (
       f"input_file {config.input_file or DEFAULT_CORPUS!r}")
-  for name in shards.SPLITS:
-    n = len(data.split(name))
-    if n < config.block_size + 1:
-      raise DataError(
-          f"config field '{'data_dir' if config.data_dir else 'input_file'}': {source} gives only "
-          f"{n} {name} tokens ({data.tokenizer.name} tokenizer), fewer than block_size + 1 = "
-          f"{config.block_size + 1}. Fix: use more text (or a larger validation share), or a "
-          f"smaller --config.block_size.")
+  sizes = {name: len(data.split(name)) for name in shards.SPLITS}
+  short = [name for name, n in sizes.items() if n < config.block_size + 1]
+  if short:
+    raise DataError(
+        f"config field '{'data_dir' if config.data_dir else 'input_file'}': {source} gives only " +
+        " and ".join(f"{sizes[name]} {name}" for name in short) + f" tokens ({data.tokenizer.name}"
+        f" tokenizer), fewer than block_size + 1 = {config.block_size + 1}. Fix: " +
+        _too_few_tokens_fix(config, sizes))
   return data
+
+
+def _too_few_tokens_fix(config, sizes: dict[str, int]) -> str:
+  """The fixes that work for a corpus whose splits are shorter than a block: a block that fits
+  both, another split of input_file's text, more text."""
+  fixes, total = [], sum(sizes.values())
+  if min(sizes.values()) >= 2:
+    fixes.append(f"a block that fits both splits, --config.block_size={min(sizes.values()) - 1}")
+  if not config.data_dir and total >= 2 * (config.block_size + 1):
+    share = round(1 - (config.block_size + 1) / total, 3)
+    fixes.append(f"a larger validation share, --config.train_split={share}")
+  return ", or ".join(fixes + ["more text"]) + "."
 
 
 def _open_token_cache(config) -> TokenData:
@@ -172,16 +208,14 @@ def open_data_dir(directory: str, config, tokenizer=None) -> TokenData:
   """A gptjax.prepare directory (meta.json) or nanoGPT's train.bin / val.bin, checked: complete,
   not truncated, a validation split, a tokenizer that agrees with the config, ids < vocab_size."""
   where = f"config field 'data_dir': {directory!r}"
-  if not os.path.isdir(directory):
-    raise DataError(f"{where} is not a directory. Fix: prepare one with `python -m gptjax.prepare "
-                    f"--input=... --tokenizer=... --out_dir={directory}`.")
+  _check_data_dir(directory)
   meta = shards.read_meta(directory)
   if meta is None:
     return _open_nanogpt_dir(directory, config, where)
   problem = shards.shard_problem(directory, meta)
   if problem:
-    raise DataError(f"{where}: {problem}. Fix: prepare it again (python -m gptjax.prepare ... "
-                    f"--force).")
+    raise DataError(f"{where}: {problem}. Fix: prepare it again (`python -m gptjax.prepare ... "
+                    f"--out_dir={directory} --force`).")
   spec = meta["tokenizer"]
   _check_tokenizer(config, spec, where)
   if tokenizer is None:
@@ -207,28 +241,42 @@ def _open_nanogpt_dir(directory: str, config, where: str) -> TokenData:
         shards.is_shard_file(name) for name in os.listdir(directory))
     raise DataError(f"{where} " + ("holds an unfinished gptjax.prepare (no meta.json)" if partial
                                    else "holds no token shards (no meta.json, no train.bin)") +
-                    ". Fix: run python -m gptjax.prepare ... --out_dir=" + directory +
-                    " (again) until it finishes.")
+                    f". Fix: run `python -m gptjax.prepare --input=... --tokenizer=... "
+                    f"--out_dir={directory}` (again) until it finishes.")
   if not present[1]:
     raise DataError(f"{where} has train.bin but no val.bin: no validation split. Fix: write one "
-                    f"as nanoGPT's prepare.py does, or prepare the text with python -m "
-                    f"gptjax.prepare.")
+                    f"as nanoGPT's prepare.py does, or prepare the text with `python -m "
+                    f"gptjax.prepare --input=... --tokenizer=gpt2 --out_dir=...`.")
   if os.path.isfile(os.path.join(directory, "meta.pkl")):
     raise DataError(f"{where} holds nanoGPT's meta.pkl: a character vocabulary of its own, which "
-                    f"gptjax cannot decode. Fix: prepare the text with python -m gptjax.prepare "
-                    f"--tokenizer=bytes.")
+                    f"gptjax cannot decode. Fix: prepare the text with `python -m gptjax.prepare "
+                    f"--input=input.txt --tokenizer=bytes --out_dir=...`.")
   for path in paths:
     if os.path.getsize(path) < 2:
       raise DataError(f"{where}: {path!r} is empty" +
                       (": no validation split" if "val" in os.path.basename(path) else "") +
-                      ". Fix: write it again (nanoGPT's "
-                      f"prepare.py), or prepare the text with python -m gptjax.prepare.")
+                      ". Fix: write it again (nanoGPT's prepare.py), or prepare the text with "
+                      "`python -m gptjax.prepare --input=... --tokenizer=gpt2 --out_dir=...`.")
     if os.path.getsize(path) % 2:
       raise DataError(f"{where}: {path!r} is truncated ({os.path.getsize(path):,} bytes, not a "
                       f"whole number of uint16 tokens). Fix: write it again.")
+  # Without a meta.json the ids are GPT-2's, as nanoGPT reads them without its meta.pkl; another
+  # tokenizer only where the config names it (not "auto").
+  if config.tokenizer == "auto" and config.vocab_size < GPT2_VOCAB_SIZE:
+    raise DataError(f"{where} holds nanoGPT's train.bin/val.bin without gptjax's meta.json: "
+                    f"GPT-2 token ids, as nanoGPT reads them without its meta.pkl, but vocab_size "
+                    f"is {config.vocab_size} (a byte-level preset). Fix: train a GPT-2 BPE preset "
+                    f"on it, e.g. --config=tiny, or, if the files hold byte ids, say so with "
+                    f"--config.tokenizer=bytes.")
   kind = "gpt2" if config.tokenizer == "auto" else config.tokenizer
   tokenizer = tokenizer_lib.get_tokenizer(kind, config.tokenizer_path)
-  _check_vocab(config, max(tokenizer.n_vocab - 1, *(_largest_id(path) for path in paths)), where,
+  largest = max(_largest_id(path) for path in paths)
+  if largest >= tokenizer.n_vocab:
+    raise DataError(f"{where}: its ids reach {largest}, past the {kind} tokenizer's "
+                    f"{tokenizer.n_vocab}: they are not {kind} ids. Fix: --config.tokenizer=auto "
+                    f"(GPT-2 ids, as nanoGPT reads them) with a GPT-2 BPE preset, e.g. "
+                    f"--config=tiny.")
+  _check_vocab(config, max(tokenizer.n_vocab - 1, largest), where,
                tokenizer_lib.describe(tokenizer.spec()))
   arrays = [np.memmap(path, dtype=np.uint16, mode="r") for path in paths]
   return TokenData(train=arrays[0], val=arrays[1], tokenizer=tokenizer, cache_dir=directory)
@@ -262,7 +310,8 @@ def _check_tokenizer(config, spec: dict, where: str) -> None:
   if not same:
     raise DataError(f"{where} was prepared with the tokenizer {tokenizer_lib.describe(spec)}, but "
                     f"config field 'tokenizer' is {wanted!r}. Fix: --config.tokenizer=auto (the "
-                    f"data's own), or prepare the data with --tokenizer={wanted}.")
+                    f"data's own), or prepare the data with `python -m gptjax.prepare ... "
+                    f"--tokenizer={wanted}`.")
 
 
 def _check_vocab(config, largest_id: int, where: str, described: str) -> None:
@@ -297,14 +346,16 @@ def record_run_data(run_dir: str,
   files.write_json(path, dict(tokenizer=spec, data_dir=os.path.abspath(token_data.cache_dir)))
 
 
-def run_tokenizer(run_dir: str, config):
+def run_tokenizer(run_dir: str, config, tokenizer_path: str = "", flag: str = "--tokenizer_path"):
   """The tokenizer a run was trained with: from its data.json (and its tokenizer.json copy), or,
-  for runs from before data.json, the one its config names."""
+  for runs from before data.json, the one its config names. GPT-2's ranks come from
+  `tokenizer_path`, else the run's own config.tokenizer_path (`flag`: the command's flag for it)."""
   path = os.path.join(run_dir, RUN_DATA)
+  tokenizer_path = tokenizer_path or config.get("tokenizer_path", "")
   if not os.path.isfile(path):
-    return tokenizer_lib.get_tokenizer(resolve_tokenizer(config), config.get("tokenizer_path", ""))
+    return tokenizer_lib.get_tokenizer(resolve_tokenizer(config), tokenizer_path, flag=flag)
   with open(path) as f:
     spec = json.load(f)["tokenizer"]
   hf_copy = os.path.join(run_dir, "tokenizer.json")
-  return tokenizer_lib.from_spec(spec, hf_copy if os.path.isfile(hf_copy) else None,
-                                 config.get("tokenizer_path", ""))
+  return tokenizer_lib.from_spec(spec, hf_copy if os.path.isfile(hf_copy) else None, tokenizer_path,
+                                 flag)

@@ -4,21 +4,21 @@ Inputs: text files (one document each), globs, directories, JSON-lines files (on
 and, with the `datasets` package and network, a Hugging Face dataset, streamed. Tokenizers: bytes,
 gpt2 (tiktoken) or a Hugging Face tokenizer.json. Output: <out_dir>/train-NNNNN.bin and
 val-NNNNN.bin (uint16, or uint32 for vocabularies over 65,536), every document followed by the
-end-of-text id, and meta.json (gptjax/data/shards.py). Validation is whole documents, drawn with --seed.
+end-of-text id, and meta.json (gptjax/data/shards.py). Validation: gptjax/data/sources.py's rule.
 Worker processes tokenize tasks of a few MB each while the main process writes them in order, so
 memory stays bounded whatever the corpus size. Everything is written under <out_dir>/.prepare-partial
 and moved into place, meta.json last, when complete: a killed prepare leaves no meta.json, which
 training refuses, and running the command again starts over. Run again unchanged, it does nothing.
+A prepare that fails or is interrupted leaves nothing behind, not even the out_dir it made.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
-import multiprocessing
 import os
 import shutil
 import socket
@@ -28,7 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from gptjax import files
-from gptjax.data import shards, sources
+from gptjax.data import encode, shards, sources
+from gptjax.data.encode import usable_cores  # noqa: F401 (tools/bench_data.py)
 from gptjax.data import tokenizer as tokenizer_lib
 from gptjax.errors import DataError, UserError, disk_full_as_error
 
@@ -46,7 +47,7 @@ class Options:
   hf_dataset: str = ""
   hf_config: str = ""
   hf_split: str = "train"
-  val_fraction: float = 0.0005
+  val_fraction: float = sources.VAL_FRACTION
   seed: int = 2357
   num_proc: int = 0
   shard_tokens: int = 100_000_000
@@ -59,175 +60,75 @@ class Options:
   progress: bool | None = None  # None: a bar when stderr is a terminal
 
 
-# --- worker side ---------------------------------------------------------------------------------
-
-_worker: dict = {}
-
-
-def _init_worker(kind: str, tokenizer_path: str, eot_token: str) -> None:
-  """A worker process builds its own copy of the main process's tokenizer."""
-  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per worker process
-  _worker["tokenizer"] = tokenizer_lib.get_tokenizer(kind, tokenizer_path, eot_token)
+# Text on which a tokenizer's bytes per token are measured for a streamed dataset's validation cap.
+_ENGLISH = ("The validation split holds whole documents, drawn with the seed, until it is large "
+            "enough to measure the loss well; a single document gives its last tenth instead. ")
 
 
-def _decode(raw: bytes, where: str, offset: int) -> str:
-  try:
-    return raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise DataError(f"{where} is not UTF-8 at byte {offset + e.start:,} "
-                    f"({raw[e.start:e.start + 4]!r}). Fix: convert it (e.g. `iconv -f latin1 -t "
-                    f"utf-8`), or leave the file out.") from None
+def _bytes_per_token(tokenizer, sample: str) -> float:
+  """UTF-8 bytes per token of `sample`: converts the validation cap from tokens into bytes."""
+  sample = sample or _ENGLISH
+  return max(1.0, len(sample.encode("utf-8")) / max(1, len(tokenizer.encode(sample))))
 
 
-def _jsonl_documents(piece, field: str):
-  """(line number, text or None for a skipped empty one, split) of a ("jsonl", ...) piece."""
-  _, path, start, stop, first_line, val_lines = piece
+def _head(path: str, size: int = 1 << 16) -> str:
   with open(path, "rb") as f:
-    f.seek(start)
-    block = f.read(stop - start)
-  val_lines, line, offset = set(val_lines), first_line, start
-  for raw in block.split(b"\n"):
-    if raw.strip():  # blank lines are not documents
-      where = f"{path}:{line + 1}"
-      try:
-        row = json.loads(_decode(raw, where, offset))
-      except json.JSONDecodeError as e:
-        raise DataError(f"{where} is not a JSON line ({e}). Fix: one JSON object a line.") from None
-      if not isinstance(row, dict) or not isinstance(row.get(field), str):
-        found = sorted(row) if isinstance(row, dict) else type(row).__name__
-        raise DataError(f"{where} has no text field {field!r} (found: {found}). Fix: "
-                        f"--text_field=<the field holding the text>.")
-      yield line, row[field] or None, "val" if line in val_lines else "train"
-    offset += len(raw) + 1
-    line += 1
+    return f.read(size).decode("utf-8", errors="ignore")
 
 
-def encode_task(pieces: list, field: str = "text") -> dict:
-  """Tokenizes one task (see gptjax/data/sources.py): per split, the tokens of its pieces in order,
-  end-of-text after each document; the counts; the sha256 of the text read."""
-  tokenizer = _worker["tokenizer"]
-  eot = [] if tokenizer.eot_id is None else [tokenizer.eot_id]
-  parts = {split: [] for split in shards.SPLITS}
-  documents = {split: 0 for split in shards.SPLITS}
-  digest, skipped, text_bytes = hashlib.sha256(), 0, 0
+def _plan(options: Options, tokenizer):
+  """(tasks, total input bytes or None, description of the source, stat key parts, ValSplit)."""
 
-  def add(text: str | None, split: str, ends_doc: bool) -> None:
-    nonlocal skipped
-    if text is None:
-      skipped += 1
-      return
-    parts[split].append(tokenizer.encode(text))
-    if ends_doc:
-      parts[split].append(np.asarray(eot, parts[split][-1].dtype))
-      documents[split] += 1
+  def split_of(sizes, sample: str):
+    max_bytes = sources.VAL_MAX_TOKENS * _bytes_per_token(tokenizer, sample)
+    return sources.ValSplit(sizes, options.val_fraction, options.seed, max_bytes)
 
-  for piece in pieces:
-    if piece[0] == "file":
-      _, path, start, stop, split, ends_doc = piece
-      with open(path, "rb") as f:
-        f.seek(start)
-        raw = f.read(stop - start)
-      digest.update(raw)
-      text_bytes += len(raw)
-      whole_empty = start == stop == 0
-      add(None if whole_empty else _decode(raw, path, start), split, ends_doc)
-    elif piece[0] == "jsonl":
-      digest.update(f"{piece[1]}:{piece[2]}:{piece[3]}".encode())
-      text_bytes += piece[3] - piece[2]
-      for _, text, split in _jsonl_documents(piece, field):
-        if text is not None:
-          digest.update(text.encode("utf-8"))
-        add(text, split, True)
-    else:
-      _, text, split, ends_doc = piece
-      raw = text.encode("utf-8")
-      digest.update(raw)
-      text_bytes += len(raw)
-      add(text or None if ends_doc else text, split, ends_doc)
-  tokens = {split: np.concatenate(p) if p else np.zeros(0, np.uint32) for split, p in parts.items()}
-  return dict(tokens=tokens,
-              documents=documents,
-              skipped=skipped,
-              sha256=digest.digest(),
-              text_bytes=text_bytes)
-
-
-def _run_tasks(tasks, options: Options, tokenizer, num_proc: int):
-  """encode_task over `tasks`, results in order; with num_proc > 1 in worker processes, never more
-  than 2 * num_proc tasks in flight (memory stays bounded however long the stream)."""
-  if num_proc <= 1:
-    _worker["tokenizer"] = tokenizer
-    for pieces, _ in tasks:
-      yield encode_task(pieces, options.text_field)
-    return
-  context = multiprocessing.get_context("spawn" if _jax_started() else "fork")
-  kind = tokenizer.path if tokenizer.name == "hf" else tokenizer.name
-  init_args = (kind, options.tokenizer_path, options.eot_token)
-  with context.Pool(num_proc, initializer=_init_worker, initargs=init_args) as pool:
-    in_flight = collections.deque()
-    for pieces, _ in tasks:
-      in_flight.append(pool.apply_async(encode_task, (pieces, options.text_field)))
-      if len(in_flight) >= 2 * num_proc:
-        yield in_flight.popleft().get()
-    while in_flight:
-      yield in_flight.popleft().get()
-
-
-def usable_cores() -> int:
-  """The cores this process may run on (its affinity where the OS has one)."""
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _jax_started() -> bool:
-  """Whether JAX's backends (and their threads) are up: then workers are spawned, not forked."""
-  bridge = sys.modules.get("jax._src.xla_bridge")
-  return bool(bridge and bridge.backends_are_initialized())
-
-
-# --- main side -----------------------------------------------------------------------------------
-
-
-def _plan(options: Options):
-  """(tasks, total input bytes or None, description of the source, stat key parts)."""
-  val_fraction = options.val_fraction
   if options.texts is not None:
     texts = list(options.texts)
-    tail = val_fraction if len(texts) == 1 else None
-    split = sources.ValSplit(len(texts), val_fraction, options.seed)
-    total = sum(len(t) for t in texts)
+    split = split_of([len(t.encode("utf-8")) for t in texts], texts[0][:1 << 16] if texts else "")
     key = hashlib.sha256("\0".join(texts).encode()).hexdigest()
-    return sources.text_tasks(texts, 0, split, options.task_bytes, tail), total, "text", [key]
+    return (sources.text_tasks(texts, 0, split, options.task_bytes), sum(len(t) for t in texts),
+            "text", [key], split)
   if options.hf_dataset:
-    split = sources.ValSplit(None, val_fraction, options.seed)
+    split = split_of(None, "")
     texts = sources.hf_texts(options.hf_dataset, options.hf_config, options.hf_split,
                              options.text_field)
     key = [options.hf_dataset, options.hf_config, options.hf_split, options.text_field]
-    return sources.text_tasks(texts, 0, split, options.task_bytes), None, "hf", key
-  files = sources.expand_inputs(options.inputs)
-  jsonl = [path for path in files if sources.is_jsonl(path)]
-  text_files = [path for path in files if not sources.is_jsonl(path)]
-  lines = [sources.count_lines(path) for path in jsonl]
-  n_docs = len(text_files) + sum(lines)
-  if n_docs == 1 and jsonl:
-    raise DataError(f"--input: {jsonl[0]!r} holds one document, and validation takes whole "
-                    f"documents. Fix: give more documents (or the text as a .txt file).")
-  tail = val_fraction if n_docs == 1 else None
-  split = sources.ValSplit(n_docs, val_fraction, options.seed)
+    return sources.text_tasks(texts, 0, split, options.task_bytes), None, "hf", key, split
+  paths = sources.expand_inputs(options.inputs)
+  jsonl = [path for path in paths if sources.is_jsonl(path)]
+  text_files = [path for path in paths if not sources.is_jsonl(path)]
+  lines = [sources.line_sizes(path) for path in jsonl]
+  sizes = np.concatenate([np.asarray([os.path.getsize(p) for p in text_files], np.int64)] + lines)
+  split = split_of(sizes, next((_head(path) for path in paths if os.path.getsize(path)), ""))
+  stats = [(os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
+  described = f"{len(paths)} files"
+  if split.tail_doc is not None and split.tail_doc >= len(text_files):  # one JSON line
+    line = split.tail_doc - len(text_files)
+    path = next(p for p, n in zip(jsonl, itertools.accumulate(map(len, lines))) if line < n)
+    piece = ("jsonl", path, 0, os.path.getsize(path), 0, ())
+    text = next(text for _, text, _ in encode.jsonl_documents(piece, options.text_field) if text)
+    split = split_of([len(text.encode("utf-8"))], text[:1 << 16])
+    return (sources.text_tasks([text], 0, split, options.task_bytes), sum(s[1] for s in stats),
+            described, stats, split)
 
   def tasks():
-    yield from sources.text_file_tasks(text_files, 0, split, options.task_bytes, tail)
+    yield from sources.text_file_tasks(text_files, 0, split, options.task_bytes)
     first = len(text_files)
-    for path, count in zip(jsonl, lines):
+    for path, count in zip(jsonl, map(len, lines)):
       yield from sources.jsonl_tasks(path, first, split, options.task_bytes)
       first += count
 
-  stats = [(os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns) for p in files]
-  return tasks(), sum(s[1] for s in stats), f"{len(files)} files", stats
+  return tasks(), sum(s[1] for s in stats), described, stats, split
 
 
 def _check_out_dir(out_dir: str) -> None:
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise DataError(f"--out_dir={out_dir!r} is a file. Fix: give a directory (new or empty).")
+  problem = files.unwritable_dir(out_dir)
+  if problem:
+    raise DataError(f"--out_dir={out_dir!r}: {problem}. Fix: choose a directory you can write, "
+                    f"e.g. --out_dir=data/{os.path.basename(os.path.normpath(out_dir)) or 'x'}.")
   if os.path.isdir(out_dir):
     foreign = [name for name in os.listdir(out_dir) if not shards.owned_names(name)]
     if foreign:
@@ -245,18 +146,18 @@ def prepare(options: Options, tokenizer=None) -> dict:
     DataError: an input that names nothing, a non-UTF-8 file, a bad JSON line, an unreachable
       dataset, an unusable tokenizer or out_dir, a corpus that leaves a split empty.
   """
-  tokenizer = tokenizer or tokenizer_lib.get_tokenizer(options.tokenizer, options.tokenizer_path,
-                                                       options.eot_token)
+  tokenizer = tokenizer or tokenizer_lib.get_tokenizer(
+      options.tokenizer, options.tokenizer_path, options.eot_token, flag="--tokenizer_path")
   if not 0 < options.val_fraction < 1:
-    raise UserError(f"--val_fraction={options.val_fraction} is outside (0, 1). Fix: e.g. 0.0005 "
-                    f"for a large corpus, 0.1 for one text file.")
+    raise UserError(f"--val_fraction={options.val_fraction} is outside (0, 1). Fix: e.g. "
+                    f"--val_fraction={sources.VAL_FRACTION} (the default).")
   _check_out_dir(options.out_dir)
-  tasks, total_bytes, described, stat_key = _plan(options)
+  tasks, total_bytes, described, stat_key, split = _plan(options, tokenizer)
   key = hashlib.sha256(
       json.dumps([
           stat_key,
           tokenizer.spec(), options.val_fraction, options.seed, options.text_field,
-          options.shard_tokens, shards.VERSION
+          options.shard_tokens, shards.VERSION, sources.SPLIT_RULE
       ],
                  default=str).encode()).hexdigest()
   existing = _already_prepared(options.out_dir, key) if os.path.isdir(options.out_dir) else None
@@ -268,11 +169,19 @@ def prepare(options: Options, tokenizer=None) -> dict:
     return existing
   _remove_abandoned_staging(options.out_dir)
   staging = os.path.join(options.out_dir, f"{shards.STAGING}-{socket.gethostname()}-{os.getpid()}")
-  os.makedirs(staging)
+  created = not os.path.exists(options.out_dir)
+
+  def undo() -> None:  # nothing of a prepare that did not finish stays behind
+    shutil.rmtree(staging, ignore_errors=True)
+    if created:
+      shutil.rmtree(options.out_dir, ignore_errors=True)
+
   try:
     with disk_full_as_error(options.out_dir, "writing token shards",
-                            "it starts over, nothing half-written was kept."):
-      meta = _tokenize_into(staging, tasks, total_bytes, tokenizer, options)
+                            "it starts over, nothing half-written was kept."), \
+        files.undo_on_interrupt(undo):
+      os.makedirs(staging)
+      meta = _tokenize_into(staging, tasks, total_bytes, tokenizer, options, split)
       meta["source"].update(inputs=options.inputs,
                             hf_dataset=options.hf_dataset or None,
                             description=described,
@@ -287,7 +196,7 @@ def prepare(options: Options, tokenizer=None) -> dict:
           return done
         shards.commit(staging, options.out_dir, meta)
   except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
+    undo()
     raise
   return meta
 
@@ -324,13 +233,14 @@ def _alive(pid: int) -> bool:
   return True
 
 
-def _tokenize_into(staging: str, tasks, total_bytes, tokenizer, options: Options) -> dict:
+def _tokenize_into(staging: str, tasks, total_bytes, tokenizer, options: Options,
+                   val_split: sources.ValSplit) -> dict:
   dtype = tokenizer_lib.smallest_dtype(tokenizer.n_vocab)
   writers = {
       split: shards.ShardWriter(staging, split, dtype, options.shard_tokens)
       for split in shards.SPLITS
   }
-  num_proc = options.num_proc or usable_cores()
+  num_proc = options.num_proc or encode.usable_cores()
   if total_bytes is not None and total_bytes < MIN_PARALLEL_BYTES:
     num_proc = 1
   documents = {split: 0 for split in shards.SPLITS}
@@ -342,7 +252,8 @@ def _tokenize_into(staging: str, tasks, total_bytes, tokenizer, options: Options
              dynamic_ncols=True,
              disable=(not options.progress) if options.progress is not None else None)
   with bar:
-    for result in _run_tasks(tasks, options, tokenizer, num_proc):
+    for result in encode.run_tasks(tasks, tokenizer, num_proc, options.text_field,
+                                   options.tokenizer_path, options.eot_token):
       for split in shards.SPLITS:
         writers[split].write(result["tokens"][split])
         documents[split] += result["documents"][split]
@@ -352,18 +263,18 @@ def _tokenize_into(staging: str, tasks, total_bytes, tokenizer, options: Options
       bar.update(sum(len(t) for t in result["tokens"].values()))
       bar.set_postfix_str(f"{read / 1e6:,.0f}" +
                           (f"/{total_bytes / 1e6:,.0f}" if total_bytes else "") + " MB")
+  if val_split.tail_doc is not None:  # the one document's head is training's
+    documents["train"] = 1
   splits = {}
   for split, writer in writers.items():
     written = writer.close()
     splits[split] = dict(tokens=sum(s["tokens"] for s in written),
                          documents=documents[split],
                          shards=written)
-  for split in shards.SPLITS:
-    if splits[split]["tokens"] == 0:
-      raise DataError(f"the inputs gave no {split} tokens ({sum(documents.values())} documents, "
-                      f"{skipped} empty). Fix: " +
-                      ("raise --val_fraction, or give more documents" if split ==
-                       "val" else "give more text, or a smaller --val_fraction") + ".")
+  if not (splits["train"]["tokens"] and splits["val"]["tokens"]):
+    raise DataError(f"the inputs gave {splits['train']['tokens']} train and "
+                    f"{splits['val']['tokens']} val tokens ({read:,} bytes of text, {skipped} "
+                    f"empty documents): too little to split. Fix: give more text.")
   spec = tokenizer.spec()
   return dict(format=shards.FORMAT,
               version=shards.VERSION,
@@ -374,6 +285,7 @@ def _tokenize_into(staging: str, tasks, total_bytes, tokenizer, options: Options
               splits=splits,
               skipped_empty_documents=skipped,
               val_fraction=options.val_fraction,
+              validation="tail" if val_split.tail_doc is not None else "documents",
               seed=options.seed,
               source=dict(sha256=digest.hexdigest(), bytes=read, text_field=options.text_field),
               created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
@@ -381,9 +293,15 @@ def _tokenize_into(staging: str, tasks, total_bytes, tokenizer, options: Options
 
 def summary(meta: dict, out_dir: str) -> str:
   train, val = meta["splits"]["train"], meta["splits"]["val"]
-  return (f"{out_dir}: {train['tokens']:,} train tokens ({train['documents']:,} documents, "
-          f"{len(train['shards'])} shards) and {val['tokens']:,} val tokens ({val['documents']:,} "
-          f"documents), {meta['dtype']}, tokenizer {tokenizer_lib.describe(meta['tokenizer'])}" +
+  if meta.get("validation") == "tail":
+    share = f"{100 * meta['val_fraction']:g}%"
+    documents = (f"1 document, whose last {share} (cut after a line) is validation", "its tail")
+  else:
+    documents = (f"{train['documents'] + val['documents']:,} documents",
+                 f"{val['documents']:,} whole documents")
+  return (f"{out_dir}: {train['tokens']:,} train tokens ({len(train['shards'])} shards) and "
+          f"{val['tokens']:,} val tokens ({documents[1]}) from {documents[0]}, {meta['dtype']}, "
+          f"tokenizer {tokenizer_lib.describe(meta['tokenizer'])}" +
           (f"; {meta['skipped_empty_documents']:,} empty documents skipped"
            if meta["skipped_empty_documents"] else "") +
           f". Train on it with --config.data_dir={out_dir}")

@@ -95,7 +95,8 @@ def read_meta(directory: str) -> dict | None:
     return meta
   except (OSError, ValueError) as e:
     raise DataError(f"{path!r} is not a gptjax data directory's metadata ({e}). Fix: prepare "
-                    f"the directory again with python -m gptjax.prepare.") from e
+                    f"the directory again (`python -m gptjax.prepare ... --out_dir={directory} "
+                    f"--force`).") from e
 
 
 def shard_problem(directory: str, meta: dict) -> str | None:

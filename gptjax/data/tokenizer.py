@@ -144,14 +144,20 @@ class HfTokenizer:
                 path=os.path.abspath(self.path))
 
 
-def gpt2_encoding(tokenizer_path: str = "") -> tiktoken.Encoding:
-  """GPT-2's BPE: from `tokenizer_path`, else $GPTJAX_GPT2_TIKTOKEN, else tiktoken's cache/download."""
+# The flag that names a GPT-2 ranks file, by default training's (gptjax.prepare and gptjax.sample
+# have --tokenizer_path).
+CONFIG_FLAG = "--config.tokenizer_path"
+
+
+def gpt2_encoding(tokenizer_path: str = "", flag: str = CONFIG_FLAG) -> tiktoken.Encoding:
+  """GPT-2's BPE: from `tokenizer_path`, else $GPTJAX_GPT2_TIKTOKEN, else tiktoken's cache/download.
+  `flag`: the running command's flag for `tokenizer_path`, which the errors name."""
   path = tokenizer_path or os.environ.get(GPT2_TIKTOKEN_ENV, "")
   if path:
     if not os.path.isfile(path):
-      source = "config field 'tokenizer_path'" if tokenizer_path else f"${GPT2_TIKTOKEN_ENV}"
-      raise DataError(f"{source}: GPT-2 BPE file {path!r} does not exist. Fix: point it at a "
-                      f"gpt2.tiktoken ranks file (openai/whisper's assets/gpt2.tiktoken).")
+      source = flag if tokenizer_path else f"${GPT2_TIKTOKEN_ENV}"
+      raise DataError(f"{source}: GPT-2 BPE file {path!r} does not exist. Fix: point {source} at "
+                      f"a gpt2.tiktoken ranks file (openai/whisper's assets/gpt2.tiktoken).")
     from tiktoken.load import load_tiktoken_bpe
     try:
       ranks = load_tiktoken_bpe(path)
@@ -166,26 +172,34 @@ def gpt2_encoding(tokenizer_path: str = "") -> tiktoken.Encoding:
   except Exception as e:  # offline and not cached: tiktoken raises a requests/IO error
     raise DataError(
         "GPT-2 BPE is not available: tiktoken could not load or download 'gpt2' "
-        f"({type(e).__name__}). Fix: with network, run once online; offline, pass "
-        f"--config.tokenizer_path=/path/to/gpt2.tiktoken or set {GPT2_TIKTOKEN_ENV}; or train a "
-        "byte-level preset (tiny_char, small_char) that needs no tokenizer file.") from e
+        f"({type(e).__name__}). Fix: with network, run the command once online (tiktoken keeps "
+        f"the ranks); offline, pass {flag}=/path/to/gpt2.tiktoken (openai/whisper's "
+        f"assets/gpt2.tiktoken) or set ${GPT2_TIKTOKEN_ENV}" +
+        ("; or train a byte-level preset that needs no tokenizer file, e.g. --config=tiny_char"
+         if flag == CONFIG_FLAG else "") + ".") from e
 
 
-def get_tokenizer(kind: str, tokenizer_path: str = "", eot_token: str = "auto"):
+def get_tokenizer(kind: str,
+                  tokenizer_path: str = "",
+                  eot_token: str = "auto",
+                  flag: str = CONFIG_FLAG):
   """The tokenizer `kind` names: "bytes", "gpt2" (ranks from `tokenizer_path`, see gpt2_encoding)
   or the path of a Hugging Face tokenizer.json. Resolve "auto" with config.resolve_tokenizer."""
   if kind == "bytes":
     return ByteTokenizer()
   if kind == "gpt2":
-    return Gpt2Tokenizer(gpt2_encoding(tokenizer_path))
+    return Gpt2Tokenizer(gpt2_encoding(tokenizer_path, flag))
   return HfTokenizer(kind, eot_token)
 
 
-def from_spec(spec: dict, hf_path: str | None = None, tokenizer_path: str = ""):
+def from_spec(spec: dict,
+              hf_path: str | None = None,
+              tokenizer_path: str = "",
+              flag: str = CONFIG_FLAG):
   """The tokenizer a spec() names; a tokenizer.json from `hf_path` (else the recorded path), which
   must have the recorded sha256."""
   if spec["kind"] != "hf":
-    return get_tokenizer(spec["kind"], tokenizer_path)
+    return get_tokenizer(spec["kind"], tokenizer_path, flag=flag)
   path = hf_path or spec["path"]
   tokenizer = HfTokenizer(path, spec.get("eot_token") or "none")
   if tokenizer.sha256 != spec["sha256"]:

@@ -23,8 +23,7 @@ def get_config():
   config.n_embd = 128
   config.block_size = 64
   config.batch_size = 12
-  config.vocab_size = 256
-  config.tokenizer = "bytes"
+  config.vocab_size = 256  # bytes: tokenizer "auto" (see tiny_char.py)
   config.dropout = 0.0
   config.max_iters = 2000
   config.lr_decay_iters = 2000
