@@ -1,8 +1,12 @@
-"""Orbax checkpoints of a run: save (async), keep the last N plus the best by val loss, restore.
+"""Orbax checkpoints of a run: save (async), keep the last N, the best by val loss and every run's
+end, restore.
 
 A checkpoint holds three items: `params`, `opt_state` (Orbax StandardSave, sharded arrays) and
 `meta` (JSON: the resolved config and losses); Orbax's `metrics` item holds the val loss, so the
-best step is known again after a resume. Restoring takes an abstract target whose leaves carry the
+best step is known again after a resume, and the run's marks (`RunEnds`): the max_iters it was
+trained toward and a fingerprint of the settings that shaped it. No checkpoint is lost by
+accident: the one a run ended with (step == max_iters) and the last one before a change of
+settings are kept for good, however far and however differently the run is continued. Restoring takes an abstract target whose leaves carry the
 *target* shardings, so a checkpoint written on one mesh restores onto any other. A step that does
 not restore (a truncated or overwritten file) is skipped for the newest one that does, and moved
 aside to `<step>.damaged`. `load_run` is what the tools that read a finished run (sample, convert,
@@ -12,7 +16,9 @@ benchmarks) start from.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
+import math
 import os
 import shutil
 import sys
@@ -25,6 +31,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from gptjax import files
 from gptjax.config import ModelConfig
 from gptjax.errors import CheckpointError, disk_full, disk_full_error
 from gptjax.model import GPT
@@ -40,7 +47,26 @@ def note(message: str) -> None:
 
 
 def metric_val_loss(metrics) -> float:
-  return metrics["val_loss"]
+  """The val loss in a step's metrics; infinite (the worst) for a step saved without one."""
+  return metrics.get("val_loss", math.inf)
+
+
+@dataclasses.dataclass
+class RunEnds(checkpoint_managers.PreservationPolicy):
+  """Preserves for good each checkpoint that ended a run (its step is the max_iters it was trained
+  toward) and each that is the last of its settings (the next one was trained with others): the
+  checkpoints a continued run would otherwise rotate away. Both marks are in the step's metrics,
+  so a resumed run knows them again."""
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    order = sorted(range(len(checkpoints)), key=lambda i: checkpoints[i].step)
+    keep = [False] * len(checkpoints)
+    for position, index in enumerate(order):
+      marks = checkpoints[index].metrics or {}
+      after = (checkpoints[order[position + 1]].metrics or {}) if position + 1 < len(order) else {}
+      keep[index] = marks.get("max_iters") == checkpoints[index].step or (
+          "settings" in marks and "settings" in after and marks["settings"] != after["settings"])
+    return keep
 
 
 class Checkpointer:
@@ -59,6 +85,7 @@ class Checkpointer:
                                   reverse=True,
                                   n=1,
                                   keep_checkpoints_without_metrics=False),
+        RunEnds(),
     ])
     # best_fn is what makes Orbax write each step's metrics to disk (and read them back); the
     # preservation policy alone keeps them in memory only, so a resumed run forgot its best step.
@@ -84,7 +111,8 @@ class Checkpointer:
 
   def best_step(self) -> int | None:
     """The kept step with the lowest val loss (None when no checkpoint has one)."""
-    return self.manager.best_step()
+    step = self.manager.best_step()
+    return step if step is not None and self.val_loss(step) is not None else None
 
   def val_loss(self, step: int) -> float | None:
     metrics = self.manager.metrics(step)
@@ -99,18 +127,24 @@ class Checkpointer:
     return (sorted((s for s in steps if losses[s] is not None), key=losses.get) +
             [s for s in steps if losses[s] is None])
 
-  def save(self, step: int, state, meta: dict[str, Any], val_loss: float | None = None) -> None:
+  def save(self,
+           step: int,
+           state,
+           meta: dict[str, Any],
+           val_loss: float | None = None,
+           marks: dict[str, int] | None = None) -> None:
     """Starts an asynchronous save of `state` (params, opt_state) and `meta` at `step`, once the
-    previous save has committed and the disk has room for this one (a DiskFullError if not)."""
+    previous save has committed and the disk has room for this one (a DiskFullError if not).
+    `marks`: the run's max_iters and settings fingerprint (RunEnds), kept with the val loss."""
     self.wait()
     self.check_space(step, state)
     args = ocp.args.Composite(params=ocp.args.StandardSave(state.params),
                               opt_state=ocp.args.StandardSave(state.opt_state),
                               meta=ocp.args.JsonSave(meta))
-    metrics = None if val_loss is None else {"val_loss": float(val_loss)}
+    metrics = dict(marks or {}, **({} if val_loss is None else {"val_loss": float(val_loss)}))
     self.in_flight = step
     with self.failed_save_as_error():
-      self.manager.save(step, args=args, metrics=metrics, force=True)
+      self.manager.save(step, args=args, metrics=metrics or None, force=True)
 
   def check_space(self, step: int, state) -> None:
     """A DiskFullError, before anything is written, when the disk lacks the bytes this process
@@ -173,11 +207,14 @@ class Checkpointer:
         self.set_aside(bad_step, bad_reason, instead=step)
       return step, loaded
     if damaged:
+      run_dir = os.path.dirname(self.directory)
+      name = os.path.basename(run_dir)
       raise CheckpointError(
           f"no checkpoint in {self.directory!r} can be read (" +
           "; ".join(f"step {step}: {reason}" for step, reason in damaged) + "). Fix: move "
-          f"{os.path.dirname(self.directory)!r} away and train again, or train into a new "
-          f"directory with --config.model_name=<new name>.")
+          f"{run_dir!r} away and train again, or train a new run beside it (`python -m "
+          f"gptjax.train ... --config.model_name={files.free_name(os.path.dirname(run_dir), name)}`)."
+      )
     return None
 
   def set_aside(self, step: int, reason: str, instead: int) -> None:
@@ -232,7 +269,8 @@ def open_run(run_dir: str) -> Checkpointer:
   directory = os.path.join(run_dir, "checkpoints")
   if not os.path.isdir(directory):
     raise CheckpointError(f"run directory {run_dir!r} holds no checkpoints (no {directory}). Fix: "
-                          f"train first (python -m gptjax.train ...) or pass the right --run_dir.")
+                          f"pass the right --run_dir, or train first (`python -m gptjax.train "
+                          f"--config=<preset>`).")
   checkpointer = Checkpointer(run_dir, read_only=True)
   if checkpointer.latest_step() is None:
     raise CheckpointError(f"run directory {run_dir!r} holds no finished checkpoint. Fix: train "

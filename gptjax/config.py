@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import os
 import textwrap
 from typing import Any
@@ -29,6 +30,15 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 DROPOUT_RNGS = ("auto", "threefry2x32", "rbg")
 # The fields that fix the parameter shapes (what a checkpoint must agree on), in the order shown.
 ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
+# The fields a resumed run may change freely: how long, where, on which devices and how often it
+# logs, evaluates and saves (and the tokenizer's fields, which data.json checks). Every other field
+# shapes training: a run directory refuses a change to it (training.run) unless resume_with_changes
+# is set, so that a field added later is protected until it is listed here.
+OPERATIONAL_FIELDS = ("name", "description", "max_iters", "eval_interval", "eval_iters",
+                      "log_interval", "checkpoint_interval", "keep_checkpoints", "model_name",
+                      "out_dir", "compilation_cache_dir", "cpu_devices", "allow_cpu", "mesh",
+                      "distributed", "remat", "attention", "tokenizer", "tokenizer_path",
+                      "resume_with_changes")
 # OpenAI's GPT-2 sizes by Hugging Face model name: (n_layer, n_head, n_embd), each with a context of
 # GPT2_BLOCK_SIZE, GPT-2's vocabulary and biases, and a preset configs/<name>.py.
 GPT2_SIZES = {
@@ -122,22 +132,29 @@ def get_base_config() -> ml_collections.ConfigDict:
   # read through np.memmap: corpora larger than memory. "" trains on input_file instead.
   config.data_dir = ""
   # UTF-8 text to train on; "" trains on the embedded default corpus. Tokenized once into
-  # <out_dir>/token_cache/ by gptjax.prepare's code; its last 1 - train_split is validation.
+  # <out_dir>/token_cache/ by gptjax.prepare's code, with its validation rule (1 - train_split).
   config.input_file = ""
   # "auto" (with data_dir: the data's own; else bytes when vocab_size < 50257, else gpt2),
   # "bytes", "gpt2", or the path of a Hugging Face tokenizer.json.
   config.tokenizer = "auto"
   # Local GPT-2 ranks file (gpt2.tiktoken) for offline use; "" tries $GPTJAX_GPT2_TIKTOKEN, then tiktoken.
   config.tokenizer_path = ""
-  # Fraction of input_file's text used for training; the rest (cut after a line) is validation.
+  # Training's share of input_file: one document (a text file) gives its last 1 - train_split,
+  # cut after a line, to validation; a .jsonl file of many documents gives whole documents, at
+  # least 1 - train_split of its text (at most about 10M tokens), as gptjax.prepare does.
   config.train_split = 0.9
   # The run lives in <out_dir>/<model_name>/; "" uses the preset's file name.
   config.model_name = ""
   # Parent directory of all runs.
   config.out_dir = "out"
   # Fine-tune from Hugging Face GPT-2: a local directory or a hub name (gpt2, gpt2-medium, ...); ""
-  # trains from scratch. The architecture fields come from the checkpoint (gptjax/hf_gpt2.py).
+  # trains from scratch. The architecture fields come from the checkpoint (gptjax/hf_gpt2.py),
+  # except a smaller block_size, to which its position table is cropped (as nanoGPT does).
   config.init_from = ""
+  # Resume a run directory whose checkpoint was trained with other settings that shape training
+  # (any field but OPERATIONAL_FIELDS: batch_size, learning_rate, the data, ...), taking the new
+  # ones on purpose. Without it, that is an error listing the differences.
+  config.resume_with_changes = False
 
   # JAX's persistent compilation cache: compiled programs are kept here, so running the same
   # command again (resuming, another seed) skips compiling. A set $JAX_COMPILATION_CACHE_DIR wins;
@@ -221,6 +238,10 @@ def field_comments() -> dict[str, str]:
   return comments
 
 
+def _lookup_default(field: str):
+  return get_base_config()[field]
+
+
 def resolve_tokenizer(config: ml_collections.ConfigDict) -> str:
   """The tokenizer a config uses: "auto" is bytes below GPT-2's vocabulary, else gpt2."""
   if config.tokenizer != "auto":
@@ -245,36 +266,51 @@ def validate(config: ml_collections.ConfigDict) -> None:
   def fail(field, message, fix):
     raise ConfigError(f"config field {field!r}: {message}. Fix: {fix}.")
 
+  for field, value in config.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      fail(field, f"{value!r} is not a finite number",
+           f"a finite number, e.g. --config.{field}={_lookup_default(field)}")
+
   positive_ints = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size",
                    "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval",
                    "keep_checkpoints", "cpu_devices")
   for field in positive_ints:
     value = config[field]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      fail(field, f"{value!r} must be a positive integer", f"set --config.{field} to a value >= 1")
+      fail(field, f"{value!r} must be a positive integer",
+           f"an integer >= 1, e.g. --config.{field}={_lookup_default(field)}")
   if isinstance(config.seed,
                 bool) or not isinstance(config.seed, int) or not (0 <= config.seed < 2**32):
-    fail("seed", f"{config.seed!r} is not an integer in [0, 2**32)", "use e.g. --config.seed=1337")
+    fail("seed", f"{config.seed!r} is not an integer in [0, 2**32)", "e.g. --config.seed=1337")
   for field in ("warmup_iters", "checkpoint_interval"):
     if config[field] < 0:
-      fail(field, f"{config[field]!r} is negative", f"set --config.{field} to 0 or more")
+      fail(field, f"{config[field]!r} is negative", f"0 or more, e.g. --config.{field}=0")
   if config.n_embd % config.n_head:
+    nearest = min(_divisors(config.n_embd), key=lambda d: (abs(d - config.n_head), d))
     fail(
         "n_head", f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}",
-        f"choose n_head among the divisors of n_embd {_divisors(config.n_embd)}, or an n_embd "
-        f"that is a multiple of {config.n_head}")
+        f"a divisor of n_embd, e.g. --config.n_head={nearest}, or an n_embd that n_head divides, "
+        f"e.g. --config.n_embd={-(-config.n_embd // config.n_head) * config.n_head}")
   if not 0.0 <= config.dropout < 1.0:
-    fail("dropout", f"{config.dropout!r} is outside [0, 1)", "use e.g. 0.0 (large data) to 0.2")
+    fail("dropout", f"{config.dropout!r} is outside [0, 1)",
+         "e.g. --config.dropout=0.2 (small data) or --config.dropout=0.0 (large)")
   if config.tokenizer not in ("auto", *TOKENIZER_VOCAB_SIZES) and not (
       config.tokenizer.endswith(".json") and os.path.isfile(config.tokenizer)):
     fail(
         "tokenizer", f"{config.tokenizer!r} is not a tokenizer" +
         (" (no such file)" if config.tokenizer.endswith(".json") else ""),
-        f"use one of auto, {', '.join(TOKENIZER_VOCAB_SIZES)}, or the path of a Hugging Face "
-        "tokenizer.json")
+        "--config.tokenizer=auto (or bytes, gpt2, or the path of a Hugging Face "
+        "tokenizer.json)")
+  run_dir = os.path.normpath(os.path.join(config.out_dir, config.model_name))
+  if config.model_name and (os.path.isabs(config.model_name) or os.path.relpath(
+      run_dir, os.path.normpath(config.out_dir)).split(os.sep)[0] in (os.pardir, os.curdir)):
+    fail(
+        "model_name", f"{config.model_name!r} leaves out_dir {config.out_dir!r} (a run lives in "
+        f"<out_dir>/<model_name>/)", "a plain name, e.g. --config.model_name=" +
+        (os.path.basename(os.path.normpath(config.model_name)).strip(".") or "my_run"))
   if config.data_dir and config.input_file:
     fail("data_dir", f"{config.data_dir!r} is set, and so is input_file={config.input_file!r}",
-         "train on one of them: leave the other empty")
+         "train on one of them, e.g. --config.input_file= to train on data_dir")
   tokenizer = resolve_tokenizer(config)
   # A tokenizer.json's vocabulary, and data_dir's tokenizer with "auto", are checked with the data.
   if tokenizer in TOKENIZER_VOCAB_SIZES and not (config.data_dir and config.tokenizer == "auto") \
@@ -282,41 +318,48 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail(
         "vocab_size", f"{config.vocab_size} is smaller than the {tokenizer} tokenizer's "
         f"{TOKENIZER_VOCAB_SIZES[tokenizer]} tokens",
-        f"set vocab_size >= {TOKENIZER_VOCAB_SIZES[tokenizer]}" +
-        (f" ({GPT2_PADDED_VOCAB_SIZE} pads it for speed)" if tokenizer == "gpt2" else ""))
+        f"--config.vocab_size=" + (f"{GPT2_PADDED_VOCAB_SIZE} (GPT-2's, padded for speed)"
+                                   if tokenizer == "gpt2" else f"{BYTE_VOCAB_SIZE}"))
   if config.learning_rate <= 0:
-    fail("learning_rate", f"{config.learning_rate!r} must be positive", "use e.g. 6e-4")
+    fail("learning_rate", f"{config.learning_rate!r} must be positive",
+         "e.g. --config.learning_rate=6e-4")
   if not 0 <= config.min_lr <= config.learning_rate:
     fail("min_lr", f"{config.min_lr!r} must be in [0, learning_rate={config.learning_rate}]",
-         "use e.g. learning_rate / 10")
+         f"e.g. learning_rate / 10, --config.min_lr={config.learning_rate / 10:.3g}")
   if config.lr_decay_iters != -1 and config.lr_decay_iters <= config.warmup_iters:
     fail(
         "lr_decay_iters", f"{config.lr_decay_iters} must exceed warmup_iters="
-        f"{config.warmup_iters} (or be -1 for max_iters)", "set it to max_iters or -1")
+        f"{config.warmup_iters} (or be -1 for max_iters)", "--config.lr_decay_iters=-1")
   for field in ("beta1", "beta2"):
     if not 0.0 <= config[field] < 1.0:
-      fail(field, f"{config[field]!r} is outside [0, 1)", "use 0.9 for beta1, 0.95-0.99 for beta2")
+      fail(field, f"{config[field]!r} is outside [0, 1)",
+           f"e.g. --config.{field}={0.9 if field == 'beta1' else 0.95}")
   for field in ("weight_decay", "grad_clip"):
     if config[field] < 0:
-      fail(field, f"{config[field]!r} is negative", f"use 0 to disable {field}")
+      fail(field, f"{config[field]!r} is negative", f"--config.{field}=0 disables it")
   if config.dtype not in DTYPES:
-    fail("dtype", f"{config.dtype!r} is not supported", f"use one of {', '.join(DTYPES)}")
+    fail("dtype", f"{config.dtype!r} is not supported",
+         f"--config.dtype=float32 (or {', '.join(DTYPES[1:])})")
   if config.attention not in ATTENTION_IMPLEMENTATIONS:
     fail("attention", f"{config.attention!r} is not an attention implementation",
-         f"use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+         f"--config.attention=auto (or {', '.join(ATTENTION_IMPLEMENTATIONS[1:])})")
   if config.dropout_rng not in DROPOUT_RNGS:
     fail("dropout_rng", f"{config.dropout_rng!r} is not a random bit generator",
-         f"use one of {', '.join(DROPOUT_RNGS)}")
+         f"--config.dropout_rng=auto (or {', '.join(DROPOUT_RNGS[1:])})")
   if not 0.0 < config.train_split < 1.0:
-    fail("train_split", f"{config.train_split!r} is outside (0, 1)", "use e.g. 0.9")
+    fail("train_split", f"{config.train_split!r} is outside (0, 1)",
+         "e.g. --config.train_split=0.9")
   mesh_sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
   if sum(size == -1 for size in mesh_sizes) > 1 or any(s == 0 or s < -1 for s in mesh_sizes):
-    fail("mesh",
-         f"data={mesh_sizes[0]}, fsdp={mesh_sizes[1]}, tensor={mesh_sizes[2]} is not a mesh",
-         "give positive sizes, with at most one of them -1 (= all remaining devices)")
+    fail(
+        "mesh", f"data={mesh_sizes[0]}, fsdp={mesh_sizes[1]}, tensor={mesh_sizes[2]} is not a mesh",
+        "positive sizes, at most one of them -1 (all remaining devices), e.g. "
+        "--config.mesh.data=1 --config.mesh.fsdp=-1 --config.mesh.tensor=1")
   if config.mesh.tensor > 0 and config.n_head % config.mesh.tensor:
-    fail("mesh.tensor", f"n_head={config.n_head} is not divisible by mesh.tensor="
-         f"{config.mesh.tensor}", f"use a mesh.tensor among {_divisors(config.n_head)}")
+    fail(
+        "mesh.tensor", f"n_head={config.n_head} is not divisible by mesh.tensor="
+        f"{config.mesh.tensor}", f"a divisor of n_head, e.g. --config.mesh.tensor="
+        f"{max(d for d in _divisors(config.n_head) if d <= config.mesh.tensor)}")
 
 
 @dataclasses.dataclass(frozen=True)

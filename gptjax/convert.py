@@ -12,30 +12,59 @@ gptjax/hf_gpt2.py, the run directory's checkpoints gptjax/checkpoint.py.
 from __future__ import annotations
 
 import os
+import shutil
 
 from gptjax import cli
-from gptjax.config import GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE
 from gptjax.errors import CheckpointError, UserError
 
-# (n_layer, n_head, n_embd, block_size, vocab_size) of OpenAI's GPT-2 sizes -> their presets.
-GPT2_PRESETS = {
-    (*sizes, GPT2_BLOCK_SIZE, GPT2_VOCAB_SIZE): name for name, sizes in GPT2_SIZES.items()
-}
+
+def gpt2_preset(shape: tuple) -> str | None:
+  """The GPT-2 preset of (n_layer, n_head, n_embd, block_size, vocab_size), if OpenAI's."""
+  from gptjax.config import GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE
+  return {
+      (*sizes, GPT2_BLOCK_SIZE, GPT2_VOCAB_SIZE): name for name, sizes in GPT2_SIZES.items()
+  }.get(shape)
 
 
 def import_to_run_dir(hf: str, run_dir: str):
-  """Writes an HF GPT-2 checkpoint as step 0 of a new gptjax run directory; returns its config."""
+  """Writes an HF GPT-2 checkpoint as step 0 of a new gptjax run directory; returns its config.
+  Interrupted or failed, it leaves nothing of the run directory it began."""
+  from gptjax import files, hf_gpt2
+  checkpoints = os.path.join(run_dir, "checkpoints")
+  if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    raise CheckpointError(f"--out {run_dir!r} already holds checkpoints. Fix: choose a new run "
+                          f"directory, or delete {checkpoints} if it is not needed.")
+  problem = files.unwritable_dir(run_dir)
+  if problem:
+    raise UserError(f"--out={run_dir!r}: {problem}. Fix: choose a directory you can write, e.g. "
+                    f"--out=out/{os.path.basename(os.path.normpath(run_dir)) or 'gpt2'}.")
+  hf_dir = hf_gpt2.resolve_hf(hf, flag="--from_hf")
+  top = os.path.abspath(checkpoints)  # the outermost directory this import makes
+  while not os.path.exists(os.path.dirname(top)):
+    top = os.path.dirname(top)
+  existed = os.path.exists(top)
+
+  def undo() -> None:  # what this import made: the run directory (and above), or what is in it
+    made = [top] if not existed else [os.path.join(top, name) for name in os.listdir(top)]
+    for path in made:  # (checkpoints/ existed empty: what is in it now is this import's)
+      shutil.rmtree(path, ignore_errors=True)
+
+  with files.undo_on_interrupt(undo):
+    try:
+      return _write_run_dir(hf, hf_dir, run_dir)
+    except BaseException:
+      undo()
+      raise
+
+
+def _write_run_dir(hf: str, hf_dir: str, run_dir: str):
   import jax.numpy as jnp
   from gptjax import files, hf_gpt2
   from gptjax.checkpoint import Checkpointer
   from gptjax.config import get_base_config
   from gptjax.optim import make_optimizer
   from gptjax.step import TrainState
-  checkpoints = os.path.join(run_dir, "checkpoints")
-  if os.path.isdir(checkpoints) and os.listdir(checkpoints):
-    raise CheckpointError(f"--out {run_dir!r} already holds checkpoints. Fix: choose a new run "
-                          f"directory, or delete {checkpoints} if it is not needed.")
-  hf_dir = hf_gpt2.resolve_hf(hf, flag="--from_hf")
+  cli.status(f"reading {hf_dir}")
   model, params = hf_gpt2.load_hf_gpt2(hf_dir)
   config = get_base_config()
   config.update(
@@ -50,6 +79,7 @@ def import_to_run_dir(hf: str, run_dir: str):
                      params=params,
                      opt_state=make_optimizer(config).init(params))
   meta = dict(architecture=model.config.architecture(), config=config.to_dict())
+  cli.status(f"writing {run_dir}")
   checkpointer = Checkpointer(run_dir)
   checkpointer.save(0, state, meta)
   checkpointer.close()
@@ -61,6 +91,7 @@ def export_run_dir(run_dir: str, hf_dir: str, which: str = "latest") -> None:
   """Writes a run directory's latest (or best) checkpoint as an HF GPT-2 directory."""
   from gptjax import hf_gpt2
   from gptjax.checkpoint import load_run
+  cli.status(f"reading {run_dir}")
   model, params, _, _, _ = load_run(run_dir, which)
   hf_gpt2.save_hf_gpt2(model, params, hf_dir)
 
@@ -93,9 +124,8 @@ def main(f) -> None:
   if f.from_hf and f.out and not (f.run_dir or f.to_hf):
     config = import_to_run_dir(f.from_hf, f.out)
     shape = (config.n_layer, config.n_head, config.n_embd, config.block_size, config.vocab_size)
-    preset = GPT2_PRESETS.get(
-        shape, "<a preset with n_layer, n_head, n_embd, block_size, "
-        f"vocab_size = {shape} and bias=True>")
+    preset = gpt2_preset(shape) or ("<a preset with n_layer, n_head, n_embd, block_size, "
+                                    f"vocab_size = {shape} and bias=True>")
     print(f"wrote {f.out} (step 0). Sample: python -m gptjax.sample --run_dir {f.out}\n"
           f"Train on: python -m gptjax.train --config={preset} --config.out_dir={config.out_dir} "
           f"--config.model_name={config.model_name}")

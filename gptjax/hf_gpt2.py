@@ -25,7 +25,7 @@ from flax import traverse_util
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from gptjax.config import GPT2_VOCAB_SIZE, ModelConfig
+from gptjax.config import GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE, ModelConfig
 from gptjax.errors import CheckpointError, ConfigError, UserError
 from gptjax.model import GPT
 
@@ -290,6 +290,19 @@ def save_hf_gpt2(model: GPT, params, path: str, vocab_size: int | None = None) -
   save_file(tensors, os.path.join(path, SAFETENSORS), metadata={"format": "pt"})
 
 
+def check_local(name_or_dir: str, flag: str = "--config.init_from") -> None:
+  """A ConfigError for what is wrong with `name_or_dir` on this machine alone: a file, or a path
+  that does not exist (a hub name is looked up later, by resolve_hf)."""
+  if os.path.isfile(name_or_dir):
+    raise ConfigError(f"{flag}: {name_or_dir!r} is a file, not a directory. Fix: pass the Hugging "
+                      f"Face GPT-2 directory that holds it (config.json and model.safetensors), "
+                      f"e.g. {flag}={os.path.dirname(name_or_dir) or '.'}.")
+  if not os.path.isdir(name_or_dir) and (name_or_dir.startswith(
+      (".", "/", "~")) or name_or_dir.count("/") > 1):
+    raise ConfigError(f"{flag}: directory {name_or_dir!r} does not exist. Fix: pass a local "
+                      f"Hugging Face GPT-2 directory, or a hub name such as {flag}=gpt2.")
+
+
 def resolve_hf(name_or_dir: str, flag: str = "--config.init_from") -> str:
   """A local directory for `name_or_dir`: the directory itself, or a hub model (gpt2, ...) from the
   Hugging Face cache, downloaded first when online.
@@ -299,13 +312,7 @@ def resolve_hf(name_or_dir: str, flag: str = "--config.init_from") -> str:
   """
   if os.path.isdir(name_or_dir):
     return name_or_dir
-  if os.path.isfile(name_or_dir):
-    raise ConfigError(f"{flag}: {name_or_dir!r} is a file, not a directory. Fix: pass the Hugging "
-                      f"Face GPT-2 directory that holds it (config.json and model.safetensors), "
-                      f"e.g. {flag}={os.path.dirname(name_or_dir) or '.'}.")
-  if name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1:
-    raise ConfigError(f"{flag}: directory {name_or_dir!r} does not exist. Fix: pass a local "
-                      f"Hugging Face GPT-2 directory, or a hub name such as gpt2 or gpt2-medium.")
+  check_local(name_or_dir, flag)
   how = (f"Fix: download it where there is network, with `hf download {name_or_dir} --local-dir "
          f"DIR` (`huggingface-cli download` in older huggingface_hub) or transformers' "
          f"GPT2LMHeadModel.from_pretrained({name_or_dir!r}).save_pretrained(DIR), then pass "
@@ -335,14 +342,31 @@ def resolve_hf(name_or_dir: str, flag: str = "--config.init_from") -> str:
                     f"({type(error).__name__ if error else 'no weights'}). {how}.")
 
 
-def apply_hf_architecture(config: ml_collections.ConfigDict, init_from: str) -> None:
-  """Sets `config`'s architecture fields to the checkpoint's, noting on stderr each that changes.
+def apply_hf_architecture(config: ml_collections.ConfigDict,
+                          init_from: str,
+                          need_weights: bool = True) -> None:
+  """Sets `config`'s architecture fields to the checkpoint's, noting on stderr each that changes;
+  a smaller block_size stays, and the checkpoint's position table is cropped to it (as nanoGPT's
+  crop_block_size).
 
   Args:
     config: the run's ConfigDict (changed in place).
     init_from: an HF GPT-2 directory or hub name (see `resolve_hf`).
+    need_weights: False (the planner): OpenAI's GPT-2 sizes by hub name, with nothing downloaded.
   """
-  for field, value in read_hf_config(resolve_hf(init_from)).architecture().items():
+  if not need_weights and not os.path.isdir(init_from) and init_from in GPT2_SIZES:
+    n_layer, n_head, n_embd = GPT2_SIZES[init_from]
+    architecture = ModelConfig(GPT2_VOCAB_SIZE, GPT2_BLOCK_SIZE, n_layer, n_head, n_embd,
+                               bias=True).architecture()
+  else:
+    architecture = read_hf_config(resolve_hf(init_from)).architecture()
+  for field, value in architecture.items():
+    if field == "block_size" and config.block_size < value:
+      print(
+          f"note: init_from {init_from}: block_size {config.block_size}: its {value} learned "
+          f"positions are cropped to the first {config.block_size}.",
+          file=sys.stderr)
+      continue
     if config[field] != value:
       print(
           f"note: init_from {init_from}: {field} {config[field]} -> {value} (from the "
@@ -361,6 +385,8 @@ def init_params_from(config: ml_collections.ConfigDict, abstract_params):
     The param tree of jax.Arrays, sharded as the training state expects.
   """
   _, loaded = read_hf_gpt2(resolve_hf(config.init_from))
+  if loaded[("wpe",)].shape[0] > config.block_size:  # nanoGPT's crop_block_size
+    loaded[("wpe",)] = loaded[("wpe",)][:config.block_size]
   targets = traverse_util.flatten_dict(abstract_params)
   differing = sorted("/".join(p) for p in set(targets) ^ set(loaded)) + sorted(
       f"{'/'.join(p)} {loaded[p].shape} vs {t.shape}" for p, t in targets.items()

@@ -45,6 +45,9 @@ def main(f) -> None:
   config = f.config
   if config is None:
     raise UserError("--config is required, e.g. --config=500M_1024.")
+  if config.init_from:  # fine-tuning GPT-2: its architecture, as gptjax.train takes it
+    from gptjax import hf_gpt2
+    hf_gpt2.apply_hf_architecture(config, config.init_from, need_weights=False)
   if f.target != "local":  # compile-only devices: keep JAX off any accelerator this machine has
     targets.compile_only_process()
   target = targets.parse_target(f.target)
@@ -52,6 +55,8 @@ def main(f) -> None:
     sharding.use_cpu_devices(config.cpu_devices)
     target = targets.local_target()
   config_lib.validate(config)
+  cli.status(f"compiling the train step for {target.name}" if f.method !=
+             "analytic" else f"estimating the train step on {target.name}")
   if f.check:
     problems, result = fit.check(config, target, fast=f.fast)
     if f.json:

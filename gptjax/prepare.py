@@ -48,8 +48,9 @@ def define_flags(values) -> None:
                       flag_values=values)
   flags.DEFINE_string("hf_split", "train", "The dataset's split to read.", flag_values=values)
   flags.DEFINE_float("val_fraction",
-                     0.0005, "Fraction of the documents held out for validation "
-                     "(nanoGPT's openwebtext: 0.0005); with one document, its tail.",
+                     0.1, "Validation's share: with one document, its tail; with several, whole "
+                     "documents drawn with --seed until validation holds at least this share of "
+                     "the text (at most about 10M tokens; at least 2 documents of 20 or more).",
                      flag_values=values)
   flags.DEFINE_integer("seed", 2357, "Seed of the validation draw.", flag_values=values)
   flags.DEFINE_integer("num_proc", 0, "Worker processes; 0 = every core.", flag_values=values)
@@ -69,8 +70,8 @@ def define_flags(values) -> None:
 
 
 def main(f) -> None:
+  cli.status("reading the inputs")
   from gptjax.data.prepare import Options, prepare, summary
-  cli.interrupts_raise()  # a Ctrl-C removes what this run staged
   if not f.tokenizer:
     raise UserError("--tokenizer is required: bytes, gpt2 or path/to/tokenizer.json.")
   if not f.out_dir:
@@ -78,9 +79,12 @@ def main(f) -> None:
   if bool(f.input) == bool(f.hf_dataset):
     raise UserError("give the text with --input=PATH_OR_GLOB (repeatable) or --hf_dataset=NAME, "
                     "one of the two.")
-  for name, ok in (("shard_tokens", f.shard_tokens >= 1), ("num_proc", f.num_proc >= 0)):
+  for name, ok, words, good in (("shard_tokens", f.shard_tokens
+                                 >= 1, ">= 1", "100000000"), ("num_proc", f.num_proc
+                                                              >= 0, ">= 0 (0 = every core)", "0")):
     if not ok:
-      raise UserError(f"--{name}={f[name].value} is out of range. Fix: see --help.")
+      raise UserError(f"--{name}={f[name].value} is outside its range: {words}. Fix: e.g. "
+                      f"--{name}={good}.")
   options = Options(inputs=list(f.input),
                     tokenizer=f.tokenizer,
                     out_dir=f.out_dir,

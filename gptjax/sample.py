@@ -55,13 +55,16 @@ def load_model(run_dir: str, which: str, init_from: str):
           f"{config.name} from {run_dir}: loaded checkpoint step {step} ({loaded})")
 
 
-def tokenizer_for(config, run_dir: str | None):
+def tokenizer_for(config, run_dir: str | None, tokenizer_path: str = ""):
   """The tokenizer of the loaded model and its end-of-text token (None where it has none): the
-  one place sample.py looks them up. A run's is the one it trained with (its data.json)."""
+  one place sample.py looks them up. A run's is the one it trained with (its data.json); GPT-2's
+  ranks come from `tokenizer_path` (--tokenizer_path), else the run's own."""
   from gptjax.config import resolve_tokenizer
   from gptjax.data import dataset, tokenizer as tokenizer_lib
-  tokenizer = (dataset.run_tokenizer(run_dir, config) if run_dir else tokenizer_lib.get_tokenizer(
-      resolve_tokenizer(config), config.tokenizer_path))
+  tokenizer = (dataset.run_tokenizer(run_dir, config, tokenizer_path)
+               if run_dir else tokenizer_lib.get_tokenizer(resolve_tokenizer(config),
+                                                           tokenizer_path or config.tokenizer_path,
+                                                           flag="--tokenizer_path"))
   return tokenizer, None if tokenizer.name == "bytes" else tokenizer.eot_id
 
 
@@ -99,10 +102,36 @@ def define_flags(values) -> None:
   flags.DEFINE_multi_string("stop", [], "Stop a sample at this text (not printed); repeat the "
                             "flag for several.",
                             flag_values=values)
+  flags.DEFINE_string("tokenizer_path",
+                      "", "GPT-2 ranks file (gpt2.tiktoken) for offline use; '' tries the run's "
+                      "own, $GPTJAX_GPT2_TIKTOKEN, then tiktoken's cache.",
+                      flag_values=values)
   flags.DEFINE_bool("stop_at_eot",
                     False, "Stop a sample at the end-of-text token (GPT-2's "
                     "<|endoftext|>).",
                     flag_values=values)
+
+
+# The flags with a range: (what holds, the range in words, a value that works).
+RANGES = {
+    "max_new_tokens": (lambda v: v >= 1, ">= 1", 500),
+    "temperature": (lambda v: v >= 0, ">= 0 (0 = greedy)", 0.8),
+    "top_k": (lambda v: v >= 0, ">= 0 (0 = all tokens)", 200),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]", 0.95),
+    "num_samples": (lambda v: v >= 1, ">= 1", 1),
+}
+
+
+def check_ranges(f) -> None:
+  """A UserError naming every flag out of its range, each with the range and a value that works."""
+  wrong = [(name, f[name].value, words, good)
+           for name, (ok, words, good) in RANGES.items()
+           if not ok(f[name].value)]
+  if wrong:
+    raise UserError("; ".join(
+        f"--{name}={value} is outside its range: {words}" for name, value, words, _ in wrong) +
+                    ". Fix: e.g. " + " ".join(f"--{name}={good}" for name, _, _, good in wrong) +
+                    ".")
 
 
 def main(f) -> None:
@@ -111,18 +140,16 @@ def main(f) -> None:
   if bool(f.run_dir) == bool(f.init_from):
     raise UserError("give one of --run_dir (a gptjax run, e.g. --run_dir out/tiny_char) or "
                     "--init_from (Hugging Face GPT-2 weights, e.g. --init_from gpt2).")
-  for name, ok in (("max_new_tokens", f.max_new_tokens >= 1), ("temperature", f.temperature
-                                                               >= 0), ("top_k", f.top_k >= 0),
-                   ("top_p", 0 < f.top_p <= 1), ("num_samples", f.num_samples
-                                                 >= 1), ("stop", all(f.stop))):
-    if not ok:
-      raise UserError(f"--{name}={f[name].value} is out of range. Fix: see "
-                      f"`python -m gptjax.sample --help`.")
+  check_ranges(f)
+  if f.stop and not all(f.stop):
+    raise UserError("--stop: an empty text stops nothing. Fix: give the text to stop at, e.g. "
+                    "--stop=$'\\n\\n'.")
   prompt_text = read_prompt(f.prompt)  # before loading anything
   start = time.perf_counter()
+  cli.status("loading the model")
   model, params, config, loaded = load_model(f.run_dir, f.checkpoint, f.init_from)
   compile_cache.use(config.get("compilation_cache_dir", ""))  # training's cache
-  tokenizer, end_of_text = tokenizer_for(config, f.run_dir)
+  tokenizer, end_of_text = tokenizer_for(config, f.run_dir, f.tokenizer_path)
   if f.stop_at_eot and end_of_text is None:
     raise UserError(f"--stop_at_eot: the {tokenizer.name} tokenizer has no end-of-text token. "
                     f"Fix: stop at a text instead, e.g. --stop=$'\\n\\n'.")
@@ -137,6 +164,7 @@ def main(f) -> None:
                       -1 if stop_token is None else stop_token)
   transcripts = [Transcript(tokenizer, prompt, f.stop, stop_token) for _ in range(f.num_samples)]
   timings, new_tokens = {}, 0
+  cli.status("compiling the sampler (or loading it from the compilation cache)")
   loop_start = time.perf_counter()
   for tokens in stream(model,
                        params,

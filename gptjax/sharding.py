@@ -52,8 +52,8 @@ def use_cpu_devices(count: int) -> None:
     if len(jax.devices("cpu")) != count:
       raise ConfigError(
           f"config field 'cpu_devices': {count} CPU devices were asked for after JAX had started "
-          f"with {len(jax.devices('cpu'))}. Fix: set it in a fresh process (python -m "
-          f"gptjax.train does), or set XLA_FLAGS=--xla_force_host_platform_device_count={count}."
+          f"with {len(jax.devices('cpu'))}. Fix: set it in a fresh process (`python -m "
+          f"gptjax.train` does), or set XLA_FLAGS=--xla_force_host_platform_device_count={count}."
       ) from e
 
 
@@ -65,14 +65,16 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int
     if num_devices % fixed:
       raise ConfigError(
           f"config field 'mesh': data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]} cannot fill "
-          f"{num_devices} devices ({num_devices} is not a multiple of {fixed}). Fix: choose sizes "
-          f"whose product divides {num_devices}.")
+          f"{num_devices} devices ({num_devices} is not a multiple of {fixed}). Fix: sizes whose "
+          f"product divides {num_devices}, e.g. --config.mesh.data=1 --config.mesh.fsdp=-1 "
+          f"--config.mesh.tensor=1.")
     sizes[sizes.index(-1)] = num_devices // fixed
   if math.prod(sizes) != num_devices:
     raise ConfigError(
         f"config field 'mesh': data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = "
-        f"{math.prod(sizes)} devices, but {num_devices} are present. Fix: make the product "
-        f"{num_devices}, or set one of them to -1 (all remaining devices).")
+        f"{math.prod(sizes)} devices, but {num_devices} are present. Fix: e.g. "
+        f"--config.mesh.data=1 --config.mesh.fsdp=-1 --config.mesh.tensor=1 (sizes whose "
+        f"product is {num_devices}, or with one -1: all remaining devices).")
   return tuple(sizes)
 
 
@@ -98,9 +100,9 @@ def validate_for_mesh(config: ml_collections.ConfigDict, shape: tuple[int, int, 
     if config[field] % tensor:
       raise ConfigError(
           f"config field '{field}': {config[field]} is not divisible by mesh.tensor={tensor}, "
-          f"which splits it. Fix: a mesh.tensor that divides {config[field]}" +
-          (", or a vocab_size padded to a multiple of it (50304 = 64 x 786)." if field ==
-           "vocab_size" else "."))
+          f"which splits it. Fix: a mesh.tensor that divides it, e.g. --config.mesh.tensor=1" +
+          (f", or a vocab_size padded to a multiple of it, --config.vocab_size="
+           f"{-(-config[field] // tensor) * tensor}." if field == "vocab_size" else "."))
 
 
 def logical_shardings(abstract_tree, mesh: jax.sharding.Mesh):

@@ -210,6 +210,41 @@ def test_fine_tuning_starts_from_hf_with_hf_loss(hf_bytes, tmp_path, capsys):
   np.testing.assert_allclose(first["train_loss"], float(expected), rtol=1e-5)
 
 
+def test_init_from_keeps_a_smaller_block_size_and_crops_the_positions(hf_bytes, tmp_path, capsys):
+  """--config.block_size=8 under a 16-position GPT-2: kept, and wpe cropped to its first 8 rows
+  (nanoGPT's crop_block_size), so the first loss is HF's on 8-token windows; the run samples at
+  8; the planner takes GPT-2's sizes with the smaller block, with nothing downloaded."""
+  hf, directory = hf_bytes
+  config = tiny_config(tmp_path,
+                       init_from=directory,
+                       block_size=8,
+                       max_iters=1,
+                       eval_interval=1000,
+                       eval_iters=1,
+                       batch_size=4)
+  loop.train(config)
+  assert config.block_size == 8
+  assert "block_size 8: its 16 learned positions are cropped to the first 8" in capsys.readouterr(
+  ).err
+  first = read_metrics(os.path.join(config.out_dir, config.model_name))[0]
+  windows = batches.train_batch(
+      dataset.open_tokens(config).train, config.seed, 0, 1, config.batch_size, 8)[0]
+  with torch.no_grad():
+    logits = hf(input_ids=torch.as_tensor(windows[:, :-1], dtype=torch.long)).logits
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 torch.as_tensor(windows[:, 1:]).long().reshape(-1))
+  np.testing.assert_allclose(first["train_loss"], float(expected), rtol=1e-5)
+  model, params, saved, _, _ = checkpoint.load_run(os.path.join(config.out_dir, config.model_name))
+  assert params["wpe"].shape == (8, 32) and model.config.block_size == saved.block_size == 8
+  prompt = [int(t) for t in ByteTokenizer().encode("ROMEO: ")]
+  tokens = generate.generate(model, params, prompt, 12, seed=0, temperature=0.0, top_k=0)
+  assert tokens.shape == (1, len(prompt) + 12)  # past 8 positions: the sliding window
+  planned = get_base_config()
+  planned.update(dict(block_size=128, init_from="gpt2"))
+  hf_gpt2.apply_hf_architecture(planned, "gpt2", need_weights=False)
+  assert (planned.n_layer, planned.n_embd, planned.block_size) == (12, 768, 128)
+
+
 def test_from_hf_run_directory_samples_and_exports(hf_bytes, tmp_path):
   hf, directory = hf_bytes
   run_dir = str(tmp_path / "out" / "imported")

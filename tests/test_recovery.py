@@ -31,6 +31,7 @@ def test_best_checkpoint_survives_resumes_and_is_what_sample_loads(tiny):
   train(config)
   run_dir = run_dir_of(config)
   config.learning_rate = config.min_lr = 3.0  # far too high from here on: the val loss rises
+  config.resume_with_changes = True
   for resumed_to in (8, 10):  # each resume saves twice, and keeps only the last by recency
     config.max_iters = resumed_to
     train(config)
@@ -39,7 +40,9 @@ def test_best_checkpoint_survives_resumes_and_is_what_sample_loads(tiny):
     assert best <= 4, evals  # else the test would not tell best from latest
     checkpointer = Checkpointer(run_dir, read_only=True)
     assert checkpointer.best_step() == best
-    assert set(checkpointer.manager.all_steps()) == {best, resumed_to}
+    # Besides: step 4, where the first run ended and its settings changed, and 8, where the
+    # second run ended, are kept for good.
+    assert set(checkpointer.manager.all_steps()) == {best, 4, 8, resumed_to}
     result = sample(run_dir, "--checkpoint=best")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"loaded checkpoint step {best} (best by val loss {best_loss:.4f})" in result.stderr
@@ -145,6 +148,7 @@ def test_a_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
   from gptjax.training.lock import RunLock
   run_dir = tmp_path / "tiny_char"
   command = (*TINY_COMMAND, "--config.max_iters=2", f"--config.out_dir={tmp_path}")
+  run_dir.mkdir()  # (a lock on a directory it made removes it when released, still empty)
   held = RunLock(str(run_dir)).acquire()  # a training in progress, as another process holds it
   before = tree_state(run_dir)
   assert_user_error(run_module(*command), str(run_dir), "in use", f"pid {os.getpid()}",
@@ -156,7 +160,7 @@ def test_a_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
   result = run_module(*command)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "taking over" in result.stderr and "pid 4194311 on gone" in result.stderr
-  assert (run_dir / "lock").read_text() == ""  # released at the end
+  assert not (run_dir / "lock").exists()  # released at the end, and removed
   assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
 
 
@@ -213,13 +217,25 @@ def test_a_damaged_token_cache_is_rebuilt_with_a_note(tmp_path):
   assert os.path.getsize(train_bin) == size
 
 
-def test_resuming_with_other_settings_says_what_changed(tmp_path):
+def test_resuming_with_other_settings_is_refused_unless_on_purpose(tmp_path):
+  """Settings that shape training differ from the checkpoint's: one error naming them and both
+  ways on, nothing written; with --config.resume_with_changes=True it resumes with a note.
+  Operational fields (max_iters, intervals, ...) change freely."""
   command = (*TINY_COMMAND, f"--config.out_dir={tmp_path}")
   assert run_module(*command, "--config.max_iters=2").returncode == 0
-  result = run_module(*command, "--config.max_iters=3", "--config.learning_rate=0.01",
-                      "--config.seed=7")
+  before = tree_state(tmp_path)
+  changed = (*command, "--config.max_iters=3", "--config.learning_rate=0.01", "--config.seed=7",
+             "--config.log_interval=2", "--config.eval_iters=2")
+  refused = run_module(*changed)
+  assert_user_error(refused, "holds checkpoint step 2, trained with other settings",
+                    "learning_rate: 0.001 -> 0.01", "seed: 1337 -> 7",
+                    "--config.model_name=tiny_char_2", "--config.resume_with_changes=True")
+  assert "log_interval" not in refused.stderr and "eval_iters" not in refused.stderr
+  assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+  assert tree_state(tmp_path) == before  # refused before anything was written
+  result = run_module(*changed, "--config.resume_with_changes=True")
   assert result.returncode == 0, result.stderr[-3000:]
-  note = [line for line in result.stderr.splitlines() if "differ from the run's" in line]
+  note = [line for line in result.stderr.splitlines() if "new settings, on purpose" in line]
   assert len(note) == 1 and "learning_rate" in note[0] and "seed: 1337 -> 7" in note[0], note
   assert "max_iters" not in note[0]
 
@@ -408,3 +424,81 @@ def test_a_full_disk_is_one_error_and_the_same_command_resumes(tmp_path):
   assert (logs / "prepared.txt").read_text().split() in ([], [".prepare.lock"])  # no partial shards
   assert (logs / "checkpoints.txt").read_text().split() == ["4", "6", "8"]
   assert [r["step"] for r in read_metrics(logs)] == list(range(1, 9))
+
+
+def test_the_readme_command_rerun_with_a_changed_setting_loses_no_checkpoint(tmp_path):
+  """README's first command (`--config=tiny_char --config.max_iters=200`, made small: 1 layer,
+  4 steps, a checkpoint every 2, one kept), then run again as in the report: with
+  --config.batch_size=8 and without max_iters it is refused, both fixes named, nothing written;
+  without max_iters it continues toward the preset's 5,000 steps (stopped here by SIGTERM after
+  a few), and the step-4 checkpoint the first run ended with is kept for good."""
+  import signal
+  command = (*TINY_COMMAND, "--config.eval_interval=2", "--config.keep_checkpoints=1",
+             f"--config.out_dir={tmp_path}")
+  assert run_module(*command, "--config.max_iters=4").returncode == 0
+  run_dir = tmp_path / "tiny_char"
+  before = tree_state(tmp_path)
+  refused = run_module(*command, "--config.batch_size=8")
+  assert_user_error(refused, "batch_size: 16 -> 8", "--config.model_name=tiny_char_2",
+                    "--config.resume_with_changes=True")
+  assert tree_state(tmp_path) == before
+  process = subprocess.Popen([sys.executable, *command],
+                             cwd=REPO_ROOT,
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE,
+                             text=True,
+                             env={
+                                 **os.environ, "JAX_PLATFORMS": "cpu",
+                                 "PYTHONUNBUFFERED": "1"
+                             })
+  for line in process.stdout:
+    if line.startswith("step 9:"):  # 6 and 8 saved since: keep_checkpoints=1 would rotate 4 out
+      process.send_signal(signal.SIGTERM)
+      break
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr[-3000:]
+  assert "ended at step 4 (max_iters=4); continuing it to max_iters=5000" in stderr
+  checkpointer = Checkpointer(str(run_dir), read_only=True)
+  steps = set(checkpointer.manager.all_steps())
+  assert 4 in steps and checkpointer.latest_step() >= 9, steps
+  assert checkpointer.read_meta(4)["config"]["max_iters"] == 4  # intact, the first run's
+
+
+def test_paths_that_cannot_be_written_are_one_error(tmp_path, cli):
+  """out_dir under /proc or /sys, a model_name that leaves out_dir, prepare's --out_dir under
+  /proc: one error line each (exit 2), nothing written."""
+  train = ("--config=tiny_char", "--config.n_layer=1", "--config.max_iters=1")
+  for args, fragments in (
+      (("--config.out_dir=/proc/gptjax",), ["'/proc' cannot be written", "--config.out_dir=out"]),
+      (("--config.out_dir=/sys/gptjax",), ["'/sys' cannot be written", "--config.out_dir=out"]),
+      ((f"--config.out_dir={tmp_path}", "--config.model_name=../../../proc/x"),
+       ["'model_name'", "leaves out_dir", "--config.model_name=x"]),
+  ):
+    code, _, err = cli("train", *train, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+      assert fragment in err, (fragment, err)
+  code, _, err = cli("prepare", f"--input={REPO_ROOT}/README.md", "--tokenizer=bytes",
+                     "--out_dir=/proc/gptjax/data")
+  assert code == 2 and "'/proc' cannot be written" in err and "--out_dir=data/data" in err, err
+  assert os.listdir(tmp_path) == []
+
+
+def test_the_first_problem_reported_is_the_cheap_local_one(tmp_path, cli, monkeypatch):
+  """Offline, README's Dante command names the missing input_dante.txt, not the GPT-2 download."""
+  from gptjax.data import tokenizer
+
+  def offline(name):
+    raise ConnectionError("no network")
+
+  monkeypatch.setattr(tokenizer.tiktoken, "get_encoding", offline)
+  monkeypatch.delenv(tokenizer.GPT2_TIKTOKEN_ENV, raising=False)
+  monkeypatch.chdir(tmp_path)
+  code, _, err = cli("train", "--config=150M", "--config.model_name=dante_150M",
+                     "--config.input_file=input_dante.txt", "--config.max_iters=5000",
+                     "--config.learning_rate=1e-4")
+  assert code == 2 and "'input_dante.txt' does not exist" in err and "GPT-2" not in err, err
+  (tmp_path / "input_dante.txt").write_text("Nel mezzo del cammin di nostra vita\n" * 100)
+  code, _, err = cli("train", "--config=150M", "--config.input_file=input_dante.txt")
+  assert code == 2 and "GPT-2 BPE is not available" in err, err  # now the download is the problem
+  assert os.listdir(tmp_path) == ["input_dante.txt"]

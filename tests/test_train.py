@@ -93,7 +93,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny):
                    min_lr=1e5,
                    grad_clip=0.0,
                    warmup_iters=0,
-                   eval_interval=4)
+                   eval_interval=4,
+                   resume_with_changes=True)
   with pytest.raises(DivergenceError, match="last good checkpoint"):
     train(exploding)
   checkpointer = Checkpointer(run_dir, read_only=True)

@@ -74,7 +74,8 @@ def memory_fix(config: ml_collections.ConfigDict, target: targets.Target) -> str
   local devices when they are the target: cheap there, and exact)."""
   found = fewest_changes_that_fit(config, target, compile=target.name == "local")
   if found is None:
-    return "more devices (a larger --target) or a smaller model"
+    return ("a smaller model, or more devices (`python -m gptjax.plan --config=... --target=... "
+            "--search` finds what fits)")
   candidate, total = found
   return (f"{format_overrides(candidate.estimate.settings, config)} (planned {gib(total)} per "
           f"device; `python -m gptjax.plan --search` ranks every option)")

@@ -69,7 +69,7 @@ class StopRequest:
 
 def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Trains (or resumes) the run `config` describes. Returns the last step's record."""
-  run = start(config)
+  run = start(config, say=functools.partial(print, flush=True))
   is_main = jax.process_index() == 0
   say = functools.partial(print, flush=True) if is_main else (lambda *a, **k: None)
   setup, mesh, checkpointer, state, step = (run.setup, run.mesh, run.checkpointer, run.state,

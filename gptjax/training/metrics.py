@@ -190,8 +190,9 @@ class Recorder:
     if not math.isfinite(train_loss):
       raise DivergenceError(
           f"training loss became {train_loss} at step {step}; stopping without saving. The last "
-          f"good checkpoint (step {self.last_checkpoint()}) is intact. Fix: lower "
-          f"--config.learning_rate, keep --config.grad_clip > 0, or use float32.")
+          f"good checkpoint (step {self.last_checkpoint()}) is intact. Fix: a lower "
+          f"--config.learning_rate, clipping on (--config.grad_clip=1.0), or "
+          f"--config.dtype=float32.")
     elapsed = time.perf_counter() - self.timer_start
     step_time = elapsed / (step - self.timer_step)
     record = dict(step=step,

@@ -2,16 +2,23 @@
 
   run = start(config)   # validated, data open, step compiled and checked to fit, state restored
 
-config -> validate -> token store (the tokenizer resolved and checked once) -> mesh ->
-build (eval_shape(init) -> logical specs -> NamedShardings -> jit) -> compile the step -> does it
-fit -> take the run directory's lock -> restore the latest intact checkpoint, GPT-2's weights, or
-init -> record the run's data. A config that fails anywhere before the lock leaves the run
-directory as it was.
+config -> the cheap local checks (fields, files, out_dir, a run directory trained with other
+settings) -> GPT-2's architecture (init_from) -> token store (the tokenizer resolved and checked
+once) -> mesh -> build (eval_shape(init) -> logical specs -> NamedShardings -> jit) -> compile the
+step -> does it fit -> take the run directory's lock -> restore the latest intact checkpoint,
+GPT-2's weights, or init -> record the run's data. A config that fails anywhere, or a Ctrl-C,
+before the first step leaves the run directory as it was.
+
+A run directory's checkpoint trained with other settings that shape training (every field but
+config.OPERATIONAL_FIELDS) is refused, naming the differences and both ways on: a new run
+directory, or --config.resume_with_changes=True to continue it with the new settings on purpose.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import sys
 import time
@@ -21,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gptjax import compile_cache, devices, hf_gpt2, sharding
+from gptjax import compile_cache, devices, files, hf_gpt2, sharding
 from gptjax.checkpoint import Checkpointer, architecture_mismatch
-from gptjax.config import ModelConfig, validate
+from gptjax.config import OPERATIONAL_FIELDS, ModelConfig, validate
 from gptjax.data import dataset
-from gptjax.errors import CheckpointError, UserError, nearest_existing
+from gptjax.errors import CheckpointError, UserError
 from gptjax.params import count_params
 from gptjax.planner import fit
 from gptjax.step import Setup, TrainState, build, compile_train_step, mesh_context
@@ -37,13 +44,65 @@ def run_directory(config: ml_collections.ConfigDict) -> str:
 
 
 def check_out_dir(config: ml_collections.ConfigDict) -> None:
-  """A UserError unless out_dir is, or can be made, a writable directory (checked, not made)."""
-  existing = nearest_existing(config.out_dir)
-  problem = ("is a file, not a directory" if not os.path.isdir(existing) else
-             "is not writable" if not os.access(existing, os.W_OK | os.X_OK) else None)
+  """A UserError unless out_dir is, or can be made, a writable directory (tried, nothing left)."""
+  problem = files.unwritable_dir(config.out_dir)
   if problem:
-    raise UserError(f"--config.out_dir={config.out_dir!r}: {existing!r} {problem}. Fix: choose a "
-                    f"directory you can write, e.g. --config.out_dir=out.")
+    raise UserError(f"--config.out_dir={config.out_dir!r}: {problem}. Fix: choose a directory "
+                    f"you can write, e.g. --config.out_dir=out.")
+
+
+def check_locally(config: ml_collections.ConfigDict) -> None:
+  """The cheap checks, on this machine alone, before anything slow or networked (GPT-2's weights
+  or ranks from the hub, compiling): the fields, the files the config names, out_dir."""
+  validate(config)
+  dataset.check_sources(config)
+  if config.init_from:
+    hf_gpt2.check_local(config.init_from, flag="--config.init_from")
+  check_out_dir(config)
+
+
+def saved_meta(run_dir: str) -> tuple[int, dict[str, Any]] | None:
+  """(step, meta) of the newest checkpoint whose meta reads, straight from Orbax's files (before
+  JAX starts); None without one. restore_or_init checks the step it restores again."""
+  directory = os.path.join(run_dir, "checkpoints")
+  steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit()),
+                 reverse=True) if os.path.isdir(directory) else []
+  for step in steps:
+    try:
+      return step, files.read_json(os.path.join(directory, str(step), "meta", "metadata"))
+    except (OSError, ValueError):
+      continue
+  return None
+
+
+def check_resume(config: ml_collections.ConfigDict, found=None) -> None:
+  """A CheckpointError when the run directory's checkpoint (`found`: (step, meta), default its
+  newest) holds another architecture, or was trained with other settings that shape training
+  and config.resume_with_changes is not set (then a note lists them)."""
+  found = found or saved_meta(run_directory(config))
+  if found is None:
+    return
+  step, meta = found
+  where = f"run directory {run_directory(config)!r}"
+  differing = architecture_mismatch(meta["architecture"],
+                                    ModelConfig.from_config(config).architecture())
+  if differing:
+    raise CheckpointError(
+        f"{where} holds a different architecture (" + "; ".join(differing) + "). Fix: train into a "
+        f"new directory with --config.model_name={free_model_name(config)}, or use the "
+        f"checkpoint's architecture.")
+  changed = changed_settings(meta["config"], config.to_dict())
+  if changed and not config.resume_with_changes:
+    raise CheckpointError(
+        f"{where} holds checkpoint step {step}, trained with other settings: " +
+        "; ".join(changed) + f". Fix: train a new run with --config.model_name="
+        f"{free_model_name(config)}, or continue this one with the new settings with "
+        f"--config.resume_with_changes=True.")
+
+
+def free_model_name(config: ml_collections.ConfigDict) -> str:
+  """<model_name>_<n>, the first that names no directory in out_dir yet."""
+  return files.free_name(config.out_dir, config.model_name or config.name)
 
 
 def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[TrainState, int]:
@@ -51,13 +110,7 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
   with a note), else GPT-2 weights or a fresh init."""
 
   def load(step):
-    saved = checkpointer.read_meta(step)["architecture"]
-    differing = architecture_mismatch(saved, ModelConfig.from_config(config).architecture())
-    if differing:
-      raise CheckpointError(
-          f"run directory {checkpointer.directory!r} holds a different architecture (" +
-          "; ".join(differing) + "). Fix: train into a new directory with "
-          "--config.model_name=<new name>, or use the checkpoint's architecture.")
+    check_resume(config, (step, checkpointer.read_meta(step)))
     return checkpointer.restore(step, setup.abstract_state.params, setup.abstract_state.opt_state)
 
   found = checkpointer.first_intact(checkpointer.steps_to_try(), load)
@@ -70,42 +123,47 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
     step = 0
   else:
     step, (params, opt_state) = found
-    changed = changed_settings(checkpointer.read_meta(step)["config"], config.to_dict())
-    if changed and jax.process_index() == 0:
-      print(f"note: resuming step {step} with settings that differ from the run's: " +
-            "; ".join(changed),
-            file=sys.stderr,
-            flush=True)
+    saved = checkpointer.read_meta(step)["config"]
+    changed = changed_settings(saved, config.to_dict())
+    notes = [f"resuming step {step} with new settings, on purpose: " +
+             "; ".join(changed)] if changed else []
+    if saved.get("max_iters") == step < config.max_iters:
+      notes.append(f"{run_directory(config)} ended at step {step} (max_iters={step}); continuing "
+                   f"it to max_iters={config.max_iters}. Its step-{step} checkpoint is kept.")
+    if notes and jax.process_index() == 0:
+      print("".join(f"note: {line}\n" for line in notes), end="", file=sys.stderr, flush=True)
   step_array = jax.device_put(jnp.asarray(step, jnp.int32), sharding.replicated(setup.mesh))
   return TrainState(step=step_array, params=params, opt_state=opt_state), step
 
 
-# Fields a resumed run is expected to change: no note for them.
-RESUME_FIELDS = ("max_iters", "out_dir", "compilation_cache_dir", "cpu_devices", "allow_cpu",
-                 "mesh", "distributed", "log_interval")
+def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """"field: saved -> current" for each field that shapes training (not OPERATIONAL_FIELDS) and
+  differs between a checkpoint's config and this run's; fields one of them lacks (a checkpoint
+  from before the field existed) are not compared."""
+  return [
+      f"{key}: {saved[key]!r} -> {value!r}" for key, value in current.items()
+      if key not in OPERATIONAL_FIELDS and key in saved and saved[key] != value
+  ]
 
 
-def changed_settings(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-  """"field: saved -> current" for each setting of a resumed run that differs from its checkpoint's
-  (the architecture is checked apart: it must not differ)."""
-  changed = []
-  for key, value in current.items():
-    if prefix + key in RESUME_FIELDS or key not in saved:
-      continue
-    if isinstance(value, dict) and isinstance(saved[key], dict):
-      changed += changed_settings(saved[key], value, f"{prefix}{key}.")
-    elif saved[key] != value:
-      changed.append(f"{prefix}{key}: {saved[key]!r} -> {value!r}")
-  return changed
+def settings_fingerprint(config: ml_collections.ConfigDict) -> int:
+  """A 48-bit hash of the fields that shape training (a checkpoint's mark for RunEnds)."""
+  shaping = {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL_FIELDS}
+  return int(hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12], 16)
 
 
 def save(checkpointer: Checkpointer, config, step: int, state: TrainState,
          losses: dict[str, float]) -> None:
-  """Starts an asynchronous save of `state` at `step`, with the architecture, config and losses."""
+  """Starts an asynchronous save of `state` at `step`, with the architecture, config and losses,
+  and the marks that keep a run's end and the last step of its settings (checkpoint.RunEnds)."""
   meta = dict(architecture=ModelConfig.from_config(config).architecture(),
               config=config.to_dict(),
               **losses)
-  checkpointer.save(step, state, meta, losses.get("val_loss"))
+  checkpointer.save(step,
+                    state,
+                    meta,
+                    losses.get("val_loss"),
+                    marks=dict(max_iters=config.max_iters, settings=settings_fingerprint(config)))
 
 
 @dataclasses.dataclass
@@ -122,13 +180,15 @@ class Run:
   first_record: dict[str, Any]  # compile time and step memory, logged with the first step
 
 
-def start(config: ml_collections.ConfigDict) -> Run:
-  """Validates, builds the mesh and the data, compiles the step and checks that it fits (before
-  any state is allocated), then restores the latest checkpoint or initialises."""
+def start(config: ml_collections.ConfigDict, say=print) -> Run:
+  """Checks what is cheap first, then builds the mesh and the data, compiles the step and checks
+  that it fits (before any state is allocated), then restores the latest checkpoint or
+  initialises. `say` prints what takes a while (compiling)."""
+  check_locally(config)
   if config.init_from:  # the architecture comes from the checkpoint; differences are noted on stderr
     hf_gpt2.apply_hf_architecture(config, config.init_from)
-  validate(config)
-  check_out_dir(config)
+    validate(config)
+  check_resume(config)
   token_data = dataset.open_tokens(config)  # before JAX starts: its worker processes may fork
   sharding.use_cpu_devices(config.cpu_devices)
   compile_cache.use(config.compilation_cache_dir)
@@ -137,6 +197,11 @@ def start(config: ml_collections.ConfigDict) -> Run:
   mesh = sharding.make_mesh(config)
   setup = build(config, mesh)
   compile_start = time.perf_counter()
+  if jax.process_index() == 0:
+    say(
+        f"compiling the train step ({config.name}, {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s); the compilation cache makes the next start quick)",
+        flush=True)
   with fit.explain_out_of_memory(config):
     compiled_step = compile_train_step(setup, config)
   step_memory = fit.ensure_fits(config, compiled_step)
