@@ -184,14 +184,17 @@ def tree_state(directory: str) -> dict[str, float]:
 
 
 def bad_input_trial(root: str, what: str, args: list[str], env=None) -> tuple[bool, str]:
+  # Into a run directory of its own (one trained with other settings would refuse every trial
+  # before its own check), beside the finished run, which must stay as it was.
   if not any(a.startswith("--config.out_dir=") for a in args) and any(
       a.startswith("--config=") for a in args):
-    args = [*args, f"--config.out_dir={root}", "--config.model_name=finished"]
+    args = [*args, f"--config.out_dir={root}", "--config.model_name=bad_input"]
   before = tree_state(os.path.join(root, "finished"))
   result = python("-m", "gptjax.train", *args, env=env or {})
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   clear = (result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr and
-           tree_state(os.path.join(root, "finished")) == before)
+           tree_state(os.path.join(root, "finished")) == before and
+           not os.path.exists(os.path.join(root, "bad_input")))
   return clear, (errors[0][:160]
                  if errors else f"exit {result.returncode}: {result.stderr.strip()[-200:]}")
 
