@@ -62,7 +62,8 @@ def run_command(main,
   given = sys.argv  # restored at the end: a command run in-process (tests) leaves it as it was
   try:
     try:
-      status(f"importing {'JAX' if uses_jax else 'its libraries'}")
+      if not any(arg in HELP_ARGS for arg in argv[1:]):
+        status(f"importing {'JAX' if uses_jax else 'its libraries'}")
       from absl import flags
       from absl import logging as absl_logging
       values = flags.FlagValues()

@@ -289,8 +289,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     nearest = min(_divisors(config.n_embd), key=lambda d: (abs(d - config.n_head), d))
     fail(
         "n_head", f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}",
-        f"a divisor of n_embd, e.g. --config.n_head={nearest}, or an n_embd that n_head divides, "
-        f"e.g. --config.n_embd={-(-config.n_embd // config.n_head) * config.n_head}")
+        f"a divisor of n_embd {_divisors(config.n_embd)}, e.g. --config.n_head={nearest}, or an "
+        f"n_embd that n_head divides, e.g. --config.n_embd="
+        f"{-(-config.n_embd // config.n_head) * config.n_head}")
   if not 0.0 <= config.dropout < 1.0:
     fail("dropout", f"{config.dropout!r} is outside [0, 1)",
          "e.g. --config.dropout=0.2 (small data) or --config.dropout=0.0 (large)")

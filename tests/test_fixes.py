@@ -1146,7 +1146,8 @@ def _(ctx):
 
 
 def _matches(site, r: Row) -> bool:
-  return site[0] == r.file and " ".join(r.fragment.split()) in site[2]
+  """Whether the row names the site (spaces aside: the formatter may wrap a statement anew)."""
+  return site[0] == r.file and re.sub(r"\s+", "", r.fragment) in re.sub(r"\s+", "", site[2])
 
 
 def test_every_fix_has_a_row():

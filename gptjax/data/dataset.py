@@ -159,8 +159,8 @@ def _too_few_tokens_fix(config, sizes: dict[str, int]) -> str:
   fixes, total = [], sum(sizes.values())
   if min(sizes.values()) >= 2:
     fixes.append(f"a block that fits both splits, --config.block_size={min(sizes.values()) - 1}")
-  if not config.data_dir and total >= 2 * (config.block_size + 1):
-    share = round(1 - (config.block_size + 1) / total, 3)
+  if not config.data_dir and total >= 3 * (config.block_size + 1):  # val: two blocks' worth
+    share = round(1 - 2 * (config.block_size + 1) / total, 3)
     fixes.append(f"a larger validation share, --config.train_split={share}")
   return ", or ".join(fixes + ["more text"]) + "."
 

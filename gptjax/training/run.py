@@ -2,12 +2,12 @@
 
   run = start(config)   # validated, data open, step compiled and checked to fit, state restored
 
-config -> the cheap local checks (fields, files, out_dir, a run directory trained with other
-settings) -> GPT-2's architecture (init_from) -> token store (the tokenizer resolved and checked
-once) -> mesh -> build (eval_shape(init) -> logical specs -> NamedShardings -> jit) -> compile the
-step -> does it fit -> take the run directory's lock -> restore the latest intact checkpoint,
-GPT-2's weights, or init -> record the run's data. A config that fails anywhere, or a Ctrl-C,
-before the first step leaves the run directory as it was.
+config -> the cheap local checks (fields, files, out_dir) -> GPT-2's architecture (init_from) ->
+a run directory trained with another architecture or other settings -> token store (the tokenizer
+resolved and checked once) -> mesh -> build (eval_shape(init) -> logical specs -> NamedShardings
+-> jit) -> compile the step -> does it fit -> take the run directory's lock -> restore the latest
+intact checkpoint, GPT-2's weights, or init -> record the run's data. A config that fails
+anywhere, or a Ctrl-C, before the first step leaves the run directory as it was.
 
 A run directory's checkpoint trained with other settings that shape training (every field but
 config.OPERATIONAL_FIELDS) is refused, naming the differences and both ways on: a new run
@@ -78,7 +78,7 @@ def saved_meta(run_dir: str) -> tuple[int, dict[str, Any]] | None:
 def check_resume(config: ml_collections.ConfigDict, found=None) -> None:
   """A CheckpointError when the run directory's checkpoint (`found`: (step, meta), default its
   newest) holds another architecture, or was trained with other settings that shape training
-  and config.resume_with_changes is not set (then a note lists them)."""
+  and config.resume_with_changes is not set (with it, restore_or_init notes them)."""
   found = found or saved_meta(run_directory(config))
   if found is None:
     return
