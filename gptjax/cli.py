@@ -60,14 +60,15 @@ def run_command(main,
     signal.signal(signal.SIGINT, _exit_on_interrupt)
     _watch_interrupts()
   try:
-    values = flags.FlagValues()
+    values, command_line = flags.FlagValues(), list(argv)
     define_flags(values)
     if config:
-      config_lib_flag(values)
+      config_lib_flag(values, command_line)
     if any(arg in HELP_ARGS for arg in argv[1:]):
       print(usage(doc, values, argv if config else None))
       sys.exit(0)
     argv = exit_on_user_error(_check_arguments)(argv, values, config, aliases or {})
+    command_line[:] = argv  # where --config finds its overrides (not sys.argv: in-process runs)
     if uses_jax:
       devices.start_jax()
     try:
@@ -123,8 +124,9 @@ def interrupts_raise() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def config_lib_flag(values: flags.FlagValues) -> None:
-  """The --config flag (ml_collections' config_file flag, lock_config) on `values`."""
+def config_lib_flag(values: flags.FlagValues, command_line: list[str]) -> None:
+  """The --config flag (ml_collections' config_file flag, lock_config) on `values`, reading its
+  --config.<field> overrides from `command_line` when the flags are parsed."""
   from ml_collections import config_flags
   config_flags.DEFINE_config_file(
       "config",
@@ -132,7 +134,8 @@ def config_lib_flag(values: flags.FlagValues) -> None:
       "nanoGPT-style .json file. Override its fields with --config.<field>=<value> (every field "
       "is listed below).",
       flag_values=values,
-      lock_config=True)
+      lock_config=True,
+      sys_argv=command_line)
 
 
 def drop_background_noise() -> None:

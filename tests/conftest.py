@@ -96,6 +96,28 @@ def damage(step_dir) -> None:
         os.truncate(path, os.path.getsize(path) // 3)
 
 
+def run_command(module: str, *args) -> subprocess.CompletedProcess:
+  """Runs a gptjax command in this process, as `python -m <module> *args` runs it in a new one:
+  its exit status, stdout and stderr. For commands that stop before training or sampling (help,
+  one-line errors): no process start-up, which is most of such a test's time."""
+  import contextlib
+  import importlib
+  import io
+  import signal
+  command = importlib.import_module(module)
+  stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
+  interrupt = signal.getsignal(signal.SIGINT)
+  try:
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+      command.cli_main([module, *args])
+  except SystemExit as e:
+    returncode = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  finally:
+    signal.signal(signal.SIGINT, interrupt)  # the command's own Ctrl-C handling stays with it
+  return subprocess.CompletedProcess([module, *args], returncode, stdout.getvalue(),
+                                     stderr.getvalue())
+
+
 def run_module(*args, cwd=REPO_ROOT, timeout=300, env=None):
   """Runs `python -m ...` or a script as a user would; returns the CompletedProcess."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
