@@ -66,15 +66,15 @@ def run_command(main,
         status(f"importing {'JAX' if uses_jax else 'its libraries'}")
       from absl import flags
       from absl import logging as absl_logging
-      values = flags.FlagValues()
+      values, overrides_from = flags.FlagValues(), list(argv)
       define_flags(values)
       if config:
-        config_lib_flag(values)
+        config_lib_flag(values, overrides_from)
       if any(arg in HELP_ARGS for arg in argv[1:]):
         print(command_line.usage(doc, values, argv if config else None))
         sys.exit(0)
       argv = exit_on_user_error(command_line.check_arguments)(argv, values, config, aliases or {})
-      sys.argv = argv  # what ml_collections reads the --config.<field> overrides from
+      overrides_from[:] = argv  # where --config finds its overrides (not sys.argv: in-process runs)
       if uses_jax:
         from gptjax import devices
         devices.start_jax()
@@ -88,7 +88,8 @@ def run_command(main,
       drop_background_noise()
     except KeyboardInterrupt:  # before the handler above was in place
       _exit_on_interrupt()
-    exit_on_user_error(main)(values)  # sys.argv: what the command sees (gptjax.plan repeats it)
+    sys.argv = argv  # what the command sees (gptjax.plan repeats its own)
+    exit_on_user_error(main)(values)
   except KeyboardInterrupt:  # a command that took SIGINT over has cleaned up
     sys.stdout.flush()
     print("\ninterrupted.", file=sys.stderr, flush=True)
@@ -164,8 +165,9 @@ def interrupts_raise() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def config_lib_flag(values) -> None:
-  """The --config flag (ml_collections' config_file flag, lock_config) on `values`."""
+def config_lib_flag(values, overrides_from: list[str]) -> None:
+  """The --config flag (ml_collections' config_file flag, lock_config) on `values`, reading its
+  --config.<field> overrides from `overrides_from` when the flags are parsed."""
   from ml_collections import config_flags
   config_flags.DEFINE_config_file(
       "config",
@@ -173,7 +175,8 @@ def config_lib_flag(values) -> None:
       "nanoGPT-style .json file. Override its fields with --config.<field>=<value> (every field "
       "is listed below).",
       flag_values=values,
-      lock_config=True)
+      lock_config=True,
+      sys_argv=overrides_from)
 
 
 def drop_background_noise() -> None:

@@ -96,6 +96,28 @@ def damage(step_dir) -> None:
         os.truncate(path, os.path.getsize(path) // 3)
 
 
+def run_command(module: str, *args) -> subprocess.CompletedProcess:
+  """Runs a gptjax command in this process, as `python -m <module> *args` runs it in a new one:
+  its exit status, stdout and stderr. For commands that stop before training or sampling (help,
+  one-line errors): no process start-up, which is most of such a test's time."""
+  import contextlib
+  import importlib
+  import io
+  import signal
+  command = importlib.import_module(module)
+  stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
+  interrupt = signal.getsignal(signal.SIGINT)
+  try:
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+      command.cli_main([module, *args])
+  except SystemExit as e:
+    returncode = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  finally:
+    signal.signal(signal.SIGINT, interrupt)  # the command's own Ctrl-C handling stays with it
+  return subprocess.CompletedProcess([module, *args], returncode, stdout.getvalue(),
+                                     stderr.getvalue())
+
+
 def run_module(*args, cwd=REPO_ROOT, timeout=300, env=None):
   """Runs `python -m ...` or a script as a user would; returns the CompletedProcess."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
@@ -122,24 +144,11 @@ def tiny(tmp_path):
 
 
 @pytest.fixture
-def cli(capsys):
-  """Runs a command in-process, as `python -m gptjax.<command> *args` would: (exit status,
-  stdout, stderr). Ctrl-C's handler is restored after it."""
-  import importlib
-  import signal
+def cli():
+  """run_command for `gptjax.<command>`, as (exit status, stdout, stderr)."""
 
   def run(command: str, *args: str) -> tuple[int, str, str]:
-    module = importlib.import_module(f"gptjax.{command}")
-    handler = signal.getsignal(signal.SIGINT)
-    capsys.readouterr()
-    try:
-      module.cli_main([f"gptjax-{command}", *args])
-      code = 0
-    except SystemExit as e:
-      code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-      signal.signal(signal.SIGINT, handler)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    result = run_command(f"gptjax.{command}", *args)
+    return result.returncode, result.stdout, result.stderr
 
   return run

@@ -114,3 +114,40 @@ def test_bad_corpora_are_clear_errors(tiny, tmp_path, content, message):
   with pytest.raises(DataError, match=message):
     dataset.open_tokens(tiny(input_file=str(path)))
   assert not os.path.exists(os.path.join(tiny().out_dir, "token_cache", "corpus-bytes"))
+
+
+def test_from_config_to_tokens_the_tokenizer_is_built_and_checked_once(tiny, monkeypatch, tmp_path):
+  """GPT-2's ranks are loaded, and the data's tokenizer checked against the config, once per
+  open: for an input_file tokenized now, the same one from the token cache, a data directory of
+  gptjax.prepare and nanoGPT's train.bin / val.bin."""
+  from gptjax.data import prepare as prepare_lib
+  loads, checks = [], []
+  load, check = tokenizer_lib.gpt2_encoding, dataset._check_tokenizer
+  monkeypatch.setattr(tokenizer_lib, "gpt2_encoding", lambda *a: loads.append(a) or load(*a))
+  monkeypatch.setattr(dataset, "_check_tokenizer", lambda *a: checks.append(a) or check(*a))
+  data_dir, nanogpt_dir = tmp_path / "prepared", tmp_path / "nanogpt"
+  prepare_lib.prepare(
+      prepare_lib.Options(inputs=[str(tiny().input_file)],
+                          tokenizer="gpt2",
+                          out_dir=str(data_dir),
+                          val_fraction=0.1))
+  nanogpt_dir.mkdir()
+  for split in ("train", "val"):
+    np.asarray(np.arange(300) % 50257, np.uint16).tofile(nanogpt_dir / f"{split}.bin")
+  configs = {
+      "input_file, tokenized now":
+          tiny(tokenizer="gpt2", vocab_size=50304),
+      "input_file, from the token cache":
+          tiny(tokenizer="gpt2", vocab_size=50304),
+      "gptjax.prepare's data_dir":
+          tiny(tokenizer="gpt2", vocab_size=50304, input_file="", data_dir=str(data_dir)),
+      "nanoGPT's train.bin":
+          tiny(tokenizer="gpt2", vocab_size=50304, input_file="", data_dir=str(nanogpt_dir)),
+  }
+  for what, config in configs.items():
+    loads.clear()
+    checks.clear()
+    data = dataset.open_tokens(config)
+    assert data.tokenizer.name == "gpt2", what
+    assert len(loads) == 1, (what, len(loads))
+    assert len(checks) <= 1, (what, len(checks))

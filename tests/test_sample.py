@@ -14,7 +14,7 @@ from gptjax.data.tokenizer import ByteTokenizer
 from gptjax.generate import Transcript, generate, sample_logits
 from gptjax.model import GPT
 
-from conftest import assert_user_error, run_module
+from conftest import assert_user_error, run_command, run_module
 
 
 def allowed_tokens(logits, **settings):
@@ -202,12 +202,12 @@ def test_cli_samples_straight_from_hf_weights_and_reuses_the_compiled_programs(h
   assert "(2 of 2 programs from the compilation cache)" in second.stderr, second.stderr
 
 
-def test_cli_mistakes_are_one_clear_error(tmp_path, hf_gpt2_dir):
-  empty_hub = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
-  assert_user_error(run_module("-m", "gptjax.sample", "--init_from=gpt2", env=empty_hub),
-                    "--init_from", "'gpt2'", "Fix:")
-  assert_user_error(
-      run_module("-m", "gptjax.sample", f"--init_from={hf_gpt2_dir}", "--stop_at_eot"),
-      "--stop_at_eot", "bytes tokenizer")
-  assert_user_error(run_module("-m", "gptjax.sample", "--run_dir=x", f"--init_from={tmp_path}"),
+def test_cli_mistakes_are_one_clear_error(tmp_path, hf_gpt2_dir, monkeypatch):
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty hub cache
+  assert_user_error(run_command("gptjax.sample", "--init_from=gpt2"), "--init_from", "'gpt2'",
+                    "Fix:")
+  assert_user_error(run_command("gptjax.sample", f"--init_from={hf_gpt2_dir}", "--stop_at_eot"),
+                    "--stop_at_eot", "bytes tokenizer")
+  assert_user_error(run_command("gptjax.sample", "--run_dir=x", f"--init_from={tmp_path}"),
                     "one of --run_dir", "--init_from")

@@ -12,7 +12,7 @@ from gptjax.checkpoint import Checkpointer
 from gptjax.errors import CheckpointError, DivergenceError
 from gptjax.training.loop import train
 
-from conftest import assert_user_error, read_metrics, run_module
+from conftest import REPO_ROOT, assert_user_error, read_metrics, run_command, run_module
 
 
 def run_metrics(config):
@@ -212,13 +212,14 @@ def test_cli_accepts_a_nanogpt_style_json_preset(tmp_path):
 def test_cli_bad_input_is_one_clear_error(tmp_path, args, fragments):
   if not any(arg.startswith("--config.out_dir=") for arg in args):
     args = [*args, f"--config.out_dir={tmp_path}"]
-  result = run_module("-m", "gptjax.train", *args)
+  args = [arg.replace("=tests/data/", f"={REPO_ROOT}/tests/data/") for arg in args]
+  result = run_command("gptjax.train", *args)
   assert_user_error(result, *fragments)
   assert not os.path.exists(tmp_path / "tiny_char" / "checkpoints")
 
 
 def test_sampling_from_a_directory_without_checkpoints_is_an_error(tmp_path):
-  assert_user_error(run_module("-m", "gptjax.sample", f"--run_dir={tmp_path}"), "no checkpoints")
+  assert_user_error(run_command("gptjax.sample", f"--run_dir={tmp_path}"), "no checkpoints")
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
