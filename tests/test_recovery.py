@@ -217,25 +217,26 @@ def test_a_damaged_token_cache_is_rebuilt_with_a_note(tmp_path):
   assert os.path.getsize(train_bin) == size
 
 
-def test_resuming_with_other_settings_is_refused_unless_on_purpose(tmp_path):
+def test_resuming_with_other_settings_is_refused_unless_on_purpose(tmp_path, cli):
   """Settings that shape training differ from the checkpoint's: one error naming them and both
   ways on, nothing written; with --config.resume_with_changes=True it resumes with a note.
   Operational fields (max_iters, intervals, ...) change freely."""
-  command = (*TINY_COMMAND, f"--config.out_dir={tmp_path}")
-  assert run_module(*command, "--config.max_iters=2").returncode == 0
+  command = (*TINY_COMMAND[2:], f"--config.out_dir={tmp_path}")
+  assert cli("train", *command, "--config.max_iters=2")[0] == 0
   before = tree_state(tmp_path)
   changed = (*command, "--config.max_iters=3", "--config.learning_rate=0.01", "--config.seed=7",
              "--config.log_interval=2", "--config.eval_iters=2")
-  refused = run_module(*changed)
-  assert_user_error(refused, "holds checkpoint step 2, trained with other settings",
-                    "learning_rate: 0.001 -> 0.01", "seed: 1337 -> 7",
-                    "--config.model_name=tiny_char_2", "--config.resume_with_changes=True")
-  assert "log_interval" not in refused.stderr and "eval_iters" not in refused.stderr
-  assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+  code, _, err = cli("train", *changed)
+  assert code == 2 and len(err.strip().splitlines()) == 1, err
+  for fragment in ("holds checkpoint step 2, trained with other settings",
+                   "learning_rate: 0.001 -> 0.01", "seed: 1337 -> 7",
+                   "--config.model_name=tiny_char_2", "--config.resume_with_changes=True"):
+    assert fragment in err, (fragment, err)
+  assert "log_interval" not in err and "eval_iters" not in err
   assert tree_state(tmp_path) == before  # refused before anything was written
-  result = run_module(*changed, "--config.resume_with_changes=True")
-  assert result.returncode == 0, result.stderr[-3000:]
-  note = [line for line in result.stderr.splitlines() if "new settings, on purpose" in line]
+  code, _, err = cli("train", *changed, "--config.resume_with_changes=True")
+  assert code == 0, err[-3000:]
+  note = [line for line in err.splitlines() if "new settings, on purpose" in line]
   assert len(note) == 1 and "learning_rate" in note[0] and "seed: 1337 -> 7" in note[0], note
   assert "max_iters" not in note[0]
 
@@ -426,7 +427,7 @@ def test_a_full_disk_is_one_error_and_the_same_command_resumes(tmp_path):
   assert [r["step"] for r in read_metrics(logs)] == list(range(1, 9))
 
 
-def test_the_readme_command_rerun_with_a_changed_setting_loses_no_checkpoint(tmp_path):
+def test_the_readme_command_rerun_with_a_changed_setting_loses_no_checkpoint(tmp_path, cli):
   """README's first command (`--config=tiny_char --config.max_iters=200`, made small: 1 layer,
   4 steps, a checkpoint every 2, one kept), then run again as in the report: with
   --config.batch_size=8 and without max_iters it is refused, both fixes named, nothing written;
@@ -435,12 +436,12 @@ def test_the_readme_command_rerun_with_a_changed_setting_loses_no_checkpoint(tmp
   import signal
   command = (*TINY_COMMAND, "--config.eval_interval=2", "--config.keep_checkpoints=1",
              f"--config.out_dir={tmp_path}")
-  assert run_module(*command, "--config.max_iters=4").returncode == 0
+  assert cli("train", *command[2:], "--config.max_iters=4")[0] == 0
   run_dir = tmp_path / "tiny_char"
   before = tree_state(tmp_path)
-  refused = run_module(*command, "--config.batch_size=8")
-  assert_user_error(refused, "batch_size: 16 -> 8", "--config.model_name=tiny_char_2",
-                    "--config.resume_with_changes=True")
+  code, _, err = cli("train", *command[2:], "--config.batch_size=8")
+  assert code == 2 and "batch_size: 16 -> 8" in err, err
+  assert "--config.model_name=tiny_char_2" in err and "--config.resume_with_changes=True" in err
   assert tree_state(tmp_path) == before
   process = subprocess.Popen([sys.executable, *command],
                              cwd=REPO_ROOT,
