@@ -88,12 +88,24 @@ def _write_run_dir(hf: str, hf_dir: str, run_dir: str):
 
 
 def export_run_dir(run_dir: str, hf_dir: str, which: str = "latest") -> None:
-  """Writes a run directory's latest (or best) checkpoint as an HF GPT-2 directory."""
-  from gptjax import hf_gpt2
+  """Writes a run directory's latest (or best) checkpoint as an HF GPT-2 directory; one that it
+  began and did not finish (an error, Ctrl-C) is removed again."""
+  from gptjax import files, hf_gpt2
   from gptjax.checkpoint import load_run
   cli.status(f"reading {run_dir}")
   model, params, _, _, _ = load_run(run_dir, which)
-  hf_gpt2.save_hf_gpt2(model, params, hf_dir)
+  made = not os.path.exists(hf_dir)
+
+  def undo() -> None:
+    if made:
+      shutil.rmtree(hf_dir, ignore_errors=True)
+
+  with files.undo_on_interrupt(undo):
+    try:
+      hf_gpt2.save_hf_gpt2(model, params, hf_dir)
+    except BaseException:
+      undo()
+      raise
 
 
 def define_flags(values) -> None:
