@@ -498,7 +498,8 @@ def test_a_source_tree_skips_what_is_not_text_with_one_counted_note(tmp_path, ca
   capsys.readouterr()
   out, meta = prep(tmp_path, [package], val_fraction=0.2)
   note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
-  assert len(note) == 1 and "1 binary" in note[0] and "2 hidden or cache" in note[0], note
+  assert len(note) == 1 and "binary files: 1" in note[0], note
+  assert "hidden or cache directories: 2" in note[0], note
   assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 4
   (package / "latin1.py").write_bytes("# café\n".encode("latin-1"))  # looks like text: an error
   with pytest.raises(DataError, match="latin1.py is not UTF-8 at byte 5"):

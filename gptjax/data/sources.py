@@ -50,14 +50,14 @@ def expand_inputs(inputs: list[str]) -> list[str]:
   sorted). Directories and globs leave out binary files, hidden files and directories and
   caches, with one counted note on stderr; a file named itself is always read. An input that
   names nothing is an error."""
-  files, left_out = [], {"binary": [], "hidden or cache": []}
+  files, left_out = [], {"binary files": [], "hidden or cache directories": [], "hidden files": []}
   for spec in inputs:
     if os.path.isdir(spec):
       found = []
       for root, dirs, names in os.walk(spec):
         for name in sorted(d for d in dirs if _ignored_dir(d)):
           dirs.remove(name)
-          left_out["hidden or cache"].append(os.path.join(root, name) + os.sep)
+          left_out["hidden or cache directories"].append(os.path.join(root, name) + os.sep)
         found += [os.path.join(root, name) for name in names]
       found = sorted(found)
       if not found:
@@ -79,15 +79,15 @@ def expand_inputs(inputs: list[str]) -> list[str]:
       parts = os.path.relpath(path, base).split(os.sep)
       if any(
           part.startswith(".") and part not in (".", "..") or part in CACHE_DIRS for part in parts):
-        left_out["hidden or cache"].append(path)
+        left_out["hidden files"].append(path)
       elif looks_binary(path):
-        left_out["binary"].append(path)
+        left_out["binary files"].append(path)
       else:
         files.append(path)
   if any(left_out.values()):
-    print("note: --input: left out " + "; ".join(
-        f"{len(paths)} {kind} (e.g. {paths[0]})" for kind, paths in left_out.items() if paths) +
-          ": not text.",
+    print("note: --input: left out what is not text: " + "; ".join(
+        f"{kind}: {len(paths)} (e.g. {paths[0]})" for kind, paths in left_out.items() if paths) +
+          ".",
           file=sys.stderr)
   if not files:
     raise DataError(f"--input={' '.join(inputs)!r} names no text file (only binary files, or "
