@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,9 +27,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 # JAX's persistent compilation cache: one for the test run (subprocesses inherit it), not the
-# user's ~/.cache/gptjax/jax.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      tempfile.mkdtemp(prefix="gptjax-tests-jax-cache-"))
+# user's ~/.cache/gptjax/jax. The process that makes it removes it when the run ends.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gptjax-tests-jax-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 # GPT-2 BPE offline: the ranks file that lies beside the project (see ../shared/data/README.md).
 if os.path.isfile(GPT2_TIKTOKEN):

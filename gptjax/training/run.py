@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gptjax import compile_cache, devices, files, hf_gpt2, sharding
+from gptjax import compile_cache, devices, files, hf_gpt2, sharding, units
 from gptjax.checkpoint import Checkpointer, architecture_mismatch
 from gptjax.config import OPERATIONAL_FIELDS, ModelConfig, validate
 from gptjax.data import dataset
@@ -230,7 +230,7 @@ def banner(run: Run) -> str:
   return (f"gptjax | {config.name}: {count_params(ModelConfig.from_config(config)).total:,} "
           f"parameters | mesh {dict(mesh.shape)} on {jax.device_count()} "
           f"{jax.devices()[0].platform} device(s), "
-          f"{run.first_record['step_memory_bytes'] / 2**30:.2f} GiB each for the step | "
+          f"{units.gib(run.first_record['step_memory_bytes'])} each for the step | "
           f"{len(run.token_data.train):,} train / {len(run.token_data.val):,} val tokens "
           f"({run.token_data.tokenizer.name}) | run dir {run_directory(config)}" +
           (f" | resuming from step {run.start_step}" if run.start_step else ""))
