@@ -130,14 +130,15 @@ def test_a_cublas_gemm_is_priced_at_2mnk():
 @pytest.mark.parametrize("chip", ["v5e", "h100"])
 def test_a_dynamic_update_slice_in_a_loop_is_priced_by_its_update(chip):
   """24 steps each write one (256, 256) row block into a (24, 256, 256) buffer: each moves the
-  row (read, written) and its tanh, not the whole buffer (which would be 24x more)."""
+  row (read, written) and its tanh, not the whole buffer (which would be 24x more); outside the
+  loop the buffer is copied once (it is not donated)."""
   row = 256 * 256 * 2
   buffer = 24 * row
   walked = kernels.walk(fixture(f"rows_loop.{chip}")["hlo"], kernels.Device(1e12, 1e12, 1e9))
   [loop] = walked.loops
   assert loop.trips == 24
   assert 3 * row <= loop.body.bytes <= 5 * row
-  assert walked.total.bytes < 0.3 * 24 * buffer
+  assert walked.total.bytes < 0.4 * 24 * buffer  # charged whole, each step would move > 24x
 
 
 CUDNN_HLO = """HloModule cudnn_attention

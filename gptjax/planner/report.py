@@ -91,7 +91,7 @@ def speed_lines(result: Estimate) -> list[str]:
     roof = result.roofline_seconds
     lines = [
         f"  step time, expected: {result.step_seconds * 1000:.1f} ms",
-        f"  step time, roofline: {roof * 1000:.1f} ms (a lower bound: {result.roofline_source})",
+        f"  step time, roofline: {roof * 1000:.1f} ms (a lower bound)",
         f"  tokens/s           : {result.tokens_per_second:,.0f} expected, "
         f"{result.tokens_per_step / roof:,.0f} at the roofline",
         f"  1000 iterations    : {format_duration(1000 * result.step_seconds)} expected"
