@@ -167,8 +167,8 @@ def _format_found(found, rejected, config, command, target) -> list[str]:
     lines += ["", "runners-up, compiled:", *map(row, compiled[:5])]
   if analytic:
     lines += [
-        "", "also fitting by the analytic model, not compiled (rooflines: compare them "
-        "with each other, not with compiled times):", *map(row, analytic[:5])
+        "", "also fitting by the analytic model, not compiled (analytic rooflines: compare "
+        "them with each other, not with compiled figures):", *map(row, analytic[:5])
     ]
   lines += ["", "left out:", *[f"  - {line}" for line in rejected]] if rejected else []
   return lines
