@@ -66,6 +66,7 @@ class Estimate:
   compile_seconds: float = 0.0
   extrapolated_from_layers: tuple[int, ...] | None = None
   measured_peak_bytes: int | None = None  # --measure: the allocator's (or on CPU the process's)
+  planned_step_seconds: float | None = None  # --measure: the plan's step_seconds before measuring
   memory_is_lower_bound: bool = False  # XLA refused the program: it needs at least this
   notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -136,6 +137,7 @@ class Estimate:
                 },
                 compile_seconds=self.compile_seconds,
                 measured_peak_bytes=self.measured_peak_bytes,
+                planned_step_seconds=self.planned_step_seconds,
                 extrapolated_from_layers=self.extrapolated_from_layers,
                 notes=self.notes)
 

@@ -89,6 +89,7 @@ def measure(config: ml_collections.ConfigDict, result: Estimate, steps: int = 10
         "a lower bound" if result.step_time_is_lower_bound else "estimated")
     result.notes.append(f"planned before measuring: {1000 * result.step_seconds:.1f} ms a step "
                         f"({planned}: {result.step_time_source})")
+  result.planned_step_seconds = result.step_seconds
   result.step_seconds = figures["step_ms"] / 1000
   result.step_time_source = f"measured: median of {steps} steps on this machine"
   result.step_time_is_lower_bound, result.gpu_efficiency = False, None
