@@ -12,6 +12,8 @@ In under 8 minutes on one GPU or TPU, with no network, it writes report.md and r
   - the sampler's tokens/s;
   - 5 training steps with each fused attention path against XLA's attention (their losses);
   - a profiler trace of a few steps (<out_dir>/trace).
+Beside them: each step's log (logs/) and JAX's compilation cache (jax_cache/: a second run
+compiles less).
 Each step runs in a process of its own: one that fails is reported and the rest still run. On a
 CPU (or with --quick) the models are tiny, and it all takes about a minute. Put a real device's
 report.md in gptjax's docs/accelerators/ (docs/performance.md says how).
@@ -66,7 +68,8 @@ def main(f) -> None:
     return run_process(["-m", "gptjax.accelerator_check", *args, f"--quick={quick}"],
                        os.path.join(out_dir, "logs", f"{name}.log"),
                        min(STEP_LIMITS[name], deadline - time.time()),
-                       json_file=os.path.join(out_dir, "steps", f"{name}.json"))
+                       json_file=os.path.join(out_dir, "steps", f"{name}.json"),
+                       cache_dir=os.path.join(out_dir, "jax_cache"))
 
   runner = StepRunner(result, save, deadline)
   devices = runner.run("devices", "devices and versions", lambda: worker("devices", bool(f.quick)))
@@ -119,9 +122,20 @@ class StepFailed(Exception):
   """A step's process failed: its last lines of output say why."""
 
 
-def run_process(args: list[str], log_path: str, timeout: float, json_file: str | None = None):
+def run_process(args: list[str],
+                log_path: str,
+                timeout: float,
+                json_file: str | None = None,
+                cache_dir: str | None = None):
   """Runs `python <args>` with its output in `log_path`; returns the JSON it wrote to `json_file`
-  (or printed, when None). Raises StepFailed with the end of its output when it fails."""
+  (or printed, when None). Raises StepFailed with the end of its output when it fails.
+
+  cache_dir: JAX's persistent compilation cache for it (unless $JAX_COMPILATION_CACHE_DIR is set):
+    `plan --measure` compiles its step twice (to plan, then to run), the second time from there.
+  """
+  env = dict(os.environ)
+  if cache_dir:
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", cache_dir)
   if timeout < 5:
     raise StepFailed("the time budget (--budget_s) ran out")
   if json_file and os.path.exists(json_file):
@@ -132,7 +146,8 @@ def run_process(args: list[str], log_path: str, timeout: float, json_file: str |
                             stdout=subprocess.PIPE,
                             stderr=log,
                             text=True,
-                            timeout=timeout)
+                            timeout=timeout,
+                            env=env)
     except subprocess.TimeoutExpired as e:
       raise StepFailed(f"timed out after {timeout:.0f} s (log: {log_path})") from e
   if done.returncode != 0 or (json_file and not os.path.exists(json_file)):
@@ -176,7 +191,8 @@ def plan_rows(devices: dict, quick: bool, out_dir: str, deadline: float, steps) 
         measured = run_process(
             ["-m", "gptjax.plan", *flags, "--target=local", "--measure", "--json"],
             os.path.join(out_dir, "logs", f"measure_{name}.log"),
-            min(STEP_LIMITS["plan"], deadline - time.time()))
+            min(STEP_LIMITS["plan"], deadline - time.time()),
+            cache_dir=os.path.join(out_dir, "jax_cache"))
       except StepFailed as e:
         measured, row["measured_error"] = None, str(e)
       if target == "local" and measured:

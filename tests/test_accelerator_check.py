@@ -50,17 +50,17 @@ def test_the_first_measured_loss_is_the_model_s_cross_entropy_on_its_batch(check
   config.update({**loss["quick_overrides"], **loss["overrides"], "attention": "xla"})
   model_config = ModelConfig.from_config(config)
   model = GPT(model_config)
-  params = nn.meta.unbox(
-      model.init(jax.random.key(config.seed), jnp.zeros((1, config.block_size),
-                                                        jnp.int32))["params"])
+  params = jax.jit(lambda: nn.meta.unbox(
+      model.init(jax.random.key(config.seed), jnp.zeros(
+          (1, config.block_size), jnp.int32))["params"]))()
   windows = np.random.default_rng(loss["batch_seed"]).integers(0,
                                                                config.vocab_size,
                                                                size=(config.grad_accum_steps,
                                                                      config.batch_size,
                                                                      config.block_size + 1),
                                                                dtype=np.int32)[0]
-  logits = np.asarray(model.apply({"params": params}, windows[:, :-1], deterministic=True),
-                      np.float64)
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, deterministic=True))
+  logits = np.asarray(forward(params, windows[:, :-1]), np.float64)
   logits -= logits.max(-1, keepdims=True)
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   expected = -np.take_along_axis(log_probs, windows[:, 1:, None], -1).mean()

@@ -15,7 +15,7 @@ import pytest
 from conftest import assert_user_error, read_metrics, run_module, tiny_config
 from gptjax import params, presets
 from gptjax.config import ModelConfig
-from gptjax.devices import DEVICE_MEMORY_ENV
+from gptjax.devices import DEVICE_MEMORY_ENV, known_chip
 from gptjax.planner import estimate, fit, memory_model, targets
 from gptjax.planner.compiled import figures_of
 from gptjax.errors import ConfigError, DeviceMemoryError
@@ -61,6 +61,23 @@ def test_targets_by_cloud_name(name, chips, topology):
 def test_bad_target_names_say_what_exists(name, fragment):
   with pytest.raises(ConfigError, match=fragment):
     targets.parse_target(name)
+
+
+@pytest.mark.parametrize(
+    "kind, platform, count, name",
+    [
+        ("NVIDIA H100 80GB HBM3", "gpu", 1, "gpu-h100-80gb"),
+        ("NVIDIA H200", "gpu", 8, "8xgpu-h200-141gb"),
+        ("TPU v5 lite", "tpu", 8, "tpu-v5e-8"),
+        ("TPU v4", "tpu", 4, "tpu-v4-8"),
+        ("cpu", "cpu", 1, None),
+        ("NVIDIA B200", "gpu", 1, None),  # known, but not to XLA's deviceless compiler here
+    ])
+def test_the_devices_at_hand_by_their_compile_only_name(kind, platform, count, name):
+  assert targets.deviceless_name(kind, platform, count) == name
+  if name:
+    target = targets.parse_target(name)
+    assert (target.chip, target.num_devices) == (known_chip(kind), count)
 
 
 def test_gpu_memory_is_the_allocators_share(monkeypatch):
