@@ -26,6 +26,9 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(REPO_ROOT, "tests", "data", "hlo")
 LAYERS, TOKENS, WIDTH = 4, 512, 256  # the layer programs: an MLP block, 4x hidden, bfloat16
+# The same at a real model's size (350M_1024's width, 8 sequences of 1024), where kernels, not
+# launches, take the time.
+WIDE_TOKENS, WIDE_WIDTH = 8192, 1024
 CE_TOKENS, CE_WIDTH, VOCAB, CHUNK = 2048, 128, 4096, 512  # the chunked loss: 4 chunks
 ATTENTION = dict(batch=2, heads=2, length=256, head_dim=64)  # splash: 2 x 2 query tiles of 128
 ROWS, ROW_WIDTH, STEPS = 256, 256, 24  # the loop writing rows
@@ -36,18 +39,23 @@ def programs():
   import jax
   import jax.numpy as jnp
   bf16 = jnp.bfloat16
-  x = jax.ShapeDtypeStruct((TOKENS, WIDTH), bf16)
-  stacked = lambda n: (
-      jax.ShapeDtypeStruct((n, WIDTH, 4 * WIDTH), bf16),  # noqa: E731
-      jax.ShapeDtypeStruct((n, 4 * WIDTH, WIDTH), bf16))
-  layer_flops = 3 * 2 * (2 * TOKENS * WIDTH * 4 * WIDTH)  # two matmuls, forward and backward
   found = {}
   for target in ("tpu-v5e-1", "gpu-h100-80gb"):
     short = target.split("-")[1]
-    for name, fn, n in (("scan", _layers_scan, LAYERS), ("unrolled", _layers_unrolled, LAYERS),
-                        ("one", _layers_unrolled, 1)):
-      found[f"layers_{name}.{short}"] = (target, jax.grad(fn, argnums=(0, 1, 2)), (x, *stacked(n)),
-                                         {}, n * layer_flops)
+    for prefix, tokens, width in (("layers", TOKENS, WIDTH), ("wide_layers", WIDE_TOKENS,
+                                                              WIDE_WIDTH)):
+      x = jax.ShapeDtypeStruct((tokens, width), bf16)
+      stacked = lambda n, width=width: (
+          jax.ShapeDtypeStruct((n, width, 4 * width), bf16),  # noqa: E731
+          jax.ShapeDtypeStruct((n, 4 * width, width), bf16))
+      layer_flops = 3 * 2 * (2 * tokens * width * 4 * width)  # two matmuls, forward and backward
+      variants = [("scan", _layers_scan, LAYERS), ("unrolled", _layers_unrolled, LAYERS),
+                  ("one", _layers_unrolled, 1)]
+      if prefix == "wide_layers":  # the same scan at 2 and 8 layers: the cost per layer
+        variants += [("scan2", _layers_scan, 2), ("scan8", _layers_scan, 8)]
+      for name, fn, n in variants:
+        found[f"{prefix}_{name}.{short}"] = (target, jax.grad(fn, argnums=(0, 1, 2)),
+                                             (x, *stacked(n)), {}, n * layer_flops)
     ce = (jax.ShapeDtypeStruct(
         (CE_TOKENS, CE_WIDTH), bf16), jax.ShapeDtypeStruct(
             (VOCAB, CE_WIDTH), bf16), jax.ShapeDtypeStruct((CE_TOKENS,), jnp.int32))
