@@ -238,7 +238,14 @@ def define_flags(values) -> None:
 
 def cli_main(argv: list[str] | None = None) -> None:
   """`python -m gptjax.accelerator_check` and the gptjax-accelerator-check console script."""
-  cli.run_command(main, define_flags, __doc__, argv=argv)
+  # The check itself starts no JAX backend: its steps' processes use the device, one at a time (a
+  # TPU is held by one process).
+  given = sys.argv if argv is None else argv
+  cli.run_command(main,
+                  define_flags,
+                  __doc__,
+                  uses_jax=any(arg.startswith("--step") for arg in given[1:]),
+                  argv=argv)
 
 
 if __name__ == "__main__":

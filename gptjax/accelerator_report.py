@@ -72,7 +72,7 @@ def _used(step: dict) -> list[str]:
 
 
 def _ms(value) -> str:
-  return "-" if value is None else f"{value:.1f}"
+  return "-" if value is None else f"{value:.1f}" if value >= 10 else f"{value:.3f}"
 
 
 def _pct(value) -> str:
