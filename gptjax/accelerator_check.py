@@ -37,7 +37,9 @@ STEP_LIMITS = dict(devices=120, loss=240, sampler=150, profile=150, plan=300)
 
 
 def main(f) -> None:
-  from gptjax import accelerator_steps as steps
+  from gptjax import devices
+  with devices.quiet_plugins():  # importing JAX loads its plugins (no backend starts here)
+    from gptjax import accelerator_steps as steps
   from gptjax import accelerator_report as report
   out_dir = os.path.abspath(f.out_dir or "")
   if not f.out_dir or os.path.isfile(out_dir):
@@ -47,7 +49,11 @@ def main(f) -> None:
     steps.run_worker(f.step, out_dir, bool(f.quick), steps.attention_paths(), f.new_tokens or
                      (32 if f.quick else 256))
     return
-  os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
+  try:
+    os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
+  except OSError as e:
+    raise UserError(f"--out_dir={f.out_dir!r}: cannot write there ({e.strerror}). Fix: a "
+                    f"directory you can write, e.g. --out_dir=accel_report.") from e
   started = time.time()
   deadline = started + f.budget_s
   result = dict(command=" ".join(["python -m gptjax.accelerator_check", *sys.argv[1:]]),
