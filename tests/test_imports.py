@@ -25,9 +25,10 @@ LAYERS = (
     ("gptjax.model", "gptjax.presets", "gptjax.data", "gptjax.command_line", "gptjax.cli"),
     ("gptjax.step", "gptjax.params", "gptjax.hf_gpt2", "gptjax.describe"),
     ("gptjax.checkpoint", "gptjax.generate", "gptjax.planner"),
-    ("gptjax.training",),
+    ("gptjax.training", "gptjax.accelerator_steps", "gptjax.accelerator_report"),
     ("gptjax.train", "gptjax.sample", "gptjax.plan", "gptjax.prepare", "gptjax.convert",
-     "gptjax.show_configs", "gptjax.calculate_params", "gptjax.configs"),
+     "gptjax.show_configs", "gptjax.calculate_params", "gptjax.accelerator_check",
+     "gptjax.configs"),
 )
 
 

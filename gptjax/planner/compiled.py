@@ -2,8 +2,9 @@
 
 `compile_step` lowers and compiles exactly the step `python -m gptjax.train` would run (the same
 `build()`, shardings and batch) without allocating anything, and `figures_of` reads XLA's
-accounts: `memory_analysis()` per device, `cost_analysis()` on TPUs (time, FLOPs, bytes), and on
-GPUs (no cost analysis there) the per-kernel roofline of the optimised program.
+accounts: `memory_analysis()` per device; on TPUs `cost_analysis()` (time, FLOPs, bytes) as the
+calibration, corrected by the walk of the optimised program (kernels.py): while loops times their
+trip counts, Pallas kernels added; on GPUs (no cost analysis there) the per-kernel roofline.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import ml_collections
 from gptjax import devices as devices_lib
 from gptjax import sharding, step
 from gptjax.errors import out_of_memory_line
-from gptjax.planner import roofline, targets
+from gptjax.planner import calls, kernels, roofline, targets
+from gptjax.planner.options import StepOptions
 
 # --fast compiles these depths and extrapolates per layer, exact on GPUs and CPUs; TPUs are not
 # extrapolated (fast_is_exact: docs/performance.md has the figures).
 EXTRAPOLATION_LAYERS = (1, 2)
-# Custom calls libtpu 0.0.42's cost model prices at -1 s each (seen: ConcatBitcast in the backward
-# pass; X64Combine beside every rng-bit-generator of rbg dropout).
+# Custom calls libtpu 0.0.42's cost model prices at -1 s and -1 FLOP each (seen: ConcatBitcast in
+# the backward pass; X64Combine beside every rng-bit-generator of rbg dropout).
 UNPRICED_TPU_CALLS = ("ConcatBitcast", "X64Combine", "X64SplitLow", "X64SplitHigh")
 
 
@@ -50,13 +52,15 @@ class Compiled:
   outputs_not_aliased: int
   temp: int
   code: int
-  flops: float | None  # per device
-  bytes_accessed: float | None  # per device
-  optimal_seconds: float | None  # XLA's TPU cost model
-  kernel_seconds: float | None  # GPUs: roofline.kernel_roofline of the optimised program
+  flops: float | None  # every kernel's, while loops times their trips
+  bytes_accessed: float | None
+  optimal_seconds: float | None  # TPUs: XLA's cost model, loops and Pallas kernels counted
+  kernel_seconds: float | None  # GPUs: the per-kernel roofline (roofline.kernel_roofline)
   seconds: float
   refused: str | None = None  # XLA's words when it refused the program (too big): temp is
   # then the lower bound it gave
+  notes: list[str] = dataclasses.field(default_factory=list)
+
   @property
   def total(self) -> int:
     """What the step occupies on a device: inputs, temporaries, new outputs and the program."""
@@ -78,10 +82,29 @@ class Compiled:
                     optimal_seconds=line(self.optimal_seconds, other.optimal_seconds),
                     kernel_seconds=line(self.kernel_seconds, other.kernel_seconds),
                     seconds=self.seconds + other.seconds,
-                    refused=self.refused or other.refused)
+                    refused=self.refused or other.refused,
+                    notes=list(dict.fromkeys(self.notes + other.notes)))
 
 
-def compile_step(config: ml_collections.ConfigDict, devices) -> Compiled:
+def fused_attention(config: ml_collections.ConfigDict, mesh_shape,
+                    options: StepOptions) -> calls.FusedAttention:
+  """cuDNN's attention kernels of `config`'s step on one device (calls.FusedAttention)."""
+  data, fsdp, tensor = mesh_shape
+  passes = config.n_layer * config.grad_accum_steps
+  return calls.FusedAttention(batch=config.batch_size // (data * fsdp),
+                              heads=config.n_head // tensor,
+                              length=config.block_size,
+                              head_dim=config.n_embd // config.n_head,
+                              itemsize=4 if config.dtype == "float32" else 2,
+                              forward_passes=passes * (1 + options.recomputes_attention_forward()),
+                              backward_passes=passes)
+
+
+def compile_step(config: ml_collections.ConfigDict,
+                 devices,
+                 substitute: StepOptions | None = None) -> Compiled:
+  """The step compiled for `devices`; with `substitute` (the options of the step that would run),
+  XLA's attention is priced as cuDNN's fused kernels (roofline.kernel_roofline)."""
   start = time.perf_counter()
   mesh = sharding.make_mesh(config, devices=devices)
   setup, lowered = lower_train_step(config, mesh)
@@ -103,7 +126,10 @@ def compile_step(config: ml_collections.ConfigDict, devices) -> Compiled:
                     kernel_seconds=None,
                     seconds=time.perf_counter() - start,
                     refused=out_of_memory_line(e))
-  return figures_of(compiled, devices[0], time.perf_counter() - start)
+  fused = None
+  if substitute is not None:
+    fused = fused_attention(config, tuple(mesh.shape[a] for a in sharding.MESH_AXES), substitute)
+  return figures_of(compiled, devices[0], time.perf_counter() - start, fused)
 
 
 def _refused_temporaries(error: Exception) -> int | None:
@@ -115,34 +141,74 @@ def _refused_temporaries(error: Exception) -> int | None:
   return int(float(match.group(1)) * 1024**("KMGT".index(match.group(2)) + 1))
 
 
-def figures_of(compiled, device=None, seconds: float = 0.0) -> Compiled:
-  """Per-device memory, FLOPs, bytes and time of a compiled step, from XLA's analyses; on GPUs
-  (which have no cost analysis) from the kernels of the optimised program."""
+def figures_of(compiled,
+               device=None,
+               seconds: float = 0.0,
+               fused: calls.FusedAttention | None = None) -> Compiled:
+  """Per-device memory, FLOPs, bytes and time of a compiled step: XLA's memory analysis; on TPUs
+  its cost analysis corrected by the walk of the program; on GPUs the per-kernel roofline. Without
+  `device`, memory and XLA's cost analysis as they are."""
   memory = compiled.memory_analysis()
   cost = _cost(compiled)
-  kernel_seconds = None
-  chip = device is not None and devices_lib.known_chip(device.device_kind)
-  if chip and chip.platform == "gpu":
-    kernels = roofline.kernel_roofline(compiled.as_text(), chip.peak_flops, chip.peak_flops_fp32,
-                                       chip.memory_bandwidth, chip.link_bandwidth)
-    cost = {"flops": kernels["flops"], "bytes accessed": kernels["bytes"]}
-    kernel_seconds = kernels["seconds"]
-  optimal = cost.get("optimal_seconds")
-  if optimal is not None and optimal < 0:
-    # libtpu prices each custom call it cannot cost at -1 s; with them counted as free the figure
-    # is XLA's estimate for everything else (checked against rooflines: docs/performance.md).
-    targets_called = re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())
-    optimal += sum(name in UNPRICED_TPU_CALLS for name in targets_called)
-  return Compiled(arguments=memory.argument_size_in_bytes,
-                  outputs_not_aliased=max(0,
-                                          memory.output_size_in_bytes - memory.alias_size_in_bytes),
-                  temp=memory.temp_size_in_bytes,
-                  code=memory.generated_code_size_in_bytes,
-                  flops=cost.get("flops"),
-                  bytes_accessed=cost.get("bytes accessed"),
-                  optimal_seconds=optimal,
-                  kernel_seconds=kernel_seconds,
-                  seconds=seconds)
+  result = Compiled(arguments=memory.argument_size_in_bytes,
+                    outputs_not_aliased=max(
+                        0, memory.output_size_in_bytes - memory.alias_size_in_bytes),
+                    temp=memory.temp_size_in_bytes,
+                    code=memory.generated_code_size_in_bytes,
+                    flops=cost.get("flops"),
+                    bytes_accessed=cost.get("bytes accessed"),
+                    optimal_seconds=cost.get("optimal_seconds"),
+                    kernel_seconds=None,
+                    seconds=seconds)
+  chip = devices_lib.known_chip(device.device_kind) if device is not None else None
+  if device is None or (result.optimal_seconds is None and
+                        (chip is None or chip.platform != "gpu")):
+    return result  # the trainer's memory check: no pricing
+  text = compiled.as_text()
+  if result.optimal_seconds is not None:
+    # libtpu prices each custom call it cannot cost at -1 s and -1 FLOP; with them counted as
+    # free the figures are XLA's estimate for everything else (docs/performance.md).
+    unpriced = sum(
+        name in UNPRICED_TPU_CALLS for name in re.findall(r'custom_call_target="([^"]+)"', text))
+    result.optimal_seconds += unpriced
+    result.flops = result.flops and result.flops + unpriced
+  if chip is not None and chip.platform == "gpu":
+    priced = roofline.kernel_roofline(text, chip, fused)
+    result.flops, result.bytes_accessed, result.kernel_seconds = (priced.flops, priced.bytes,
+                                                                  priced.seconds)
+    if fused is not None:
+      result.notes.append("attention priced as cuDNN's fused kernels (from their shapes) in place "
+                          "of XLA's, which was compiled: cuDNN compiles only beside a GPU")
+  elif chip is not None and chip.platform == "tpu":
+    correct_tpu_figures(result, text, chip)
+  return result
+
+
+def correct_tpu_figures(result: Compiled, hlo_text: str, chip) -> None:
+  """XLA's TPU cost analysis counts a while loop's body once and a Pallas kernel that declares no
+  cost as nothing. Keeping its figures as the calibration, each is scaled by the walk's ratio of
+  the program with every loop run its trip count to the program as XLA counts it, and the unseen
+  kernels' FLOPs, bytes and roofline time are added."""
+  walked = kernels.walk(hlo_text, roofline.device_of(chip))
+  seen = walked.total - walked.unseen
+  ratio = lambda a, b: a / b if b else 1.0  # noqa: E731
+  if result.flops is not None:
+    result.flops = result.flops * ratio(seen.flops, walked.once.flops) + walked.unseen.flops
+  if result.bytes_accessed is not None:
+    result.bytes_accessed = (result.bytes_accessed * ratio(seen.bytes, walked.once.bytes) +
+                             walked.unseen.bytes)
+  if result.optimal_seconds is not None and result.optimal_seconds >= 0:
+    result.optimal_seconds = (result.optimal_seconds * ratio(seen.seconds, walked.once.seconds) +
+                              walked.unseen.seconds)
+  unread = [loop.name for loop in walked.loops if loop.trips is None]
+  if unread:
+    result.notes.append(f"{len(unread)} while loop(s) of the compiled step have a trip count the "
+                        f"planner cannot read ({', '.join(unread[:3])}): counted once")
+  if walked.unseen.kernels:
+    result.notes.append(
+        f"{walked.unseen.kernels:.0f} Pallas kernel call(s) that XLA's cost model cannot see, "
+        f"priced from their shapes: {walked.unseen.flops / 1e9:.4g} GFLOP, "
+        f"{1000 * walked.unseen.seconds:.4g} ms at the chip's peak")
 
 
 def _cost(stage) -> dict[str, float]:
@@ -161,12 +227,38 @@ def fast_is_exact(target: targets.Target) -> bool:
   return target.platform != "tpu"
 
 
-def compiled_figures(config: ml_collections.ConfigDict, devices, fast: bool) -> Compiled:
-  """One compile of the real step, or with `fast` two shallow ones extrapolated per layer."""
+def compiled_figures(config: ml_collections.ConfigDict,
+                     devices,
+                     fast: bool,
+                     options: StepOptions | None = None,
+                     substitute: bool = False) -> Compiled:
+  """One compile of the real step, or with `fast` two shallow ones extrapolated per layer.
+
+  `substitute`: price cuDNN's fused attention in place of the XLA attention compiled (options:
+  the step that would run). On TPUs a step with its layers under a scan is compiled a second time
+  unrolled for its time and FLOPs: XLA's TPU cost model prices a scanned loop body inconsistently
+  (docs/planner.md); its memory is the scanned step's.
+  """
+  fused = options if substitute else None
   if not fast or config.n_layer <= EXTRAPOLATION_LAYERS[-1]:
-    return compile_step(config, devices)
+    figures = compile_step(config, devices, fused)
+    if options is not None and options.scan_layers and devices[0].platform == "tpu":
+      unrolled = compile_step(with_fields(config, scan_layers=False), devices, fused)
+      figures = dataclasses.replace(figures,
+                                    flops=unrolled.flops,
+                                    bytes_accessed=unrolled.bytes_accessed,
+                                    optimal_seconds=unrolled.optimal_seconds,
+                                    seconds=figures.seconds + unrolled.seconds,
+                                    notes=figures.notes + [
+                                        f"time and FLOPs from the same step with its layers "
+                                        f"unrolled (a second compile, {unrolled.seconds:.0f} s): "
+                                        f"XLA's TPU cost model misprices a scanned layer's loop "
+                                        f"body; memory is the scanned step's"
+                                    ])
+    return figures
   shallow = [
-      compile_step(with_fields(config, n_layer=depth), devices) for depth in EXTRAPOLATION_LAYERS
+      compile_step(with_fields(config, n_layer=depth), devices, fused)
+      for depth in EXTRAPOLATION_LAYERS
   ]
   if shallow[0].refused:  # one layer is already too big: all of them are
     return dataclasses.replace(shallow[0], arguments=shallow[1].arguments)

@@ -25,6 +25,7 @@ from gptjax.planner import memory_model, roofline, targets
 from gptjax.planner.compiled import (EXTRAPOLATION_LAYERS, Compiled, compiled_figures,
                                      per_device_bytes, with_fields)
 from gptjax.planner.memory_model import Generation, generation_memory
+from gptjax.planner.options import step_options
 
 COMPILED, DEVICELESS, ANALYTIC = "compiled", "compiled-deviceless", "analytic"
 
@@ -55,12 +56,17 @@ class Estimate:
   generation: Generation
   tokens_per_step: int
   model_flops_per_step: float  # 6N + 12LTC per token: what MFU counts
-  step_seconds: float | None
+  step_seconds: float | None  # the planner's estimate (GPUs: the expected time)
   step_time_source: str
-  roofline_seconds: float | None = None
+  step_time_is_lower_bound: bool = False  # a roofline stands in for the step's time
+  roofline_seconds: float | None = None  # a lower bound on the step's time
+  roofline_source: str = ""
+  gpu_efficiency: float | None = None  # GPUs: step_seconds = roofline_seconds / gpu_efficiency
+  flops_per_step: float | None = None  # per device, as the step runs them (recompute, kernels)
   compile_seconds: float = 0.0
   extrapolated_from_layers: tuple[int, ...] | None = None
   measured_peak_bytes: int | None = None  # --measure: the allocator's (or on CPU the process's)
+  planned_step_seconds: float | None = None  # --measure: the plan's step_seconds before measuring
   memory_is_lower_bound: bool = False  # XLA refused the program: it needs at least this
   notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -83,10 +89,18 @@ class Estimate:
 
   @property
   def mfu(self) -> float | None:
+    return self._mfu(self.step_seconds)
+
+  @property
+  def mfu_roofline(self) -> float | None:
+    """MFU at the roofline: an upper bound."""
+    return self._mfu(self.roofline_seconds)
+
+  def _mfu(self, seconds: float | None) -> float | None:
     peak = self.target.chip.peak_flops * self.target.num_devices
-    if not self.step_seconds or not peak:
+    if not seconds or not peak:
       return None
-    return self.model_flops_per_step / (self.step_seconds * peak)
+    return self.model_flops_per_step / (seconds * peak)
 
   def to_json(self) -> dict[str, Any]:
     memory = dataclasses.asdict(self.memory)
@@ -106,7 +120,12 @@ class Estimate:
                 memory_is_lower_bound=self.memory_is_lower_bound,
                 step_seconds=self.step_seconds,
                 step_time_source=self.step_time_source,
+                step_time_is_lower_bound=self.step_time_is_lower_bound,
                 roofline_seconds=self.roofline_seconds,
+                roofline_source=self.roofline_source,
+                gpu_efficiency=self.gpu_efficiency,
+                mfu_roofline=self.mfu_roofline,
+                flops_per_step_per_device=self.flops_per_step,
                 tokens_per_step=self.tokens_per_step,
                 tokens_per_second=self.tokens_per_second,
                 seconds_per_1000_iters=None if self.step_seconds is None else 1000 *
@@ -118,6 +137,7 @@ class Estimate:
                 },
                 compile_seconds=self.compile_seconds,
                 measured_peak_bytes=self.measured_peak_bytes,
+                planned_step_seconds=self.planned_step_seconds,
                 extrapolated_from_layers=self.extrapolated_from_layers,
                 notes=self.notes)
 
@@ -185,6 +205,7 @@ def estimate(config: ml_collections.ConfigDict,
       config, jax.sharding.AbstractMesh(mesh_shape, sharding.MESH_AXES))
   gradient_bytes = param_bytes * (2 if config.grad_accum_steps > 1 else 1)
   model = ModelConfig.from_config(config).for_platform(target.platform)
+  options = step_options(config, target.platform)
   tokens = config.batch_size * config.grad_accum_steps * config.block_size
   result = Estimate(target=target,
                     method=ANALYTIC,
@@ -198,15 +219,16 @@ def estimate(config: ml_collections.ConfigDict,
                     step_time_source="")
   figures = None
   if method != ANALYTIC:
-    compiled_config = config
-    if model.attention == "cudnn" and target.name != "local":
-      compiled_config = with_fields(config,
-                                    attention="xla")  # cuDNN compiles only beside a real GPU
+    compiled_config, substitute = config, False
+    if options.attention == "cudnn" and target.name != "local":
+      # cuDNN compiles only beside a real GPU: XLA's attention is compiled, and priced as cuDNN's.
+      compiled_config, substitute = with_fields(config, attention="xla"), True
       result.notes.append(
           "attention compiled as XLA's einsum: cuDNN's fused kernel, which training uses here, "
           "compiles only with a GPU present and keeps no T x T scores, so memory is an upper bound")
     try:
-      figures = compiled_figures(compiled_config, targets.devices(target), fast)
+      figures = compiled_figures(compiled_config, targets.devices(target), fast, options,
+                                 substitute)
     except targets.CompileOnlyUnavailable as e:
       if method == "compile":
         raise
@@ -216,13 +238,14 @@ def estimate(config: ml_collections.ConfigDict,
       result.notes.append(f"XLA refused to compile the step for {target.chip.name}, so its memory "
                           f"is a lower bound: {figures.refused}")
   if figures is None:
-    _fill_analytic(result, config, model, mesh_shape)
+    _fill_analytic(result, config, model, options, mesh_shape)
   else:
-    _fill_compiled(result, config, model, mesh_shape, figures, fast)
+    _fill_compiled(result, config, model, options, mesh_shape, figures, fast)
   return result
 
 
-def _fill_compiled(result, config, model, mesh_shape, figures: Compiled, fast: bool) -> None:
+def _fill_compiled(result, config, model, options, mesh_shape, figures: Compiled,
+                   fast: bool) -> None:
   result.method = COMPILED if result.target.name == "local" else DEVICELESS
   memory = result.memory
   memory.gradients = min(memory.gradients, figures.temp)  # TPUs update part of them in place
@@ -231,6 +254,7 @@ def _fill_compiled(result, config, model, mesh_shape, figures: Compiled, fast: b
   memory.other = max(
       0, figures.arguments - memory.params - memory.optimizer) + (figures.outputs_not_aliased)
   result.compile_seconds = figures.seconds
+  result.notes += figures.notes
   if fast and config.n_layer > EXTRAPOLATION_LAYERS[-1]:
     result.extrapolated_from_layers = EXTRAPOLATION_LAYERS
     if result.target.platform == "tpu":
@@ -238,40 +262,34 @@ def _fill_compiled(result, config, model, mesh_shape, figures: Compiled, fast: b
                           "at 1-3 layers, and this was off by -50% to +66% (docs/performance.md); "
                           "drop --fast for the exact figure")
   target = result.target
-  flops, bytes_accessed = figures.flops, figures.bytes_accessed
-  optimal_seconds = figures.optimal_seconds
-  accumulate = config.grad_accum_steps
-  if accumulate > 1 and target.platform == "tpu":
-    # XLA's TPU cost analysis counts a while loop's body once, and the micro-batches are one: it
-    # runs grad_accum_steps times. The optimizer's pass over its state runs once, after it.
-    update = (roofline.optimizer_bytes(model, mesh_shape) /
-              target.chip.memory_bandwidth if target.chip.memory_bandwidth else 0.0)
-    flops = flops and flops * accumulate
-    bytes_accessed = bytes_accessed and bytes_accessed * accumulate
-    if optimal_seconds is not None:
-      optimal_seconds = accumulate * max(0.0, optimal_seconds - update) + update
-  model_flops = roofline.step_flops(config, model) / target.num_devices
-  flops = max(flops or 0.0, model_flops)  # MFU is reckoned from the model's FLOPs: never above 100%
-  result.roofline_seconds = roofline.step_roofline(
-      target, model, flops, None if target.platform == "cpu" else bytes_accessed, config,
-      mesh_shape)
+  flops = figures.flops or roofline.step_flops(config, model, options) / target.num_devices
+  result.flops_per_step = flops
+  whole_step = roofline.step_roofline(target, model, options, flops,
+                                      None if target.platform == "cpu" else figures.bytes_accessed,
+                                      config, mesh_shape)
+  prefix = "compile-only: " if result.method == DEVICELESS else ""
   # No step is faster than its FLOPs at the chip's peak: a cost-model time below that is not one.
   compute_floor = flops / target.peak_flops_for(model.dtype) if target.chip.peak_flops else 0.0
-  if optimal_seconds is not None and optimal_seconds >= compute_floor > 0:
-    result.step_seconds, result.step_time_source = optimal_seconds, "XLA's TPU cost model"
-  elif figures.kernel_seconds:
-    result.step_seconds = figures.kernel_seconds
-    result.step_time_source = ("roofline per kernel of the compiled program: max(FLOPs / peak, "
-                               "bytes / bandwidth) + a launch each")
-  elif result.roofline_seconds and target.platform == "cpu":
-    result.step_seconds = result.roofline_seconds
-    result.step_time_source = (f"roofline: the step's FLOPs at this CPU's measured matmul rate "
-                               f"({roofline.cpu_matmul_flops(model.dtype) / 1e9:.0f} GFLOP/s); "
-                               f"--measure runs it")
-  elif result.roofline_seconds:
-    result.step_seconds = result.roofline_seconds
-    result.step_time_source = ("roofline: max(FLOPs / peak, bytes / bandwidth) of the compiled "
-                               "step, plus communication")
+  optimal_seconds = figures.optimal_seconds
+  if figures.kernel_seconds:
+    _gpu_times(
+        result, figures.kernel_seconds, prefix + "per-kernel roofline of the compiled "
+        "program: max(FLOPs / peak, bytes / bandwidth) + a launch each")
+  elif optimal_seconds is not None and optimal_seconds >= compute_floor > 0:
+    result.step_seconds = optimal_seconds
+    result.step_time_source = (prefix + "XLA's TPU cost model, while loops times their trips, "
+                               "Pallas kernels priced from their shapes")
+    result.roofline_seconds = whole_step
+    result.roofline_source = "max(FLOPs / peak, bytes / bandwidth) of the whole step"
+  elif whole_step and target.platform == "cpu":
+    _lower_bound(result, whole_step,
+                 (f"roofline: the step's FLOPs at this CPU's measured matmul rate "
+                  f"({roofline.cpu_matmul_flops(model.dtype) / 1e9:.0f} GFLOP/s); "
+                  f"--measure runs it"))
+  elif whole_step:
+    _lower_bound(
+        result, whole_step, prefix + "roofline: max(FLOPs / peak, bytes / bandwidth) "
+        "of the compiled step, plus communication")
     if optimal_seconds is not None:
       result.notes.append(f"XLA's TPU cost model gave {optimal_seconds:.3g} s, less than "
                           f"the step's FLOPs take at the chip's peak: the roofline is reported")
@@ -279,27 +297,58 @@ def _fill_compiled(result, config, model, mesh_shape, figures: Compiled, fast: b
     result.step_time_source = "unknown: no peak FLOP/s for this device (measure with --measure)"
 
 
-def _fill_analytic(result, config, model, mesh_shape) -> None:
+def _gpu_times(result: Estimate, roofline_seconds: float, source: str) -> None:
+  """A GPU's two figures: the roofline (a lower bound) and the expected time, the roofline over
+  the efficiency published runs of the same model reach (docs/performance.md)."""
+  efficiency = roofline.gpu_efficiency()
+  result.roofline_seconds, result.roofline_source = roofline_seconds, source
+  result.gpu_efficiency = efficiency
+  result.step_seconds = roofline_seconds / efficiency
+  result.step_time_source = (f"{source}; expected = roofline / {efficiency:.3g}, the share of it "
+                             f"published GPT-2 runs reach on A100 and H100 GPUs")
+
+
+def _lower_bound(result: Estimate, seconds: float, source: str) -> None:
+  result.step_seconds = result.roofline_seconds = seconds
+  result.step_time_source = result.roofline_source = source
+  result.step_time_is_lower_bound = True
+
+
+def _fill_analytic(result, config, model, options, mesh_shape) -> None:
   data, fsdp, tensor = mesh_shape
   tokens = config.batch_size // (data * fsdp) * config.block_size
-  terms = memory_model.activation_terms(model, tokens, tensor, fsdp)
+  terms = memory_model.activation_terms(model, options, tokens, tensor, fsdp)
   calibration = memory_model.calibration()
-  key = memory_model.memory_model_key(result.target.platform, model)
+  key = memory_model.memory_model_key(result.target.platform, model, options)
   coefficients = calibration[key]
   memory = result.memory
   temporaries = memory_model.model_temporary_bytes(terms, memory.gradients, model.n_layer,
-                                                   model.remat, coefficients)
+                                                   options.remat_on, coefficients,
+                                                   options.scan_layers)
   memory.gradients = int(min(memory.gradients, temporaries))
   memory.activations = int(temporaries - memory.gradients)
   code = calibration["code"].get(result.target.platform, [0, 0])
   memory.code = int(code[0] + code[1] * model.n_layer)
   memory.other = config.grad_accum_steps * config.batch_size // (data * fsdp) * (config.block_size +
                                                                                  1) * 4
-  result.roofline_seconds = roofline.step_roofline(
-      result.target, model,
-      roofline.step_flops(config, model) / result.target.num_devices, None, config, mesh_shape)
-  result.step_seconds = result.roofline_seconds
-  result.step_time_source = "roofline of the analytic FLOPs and bytes, plus communication"
+  result.flops_per_step = roofline.step_flops(config, model, options) / result.target.num_devices
+  seconds = roofline.step_roofline(result.target, model, options, result.flops_per_step, None,
+                                   config, mesh_shape)
+  source = "roofline of the analytic FLOPs and bytes, plus communication"
+  if seconds and result.target.platform == "gpu":
+    _gpu_times(result, seconds, source)
+  elif seconds:
+    _lower_bound(result, seconds, source)
   result.notes.append(f"memory from the analytic model ({key}: within "
                       f"{100 * coefficients['max_relative_error']:.0f}% of XLA on its "
                       f"{coefficients['probes']} calibration compiles)")
+  uncalibrated = [
+      name for name, on in (("fused attention", options.fused_attention),
+                            (f"remat {options.remat}", options.remat not in ("none", "full")),
+                            ("a chunked loss",
+                             options.loss_chunk_tokens > 0), ("scan_layers", options.scan_layers))
+      if on
+  ]
+  if uncalibrated:
+    result.notes.append(f"not yet calibrated against compiles: {', '.join(uncalibrated)} (their "
+                        f"terms are counted as the textbook has them: docs/planner.md)")

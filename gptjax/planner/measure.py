@@ -84,8 +84,15 @@ def measure(config: ml_collections.ConfigDict, result: Estimate, steps: int = 10
   """Runs the step on this machine's devices (allocating it) and records the measured step time
   and peak memory in `result`, beside the planned figures."""
   figures = bench_train_step(config, steps=steps, warmup=2)
+  if result.step_seconds:
+    planned = "expected" if result.gpu_efficiency else (
+        "a lower bound" if result.step_time_is_lower_bound else "estimated")
+    result.notes.append(f"planned before measuring: {1000 * result.step_seconds:.1f} ms a step "
+                        f"({planned}: {result.step_time_source})")
+  result.planned_step_seconds = result.step_seconds
   result.step_seconds = figures["step_ms"] / 1000
   result.step_time_source = f"measured: median of {steps} steps on this machine"
+  result.step_time_is_lower_bound, result.gpu_efficiency = False, None
   peak = figures["peak_bytes_in_use"]
   if peak is None:  # CPU: the whole process's peak resident memory (Python and JAX included)
     try:

@@ -46,7 +46,7 @@ def format_estimate(result: Estimate, config: ml_collections.ConfigDict) -> str:
       f"mesh " + " ".join(f"{k}={v}" for k, v in result.mesh.items()),
       f"  settings : batch {settings['batch_size']} x {settings['grad_accum_steps']} accumulation "
       f"x {config.block_size} tokens = {result.tokens_per_step:,} tokens/step, {settings['dtype']}, "
-      f"remat {'on' if settings['remat'] else 'off'}",
+      f"remat {_remat(settings['remat'])}",
       f"  method   : {result.method} ({how})",
       "",
       "memory per device",
@@ -65,16 +65,8 @@ def format_estimate(result: Estimate, config: ml_collections.ConfigDict) -> str:
         if result.measured_peak_bytes else []),
       "",
       f"speed ({result.step_time_source or 'unknown'})",
+      *speed_lines(result),
   ]
-  if result.step_seconds:
-    lines += [
-        f"  step time          : {result.step_seconds * 1000:.1f} ms",
-        f"  tokens/s           : {result.tokens_per_second:,.0f}",
-        f"  1000 iterations    : {format_duration(1000 * result.step_seconds)}"
-    ]
-    if result.mfu is not None:
-      lines.append(f"  MFU (estimated)    : {100 * result.mfu:.1f}% of {target.num_devices} x "
-                   f"{target.chip.peak_flops / 1e12:.0f} TFLOP/s (bf16 peak)")
   gen = result.generation
   lines += [
       "", f"generation (gptjax.sample, {gen.batch} sample(s) to block_size {config.block_size},"
@@ -86,6 +78,54 @@ def format_estimate(result: Estimate, config: ml_collections.ConfigDict) -> str:
   if result.notes:
     lines += ["", "notes", *[f"  - {note}" for note in result.notes]]
   return "\n".join(lines)
+
+
+def speed_lines(result: Estimate) -> list[str]:
+  """Step time, tokens/s and MFU; on GPUs the expected time beside the roofline, which is said to
+  be a lower bound wherever it is shown."""
+  if not result.step_seconds:
+    return []
+  peak = (f"of {result.target.num_devices} x {result.target.chip.peak_flops / 1e12:.0f} TFLOP/s "
+          f"(bf16 peak)")
+  if result.gpu_efficiency:
+    roof = result.roofline_seconds
+    lines = [
+        f"  step time, expected: {result.step_seconds * 1000:.1f} ms",
+        f"  step time, roofline: {roof * 1000:.1f} ms (a lower bound)",
+        f"  tokens/s           : {result.tokens_per_second:,.0f} expected, "
+        f"{result.tokens_per_step / roof:,.0f} at the roofline",
+        f"  1000 iterations    : {format_duration(1000 * result.step_seconds)} expected"
+    ]
+    if result.mfu is not None:
+      lines.append(f"  MFU                : {100 * result.mfu:.1f}% expected, "
+                   f"{100 * result.mfu_roofline:.1f}% at the roofline (an upper bound), {peak}")
+    return lines
+  bound = " (a lower bound)" if result.step_time_is_lower_bound else ""
+  lines = [
+      f"  step time          : {result.step_seconds * 1000:.1f} ms{bound}",
+      f"  tokens/s           : {result.tokens_per_second:,.0f}",
+      f"  1000 iterations    : {format_duration(1000 * result.step_seconds)}"
+  ]
+  if result.roofline_seconds and not result.step_time_is_lower_bound:
+    lines.insert(
+        1, f"  roofline           : {result.roofline_seconds * 1000:.1f} ms (a lower bound: "
+        f"{result.roofline_source})")
+  if result.mfu is not None:
+    lines.append(f"  MFU (estimated)    : {100 * result.mfu:.1f}% {peak}" +
+                 (" (an upper bound)" if result.step_time_is_lower_bound else ""))
+  return lines
+
+
+def _remat(value) -> str:
+  """A config's remat as the report names it: a policy, or on/off for a bool."""
+  return {True: "on", False: "off"}[value] if isinstance(value, bool) else str(value)
+
+
+def _remat_suffix(value) -> str:
+  """'+remat' for full remat, '+remat dots' for a policy, '' for none (the memory table)."""
+  if value in (False, "none"):
+    return ""
+  return "+remat" if value in (True, "full") else f"+remat {value}"
 
 
 def format_search(found: list[Candidate],
@@ -127,16 +167,21 @@ def _format_found(found, rejected, config, command, target) -> list[str]:
     lines += ["", "runners-up, compiled:", *map(row, compiled[:5])]
   if analytic:
     lines += [
-        "", "also fitting by the analytic model, not compiled (rooflines: compare them "
-        "with each other, not with compiled times):", *map(row, analytic[:5])
+        "", "also fitting by the analytic model, not compiled (analytic rooflines: compare "
+        "them with each other, not with compiled figures):", *map(row, analytic[:5])
     ]
   lines += ["", "left out:", *[f"  - {line}" for line in rejected]] if rejected else []
   return lines
 
 
 def _summary(result: Estimate) -> str:
-  time = ("time unknown" if not result.step_seconds else
-          f"{result.step_seconds * 1000:8.1f} ms/step, {result.tokens_per_second:>10,.0f} tok/s")
+  kind = (" expected"
+          if result.gpu_efficiency else " (lower bound)" if result.step_time_is_lower_bound else "")
+  time = ("time unknown"
+          if not result.step_seconds else f"{result.step_seconds * 1000:8.1f} ms/step{kind}, "
+          f"{result.tokens_per_second:>10,.0f} tok/s")
+  if result.gpu_efficiency and result.roofline_seconds:
+    time += f" (roofline {result.roofline_seconds * 1000:.1f} ms)"
   return (f"{result.memory.total / GiB:6.2f} GiB/device ({100 * result.headroom:3.0f}% free), "
           f"{time} [{result.method}]")
 
@@ -149,8 +194,8 @@ def fix_label(settings: dict[str, Any], config: ml_collections.ConfigDict) -> st
   parts = []
   if settings["dtype"] != config.dtype:
     parts.append("bf16" if settings["dtype"] == "bfloat16" else settings["dtype"])
-  if settings["remat"] != config.remat:
-    parts.append("remat" if settings["remat"] else "no remat")
+  if _remat_suffix(settings["remat"]) != _remat_suffix(config.remat):
+    parts.append(_remat_suffix(settings["remat"])[1:] or "no remat")
   if (settings["batch_size"], settings["grad_accum_steps"]) != (config.batch_size,
                                                                 config.grad_accum_steps):
     parts.append(f"batch {settings['batch_size']}x{settings['grad_accum_steps']}")
@@ -230,7 +275,7 @@ def format_memory_table(rows: list[dict[str, Any]], markdown: bool = False) -> s
   names = list(rows[0]["targets"]) if rows else []
   headings = ["Preset", "Batch", "Train dtype", *names, "Sample (1 seq)"]
   body = [[
-      row["preset"], row["batch"], row["dtype"] + ("+remat" if row["remat"] else ""),
+      row["preset"], row["batch"], row["dtype"] + _remat_suffix(row["remat"]),
       *[_memory_cell(row["targets"][n]) for n in names], f"{row['generation'] / GiB:.2f}"
   ] for row in rows]
   if markdown:

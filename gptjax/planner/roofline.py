@@ -1,9 +1,12 @@
 """Step time where no cost model gives one: rooflines of the compiled program, or of the model.
 
-  kernel_roofline(hlo_text, chip)  sum over the compiled program's kernels of
-                                   max(FLOPs / peak, bytes / bandwidth) + a launch each (GPUs)
+  kernel_roofline(hlo_text, chip)  the compiled program's kernels (kernels.walk): each at
+                                   max(FLOPs / peak, bytes / bandwidth) + a launch (GPUs)
+  gpu_efficiency()                 the share of that roofline real GPU runs reach (the expected
+                                   time is the roofline divided by it: gpu_calibration.json)
   step_roofline(...)               max(FLOPs / peak, bytes / bandwidth) of the whole step, plus
                                    communication at the chip's link bandwidth (analytic)
+  step_flops(...)                  the FLOPs a step runs, from the config
 
 A roofline is a lower bound on time: it assumes every kernel runs at the better of its two limits.
 Summed per kernel, it charges the memory-bound kernels (layer norms, softmax, optimizer) that a
@@ -12,9 +15,10 @@ whole-step roofline hides behind the matmuls.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
-import re
+import importlib.resources
+import json
 import time
 
 import jax
@@ -23,125 +27,98 @@ import ml_collections
 
 from gptjax import params as params_lib
 from gptjax.config import ModelConfig
-from gptjax.planner import memory_model
+from gptjax.devices import Chip
+from gptjax.planner import calls, kernels, memory_model
+from gptjax.planner.options import StepOptions
 
 KERNEL_LAUNCH_SECONDS = 2e-6  # per kernel on a GPU (CUDA launch and scheduling)
-_DTYPE_BYTES = {
-    "pred": 1,
-    "s8": 1,
-    "u8": 1,
-    "bf16": 2,
-    "f16": 2,
-    "s16": 2,
-    "u16": 2,
-    "f32": 4,
-    "s32": 4,
-    "u32": 4,
-    "f64": 8,
-    "s64": 8,
-    "u64": 8
-}
-_SHAPE = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.+?) ([a-z][a-z0-9-]*)\((.*)$")
-_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_FREE = ("parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all",
-         "partition-id", "replica-id")
 
 
-def _shape_bytes(shape: str) -> int:
-  return sum(
-      _DTYPE_BYTES.get(dtype, 4) *
-      math.prod(int(d) for d in dims.split(",") if d) for dtype, dims in _SHAPE.findall(shape))
-
-
-def _computations(hlo_text: str) -> dict[str, list[tuple[str, str, str, str]]]:
-  """name -> [(instruction, shape, opcode, rest of line)] for every computation of an HLO module."""
-  result, current = {}, None
-  for line in hlo_text.splitlines():
-    header = re.match(r"^(?:ENTRY )?%(\S+) \(", line)
-    if header and line.rstrip().endswith("{"):
-      current = result.setdefault("ENTRY" if line.startswith("ENTRY") else header.group(1), [])
-    elif line.startswith("}"):
-      current = None
-    elif current is not None and (match := _INSTRUCTION.match(line)):
-      current.append(match.groups())
-  return result
-
-
-def _dot_flops(computation, shapes) -> tuple[float, bool]:
-  """FLOPs of the dots in a (fused) computation, and whether any multiplies float32 operands."""
-  flops, fp32 = 0.0, False
-  for name, shape, opcode, rest in computation:
-    if opcode != "dot":
-      continue
-    operands = re.findall(r"%([\w.-]+)", rest.split(")", 1)[0])
-    lhs = [int(d) for d in _SHAPE.search(shapes[operands[0]]).group(2).split(",") if d]
-    contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
-    k = math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i) if contracting else 1
-    out = [int(d) for d in _SHAPE.search(shape).group(2).split(",") if d]
-    flops += 2.0 * math.prod(out) * k
-    fp32 |= shapes[operands[0]].startswith("f32")
-  return flops, fp32
+def device_of(chip: Chip) -> calls.Device:
+  """The roofline's view of a chip (GPUs pay a launch per kernel)."""
+  return calls.Device(chip.peak_flops, chip.peak_flops_fp32, chip.memory_bandwidth,
+                      chip.link_bandwidth, KERNEL_LAUNCH_SECONDS if chip.platform == "gpu" else 0.0)
 
 
 def kernel_roofline(hlo_text: str,
-                    peak_flops: float,
-                    peak_flops_fp32: float,
-                    bandwidth: float,
-                    link_bandwidth: float,
-                    launch_seconds: float = KERNEL_LAUNCH_SECONDS) -> dict:
-  """Seconds of a compiled (optimised, per-device) HLO module: per kernel max(FLOPs / peak, bytes
-  / bandwidth) plus a launch, collectives at the link bandwidth, while loops times their trip
-  count. Returns seconds, flops, bytes and kernels."""
-  computations = _computations(hlo_text)
-  shapes = {name: shape for body in computations.values() for name, shape, _, _ in body}
-
-  @functools.lru_cache(maxsize=None)
-  def cost(name: str) -> tuple[float, float, float, int]:
-    seconds = flops_total = bytes_total = kernels = 0.0
-    for instruction, shape, opcode, rest in computations.get(name, []):
-      if opcode in _FREE:
-        continue
-      if opcode == "while":
-        body = re.search(r"body=%([\w.-]+)", rest).group(1)
-        trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', rest)
-        sub = cost(body)
-        n = int(trips.group(1)) if trips else 1
-        seconds, flops_total, bytes_total = (seconds + n * sub[0], flops_total + n * sub[1],
-                                             bytes_total + n * sub[2])
-        kernels += n * sub[3]
-        continue
-      operands = re.findall(r"%([\w.-]+)", rest.split("), ", 1)[0])
-      moved = _shape_bytes(shape) + sum(_shape_bytes(shapes.get(o, "")) for o in operands)
-      called = re.search(r"calls=%([\w.-]+)", rest)
-      flops, fp32 = _dot_flops(
-          computations.get(called.group(1), []) if called else [(instruction, shape, opcode, rest)],
-          shapes)
-      if opcode.startswith(_COLLECTIVES) and link_bandwidth:
-        time_s = _shape_bytes(shape) / link_bandwidth
-      else:
-        time_s = max(flops / (peak_flops_fp32 if fp32 else peak_flops), moved / bandwidth)
-      seconds += time_s + launch_seconds
-      flops_total, bytes_total, kernels = flops_total + flops, bytes_total + moved, kernels + 1
-    return seconds, flops_total, bytes_total, int(kernels)
-
-  seconds, flops, moved, kernels = cost("ENTRY")
-  return dict(seconds=seconds, flops=flops, bytes=moved, kernels=kernels)
+                    chip: Chip,
+                    fused: calls.FusedAttention | None = None) -> calls.Cost:
+  """Seconds, FLOPs and bytes of a compiled (optimised, per-device) program on `chip`: per kernel
+  max(FLOPs / peak, bytes / bandwidth) plus a launch, collectives at the link bandwidth, while
+  loops times their trip counts; with `fused`, XLA's attention kernels (those that hold the
+  scores) replaced by cuDNN's fused kernels priced from their shapes."""
+  device = device_of(chip)
+  if fused is None:
+    return kernels.walk(hlo_text, device).total
+  holds_scores = lambda i, m: kernels.holds_array(i, m, fused.is_scores)  # noqa: E731
+  walked = kernels.walk(hlo_text, device, {"attention": holds_scores})
+  return walked.total - walked.marked["attention"] + fused.cost(device)
 
 
-def step_flops(config: ml_collections.ConfigDict, model: ModelConfig) -> float:
-  """FLOPs of one step as run: the model's 6N + 12LTC per token, and with remat one more forward
-  pass of every block (2 x 12C^2 + 4TC per token and layer)."""
+@functools.lru_cache(maxsize=None)
+def gpu_calibration() -> dict:
+  """The published GPU runs the expected time is calibrated on, and the efficiency they give
+  (gpu_calibration.json, written by tools/calibrate_gpu.py)."""
+  return json.loads(
+      (importlib.resources.files("gptjax.planner") / "gpu_calibration.json").read_text())
+
+
+def gpu_efficiency() -> float:
+  """The share of the per-kernel roofline that real runs of the same model reach on GPUs."""
+  return gpu_calibration()["efficiency"]
+
+
+# Matmul FLOPs per token and layer that each remat policy recomputes in the backward pass, in
+# (C^2, T x C) (XLA's attention; with a fused kernel, its forward pass instead of the T x C part).
+# "full" reruns the block's forward but its last matmul, whose output nothing in the backward
+# needs: 16C^2 + 4TC (measured: docs/planner.md). "dots" saves every matmul's output; the
+# no-batch policies recompute the attention's batched matmuls (QK^T and PV, or QK^T alone when
+# the attention's output is saved); save_attn_out also reruns the block's other matmuls.
+REMAT_RECOMPUTE = {
+    "none": (0, 0),
+    "full": (16, 4),
+    "dots": (0, 0),
+    "dots_no_batch": (0, 4),
+    "save_attn_out": (16, 2),
+    "dots_no_batch+attn_out": (0, 2)
+}
+# Matmuls per computed (query, key) pair of the fused kernels, forward + backward: splash's and
+# flash's dq and dkv kernels recompute S and dP each (2 + 7); cuDNN's backward 5 (2 + 5).
+FUSED_MATMULS = {"cudnn": 7, "splash": 9, "flash": 9}
+
+
+def attention_flops_per_token(model: ModelConfig, options: StepOptions) -> float:
+  """Attention matmul FLOPs per token, all layers, forward and backward, as the step runs them:
+  XLA's einsum over every (query, key) pair (12LTC, the MFU's count), fused kernels over the
+  causal tiles they compute, and what the remat policy reruns."""
+  T, C, L = model.block_size, model.n_embd, model.n_layer
+  one_matmul = 2 * T * C  # per token: one matmul over every pair of its sequence
+  recompute = REMAT_RECOMPUTE.get(options.remat, (16, 4))[1]
+  if not options.fused_attention:
+    return L * (12 * T * C + recompute * T * C)
+  share = calls.causal_attention_flops(1, 1, T, T, 1, 1) / (2 * T * T)
+  matmuls = FUSED_MATMULS[options.attention] + 2 * options.recomputes_attention_forward()
+  return L * one_matmul * share * matmuls
+
+
+def step_flops(config: ml_collections.ConfigDict, model: ModelConfig,
+               options: StepOptions) -> float:
+  """FLOPs of one step as run: 6N per token for the weights' matmuls, the attention as
+  attention_flops_per_token counts it, the blocks' matmuls the remat policy reruns, and with a
+  chunked loss the logits recomputed in the backward pass (2VC per token)."""
   tokens = config.batch_size * config.grad_accum_steps * config.block_size
-  flops = params_lib.flops_per_token(model) * tokens
-  if model.remat:
-    C, T = model.n_embd, model.block_size
-    flops += model.n_layer * (24 * C * C + 4 * T * C) * tokens
-  return flops
+  C = model.n_embd
+  per_token = params_lib.flops_per_token(model) - 12 * model.n_layer * model.block_size * C
+  per_token += attention_flops_per_token(model, options)
+  per_token += model.n_layer * REMAT_RECOMPUTE.get(options.remat, (16, 4))[0] * C * C
+  if options.loss_chunk_tokens:
+    per_token += 2 * model.vocab_size * C
+  return per_token * tokens
 
 
-def step_roofline(target, model: ModelConfig, flops: float, bytes_accessed: float | None,
-                  config: ml_collections.ConfigDict, mesh_shape) -> float | None:
+def step_roofline(target, model: ModelConfig, options: StepOptions, flops: float,
+                  bytes_accessed: float | None, config: ml_collections.ConfigDict,
+                  mesh_shape) -> float | None:
   """max(compute, memory traffic) + communication, in seconds; None without a peak FLOP/s.
 
   `flops` and `bytes_accessed` are one device's; with no byte count, the traffic is the weights
@@ -160,7 +137,10 @@ def step_roofline(target, model: ModelConfig, flops: float, bytes_accessed: floa
     total_params = params_lib.count_params(model).total
     s = memory_model.dtype_bytes(model.dtype)
     tokens = config.batch_size // (data * fsdp) * config.block_size
-    activations = memory_model.activation_terms(model, tokens, tensor, fsdp)
+    # A chunked loss still writes and reads every logit (twice): the traffic of the plain loss.
+    activations = memory_model.activation_terms(model,
+                                                dataclasses.replace(options, loss_chunk_tokens=0),
+                                                tokens, tensor, fsdp)
     bytes_accessed = config.grad_accum_steps * (3 * total_params / tensor * s + 4 *
                                                 (activations["logits"] + model.n_layer *
                                                  (activations["channels"] + activations["scores"])))

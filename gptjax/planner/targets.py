@@ -112,6 +112,21 @@ def parse_target(name: str) -> Target:
       " with an optional count, e.g. 8xgpu-h100-80gb.")
 
 
+def deviceless_name(device_kind: str, platform: str, count: int) -> str | None:
+  """The compile-only target of `count` devices of this kind (`gpu-h100-80gb`, `tpu-v5e-8`): what
+  a plan made without the hardware calls the devices at hand; None for CPUs and unknown chips."""
+  chip = devices_lib.known_chip(device_kind)
+  if chip is None or platform not in ("gpu", "tpu"):
+    return None
+  if platform == "gpu":
+    names = [key for key, known in PLANNABLE_GPUS.items() if known.name == chip.name]
+    return (f"{count}xgpu-{names[0]}" if count > 1 else f"gpu-{names[0]}") if names else None
+  for generation, (_, per_chip, _) in _TPU_NAMING.items():
+    if TPU_CHIPS[generation].name == chip.name:
+      return f"tpu-{generation}-{count * per_chip}"
+  return None
+
+
 def local_target() -> Target:
   """This process's devices (all processes' in a multi-host run), as `local`."""
   device = jax.devices()[0]

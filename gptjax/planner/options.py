@@ -1,0 +1,61 @@
+"""The options of the train step the planner prices, read from a config in one place.
+
+  options = step_options(config, platform)   attention (decided for the platform), remat policy,
+                                             chunked loss, layers under a scan
+
+A config of an older gptjax (remat a bool; no loss_chunk_tokens or scan_layers) reads as the step
+it runs: remat True is "full", False "none", a plain loss, unrolled layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from gptjax.config import ModelConfig
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out",
+                  "dots_no_batch+attn_out")
+# Attention kernels that never hold the (T, T) scores: only the softmax statistics.
+FUSED_ATTENTION = ("cudnn", "splash", "flash")
+# Fused kernels that name their residuals ("attn_out"), so that a policy saving that name keeps
+# them; cuDNN's (through jax.nn.dot_product_attention) cannot, and reruns its forward pass.
+NAMED_RESIDUALS = ("splash", "flash")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  attention: str  # xla, cudnn, splash or flash, as the step compiled for the platform runs it
+  remat: str  # one of REMAT_POLICIES
+  loss_chunk_tokens: int = 0  # 0: the plain loss over (N, V) logits; else chunks of this many
+  scan_layers: bool = False  # the blocks under nn.scan, parameters stacked on a layers axis
+
+  @property
+  def fused_attention(self) -> bool:
+    return self.attention in FUSED_ATTENTION
+
+  @property
+  def remat_on(self) -> bool:
+    return self.remat != "none"
+
+  def recomputes_attention_forward(self) -> bool:
+    """Whether the backward pass runs the attention's forward again: any policy but none for
+    XLA's attention (its scores are saved only by "dots", and never whole under remat) and for
+    fused kernels, except the attn_out policies with kernels that name their residuals."""
+    if self.remat == "none":
+      return False
+    if self.fused_attention:
+      return not (self.attention in NAMED_RESIDUALS and self.remat.endswith("attn_out"))
+    return self.remat != "dots"
+
+
+def step_options(config: ml_collections.ConfigDict, platform: str) -> StepOptions:
+  """The step's options for `platform` ("cpu", "gpu", "tpu"); attention "auto" decided there."""
+  model = ModelConfig.from_config(config).for_platform(platform)
+  remat = config.get("remat", False)
+  remat = {True: "full", False: "none"}[remat] if isinstance(remat, bool) else str(remat)
+  return StepOptions(attention=model.attention,
+                     remat=remat,
+                     loss_chunk_tokens=int(config.get("loss_chunk_tokens", 0) or 0),
+                     scan_layers=bool(config.get("scan_layers", False)))
