@@ -36,7 +36,8 @@ PACKAGE_DIR = os.path.join(REPO_ROOT, "gptjax")
 TOOLS_DIR = os.path.join(REPO_ROOT, "tools")
 # The helpers that write "Fix:" for their callers: each call is a message of its own.
 HELPERS = {"gptjax/config.py": "fail", "gptjax/hf_gpt2.py": "_fail"}
-COMMANDS = ("train", "sample", "plan", "prepare", "convert", "show_configs", "calculate_params")
+COMMANDS = ("train", "sample", "plan", "prepare", "convert", "show_configs", "calculate_params",
+            "accelerator_check")
 TAKES_CONFIG = ("train", "plan", "show_configs", "calculate_params")
 
 # --- The places that write a fix ----------------------------------------------------------------
@@ -256,7 +257,31 @@ def _hf_directory(directory, vocab_size: int, n_positions: int = 16) -> str:
 # The rows: one per place, in the order of the files. `ctx` holds tmp_path; `trained` and
 # `hf_dir` are module fixtures that a row asks for by its parameter names.
 
-# gptjax/calculate_params.py, checkpoint.py, cli.py, command_line.py
+# gptjax/accelerator_check.py, accelerator_steps.py, calculate_params.py, checkpoint.py, cli.py,
+# command_line.py
+
+
+@row("gptjax/accelerator_check.py", "not a directory it can write its report into",
+     "accelerator_check")
+def _(ctx):
+  return ctx.cli_error("accelerator_check", f"--out_dir={ctx.file('report.md')}")
+
+
+@row("gptjax/accelerator_check.py", "cannot write there", "accelerator_check")
+def _(ctx):
+  return ctx.cli_error("accelerator_check", "--out_dir=/proc/accel_report")
+
+
+@row("gptjax/accelerator_steps.py", "is not a step", "accelerator_check")
+def _(ctx):
+  # The command's --step flag is an enum (absl refuses other names first); the worker checks too.
+  from gptjax import accelerator_steps
+  message = ctx.error(accelerator_steps.run_worker, "speed", str(ctx.tmp), True, ["xla"], 8)
+  for step in re.search(r"one of (.*)\.$", message).group(1).split(", "):
+    code, out, err = ctx.cli("accelerator_check", f"--out_dir={ctx.tmp}", f"--step={step}",
+                             "--help")
+    assert code == 0, (step, err)
+  return message
 
 
 @row("gptjax/calculate_params.py", "missing {", "calculate_params")
