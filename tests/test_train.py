@@ -72,6 +72,32 @@ def test_resumed_run_equals_uninterrupted_run(tiny):
                                err_msg=key)
 
 
+def test_resume_with_muon_and_wsd_is_bitwise(tiny):
+  """Muon's state (its momentum, within optax's partition) and the warmup-stable-decay schedule
+  come back from the checkpoint exactly: the resumed run's records equal the straight run's."""
+  settings = dict(optimizer="muon",
+                  lr_schedule="wsd",
+                  lr_decay_fraction=0.5,
+                  max_iters=12,
+                  lr_decay_iters=12,
+                  eval_interval=6,
+                  dropout=0.1)
+  straight = tiny(model_name="straight", **settings)
+  train(straight)
+  interrupted = tiny(model_name="resumed", **{**settings, "max_iters": 6})
+  train(interrupted)
+  interrupted.max_iters = 12
+  train(interrupted)
+  a, b = run_metrics(straight), run_metrics(interrupted)
+  assert [r["step"] for r in b] == list(range(1, 13))
+  for key in ("train_loss", "grad_norm", "lr", "val_loss"):
+    assert [r.get(key) for r in b] == [r.get(key) for r in a], key
+  # ... and resuming it with another optimizer is refused, naming the one it was trained with.
+  other = tiny(model_name="resumed", **{**settings, "max_iters": 14, "optimizer": "adamw"})
+  with pytest.raises(CheckpointError, match="optimizer='muon'.*--config.optimizer=muon"):
+    train(other)
+
+
 def test_resuming_a_different_architecture_is_an_error(tiny):
   config = tiny(max_iters=4)
   train(config)

@@ -58,6 +58,14 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
           f"run directory {checkpointer.directory!r} holds a different architecture (" +
           "; ".join(differing) + "). Fix: train into a new directory with "
           "--config.model_name=<new name>, or use the checkpoint's architecture.")
+    # The optimizer fixes the state's layout; runs from before the field existed used AdamW.
+    saved_optimizer = checkpointer.read_meta(step)["config"].get("optimizer", "adamw")
+    if saved_optimizer != config.optimizer:
+      raise CheckpointError(
+          f"run directory {checkpointer.directory!r} was trained with optimizer="
+          f"{saved_optimizer!r}, not {config.optimizer!r}, and holds that optimizer's state. Fix: "
+          f"resume with --config.optimizer={saved_optimizer}, or train into a new directory with "
+          "--config.model_name=<new name>.")
     return checkpointer.restore(step, setup.abstract_state.params, setup.abstract_state.opt_state)
 
   found = checkpointer.first_intact(checkpointer.steps_to_try(), load)
