@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax.data import batches
+from gptjax.data import tokenizer as tokenizer_lib
 from gptjax.model import GPT
 from gptjax.step import Setup, TrainState, global_batch, loss_fn
 
@@ -73,3 +74,14 @@ def split_loss(model: GPT, params, tokens: np.ndarray, batch_size: int = 128) ->
       float(batch_loss(params, jnp.asarray(windows[i:i + batch_size])))
       for i in range(0, n, batch_size))
   return total / n, n * T
+
+
+def evaluate_split(model: GPT, params, tokens: np.ndarray, tokenizer, batch_size: int = 128):
+  """A whole split's exact loss (split_loss), the tokens it predicts, the bytes of text those
+  stand for, and bits per byte: {"loss", "tokens", "bytes", "bpb"} (gptjax.eval)."""
+  loss, predicted = split_loss(model, params, tokens, batch_size)
+  text_bytes = tokenizer_lib.text_bytes(tokenizer, np.asarray(tokens[1:1 + predicted]))
+  return dict(loss=loss,
+              tokens=predicted,
+              bytes=text_bytes,
+              bpb=loss * predicted / math.log(2) / text_bytes if text_bytes else None)
