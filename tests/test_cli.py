@@ -126,8 +126,8 @@ def console_scripts() -> dict[str, str]:
 def test_setup_declares_a_console_script_per_command():
   scripts = console_scripts()
   assert set(scripts) == {
-      "gptjax-train", "gptjax-sample", "gptjax-eval", "gptjax-convert", "gptjax-plan",
-      "gptjax-prepare", "gptjax-show-configs", "gptjax-calculate-params"
+      "gptjax-train", "gptjax-sample", "gptjax-eval", "gptjax-compare", "gptjax-convert",
+      "gptjax-plan", "gptjax-prepare", "gptjax-show-configs", "gptjax-calculate-params"
   }
   for name, target in scripts.items():
     module, function = target.split(":")

@@ -26,8 +26,9 @@ LAYERS = (
     ("gptjax.step", "gptjax.params", "gptjax.hf_gpt2", "gptjax.describe"),
     ("gptjax.checkpoint", "gptjax.generate", "gptjax.planner"),
     ("gptjax.training",),
-    ("gptjax.train", "gptjax.sample", "gptjax.eval", "gptjax.plan", "gptjax.prepare",
-     "gptjax.convert", "gptjax.show_configs", "gptjax.calculate_params", "gptjax.configs"),
+    ("gptjax.train", "gptjax.sample", "gptjax.eval", "gptjax.compare", "gptjax.plan",
+     "gptjax.prepare", "gptjax.convert", "gptjax.show_configs", "gptjax.calculate_params",
+     "gptjax.configs"),
 )
 
 
