@@ -77,7 +77,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # --- Optimisation (AdamW, linear warmup then cosine decay to min_lr: nanoGPT's) -------------------
   # "adamw" (nanoGPT's, for every parameter) or "muon": optax's Muon for the hidden weight matrices
   # (attention and MLP kernels), AdamW as below for embeddings, norms and biases
-  # (python -m gptjax.describe --optimizer prints which parameter gets which).
+  # (python -m gptjax.show_configs --config=NAME --config.optimizer=muon shows which).
   config.optimizer = "adamw"
   # Muon's peak learning rate; its schedule has the shape of learning_rate's (min_lr scaled alike).
   config.muon_learning_rate = 0.02

@@ -5,7 +5,8 @@
 attention heads or MLP units and back) optax's Muon, which orthogonalises their momentum, and every
 other parameter (token and position embeddings, an untied head, norms, biases) nanoGPT's AdamW.
 Which parameter gets which follows from the logical axis names the model gives every parameter
-(`muon_dimension_numbers`); `python -m gptjax.describe --optimizer` prints the table.
+(`muon_dimension_numbers`); `python -m gptjax.show_configs --config=NAME
+--config.optimizer=muon` prints the table.
 
 Gradient accumulation lives in the train step (gptjax/step.py), which averages the gradients of
 `grad_accum_steps` micro-batches before one update, so k micro-batches of b give the update of one
