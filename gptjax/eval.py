@@ -40,8 +40,9 @@ def define_flags(values) -> None:
                       "split; made with the run's tokenizer.",
                       flag_values=values)
   flags.DEFINE_string("input_file",
-                      "", "Evaluate on this UTF-8 text's validation part (the last 10%; "
-                      "tokenized once into the run's token cache).",
+                      "", "Evaluate on this UTF-8 text's validation part (its last 1 - train_split "
+                      "of the run's config, 10% by default; tokenized once into a token cache "
+                      "beside the run directory).",
                       flag_values=values)
   flags.DEFINE_integer("batch_size", 64, "Windows evaluated at once.", flag_values=values)
   flags.DEFINE_bool("json", False, "Print the figures as one JSON object.", flag_values=values)
