@@ -288,8 +288,8 @@ def architecture_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> lis
 
 def load_run(run_dir: str, which: str = "latest"):
   """(model, params, config, step, val_loss or None) from a run directory's latest or best
-  checkpoint ("best": the lowest val loss; the latest when none has one). A damaged step is
-  skipped for the next one, with a note."""
+  checkpoint ("best": the lowest val loss; the latest when none has one), or the step `which`
+  names ("1500"). A damaged step is skipped for the next one, with a note (a named step is not)."""
   checkpointer = open_run(run_dir)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
@@ -300,7 +300,18 @@ def load_run(run_dir: str, which: str = "latest"):
                             nn.meta.unbox(abstract_params(model.config)))
     return model, checkpointer.restore(step, abstract)[0], config
 
-  step, (model, params, config) = checkpointer.first_intact(checkpointer.steps_to_try(which), load)
+  if which.isdigit():  # one step: that one or an error naming the steps there are
+    steps = sorted(checkpointer.manager.all_steps())
+    if int(which) not in steps:
+      checkpointer.close()
+      raise CheckpointError(f"run directory {run_dir!r} has no checkpoint at step {which} (it has "
+                            f"{', '.join(map(str, steps))}). Fix: --checkpoint=<one of them>, "
+                            f"latest or best.")
+    step = int(which)
+    model, params, config = load(step)
+  else:
+    step, (model, params, config) = checkpointer.first_intact(checkpointer.steps_to_try(which),
+                                                              load)
   loss = checkpointer.val_loss(step)
   checkpointer.close()
   return model, params, config, step, loss

@@ -28,6 +28,8 @@ TOKENIZER_VOCAB_SIZES = {"bytes": BYTE_VOCAB_SIZE, "gpt2": GPT2_VOCAB_SIZE}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 DROPOUT_RNGS = ("auto", "threefry2x32", "rbg")
+OPTIMIZERS = ("adamw", "muon")
+LR_SCHEDULES = ("cosine", "linear", "constant", "wsd", "inverse_sqrt")
 # The fields that fix the parameter shapes (what a checkpoint must agree on), in the order shown.
 ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 # The fields a resumed run may change freely: how long, where, on which devices and how often it
@@ -82,7 +84,24 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Micro-batches whose gradients are averaged into one update.
   config.grad_accum_steps = 1
 
-  # --- Optimisation (AdamW, linear warmup then cosine decay to min_lr) ------------------------------
+  # --- Optimisation (AdamW, linear warmup then cosine decay to min_lr: nanoGPT's) -------------------
+  # "adamw" (nanoGPT's, for every parameter) or "muon": optax's Muon for the hidden weight matrices
+  # (attention and MLP kernels), AdamW as below for embeddings, norms and biases
+  # (python -m gptjax.show_configs --config=NAME --config.optimizer=muon shows which).
+  config.optimizer = "adamw"
+  # Muon's peak learning rate; its schedule has the shape of learning_rate's (min_lr scaled alike).
+  config.muon_learning_rate = 0.02
+  # Muon's (Nesterov) momentum.
+  config.muon_momentum = 0.95
+  # Muon's decoupled weight decay (optax multiplies it by Muon's learning rate).
+  config.muon_weight_decay = 0.0
+  # The learning rate after warmup_iters of linear warmup: "cosine" (nanoGPT's: down to min_lr at
+  # lr_decay_iters), "linear" (straight down to min_lr at lr_decay_iters), "constant", "wsd"
+  # (warmup-stable-decay: constant, then straight down to min_lr over the last lr_decay_fraction
+  # of lr_decay_iters) or "inverse_sqrt" (learning_rate * sqrt(warmup_iters / step), >= min_lr).
+  config.lr_schedule = "cosine"
+  # wsd only: the fraction of lr_decay_iters spent decaying at the end.
+  config.lr_decay_fraction = 0.2
   # Number of optimizer updates to run.
   config.max_iters = 5000
   # Peak learning rate, reached after warmup_iters.
@@ -331,11 +350,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail(
         "lr_decay_iters", f"{config.lr_decay_iters} must exceed warmup_iters="
         f"{config.warmup_iters} (or be -1 for max_iters)", "--config.lr_decay_iters=-1")
-  for field in ("beta1", "beta2"):
+  if config.optimizer not in OPTIMIZERS:
+    fail("optimizer", f"{config.optimizer!r} is not an optimizer",
+         f"--config.optimizer=adamw (or {', '.join(OPTIMIZERS[1:])})")
+  if config.lr_schedule not in LR_SCHEDULES:
+    fail("lr_schedule", f"{config.lr_schedule!r} is not a schedule",
+         f"--config.lr_schedule=cosine (or {', '.join(LR_SCHEDULES[1:])})")
+  if not 0.0 < config.lr_decay_fraction <= 1.0:
+    fail("lr_decay_fraction", f"{config.lr_decay_fraction!r} is outside (0, 1]",
+         "e.g. --config.lr_decay_fraction=0.2")
+  if not config.muon_learning_rate > 0:
+    fail("muon_learning_rate", f"{config.muon_learning_rate!r} must be positive",
+         "e.g. --config.muon_learning_rate=0.02")
+  for field in ("beta1", "beta2", "muon_momentum"):
     if not 0.0 <= config[field] < 1.0:
       fail(field, f"{config[field]!r} is outside [0, 1)",
-           f"e.g. --config.{field}={0.9 if field == 'beta1' else 0.95}")
-  for field in ("weight_decay", "grad_clip"):
+           f"e.g. --config.{field}={dict(beta1=0.9, beta2=0.95, muon_momentum=0.95)[field]}")
+  for field in ("weight_decay", "grad_clip", "muon_weight_decay"):
     if config[field] < 0:
       fail(field, f"{config[field]!r} is negative", f"--config.{field}=0 disables it")
   if config.dtype not in DTYPES:

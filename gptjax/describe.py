@@ -178,10 +178,28 @@ def format_preset_details(preset: str, config: ml_collections.ConfigDict) -> str
       _field(
           "Train memory", f"{memory:,} bytes ({format_bytes(memory)}: float32 params + grads "
           f"+ AdamW moments, before activations)"),
-      _field("Batch size", config.batch_size), "", "Usage:",
+      _field("Batch size", config.batch_size), "", *optimizer_lines(config), "", "Usage:",
       f"  python -m gptjax.train --config={preset} --config.model_name=my_model "
       f"--config.input_file=input.txt", rule
   ])
+
+
+def optimizer_lines(config: ml_collections.ConfigDict) -> list[str]:
+  """Which optimizer updates each parameter (and, for Muon, which matrices it orthogonalises)."""
+  if config.optimizer != "muon":
+    return [_field("Optimizer", f"AdamW on every parameter, {config.lr_schedule} schedule")]
+  import flax.linen as nn
+  from gptjax import optim
+  boxed = params_lib.abstract_params(config_lib.ModelConfig.from_config(config))
+  rows = optim.assignment_table(nn.get_partition_spec(boxed), nn.meta.unbox(boxed))
+  width = max(len(path) for path, *_ in rows)
+  return [
+      _field("Optimizer", f"Muon on the hidden matrices, AdamW on the rest, "
+             f"{config.lr_schedule} schedule"), *[
+                 f"  {path:<{width}}  {str(shape):<16} {optimizer:<6} {what}".rstrip()
+                 for path, shape, optimizer, what in rows
+             ]
+  ]
 
 
 # --- The parameter report (calculate_params) ------------------------------------------------------

@@ -49,7 +49,8 @@ def load_model(run_dir: str, which: str, init_from: str):
     return model, params, config, f"{init_from}: Hugging Face GPT-2 weights from {directory}"
   from gptjax.checkpoint import load_run
   model, params, config, step, val_loss = load_run(run_dir, which)
-  loaded = ("latest" if which == "latest" else "no val loss recorded: the latest"
+  loaded = ("latest" if which == "latest" else
+            "as asked" if which.isdigit() else "no val loss recorded: the latest"
             if val_loss is None else f"best by val loss {val_loss:.4f}")
   return (model, params, config,
           f"{config.name} from {run_dir}: loaded checkpoint step {step} ({loaded})")

@@ -113,14 +113,28 @@ def logical_shardings(abstract_tree, mesh: jax.sharding.Mesh):
 
 def optimizer_shardings(tx: optax.GradientTransformation, abstract_opt_state, param_shardings,
                         mesh: jax.sharding.Mesh):
-  """Shards every parameter-shaped optimizer leaf (AdamW's moments) like its parameter."""
+  """Shards every parameter-shaped optimizer leaf (AdamW's moments, Muon's momentum) like its
+  parameter, and replicates the rest (step counts).
+
+  An optimizer leaf belongs to the parameter whose key path ends its own (optax keeps each moment
+  as a tree shaped like the params, within partitions and masks whose other leaves are
+  optax.MaskedNode()s: optax.tree_map_params does not see through those).
+  """
+  del tx  # the key paths say it all
+  by_path = {
+      tuple(path): spec for path, spec in jax.tree_util.tree_leaves_with_path(
+          param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+  }
+  lengths = sorted({len(path) for path in by_path}, reverse=True)
   replicated = NamedSharding(mesh, P())
-  return optax.tree_map_params(tx,
-                               lambda _, sharding: sharding,
-                               abstract_opt_state,
-                               param_shardings,
-                               transform_non_params=lambda _: replicated,
-                               is_leaf=lambda x: isinstance(x, NamedSharding))
+
+  def leaf_sharding(path, _):
+    for length in lengths:
+      if len(path) >= length and tuple(path[-length:]) in by_path:
+        return by_path[tuple(path[-length:])]
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_opt_state)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

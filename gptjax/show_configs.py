@@ -4,6 +4,7 @@
   python -m gptjax.show_configs                        # every shipped preset
   python -m gptjax.show_configs --markdown             # the same table in markdown (README)
   python -m gptjax.show_configs --config=150M          # one preset in detail (or a .py / .json)
+  python -m gptjax.show_configs --config=150M --config.optimizer=muon   # ... and what Muon takes
   python -m gptjax.show_configs --memory               # GiB per device on common GPUs and TPUs
   python -m gptjax.show_configs --memory --analytic    # the planner's analytic model (seconds)
   python -m gptjax.show_configs --memory --refresh     # compile every cell anew (about an hour)
@@ -24,8 +25,14 @@ from gptjax.errors import UserError
 def main(f) -> None:
   from gptjax import describe, presets
   if f.config is not None:
+    from gptjax.config import validate
+    from gptjax.errors import ConfigError
     preset = cli.preset_argument()
-    print(describe.format_preset_details(preset, presets.load_validated(preset)))
+    try:  # the preset with its --config.<field> overrides, e.g. --config.optimizer=muon
+      validate(f.config)
+    except ConfigError as e:
+      raise ConfigError(f"{preset}: {e}") from e
+    print(describe.format_preset_details(preset, f.config))
     return
   if f.memory:
     from gptjax.planner import report

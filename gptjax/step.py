@@ -133,13 +133,19 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   """
   platform = mesh_platform(mesh)
   model = GPT(ModelConfig.from_config(config).for_platform(platform))
-  tx = make_optimizer(config)
 
-  def init_boxed(rng):  # params keep their logical-axis boxes, so eval_shape shows the names
-    params = model.init(rng, jnp.zeros((1, config.block_size), jnp.int32))["params"]
+  def init_params(rng):  # params keep their logical-axis boxes, so eval_shape shows the names
+    return model.init(rng, jnp.zeros((1, config.block_size), jnp.int32))["params"]
+
+  boxed_params = jax.eval_shape(init_params, jax.random.key(0))
+  # Muon picks its matrices by the parameters' logical axis names.
+  tx = make_optimizer(config, nn.get_partition_spec(boxed_params))
+
+  def init_boxed(rng):
+    params = init_params(rng)
     return params, tx.init(nn.meta.unbox(params))
 
-  boxed_params, abstract_opt_state = jax.eval_shape(init_boxed, jax.random.key(0))
+  abstract_opt_state = jax.eval_shape(tx.init, nn.meta.unbox(boxed_params))
   param_shardings = sharding.logical_shardings(boxed_params, mesh)
   state_shardings = TrainState(step=sharding.replicated(mesh),
                                params=param_shardings,

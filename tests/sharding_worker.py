@@ -4,7 +4,7 @@ tests/test_sharding.py starts this in a subprocess with XLA_FLAGS asking for 8 h
 flag must be set before JAX starts, so it cannot run inside the pytest process). The checks compare
 the numbers this prints.
 
-  python tests/sharding_worker.py {step,shards,restore} OUT_DIR
+  python tests/sharding_worker.py {step,shards,restore,muon} OUT_DIR
 """
 
 from __future__ import annotations
@@ -141,7 +141,43 @@ def check_restore(out_dir):
   return dict(restored=differences, losses=losses)
 
 
+def check_muon(out_dir):
+  """Two Muon + WSD steps on sharded meshes against one device, and how its state is sharded."""
+  windows = np.random.default_rng(0).integers(0, 256, size=(2, 1, 8, 17)).astype(np.int32)
+  settings = dict(optimizer="muon", lr_schedule="wsd", warmup_iters=0, max_iters=4)
+
+  def two_steps(mesh_shape):
+    config = config_for(out_dir, mesh_shape, **settings)
+    data, fsdp, tensor = mesh_shape
+    mesh = sharding.make_mesh(config, jax.devices()[:data * fsdp * tensor])
+    setup = build(config, mesh)
+    with mesh_context(mesh):
+      state = setup.init(jax.random.key(0))
+      initial = jax.device_get(state.params)
+      for step_windows in windows:
+        state, _ = setup.train_step(state, global_batch(step_windows, mesh, config.batch_size))
+      moments = [(leaf.size, sorted({int(np.prod(s.data.shape))
+                                     for s in leaf.addressable_shards}))
+                 for leaf in jax.tree.leaves(state.opt_state)
+                 if leaf.ndim > 0 and leaf.size > 3]  # ns_coeffs (3,) is replicated
+      return initial, jax.device_get(state.params), moments
+
+  ref_init, ref_params, _ = two_steps((1, 1, 1))
+  results = {}
+  for mesh_shape in [(1, 8, 1), (2, 2, 2), (1, 4, 2)]:
+    _, params, moments = two_steps(mesh_shape)
+    results[str(mesh_shape)] = dict(param_difference=max_difference(params, ref_params),
+                                    update_size=max_difference(ref_params, ref_init),
+                                    moments=moments)
+  return results
+
+
 if __name__ == "__main__":
   scenario, out_dir = sys.argv[1], sys.argv[2]
-  result = {"step": check_step, "shards": check_shards, "restore": check_restore}[scenario](out_dir)
+  result = {
+      "step": check_step,
+      "shards": check_shards,
+      "restore": check_restore,
+      "muon": check_muon
+  }[scenario](out_dir)
   print("RESULT " + json.dumps(result))

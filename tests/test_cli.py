@@ -126,8 +126,9 @@ def console_scripts() -> dict[str, str]:
 def test_setup_declares_a_console_script_per_command():
   scripts = console_scripts()
   assert set(scripts) == {
-      "gptjax-train", "gptjax-sample", "gptjax-convert", "gptjax-plan", "gptjax-prepare",
-      "gptjax-show-configs", "gptjax-calculate-params", "gptjax-accelerator-check"
+      "gptjax-train", "gptjax-sample", "gptjax-eval", "gptjax-compare", "gptjax-convert",
+      "gptjax-plan", "gptjax-prepare", "gptjax-show-configs", "gptjax-calculate-params",
+      "gptjax-accelerator-check"
   }
   for name, target in scripts.items():
     module, function = target.split(":")

@@ -368,3 +368,30 @@ def test_cli_from_hf_without_weights_exits_2(tmp_path):
                       str(tmp_path / "out" / "run"))
   assert_user_error(result, "no weights")
   assert result.stderr.startswith("error:")
+
+
+def test_eval_of_hf_weights_equals_transformers_loss(hf_bytes, tmp_path, monkeypatch):
+  """gptjax.eval --init_from on a text's validation part: transformers' own loss over the same
+  windows, and bits per byte from the decoded text."""
+  from conftest import TEXT, run_command
+  hf, directory = hf_bytes
+  monkeypatch.chdir(tmp_path)  # the token cache goes to ./out, as gptjax.train's default puts it
+  (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
+  result = run_command("gptjax.eval", f"--init_from={directory}", "--input_file=text.txt", "--json")
+  assert result.returncode == 0, result.stderr[-3000:]
+  figures = json.loads(result.stdout.strip().splitlines()[-1])
+  config = get_base_config()
+  config.update(dict(vocab_size=257, block_size=16, input_file="text.txt"))
+  val = np.asarray(dataset.open_tokens(config).val, np.int64)
+  n = (len(val) - 1) // 16
+  windows = np.stack([val[i * 16:i * 16 + 17] for i in range(n)])
+  with torch.no_grad():
+    logits = hf(input_ids=torch.as_tensor(windows[:, :-1])).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 257),
+                                             torch.as_tensor(windows[:, 1:]).reshape(-1))
+  text = ByteTokenizer().decode(val[1:1 + 16 * n][val[1:1 + 16 * n] != 255]).encode("utf-8")
+  assert figures["tokens"] == 16 * n and figures["bytes"] == len(text)
+  np.testing.assert_allclose(figures["loss"], float(loss), rtol=1e-5)
+  np.testing.assert_allclose(figures["bpb"],
+                             float(loss) * 16 * n / np.log(2) / len(text),
+                             rtol=1e-5)

@@ -151,3 +151,34 @@ def test_from_config_to_tokens_the_tokenizer_is_built_and_checked_once(tiny, mon
     assert data.tokenizer.name == "gpt2", what
     assert len(loads) == 1, (what, len(loads))
     assert len(checks) <= 1, (what, len(checks))
+
+
+# --- Bytes of text, for bits per byte -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["bytes", "gpt2"])
+def test_val_bytes_are_the_decoded_texts_bytes_counted_once(tiny, kind, monkeypatch):
+  """The validation split's text bytes equal its decoded text's UTF-8 length, and are counted
+  once per data set (cached beside its tokens)."""
+  config = tiny(tokenizer=kind, vocab_size=256 if kind == "bytes" else 50304)
+  data = dataset.open_tokens(config)
+  val = np.asarray(data.val)
+  # The text the tokens stand for; the document separator (<|endoftext|>) stands for none.
+  decoded = data.tokenizer.decode(val[val != data.tokenizer.eot_id])
+  assert "ché" in decoded and data.tokenizer.eot_id in val
+  assert dataset.val_bytes(data) == len(decoded.encode("utf-8"))
+  np.testing.assert_allclose(dataset.val_tokens_per_byte(data),
+                             len(data.val) / len(decoded.encode("utf-8")))
+  assert os.path.isfile(os.path.join(data.cache_dir, dataset.VAL_BYTES))
+  counted = []
+  monkeypatch.setattr(tokenizer_lib, "text_bytes", lambda *a: counted.append(a) or 0)
+  assert dataset.val_bytes(dataset.open_tokens(config)) == len(decoded.encode("utf-8"))
+  assert not counted  # read from the cache, not counted again
+
+
+def test_text_bytes_leave_out_end_of_text_and_count_multibyte_characters():
+  text = "héllo ☃ 𝄞 wörld\n" * 3
+  for tokenizer in (tokenizer_lib.ByteTokenizer(),
+                    tokenizer_lib.get_tokenizer("gpt2", GPT2_TIKTOKEN)):
+    tokens = np.concatenate([tokenizer.encode(text), [tokenizer.eot_id], tokenizer.encode(text)])
+    assert tokenizer_lib.text_bytes(tokenizer, tokens) == 2 * len(text.encode("utf-8"))

@@ -26,9 +26,9 @@ LAYERS = (
     ("gptjax.step", "gptjax.params", "gptjax.hf_gpt2", "gptjax.describe"),
     ("gptjax.checkpoint", "gptjax.generate", "gptjax.planner"),
     ("gptjax.training", "gptjax.accelerator_steps", "gptjax.accelerator_report"),
-    ("gptjax.train", "gptjax.sample", "gptjax.plan", "gptjax.prepare", "gptjax.convert",
-     "gptjax.show_configs", "gptjax.calculate_params", "gptjax.accelerator_check",
-     "gptjax.configs"),
+    ("gptjax.train", "gptjax.sample", "gptjax.eval", "gptjax.compare", "gptjax.plan",
+     "gptjax.prepare", "gptjax.convert", "gptjax.show_configs", "gptjax.calculate_params",
+     "gptjax.accelerator_check", "gptjax.configs"),
 )
 
 

@@ -66,6 +66,16 @@ def test_fsdp_really_shards_params_and_optimizer_state(tmp_path):
 
 
 @pytest.mark.slow
+def test_muon_sharded_equals_unsharded_and_its_momentum_is_sharded(tmp_path):
+  result = run_worker("muon", tmp_path)
+  for mesh, r in result.items():
+    assert r["param_difference"] < 2e-6, mesh  # float32 rounding of sharded reductions
+    assert r["update_size"] > 1e-3, mesh  # ... against updates that really moved the params
+  # fsdp=8: every moment (AdamW's two, Muon's one) is split 8 ways along `embed`.
+  assert all(shards == [size // 8] for size, shards in result["(1, 8, 1)"]["moments"])
+
+
+@pytest.mark.slow
 def test_checkpoint_restores_onto_other_meshes_and_training_continues(tmp_path):
   result = run_worker("restore", tmp_path)
   for target, r in result["restored"].items():

@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 
@@ -78,6 +80,22 @@ def test_show_configs_details_of_150m():
   assert "Config: GPT-150M" in result.stdout
   assert "152,101,632 (152.10M)" in result.stdout
   assert "--config=150M --config.model_name=my_model" in result.stdout
+
+
+def test_show_configs_says_which_parameters_muon_takes():
+  result = run_tool(SHOW_CONFIGS, "--config=recipes/shakespeare_char_cpu",
+                    "--config.optimizer=muon")
+  assert result.returncode == 0, result.stderr
+  rows = [line.split() for line in result.stdout.splitlines() if line.startswith("  [")]
+  config = presets.load(os.path.join(CONFIGS_DIR, "recipes", "shakespeare_char_cpu.py"))
+  leaves = jax.tree_util.tree_leaves_with_path(
+      nn.meta.unbox(params_lib.abstract_params(config_lib.ModelConfig.from_config(config))))
+  # every parameter, in order
+  assert [row[0] for row in rows] == [jax.tree_util.keystr(path) for path, _ in leaves]
+  for row in rows:
+    hidden_kernel = row[0].startswith("['h_") and row[0].endswith("['kernel']")
+    assert ("muon" if hidden_kernel else "adamw") in row, row
+  assert "Muon on the hidden matrices" in result.stdout
 
 
 def test_show_configs_json_preset(tmp_path):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 
 import numpy as np
 import pytest
 
 from gptjax.checkpoint import Checkpointer
+from gptjax.data import dataset
 from gptjax.errors import CheckpointError, DivergenceError
 from gptjax.training.loop import train
 
@@ -19,9 +22,10 @@ def run_metrics(config):
   return read_metrics(os.path.join(config.out_dir, config.model_name))
 
 
-def test_tiny_run_learns_and_writes_its_run_directory(tiny):
+def test_tiny_run_learns_and_writes_its_run_directory(tiny, capsys):
   config = tiny(max_iters=40, eval_interval=20, learning_rate=1e-2, min_lr=1e-3)
   result = train(config)
+  printed = "".join(capsys.readouterr())
   records = run_metrics(config)
   assert [r["step"] for r in records] == list(range(1, 41))
   first, last = records[0], records[-1]
@@ -35,6 +39,37 @@ def test_tiny_run_learns_and_writes_its_run_directory(tiny):
     assert os.path.exists(os.path.join(run_dir, name)), name
   checkpointer = Checkpointer(run_dir, read_only=True)
   assert checkpointer.latest_step() == 40 and set(checkpointer.manager.all_steps()) == {20, 40}
+  # Bits per byte: the loss in bits over the bytes of text the val tokens stand for, counted here
+  # by decoding them (the document separator stands for no text).
+  val = np.asarray(dataset.open_tokens(config).val)
+  text_bytes = len(bytes(int(t) for t in val if t != 255).decode("utf-8").encode("utf-8"))
+  evaluated = [r for r in records if "val_loss" in r]
+  assert [r["step"] for r in evaluated] == [20, 40]
+  for r in evaluated:
+    np.testing.assert_allclose(r["val_bpb"],
+                               r["val_loss"] * len(val) / math.log(2) / text_bytes,
+                               rtol=1e-12)
+    assert f"val {r['val_loss']:.4f} ({r['val_bpb']:.4f} bpb)" in printed, r
+  assert tensorboard_scalars(os.path.join(run_dir, "tensorboard"))["val_bpb"] == [
+      (r["step"], pytest.approx(r["val_bpb"])) for r in evaluated
+  ]
+
+
+def tensorboard_scalars(directory):
+  """{tag: [(step, value)]} read from tensorboardX's event files (TFRecord framing)."""
+  from tensorboardX.proto import event_pb2
+  scalars = {}
+  for name in sorted(os.listdir(directory)):
+    with open(os.path.join(directory, name), "rb") as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      length = struct.unpack("<Q", data[offset:offset + 8])[0]
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
 
 
 def test_checkpoint_interval_saves_between_log_steps(tiny):
@@ -70,6 +105,32 @@ def test_resumed_run_equals_uninterrupted_run(tiny):
     np.testing.assert_allclose([r.get(key, 0) for r in b], [r.get(key, 0) for r in a],
                                rtol=1e-6,
                                err_msg=key)
+
+
+def test_resume_with_muon_and_wsd_is_bitwise(tiny):
+  """Muon's state (its momentum, within optax's partition) and the warmup-stable-decay schedule
+  come back from the checkpoint exactly: the resumed run's records equal the straight run's."""
+  settings = dict(optimizer="muon",
+                  lr_schedule="wsd",
+                  lr_decay_fraction=0.5,
+                  max_iters=12,
+                  lr_decay_iters=12,
+                  eval_interval=6,
+                  dropout=0.1)
+  straight = tiny(model_name="straight", **settings)
+  train(straight)
+  interrupted = tiny(model_name="resumed", **{**settings, "max_iters": 6})
+  train(interrupted)
+  interrupted.max_iters = 12
+  train(interrupted)
+  a, b = run_metrics(straight), run_metrics(interrupted)
+  assert [r["step"] for r in b] == list(range(1, 13))
+  for key in ("train_loss", "grad_norm", "lr", "val_loss"):
+    assert [r.get(key) for r in b] == [r.get(key) for r in a], key
+  # ... and resuming it with another optimizer is refused, naming the one it was trained with.
+  other = tiny(model_name="resumed", **{**settings, "max_iters": 14, "optimizer": "adamw"})
+  with pytest.raises(CheckpointError, match="optimizer='muon'.*--config.optimizer=muon"):
+    train(other)
 
 
 def test_resuming_a_different_architecture_is_an_error(tiny):

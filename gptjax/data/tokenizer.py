@@ -54,6 +54,12 @@ class ByteTokenizer:
   def spec(self) -> dict:
     return dict(kind="bytes", vocab_size=self.n_vocab, eot_id=self.eot_id)
 
+  def byte_lengths(self) -> np.ndarray:
+    """UTF-8 bytes each id stands for: one, none for the end-of-text id."""
+    lengths = np.ones(self.n_vocab, np.int64)
+    lengths[self.eot_id] = 0
+    return lengths
+
 
 class Gpt2Tokenizer:
   """GPT-2 BPE through tiktoken (vocab 50257; id 50256 is <|endoftext|>)."""
@@ -75,6 +81,13 @@ class Gpt2Tokenizer:
 
   def spec(self) -> dict:
     return dict(kind="gpt2", vocab_size=self.n_vocab, eot_id=self.eot_id)
+
+  def byte_lengths(self) -> np.ndarray:
+    """UTF-8 bytes each id stands for (its BPE bytes), none for <|endoftext|>; made once."""
+    if getattr(self, "_byte_lengths", None) is None:
+      lengths = [len(self.encoding.decode_single_token_bytes(i)) for i in range(self.eot_id)]
+      self._byte_lengths = np.asarray(lengths + [0], np.int64)
+    return self._byte_lengths
 
 
 class HfTokenizer:
@@ -221,3 +234,21 @@ def describe(spec: dict) -> str:
     return (f"{os.path.basename(spec['path'])} (vocab {spec['vocab_size']}, sha256 "
             f"{spec['sha256'][:12]})")
   return f"{spec['kind']} (vocab {spec['vocab_size']})"
+
+
+def text_bytes(tokenizer, tokens) -> int:
+  """UTF-8 bytes of the text `tokens` stand for (bits per byte divides by them); the end-of-text
+  separator stands for none.
+
+  Byte-level tokenizers (bytes, GPT-2's BPE) add up each token's bytes: exact, one numpy pass. A
+  tokenizer.json decodes the tokens, a million at a time (a character cut at a chunk's edge can
+  count U+FFFD's 3 bytes instead of its own).
+  """
+  tokens = np.asarray(tokens)
+  if isinstance(tokenizer, (ByteTokenizer, Gpt2Tokenizer)):
+    return int(tokenizer.byte_lengths()[tokens].sum())
+  chunk = 1 << 20
+  kept = tokens if tokenizer.eot_id is None else tokens[tokens != tokenizer.eot_id]
+  return sum(
+      len(tokenizer.decode(kept[start:start + chunk]).encode("utf-8"))
+      for start in range(0, len(kept), chunk))

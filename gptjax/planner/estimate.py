@@ -34,7 +34,7 @@ COMPILED, DEVICELESS, ANALYTIC = "compiled", "compiled-deviceless", "analytic"
 class Memory:
   """Bytes per device of one train step."""
   params: int  # float32 parameters, as sharded
-  optimizer: int  # AdamW's two moments (and its step count)
+  optimizer: int  # AdamW's two moments (Muon's matrices: one), and step counts
   gradients: int  # float32 gradients (and the accumulator with grad_accum_steps > 1)
   activations: int  # activations and every other temporary of the step
   code: int = 0  # the compiled program (TPUs keep it in HBM)
@@ -157,11 +157,14 @@ def state_bytes(config: ml_collections.ConfigDict, mesh) -> tuple[int, int]:
   `mesh` may be a jax.sharding.AbstractMesh: no device is needed.
   """
   architecture = ModelConfig(**ModelConfig.from_config(config).architecture())
-  return _state_bytes(architecture, tuple(mesh.axis_sizes), config.grad_clip > 0)
+  return _state_bytes(architecture, tuple(mesh.axis_sizes), config.grad_clip > 0, config.optimizer)
 
 
 @functools.lru_cache(maxsize=256)
-def _state_bytes(architecture: ModelConfig, mesh_shape: tuple[int, ...], clip: bool):
+def _state_bytes(architecture: ModelConfig,
+                 mesh_shape: tuple[int, ...],
+                 clip: bool,
+                 optimizer: str = "adamw"):
   mesh = jax.sharding.AbstractMesh(mesh_shape, sharding.MESH_AXES)
   boxed = params_lib.abstract_params(architecture)
   param_shardings = sharding.logical_shardings(boxed, mesh)
@@ -169,7 +172,8 @@ def _state_bytes(architecture: ModelConfig, mesh_shape: tuple[int, ...], clip: b
                           nn.meta.unbox(boxed), param_shardings)
   optimizer_config = config_lib.get_base_config()
   optimizer_config.grad_clip = 1.0 if clip else 0.0
-  tx = make_optimizer(optimizer_config)
+  optimizer_config.optimizer = optimizer  # Muon keeps one moment of its matrices, AdamW two
+  tx = make_optimizer(optimizer_config, nn.get_partition_spec(boxed))
   opt_state = jax.eval_shape(tx.init, abstract)
   opt_shardings = sharding.optimizer_shardings(tx, opt_state, param_shardings, mesh)
   opt_abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

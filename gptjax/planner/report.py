@@ -24,6 +24,8 @@ from gptjax.planner.search import (REQUIRED_HEADROOM, Candidate, fewest_changes_
                                    format_overrides)
 from gptjax.units import GiB, format_duration, gib
 
+OPTIMIZER_NAMES = {"adamw": "AdamW", "muon": "Muon + AdamW"}
+
 
 def format_estimate(result: Estimate, config: ml_collections.ConfigDict) -> str:
   """The planner's report: memory per device, speed, generation memory, and their sources."""
@@ -51,12 +53,12 @@ def format_estimate(result: Estimate, config: ml_collections.ConfigDict) -> str:
       "",
       "memory per device",
       *[
-          f"  {label:<30}{value / GiB:>9.2f} GiB"
-          for label, value in (("parameters (float32)", memory.params),
-                               ("optimizer state (AdamW)", memory.optimizer),
-                               ("gradients (float32)", memory.gradients),
-                               ("activations and temporaries", memory.activations),
-                               ("compiled program", memory.code), ("batch and other", memory.other))
+          f"  {label:<30}{value / GiB:>9.2f} GiB" for label, value in (
+              ("parameters (float32)", memory.params),
+              (f"optimizer state ({OPTIMIZER_NAMES[config.optimizer]})", memory.optimizer),
+              ("gradients (float32)", memory.gradients),
+              ("activations and temporaries", memory.activations),
+              ("compiled program", memory.code), ("batch and other", memory.other))
       ],
       f"  {'total' + (' (at least)' if result.memory_is_lower_bound else ''):<30}"
       f"{memory.total / GiB:>9.2f} GiB of {gib(result.device_memory_bytes)}"

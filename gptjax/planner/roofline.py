@@ -144,7 +144,7 @@ def step_roofline(target, model: ModelConfig, options: StepOptions, flops: float
     bytes_accessed = config.grad_accum_steps * (3 * total_params / tensor * s + 4 *
                                                 (activations["logits"] + model.n_layer *
                                                  (activations["channels"] + activations["scores"])))
-    bytes_accessed += optimizer_bytes(model, mesh_shape)
+    bytes_accessed += optimizer_bytes(model, mesh_shape, config.optimizer)
   memory = bytes_accessed / chip.memory_bandwidth if chip.memory_bandwidth else 0.0
   # GPUs launch each kernel: about 60 per layer and 60 more per micro-batch in compiled steps.
   launches = (60 * model.n_layer +
@@ -153,11 +153,17 @@ def step_roofline(target, model: ModelConfig, options: StepOptions, flops: float
           communication_seconds(target, model, config, mesh_shape))
 
 
-def optimizer_bytes(model: ModelConfig, mesh_shape) -> float:
+def optimizer_bytes(model: ModelConfig, mesh_shape, optimizer: str = "adamw") -> float:
   """Bytes one device moves in the optimizer's pass over its state: AdamW reads parameters,
-  gradients and both moments and writes parameters and moments, 7 float32 values a parameter."""
+  gradients and both moments and writes parameters and moments, 7 float32 values a parameter;
+  Muon keeps one moment of the hidden matrices (attention and MLP): 5 values for those."""
   _, fsdp, tensor = mesh_shape
-  return 7 * 4 * params_lib.count_params(model).total / (fsdp * tensor)
+  counts = params_lib.count_params(model)
+  total = counts.total
+  if optimizer == "muon":
+    matrices = model.n_layer * (counts.attention + counts.mlp)  # their few biases: noise
+    return 4 * (7 * (total - matrices) + 5 * matrices) / (fsdp * tensor)
+  return 7 * 4 * total / (fsdp * tensor)
 
 
 def communication_seconds(target, model: ModelConfig, config: ml_collections.ConfigDict,

@@ -1,8 +1,9 @@
-"""Evaluation: the fixed batches every evaluation uses, their losses, and the exact loss of a
-whole split (tools/bench_nanogpt.py)."""
+"""Evaluation: the fixed batches every evaluation uses, their losses and val bits per byte, and the
+exact loss of a whole split (gptjax.eval, tools/bench_nanogpt.py)."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import jax
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax.data import batches
+from gptjax.data import tokenizer as tokenizer_lib
 from gptjax.model import GPT
 from gptjax.step import Setup, TrainState, global_batch, loss_fn
 
@@ -36,10 +38,21 @@ def estimate_loss(setup: Setup, params, windows: jax.Array) -> dict[str, float]:
   }
 
 
-def evaluate(setup: Setup, state: TrainState, windows: jax.Array) -> dict[str, float]:
+def bits_per_byte(loss: float, tokens_per_byte: float | None) -> float | None:
+  """A loss in nats per token as bits per byte of the text: comparable across tokenizers."""
+  return None if tokens_per_byte is None else loss / math.log(2) * tokens_per_byte
+
+
+def evaluate(setup: Setup,
+             state: TrainState,
+             windows: jax.Array,
+             val_tokens_per_byte: float | None = None) -> dict[str, float]:
+  """The eval_iters estimate of both splits' losses, and val bits per byte (with the val split's
+  tokens per byte of text, dataset.val_tokens_per_byte)."""
   start = time.perf_counter()
   losses = estimate_loss(setup, state.params, windows)
   return dict(val_loss=losses["val"],
+              val_bpb=bits_per_byte(losses["val"], val_tokens_per_byte),
               eval_train_loss=losses["train"],
               eval_s=time.perf_counter() - start)
 
@@ -61,3 +74,14 @@ def split_loss(model: GPT, params, tokens: np.ndarray, batch_size: int = 128) ->
       float(batch_loss(params, jnp.asarray(windows[i:i + batch_size])))
       for i in range(0, n, batch_size))
   return total / n, n * T
+
+
+def evaluate_split(model: GPT, params, tokens: np.ndarray, tokenizer, batch_size: int = 128):
+  """A whole split's exact loss (split_loss), the tokens it predicts, the bytes of text those
+  stand for, and bits per byte: {"loss", "tokens", "bytes", "bpb"} (gptjax.eval)."""
+  loss, predicted = split_loss(model, params, tokens, batch_size)
+  text_bytes = tokenizer_lib.text_bytes(tokenizer, np.asarray(tokens[1:1 + predicted]))
+  return dict(loss=loss,
+              tokens=predicted,
+              bytes=text_bytes,
+              bpb=loss * predicted / math.log(2) / text_bytes if text_bytes else None)

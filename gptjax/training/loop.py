@@ -110,6 +110,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   try:
     with mesh_context(mesh), fit.explain_out_of_memory(config):
       evaluation_windows = eval_windows(config, run.token_data, mesh, rows)
+      val_tokens_per_byte = dataset.val_tokens_per_byte(run.token_data)
       while step < config.max_iters and not stop.requested:
         batch = global_batch(next_windows(step), mesh, config.batch_size)  # as the last step runs
         state, step_metrics = setup.train_step(wait(state), batch)
@@ -119,7 +120,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                     step % config.checkpoint_interval == 0)
         record = log.step_done(step, step_metrics, read_now=saving)
         if evaluating:
-          record.update(evaluate(setup, wait(state), evaluation_windows))
+          record.update(evaluate(setup, wait(state), evaluation_windows, val_tokens_per_byte))
         if saving:
           save(checkpointer, config, step, state,
                {k: record[k] for k in ("train_loss", "val_loss") if k in record})

@@ -93,7 +93,8 @@ class MetricsWriter:
         self.tensorboard.add_scalar(key, value, record["step"])
 
   def plot(self, min_interval_s: float = 0.0) -> None:
-    """Writes loss.png: train loss per logged step, train/val loss per evaluation.
+    """Writes loss.png: train loss per logged step, train/val loss per evaluation, and val bits per
+    byte on a second scale.
 
     Skipped when the last plot is less than `min_interval_s` old.
     """
@@ -112,6 +113,13 @@ class MetricsWriter:
         ax.plot(*zip(*points), style, label=key.replace("_", " "), markersize=3)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss (nats/token)")
+    # Bits per byte are the loss times the val split's constant (1 / ln 2) x tokens per byte: a
+    # second scale on the right reads them off the val curve.
+    bpb = [(r["val_bpb"], r["val_loss"]) for r in self.records if r.get("val_bpb") is not None]
+    if bpb and bpb[-1][1] > 0:
+      scale = bpb[-1][0] / bpb[-1][1]
+      right = ax.secondary_yaxis("right", functions=(lambda x: x * scale, lambda x: x / scale))
+      right.set_ylabel("val bits per byte")
     ax.set_title(os.path.basename(os.path.dirname(self.path)))
     ax.grid(alpha=0.3)
     ax.legend()
@@ -213,7 +221,8 @@ class Recorder:
             (f" (compile: {record['programs_from_cache']} programs from the cache)"
              if record.get("programs_from_cache") else "") +
             (f" | eval: train {record['eval_train_loss']:.4f}, val {record['val_loss']:.4f}"
-             if "val_loss" in record else ""))
+             if "val_loss" in record else "") +
+            (f" ({record['val_bpb']:.4f} bpb)" if record.get("val_bpb") is not None else ""))
     if self.writer.enabled:  # process 0
       self.progress.write(line)
     self.progress.set_postfix(loss=f"{record['train_loss']:.3f}",

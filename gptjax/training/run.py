@@ -91,6 +91,14 @@ def check_resume(config: ml_collections.ConfigDict, found=None) -> None:
         f"{where} holds a different architecture (" + "; ".join(differing) + "). Fix: train into a "
         f"new directory with --config.model_name={free_model_name(config)}, or use the "
         f"checkpoint's architecture.")
+  # The optimizer fixes the state's layout (resume_with_changes cannot bridge it); runs from before
+  # the field existed used AdamW.
+  saved_optimizer = meta["config"].get("optimizer", "adamw")
+  if saved_optimizer != config.optimizer:
+    raise CheckpointError(
+        f"{where} was trained with optimizer={saved_optimizer!r}, not {config.optimizer!r}, and "
+        f"holds that optimizer's state. Fix: resume with --config.optimizer={saved_optimizer}, or "
+        f"train a new run with --config.model_name={free_model_name(config)}.")
   changed = changed_settings(meta["config"], config.to_dict())
   if changed and not config.resume_with_changes:
     raise CheckpointError(
