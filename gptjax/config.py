@@ -28,6 +28,9 @@ TOKENIZER_VOCAB_SIZES = {"bytes": BYTE_VOCAB_SIZE, "gpt2": GPT2_VOCAB_SIZE}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 DROPOUT_RNGS = ("auto", "threefry2x32", "rbg")
+# The URL schemes an out_dir may use besides a local path: those Orbax writes checkpoints to
+# (Orbax 0.12 sends only gs:// to TensorStore's object-store drivers; s3:// it cannot write).
+URL_SCHEMES = ("gs",)
 # The fields that fix the parameter shapes (what a checkpoint must agree on), in the order shown.
 ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 # The fields a resumed run may change freely: how long, where, on which devices and how often it
@@ -38,7 +41,8 @@ OPERATIONAL_FIELDS = ("name", "description", "max_iters", "eval_interval", "eval
                       "log_interval", "checkpoint_interval", "keep_checkpoints", "model_name",
                       "out_dir", "compilation_cache_dir", "cpu_devices", "allow_cpu", "mesh",
                       "distributed", "remat", "attention", "tokenizer", "tokenizer_path",
-                      "resume_with_changes")
+                      "resume_with_changes", "checkpoint_minutes", "profile_steps", "wandb_project",
+                      "wandb_entity", "wandb_run_name", "wandb_tags")
 # OpenAI's GPT-2 sizes by Hugging Face model name: (n_layer, n_head, n_embd), each with a context of
 # GPT2_BLOCK_SIZE, GPT-2's vocabulary and biases, and a preset configs/<name>.py.
 GPT2_SIZES = {
@@ -113,6 +117,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   # saves memory when dropout is on), or "auto" (rbg on TPU, threefry2x32 elsewhere).
   config.dropout_rng = "auto"
 
+  # --- Loss spikes ---------------------------------------------------------------------------------
+  # Skip an update whose gradients hold a NaN or an infinity (the parameters and optimizer state stay
+  # as they were; the log and metrics.jsonl say so), and stop only after this many in a row. 0 stops
+  # at the first non-finite loss, as nanoGPT does.
+  config.skip_nonfinite_updates = 0
+  # Coefficient of PaLM's z-loss, z_loss * mean(logsumexp(logits)^2), added to the objective (1e-4
+  # is PaLM's); train_loss and val_loss stay the plain cross-entropy. 0 disables it.
+  config.z_loss = 0.0
+
   # --- Evaluation and logging -----------------------------------------------------------------------
   # Evaluate train and val loss every this many steps (and at the last step).
   config.eval_interval = 250
@@ -124,6 +137,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.checkpoint_interval = 0
   # Keep this many most recent checkpoints (the best by val loss is kept as well).
   config.keep_checkpoints = 3
+  # Also save a checkpoint once this many minutes have passed since the last one (a preempted run
+  # loses at most that much); 0 saves by steps only.
+  config.checkpoint_minutes = 0.0
+  # Write a jax.profiler trace of steps A to B (e.g. "10:12") under <run dir>/profile/ (view it in
+  # TensorBoard's profile plugin or ui.perfetto.dev); "" traces nothing.
+  config.profile_steps = ""
+  # Log the records of metrics.jsonl, the config and the parameter count to this Weights & Biases
+  # project from process 0 (pip install 'gptjax[wandb]'); "" disables it. A resumed run continues
+  # the same W&B run (its id is kept in <run dir>/wandb_id). WANDB_MODE=offline logs locally.
+  config.wandb_project = ""
+  # The W&B entity (user or team) of the project; "" is the account's default.
+  config.wandb_entity = ""
+  # The W&B run's display name; "" uses the run directory's name.
+  config.wandb_run_name = ""
+  # Comma-separated W&B tags, e.g. "baseline,shakespeare".
+  config.wandb_tags = ""
   # Seed for parameter init, dropout and batch sampling.
   config.seed = 1337
 
@@ -256,6 +285,15 @@ def resolve_dropout_rng(config: ml_collections.ConfigDict, platform: str) -> str
   return "rbg" if platform == "tpu" else "threefry2x32"
 
 
+def profile_range(text: str) -> tuple[int, int] | None:
+  """(A, B) of a profile_steps "A:B" (1 <= A <= B); None when it is not one."""
+  try:
+    first, last = (int(part) for part in text.split(":"))
+  except ValueError:
+    return None
+  return (first, last) if 1 <= first <= last else None
+
+
 def _divisors(n: int) -> list[int]:
   return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -282,7 +320,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if isinstance(config.seed,
                 bool) or not isinstance(config.seed, int) or not (0 <= config.seed < 2**32):
     fail("seed", f"{config.seed!r} is not an integer in [0, 2**32)", "e.g. --config.seed=1337")
-  for field in ("warmup_iters", "checkpoint_interval"):
+  for field in ("warmup_iters", "checkpoint_interval", "skip_nonfinite_updates"):
     if config[field] < 0:
       fail(field, f"{config[field]!r} is negative", f"0 or more, e.g. --config.{field}=0")
   if config.n_embd % config.n_head:
@@ -335,9 +373,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= config[field] < 1.0:
       fail(field, f"{config[field]!r} is outside [0, 1)",
            f"e.g. --config.{field}={0.9 if field == 'beta1' else 0.95}")
-  for field in ("weight_decay", "grad_clip"):
+  for field in ("weight_decay", "grad_clip", "z_loss", "checkpoint_minutes"):
     if config[field] < 0:
       fail(field, f"{config[field]!r} is negative", f"--config.{field}=0 disables it")
+  if config.profile_steps and profile_range(config.profile_steps) is None:
+    fail("profile_steps", f"{config.profile_steps!r} is not a range of steps A:B with 1 <= A <= B",
+         "e.g. --config.profile_steps=10:12, or --config.profile_steps= for no trace")
+  scheme = config.out_dir.split("://")[0] if "://" in config.out_dir else ""
+  if scheme and scheme not in URL_SCHEMES:
+    fail(
+        "out_dir", f"{config.out_dir!r} is on {scheme}://, where Orbax cannot write checkpoints",
+        "a local directory (--config.out_dir=out) or a Google Cloud Storage bucket "
+        "(--config.out_dir=gs://BUCKET/runs)")
   if config.dtype not in DTYPES:
     fail("dtype", f"{config.dtype!r} is not supported",
          f"--config.dtype=float32 (or {', '.join(DTYPES[1:])})")

@@ -34,8 +34,16 @@ def weight_decay_mask(params):
       lambda path, _: getattr(path[-1], "key", None) in DECAYED_LEAVES, params)
 
 
+# optax.apply_if_finite applies a non-finite update after this many in a row; gptjax stops itself at
+# config.skip_nonfinite_updates (training.metrics.Recorder), long before.
+NEVER = 2**31 - 1
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """clip(global norm) -> AdamW(schedule, betas, masked decoupled weight decay)."""
+  """clip(global norm) -> AdamW(schedule, betas, masked decoupled weight decay); with
+  skip_nonfinite_updates, inside optax.apply_if_finite, which skips (zero update, state kept) an
+  update whose gradients hold a NaN or an infinity. Its skipped updates do not advance AdamW's
+  count, so the schedule lags the logged lr by the number skipped."""
   adamw = optax.adamw(learning_rate_schedule(config),
                       b1=config.beta1,
                       b2=config.beta2,
@@ -44,4 +52,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                       mask=weight_decay_mask)
   # identity() when clipping is off keeps the state's structure, so a run can resume either way.
   clip = optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity()
-  return optax.chain(clip, adamw)
+  chain = optax.chain(clip, adamw)
+  if config.skip_nonfinite_updates:
+    return optax.apply_if_finite(chain, max_consecutive_errors=NEVER)
+  return chain

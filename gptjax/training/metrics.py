@@ -159,6 +159,7 @@ class Recorder:
     self.late = host_runs_ahead()
     self.pending = None  # (step, metrics) of a log step not yet read
     self.last = dict(step=start_step)  # the last record written
+    self.skipped_before = 0  # skipped updates counted up to the last record
     self.restart_timer(start_step)
 
   def restart_timer(self, step: int) -> None:
@@ -187,7 +188,8 @@ class Recorder:
   def read(self, step: int, metrics) -> dict[str, Any]:
     """The step's record; waits for the step. The timer covers whole steps since the last record."""
     train_loss = float(metrics["loss"])
-    if not math.isfinite(train_loss):
+    skipped = self.skipped_updates(step, metrics)
+    if not math.isfinite(train_loss) and not (skipped and metrics["skipped"]):
       raise DivergenceError(
           f"training loss became {train_loss} at step {step}; stopping without saving. The last "
           f"good checkpoint (step {self.last_checkpoint()}) is intact. Fix: a lower "
@@ -202,9 +204,37 @@ class Recorder:
                   step_time_ms=1000 * step_time,
                   tokens_per_second=self.tokens_per_step / step_time,
                   mfu=mfu(self.flops_per_step / step_time, jax.device_count(), self.peak))
+    if "z_loss" in metrics:
+      record["z_loss"] = float(metrics["z_loss"])
+    if skipped:
+      record.update(skipped_updates=skipped, skipped=bool(metrics["skipped"]))
     if step == self.start_step + 1:
       record.update(self.first, first_step_s=elapsed, programs_from_cache=compile_cache.hits())
     return record
+
+  def skipped_updates(self, step: int, metrics) -> int:
+    """How many updates this run skipped for non-finite gradients so far (skip_nonfinite_updates);
+    a DivergenceError once that many in a row were skipped."""
+    if "skipped_total" not in metrics:
+      return 0
+    in_a_row, limit = int(metrics["skipped_in_a_row"]), self.config.skip_nonfinite_updates
+    if in_a_row >= limit:
+      raise DivergenceError(
+          f"{in_a_row} updates in a row up to step {step} had non-finite gradients and were "
+          f"skipped (skip_nonfinite_updates={limit}); stopping without saving. The last good "
+          f"checkpoint (step {self.last_checkpoint()}) is intact. Fix: a lower "
+          f"--config.learning_rate, --config.z_loss=1e-4, or --config.dtype=float32.")
+    return int(metrics["skipped_total"])
+
+  def skip_note(self, record: dict[str, Any]) -> str:
+    """What the log says of updates skipped since the last record (non-finite gradients)."""
+    new = record.get("skipped_updates", 0) - self.last.get("skipped_updates", self.skipped_before)
+    self.skipped_before = record.get("skipped_updates", self.skipped_before)
+    if new <= 0:
+      return ""
+    return (f" | skipped {new} update(s) with non-finite gradients since the last record "
+            f"({record['skipped_updates']} in all" +
+            (", this step's too)" if record["skipped"] else ")"))
 
   def write(self, record: dict[str, Any]) -> None:
     line = (f"step {record['step']}: loss {record['train_loss']:.4f}, lr {record['lr']:.2e}, "
@@ -213,7 +243,7 @@ class Recorder:
             (f" (compile: {record['programs_from_cache']} programs from the cache)"
              if record.get("programs_from_cache") else "") +
             (f" | eval: train {record['eval_train_loss']:.4f}, val {record['val_loss']:.4f}"
-             if "val_loss" in record else ""))
+             if "val_loss" in record else "") + self.skip_note(record))
     if self.writer.enabled:  # process 0
       self.progress.write(line)
     self.progress.set_postfix(loss=f"{record['train_loss']:.3f}",

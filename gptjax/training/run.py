@@ -110,7 +110,9 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
   with a note), else GPT-2 weights or a fresh init."""
 
   def load(step):
-    check_resume(config, (step, checkpointer.read_meta(step)))
+    meta = checkpointer.read_meta(step)
+    check_resume(config, (step, meta))
+    check_optimizer_kind(config, meta["config"], step)
     return checkpointer.restore(step, setup.abstract_state.params, setup.abstract_state.opt_state)
 
   found = checkpointer.first_intact(checkpointer.steps_to_try(), load)
@@ -134,6 +136,19 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
       print("".join(f"note: {line}\n" for line in notes), end="", file=sys.stderr, flush=True)
   step_array = jax.device_put(jnp.asarray(step, jnp.int32), sharding.replicated(setup.mesh))
   return TrainState(step=step_array, params=params, opt_state=opt_state), step
+
+
+def check_optimizer_kind(config, saved: dict[str, Any], step: int) -> None:
+  """A CheckpointError when skip_nonfinite_updates is turned on or off against the checkpoint's:
+  the optimizer state then has another structure (optax.apply_if_finite's counters)."""
+  before, now = bool(saved.get("skip_nonfinite_updates", 0)), bool(config.skip_nonfinite_updates)
+  if before != now:
+    raise CheckpointError(
+        f"checkpoint step {step} in {run_directory(config)!r} was trained with "
+        f"skip_nonfinite_updates={saved.get('skip_nonfinite_updates', 0)}, whose optimizer state "
+        f"{'has' if before else 'lacks'} the skipped-update counters. Fix: resume with "
+        f"--config.skip_nonfinite_updates={saved.get('skip_nonfinite_updates', 0)}, or train a new "
+        f"run with --config.model_name={free_model_name(config)}.")
 
 
 def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
