@@ -1,7 +1,7 @@
 """Configuration: the base ConfigDict with a comment on every field, validation, ModelConfig.
 
 Every preset (gptjax/configs/, loaded by gptjax/presets.py) is a `get_config()` that starts from
-`get_base_config()` (the GPT-2 ones from `gpt2_finetune_config`) and overrides a few fields. The
+`get_base_config()` (the GPT-2 ones from `presets.gpt2_finetune_config`) and overrides a few fields. The
 comment above each field of `get_base_config()` is its documentation: `field_comments()` reads it
 for `--help`. `validate(config)` runs before anything is compiled and raises `ConfigError` naming
 field, value and fix. `ModelConfig` is the frozen, hashable architecture handed to the model.
@@ -28,9 +28,6 @@ TOKENIZER_VOCAB_SIZES = {"bytes": BYTE_VOCAB_SIZE, "gpt2": GPT2_VOCAB_SIZE}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 DROPOUT_RNGS = ("auto", "threefry2x32", "rbg")
-# The URL schemes an out_dir may use besides a local path: those Orbax writes checkpoints to
-# (Orbax 0.12 sends only gs:// to TensorStore's object-store drivers; s3:// it cannot write).
-URL_SCHEMES = ("gs",)
 # The fields that fix the parameter shapes (what a checkpoint must agree on), in the order shown.
 ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 # The fields a resumed run may change freely: how long, where, on which devices and how often it
@@ -117,15 +114,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # saves memory when dropout is on), or "auto" (rbg on TPU, threefry2x32 elsewhere).
   config.dropout_rng = "auto"
 
-  # --- Loss spikes ---------------------------------------------------------------------------------
-  # Skip an update whose gradients hold a NaN or an infinity (the parameters and optimizer state stay
-  # as they were; the log and metrics.jsonl say so), and stop only after this many in a row. 0 stops
-  # at the first non-finite loss, as nanoGPT does.
+  # Skip (and log) updates with NaN/inf gradients, params and optimizer state kept; stop when this
+  # many in a row were skipped. 0 stops at the first non-finite loss, as nanoGPT does.
   config.skip_nonfinite_updates = 0
-  # Coefficient of PaLM's z-loss, z_loss * mean(logsumexp(logits)^2), added to the objective (1e-4
-  # is PaLM's); train_loss and val_loss stay the plain cross-entropy. 0 disables it.
+  # PaLM's z-loss: z_loss * mean(logsumexp(logits)^2) added to the objective (PaLM: 1e-4); 0 is off.
   config.z_loss = 0.0
-
   # --- Evaluation and logging -----------------------------------------------------------------------
   # Evaluate train and val loss every this many steps (and at the last step).
   config.eval_interval = 250
@@ -137,19 +130,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.checkpoint_interval = 0
   # Keep this many most recent checkpoints (the best by val loss is kept as well).
   config.keep_checkpoints = 3
-  # Also save a checkpoint once this many minutes have passed since the last one (a preempted run
-  # loses at most that much); 0 saves by steps only.
+  # Also save once this many minutes passed since the last checkpoint; 0: by steps only.
   config.checkpoint_minutes = 0.0
-  # Write a jax.profiler trace of steps A to B (e.g. "10:12") under <run dir>/profile/ (view it in
-  # TensorBoard's profile plugin or ui.perfetto.dev); "" traces nothing.
+  # jax.profiler trace of steps A:B (e.g. "10:12") into <run dir>/profile/; "" traces nothing.
   config.profile_steps = ""
-  # Log the records of metrics.jsonl, the config and the parameter count to this Weights & Biases
-  # project from process 0 (pip install 'gptjax[wandb]'); "" disables it. A resumed run continues
-  # the same W&B run (its id is kept in <run dir>/wandb_id). WANDB_MODE=offline logs locally.
+  # Weights & Biases project that process 0 logs the records to (pip install 'gptjax[wandb]').
   config.wandb_project = ""
-  # The W&B entity (user or team) of the project; "" is the account's default.
+  # W&B entity (user or team); "" is the account's default.
   config.wandb_entity = ""
-  # The W&B run's display name; "" uses the run directory's name.
+  # W&B run name; "" is the run directory's name.
   config.wandb_run_name = ""
   # Comma-separated W&B tags, e.g. "baseline,shakespeare".
   config.wandb_tags = ""
@@ -218,30 +207,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def gpt2_finetune_config(model_type: str) -> ml_collections.ConfigDict:
-  """The base config with OpenAI's `model_type` GPT-2 (a GPT2_SIZES name) and fine-tuning defaults.
-
-  The GPT-2 presets (configs/gpt2*.py) start from it and set their name and micro-batches.
-  """
-  config = get_base_config()
-  config.n_layer, config.n_head, config.n_embd = GPT2_SIZES[model_type]
-  config.block_size = GPT2_BLOCK_SIZE
-  config.vocab_size = GPT2_VOCAB_SIZE  # GPT-2's own, unpadded: HF weights import and export exactly
-  config.bias = True
-  config.tokenizer = "gpt2"
-  # Fine-tuning defaults, after nanoGPT's finetune_shakespeare: a rate 20x below pretraining's, so
-  # the updates adjust GPT-2's weights rather than overwrite them. Dropout off as there; try 0.1
-  # (GPT-2's pretraining value) when a small corpus starts to overfit.
-  config.dropout = 0.0
-  config.learning_rate = 3e-5
-  config.min_lr = 3e-6
-  config.warmup_iters = 20
-  config.max_iters = 1000
-  config.eval_interval = 100
-  config.eval_iters = 40
-  return config
-
-
 def field_comments() -> dict[str, str]:
   """The comment above each field of `get_base_config()`, by dotted name ("n_layer", "mesh.fsdp"),
   in the order of the source: the fields' documentation, which `--help` prints. Section headers
@@ -283,15 +248,6 @@ def resolve_dropout_rng(config: ml_collections.ConfigDict, platform: str) -> str
   if config.dropout_rng != "auto":
     return config.dropout_rng
   return "rbg" if platform == "tpu" else "threefry2x32"
-
-
-def profile_range(text: str) -> tuple[int, int] | None:
-  """(A, B) of a profile_steps "A:B" (1 <= A <= B); None when it is not one."""
-  try:
-    first, last = (int(part) for part in text.split(":"))
-  except ValueError:
-    return None
-  return (first, last) if 1 <= first <= last else None
 
 
 def _divisors(n: int) -> list[int]:
@@ -376,15 +332,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("weight_decay", "grad_clip", "z_loss", "checkpoint_minutes"):
     if config[field] < 0:
       fail(field, f"{config[field]!r} is negative", f"--config.{field}=0 disables it")
-  if config.profile_steps and profile_range(config.profile_steps) is None:
-    fail("profile_steps", f"{config.profile_steps!r} is not a range of steps A:B with 1 <= A <= B",
-         "e.g. --config.profile_steps=10:12, or --config.profile_steps= for no trace")
-  scheme = config.out_dir.split("://")[0] if "://" in config.out_dir else ""
-  if scheme and scheme not in URL_SCHEMES:
-    fail(
-        "out_dir", f"{config.out_dir!r} is on {scheme}://, where Orbax cannot write checkpoints",
-        "a local directory (--config.out_dir=out) or a Google Cloud Storage bucket "
-        "(--config.out_dir=gs://BUCKET/runs)")
   if config.dtype not in DTYPES:
     fail("dtype", f"{config.dtype!r} is not supported",
          f"--config.dtype=float32 (or {', '.join(DTYPES[1:])})")
