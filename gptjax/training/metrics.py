@@ -3,6 +3,7 @@ against the device's peak) and a loss plot."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
-from gptjax import compile_cache, files
+from gptjax import compile_cache, files, store
 from gptjax.config import ModelConfig
 from gptjax.devices import mfu, peak_flops
 from gptjax.errors import DataError, DivergenceError, disk_full, disk_full_as_error
@@ -24,8 +25,12 @@ from gptjax.params import flops_per_token
 def read_records(path: str) -> list[dict[str, Any]]:
   """The records of a metrics.jsonl. A torn last line (a write cut short by a kill or a full disk)
   is dropped with a note; an unreadable line before it is a DataError."""
-  with open(path, encoding="utf-8", errors="replace") as f:
-    lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+  if store.is_url(path):
+    text = store.read_bytes(path).decode("utf-8", errors="replace")
+  else:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      text = f.read()
+  lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
   records = []
   for number, line in lines:
     try:
@@ -45,19 +50,29 @@ RESUME_HINT = "it resumes from the last checkpoint saved."
 
 
 class MetricsWriter:
-  """metrics.jsonl + TensorBoard events + loss.png in the run directory (process 0 only)."""
+  """metrics.jsonl + TensorBoard events + loss.png in the run directory (process 0 only).
+
+  In a bucket, which has no appends (gcsfs's "a" mode silently overwrites), metrics.jsonl is
+  rewritten whole from the records in memory: at most every REWRITE_S seconds (GCS takes about one
+  write per second to an object), before each checkpoint save (`sync`) and at the end. A kill loses
+  only records after the last checkpoint, which the resumed run drops and writes again anyway.
+  """
+
+  REWRITE_S = 5.0
 
   def __init__(self, run_dir: str, enabled: bool, resume_step: int = 0):
     self.enabled = enabled
+    self.tracker = None  # training.tracking.Tracker: W&B gets every record too
     self.path = os.path.join(run_dir, "metrics.jsonl")
     self.plot_path = os.path.join(run_dir, "loss.png")
     self.records: list[dict[str, Any]] = []
-    self.last_plot = time.monotonic()
+    self.last_plot = self.last_sync = time.monotonic()
+    self.in_bucket = store.is_url(run_dir)
     if not enabled:
       return
-    if os.path.exists(self.path):  # Resuming: keep what led up to the checkpoint, drop the rest.
+    if store.exists(self.path):  # Resuming: keep what led up to the checkpoint, drop the rest.
       self.records = [r for r in read_records(self.path) if r["step"] <= resume_step]
-    files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records), RESUME_HINT)
+    self.sync()
     # tensorboardX takes ~1.5 s to import (it loads torch when installed): done in the background,
     # while the train step compiles, and waited for at the first write.
     self._tensorboard_ready = threading.Thread(target=self._open_tensorboard,
@@ -85,12 +100,29 @@ class MetricsWriter:
     if not self.enabled:
       return
     self.records.append(record)
-    with disk_full_as_error(self.path, "appending to metrics.jsonl", RESUME_HINT):
-      with open(self.path, "a") as f:  # a cut line is dropped when the run resumes
-        f.write(json.dumps(record) + "\n")
+    if self.tracker is not None:
+      self.tracker.log(record)
+    if self.in_bucket:
+      if time.monotonic() - self.last_sync >= self.REWRITE_S:
+        self.sync()
+    else:
+      with disk_full_as_error(self.path, "appending to metrics.jsonl", RESUME_HINT):
+        with open(self.path, "a") as f:  # a cut line is dropped when the run resumes
+          f.write(json.dumps(record) + "\n")
     for key, value in record.items():
       if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
         self.tensorboard.add_scalar(key, value, record["step"])
+
+  def sync(self) -> None:
+    """Writes metrics.jsonl whole from the records (locally: atomically)."""
+    if self.enabled:
+      self.last_sync = time.monotonic()
+      store.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records), RESUME_HINT)
+
+  def before_checkpoint(self) -> None:
+    """In a bucket, writes metrics.jsonl now: a checkpoint never gets ahead of its records."""
+    if self.in_bucket:
+      self.sync()
 
   def plot(self, min_interval_s: float = 0.0) -> None:
     """Writes loss.png: train loss per logged step, train/val loss per evaluation.
@@ -116,12 +148,19 @@ class MetricsWriter:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(self.plot_path, dpi=100)
+    if self.in_bucket:
+      image = io.BytesIO()
+      fig.savefig(image, dpi=100, format="png")
+      store.write_bytes(self.plot_path, image.getvalue())
+    else:
+      fig.savefig(self.plot_path, dpi=100)
     plt.close(fig)
 
   def close(self) -> None:
     """Writes the final plot and closes TensorBoard; on a full disk the plot is left out."""
     if self.enabled:
+      if self.in_bucket:
+        self.sync()
       try:
         self.plot()
       except OSError as e:
