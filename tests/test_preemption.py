@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT, read_metrics
 from test_sharding import free_port
 
@@ -37,6 +39,7 @@ def start_two(out_dir, *overrides):
   ]
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both_and_resumes(tmp_path):
   workers = start_two(tmp_path, "--config.max_iters=100000")
   for line in workers[0].stdout:  # process 0 logs each step

@@ -12,6 +12,7 @@ import pytest
 from conftest import tiny_config
 from gptjax import sharding
 from gptjax.step import build, global_batch, mesh_context, objective
+from gptjax.training.metrics import read_records
 
 
 def windows_for(config, seed=0):
@@ -92,3 +93,48 @@ def test_a_non_finite_update_is_skipped_and_the_state_kept(tmp_path):
   for a, b in zip(jax.tree.leaves(jax.device_get(good[0].params)),
                   jax.tree.leaves(jax.device_get(want[0].params))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class FakeBar:
+
+  def __init__(self):
+    self.lines = []
+
+  def update(self, n):
+    pass
+
+  def write(self, line):
+    self.lines.append(line)
+
+  def set_postfix(self, **kwargs):
+    pass
+
+
+def test_skipped_updates_are_logged_and_recorded_and_too_many_in_a_row_stop(tmp_path):
+  from gptjax.errors import DivergenceError
+  from gptjax.training.metrics import MetricsWriter, Recorder
+  config = tiny_config(tmp_path, skip_nonfinite_updates=2)
+  writer, bar = MetricsWriter(str(tmp_path), enabled=True), FakeBar()
+  log = Recorder(config, writer, bar, 0, {}, lambda: 4)
+
+  def step(n, loss, skipped, in_a_row, total):
+    metrics = dict(loss=np.float32(loss),
+                   lr=np.float32(1e-3),
+                   grad_norm=np.float32(1.0),
+                   skipped=np.bool_(skipped),
+                   skipped_in_a_row=np.int32(in_a_row),
+                   skipped_total=np.int32(total))
+    record = log.step_done(n, metrics, read_now=True)
+    log.write(record)
+    return record
+
+  step(1, 5.0, False, 0, 0)
+  record = step(2, float("nan"), True, 1, 1)  # a NaN loss does not stop the run: it was skipped
+  assert record["skipped"] and record["skipped_updates"] == 1
+  assert "skipped 1 update(s) with non-finite gradients" in bar.lines[-1]
+  step(3, 4.0, False, 0, 1)
+  assert "skipped" not in bar.lines[-1]
+  with pytest.raises(DivergenceError, match="2 updates in a row"):
+    step(4, float("inf"), True, 2, 3)
+  writer.close()
+  assert [r["step"] for r in read_records(str(tmp_path / "metrics.jsonl"))] == [1, 2, 3]

@@ -49,6 +49,7 @@ def records(env, run_dir: str):
   return [json.loads(line) for line in read_object(env, f"{run_dir}/metrics.jsonl").splitlines()]
 
 
+@pytest.mark.slow
 def test_a_run_in_a_bucket_killed_with_sigkill_resumes_bitwise_and_samples(bucket, tmp_path):
   straight = run_module(*TRAIN,
                         "--config.out_dir=gs://runs/a",
@@ -101,6 +102,7 @@ def test_a_run_in_a_bucket_killed_with_sigkill_resumes_bitwise_and_samples(bucke
   assert sampled[0].stdout == sampled[1].stdout and sampled[0].stdout.strip()
 
 
+@pytest.mark.slow
 def test_a_second_writer_in_a_bucket_is_refused(bucket, tmp_path):
   holder = subprocess.Popen(
       [sys.executable, *TRAIN, "--config.max_iters=400", "--config.out_dir=gs://runs/b"],

@@ -6,6 +6,8 @@ from __future__ import annotations
 import glob
 import os
 
+import pytest
+
 from conftest import read_metrics, run_module
 from wandb_records import offline_runs
 
@@ -15,6 +17,7 @@ TRAIN = ("-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1", "--co
          "--config.wandb_tags=test,tiny")
 
 
+@pytest.mark.slow
 def test_wandb_offline_records_equal_metrics_and_a_resume_continues_the_run(tmp_path):
   env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"), "WANDB_API_KEY": ""}
   (tmp_path / "wandb").mkdir()
