@@ -1,7 +1,8 @@
 """Configuration: the base ConfigDict with a comment on every field, validation, ModelConfig.
 
 Every preset (gptjax/configs/, loaded by gptjax/presets.py) is a `get_config()` that starts from
-`get_base_config()` (the GPT-2 ones from `presets.gpt2_finetune_config`) and overrides a few fields. The
+`get_base_config()` (the GPT-2 ones from `presets.gpt2_finetune_config`) and overrides a few
+fields. The
 comment above each field of `get_base_config()` is its documentation: `field_comments()` reads it
 for `--help`. `validate(config)` runs before anything is compiled and raises `ConfigError` naming
 field, value and fix. `ModelConfig` is the frozen, hashable architecture handed to the model.
@@ -134,7 +135,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.checkpoint_minutes = 0.0
   # jax.profiler trace of steps A:B (e.g. "10:12") into <run dir>/profile/; "" traces nothing.
   config.profile_steps = ""
-  # Weights & Biases project that process 0 logs the records to (pip install 'gptjax[wandb]').
+  # Weights & Biases project that process 0 logs the records to (pip install wandb).
   config.wandb_project = ""
   # W&B entity (user or team); "" is the account's default.
   config.wandb_entity = ""

@@ -5,10 +5,10 @@
                                           # one upload, which a store makes whole or nothing
 
 Local paths go through `os` as always; URLs through etils.epath (fsspec and gcsfs underneath: pip
-install 'gptjax[gcs]'). An object store has no directories, no appends, no renames and no locks:
-`isdir` is "holds objects under this prefix", `rename` copies and deletes (not atomic: used only
-to set a damaged checkpoint aside), metrics.jsonl is rewritten whole (training.metrics) and the
-run lock is a lease (training.lease). Orbax writes checkpoints to `gs://` through TensorStore by
+install gcsfs, or the gcs extra). An object store has no directories, no appends, no renames and
+no locks: `isdir` is "holds objects under this prefix", `rename` copies and deletes (not atomic:
+used only to set a damaged checkpoint aside), metrics.jsonl is rewritten whole (training.metrics)
+and the run lock is a lease (training.lease). Orbax writes checkpoints to `gs://` through TensorStore by
 itself; it cannot write `s3://` (0.12), so URL_SCHEMES holds gs only.
 """
 
@@ -42,7 +42,7 @@ def _epath(path: str):
   except ImportError as e:
     from gptjax.errors import UserError
     raise UserError(f"{path!r} is a Cloud Storage URL, and reading it needs gcsfs ({e}). Fix: "
-                    f"pip install 'gptjax[gcs]'.") from None
+                    f"pip install gcsfs (the gcs extra: pip install -e '.[gcs]').") from None
   return epath.Path(path)
 
 

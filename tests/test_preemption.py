@@ -78,3 +78,15 @@ def test_checkpoint_minutes_saves_by_time(tiny):
     checkpointer = Checkpointer(os.path.join(config.out_dir, name), read_only=True)
     assert sorted(checkpointer.manager.all_steps()) == expected, name
     checkpointer.close()
+
+
+@pytest.mark.slow
+def test_checkpoint_minutes_on_two_processes_saves_the_same_steps(tmp_path):
+  """Process 0's clock decides for both (a broadcast): every step of a run whose interval has
+  always passed is one checkpoint that both processes wrote."""
+  workers = start_two(tmp_path, "--config.max_iters=3", "--config.checkpoint_minutes=1e-6",
+                      "--config.keep_checkpoints=10")
+  outputs = [worker.communicate(timeout=300) for worker in workers]
+  assert [w.returncode for w in workers] == [0, 0], [o[1][-3000:] for o in outputs]
+  checkpoints = tmp_path / "tiny_char" / "checkpoints"
+  assert sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit()) == [1, 2, 3]

@@ -100,6 +100,14 @@ def test_a_run_in_a_bucket_killed_with_sigkill_resumes_bitwise_and_samples(bucke
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded checkpoint step 8" in result.stderr + result.stdout
   assert sampled[0].stdout == sampled[1].stdout and sampled[0].stdout.strip()
+  exported = run_module("-m",
+                        "gptjax.convert",
+                        "--run_dir=gs://runs/a/killed",
+                        f"--to_hf={tmp_path / 'hf'}",
+                        cwd=tmp_path,
+                        env=bucket)
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  assert (tmp_path / "hf" / "config.json").is_file()
 
 
 @pytest.mark.slow

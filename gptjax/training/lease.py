@@ -11,7 +11,8 @@ that:
   host) is taken over with a write conditioned on the generation seen, which at most one
   contender wins. No clocks are compared.
 - heartbeat (a thread): a write conditioned on the holder's own generation. When it fails the lease
-  was taken over: `lost` is set, the loop stops before its next save (the fence), and a note says so.
+  was taken over: `lost` is set, the loop stops before its next save (the fence), and a note says
+  so.
 - release: a conditional write that empties the object. Not a delete: a store that ignores
   conditions on deletes (fake-gcs-server does) would let a fenced holder delete its successor's.
 
@@ -76,8 +77,8 @@ class LeaseLock:
       if not self._dead(data, generation):
         raise UserError(
             f"run directory {self.run_dir!r} is in use by another training ({holder}: its lease "
-            f"{self.path} was renewed within {self.ttl_s:.0f} s). Fix: wait for it to finish or stop "
-            f"it, or train into another directory with --config.model_name=<new name>.")
+            f"{self.path} was renewed within {self.ttl_s:.0f} s). Fix: wait for it to finish or "
+            f"stop it, or train into another directory with --config.model_name=<new name>.")
       if self._write_if(self._payload(), generation):
         print(f"note: taking over {self.path} from {holder}, which is no longer running.",
               file=sys.stderr,

@@ -4,9 +4,9 @@ Every record written to metrics.jsonl is logged to W&B at its step, with the res
 exact parameter count and the step's memory (the planner's figure) in the run's config and summary.
 The W&B run's id is kept in <run dir>/wandb_id, so a resumed run continues the same W&B run (W&B
 keeps the rows of steps above the run's last one: the steps after the checkpoint, logged again, are
-not doubled). wandb is optional (pip install 'gptjax[wandb]'): without it, or when W&B cannot
-start (no API key, no network), the run trains on after one line saying why. WANDB_MODE=offline
-logs into <local W&B dir>/wandb/offline-run-*, for `wandb sync` later. W&B's own files stay on
+not doubled). wandb is optional (pip install wandb, or the wandb extra): without it, or when W&B
+cannot start (no API key, no network), the run trains on after one line saying why.
+WANDB_MODE=offline logs into <local W&B dir>/wandb/offline-run-*, for `wandb sync` later. W&B's own files stay on
 local disk (WANDB_DIR, default the current directory) even when the run directory is in a bucket.
 """
 
@@ -31,7 +31,7 @@ class Tracker:
       import wandb
     except ImportError:
       _note("wandb is not installed, so this run is not tracked in W&B (pip install "
-            "'gptjax[wandb]' adds it); training goes on.")
+            "wandb adds it); training goes on.")
       return
     id_path = store.join(run_dir, "wandb_id")
     run_id = (store.read_text(id_path).strip()
