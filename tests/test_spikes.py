@@ -3,6 +3,8 @@ gradients skipped (params and optimizer state kept) instead of stopping the run.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,3 +140,14 @@ def test_skipped_updates_are_logged_and_recorded_and_too_many_in_a_row_stop(tmp_
     step(4, float("inf"), True, 2, 3)
   writer.close()
   assert [r["step"] for r in read_records(str(tmp_path / "metrics.jsonl"))] == [1, 2, 3]
+
+
+def test_turning_skipping_on_at_a_resume_is_one_clear_error(tiny):
+  """The optimizer state of a run that skips holds optax.apply_if_finite's counters: a checkpoint
+  without them is refused by name (not taken for a damaged one), even with resume_with_changes."""
+  from gptjax.errors import CheckpointError
+  from gptjax.training.loop import train
+  train(tiny(max_iters=2))
+  with pytest.raises(CheckpointError, match="skip_nonfinite_updates=0"):
+    train(tiny(max_iters=3, skip_nonfinite_updates=5, resume_with_changes=True))
+  assert sorted(os.listdir(os.path.join(tiny().out_dir, "tiny", "checkpoints"))) == ["2"]

@@ -45,6 +45,26 @@ def read_object(env, path: str) -> str:
   return result.stdout
 
 
+def damage(env, step_dir: str) -> None:
+  """Truncates every object of a checkpoint step's params to 10 bytes, as test_recovery does on a
+  disk, with google-cloud-storage."""
+  script = (
+      "import sys; from google.cloud import storage; b, _, k = sys.argv[1][5:].partition('/');"
+      "bucket = storage.Client().bucket(b)\n"
+      "for blob in bucket.list_blobs(prefix=k + '/params/'):\n"
+      "  data = blob.download_as_bytes()\n"
+      "  bucket.blob(blob.name).upload_from_string(data[:10]) if len(data) > 10 else None")
+  result = subprocess.run([sys.executable, "-c", script, step_dir],
+                          env={
+                              **os.environ,
+                              **env
+                          },
+                          capture_output=True,
+                          text=True,
+                          timeout=60)
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
 def records(env, run_dir: str):
   return [json.loads(line) for line in read_object(env, f"{run_dir}/metrics.jsonl").splitlines()]
 
@@ -108,6 +128,20 @@ def test_a_run_in_a_bucket_killed_with_sigkill_resumes_bitwise_and_samples(bucke
                         env=bucket)
   assert exported.returncode == 0, exported.stderr[-3000:]
   assert (tmp_path / "hf" / "config.json").is_file()
+
+  # A damaged latest step in the bucket: the run resumes from the one before and sets it aside.
+  damage(bucket, "gs://runs/a/straight/checkpoints/8")
+  resumed = run_module(*TRAIN,
+                       "--config.out_dir=gs://runs/a",
+                       "--config.model_name=straight",
+                       "--config.max_iters=10",
+                       cwd=tmp_path,
+                       env=bucket)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  [note] = [line for line in resumed.stderr.splitlines() if "is damaged" in line]
+  assert "step 8" in note and "using step 6" in note and "8.damaged" in note, note
+  assert "resuming from step 6" in resumed.stdout
+  assert [r["step"] for r in records(bucket, "gs://runs/a/straight")] == list(range(1, 11))
 
 
 @pytest.mark.slow

@@ -147,14 +147,17 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         record = log.step_done(step, step_metrics, read_now=saving)
         if evaluating:
           record.update(evaluate(setup, wait(state), evaluation_windows))
-        if record:
-          log.write(record)
         if saving:
-          writer.before_checkpoint()  # in a bucket: metrics.jsonl written up to this step
-          save(checkpointer, config, step, state,
-               {k: record[k] for k in ("train_loss", "val_loss") if k in record})
+          losses = {k: record[k] for k in ("train_loss", "val_loss") if k in record}
+          if writer.in_bucket:  # metrics.jsonl is rewritten there: up to this step, before saving
+            log.write(record)
+            record = None
+            writer.before_checkpoint()
+          save(checkpointer, config, step, state, losses)
           clock.saved()
           writer.plot(min_interval_s=60)  # a plot costs ~0.5 s: refreshed at most once a minute
+        if record:
+          log.write(record)
       log.flush()
     profiler.stop()
     if stop.requested and step < config.max_iters:
