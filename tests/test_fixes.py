@@ -33,6 +33,7 @@ from gptjax.errors import UserError
 from conftest import GPT2_TIKTOKEN, REPO_ROOT, TEXT, tiny_config
 
 PACKAGE_DIR = os.path.join(REPO_ROOT, "gptjax")
+TOOLS_DIR = os.path.join(REPO_ROOT, "tools")
 # The helpers that write "Fix:" for their callers: each call is a message of its own.
 HELPERS = {"gptjax/config.py": "fail", "gptjax/hf_gpt2.py": "_fail"}
 COMMANDS = ("train", "sample", "plan", "prepare", "convert", "show_configs", "calculate_params")
@@ -42,10 +43,10 @@ TAKES_CONFIG = ("train", "plan", "show_configs", "calculate_params")
 
 
 def fix_sites() -> list[tuple[str, int, str]]:
-  """(file, line, statement) of every statement in gptjax/ whose text holds "Fix:", and of every
-  call of a HELPERS function (the helper's own statement is covered by its calls)."""
+  """(file, line, statement) of every statement in gptjax/ and tools/ whose text holds "Fix:", and
+  of every call of a HELPERS function (the helper's own statement is covered by its calls)."""
   sites = []
-  for root, _, names in os.walk(PACKAGE_DIR):
+  for root, _, names in [*os.walk(PACKAGE_DIR), *os.walk(TOOLS_DIR)]:
     for name in sorted(n for n in names if n.endswith(".py")):
       path = os.path.join(root, name)
       relative = os.path.relpath(path, REPO_ROOT)
@@ -1140,6 +1141,27 @@ def _(ctx):
 def _(ctx):
   from gptjax.data import tokenizer
   return ctx.error(tokenizer.HfTokenizer, ctx.file("tokenizer.json", "{}"))
+
+
+# --- tools/ ----------------------------------------------------------------------------------------
+
+
+@row("tools/bench_nanogpt.py", "does not exist. Fix: pass a UTF-8 text file", None)
+def _(ctx):
+  """The bench's missing --input_file: its fix, leaving the flag out, is gptjax's default corpus
+  (the flag's default; test_tools runs the bench on it)."""
+  import subprocess
+  bench = [sys.executable, os.path.join(TOOLS_DIR, "bench_nanogpt.py")]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run([*bench, f"--input_file={ctx.tmp / 'nope.txt'}"],
+                          capture_output=True,
+                          text=True,
+                          env=env,
+                          timeout=120)
+  assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr[-2000:]
+  helped = subprocess.run([*bench, "--help"], capture_output=True, text=True, env=env, timeout=120)
+  assert "'' is gptjax's embedded default corpus" in helped.stdout.replace("\n      ", " ")
+  return result.stderr[len("error: "):]
 
 
 # --- The tests ---------------------------------------------------------------------------------------

@@ -112,7 +112,9 @@ def trained(tmp_path_factory):
 TRAIN = ("-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1", "--config.max_iters=4")
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "plan", "prepare", "convert"])
+@pytest.mark.parametrize(
+    "command",
+    ["train", "sample", "plan", "prepare", "convert", "show_configs", "calculate_params"])
 def test_ctrl_c_while_importing(tmp_path, command):
   args = {
       "train": (*TRAIN, f"--config.out_dir={tmp_path / 'out'}"),
@@ -121,6 +123,8 @@ def test_ctrl_c_while_importing(tmp_path, command):
       "prepare": ("-m", "gptjax.prepare", f"--input={tmp_path}", "--tokenizer=bytes",
                   f"--out_dir={tmp_path / 'out'}"),
       "convert": ("-m", "gptjax.convert", f"--from_hf={tmp_path}", f"--out={tmp_path / 'out'}"),
+      "show_configs": ("-m", "gptjax.show_configs", "--config=tiny_char"),
+      "calculate_params": ("-m", "gptjax.calculate_params", "--config=tiny_char"),
   }[command]
   result = interrupt_when(args, f"gptjax.{command}: importing", tmp_path)
   assert_interrupted(result, tmp_path)

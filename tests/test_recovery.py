@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -239,6 +240,18 @@ def test_resuming_with_other_settings_is_refused_unless_on_purpose(tmp_path, cli
   note = [line for line in err.splitlines() if "new settings, on purpose" in line]
   assert len(note) == 1 and "learning_rate" in note[0] and "seed: 1337 -> 7" in note[0], note
   assert "max_iters" not in note[0]
+
+
+def test_the_fields_a_resume_may_change_are_fields_and_documented():
+  """Each name of config.OPERATIONAL_FIELDS is a field of the base config (a misspelt one would
+  leave the real field refusing every resume that changes it), and docs/training.md lists it."""
+  from gptjax.config import OPERATIONAL_FIELDS, get_base_config
+  base = get_base_config()
+  assert set(OPERATIONAL_FIELDS) <= set(base.keys()), set(OPERATIONAL_FIELDS) - set(base.keys())
+  with open(os.path.join(REPO_ROOT, "docs", "training.md"), encoding="utf-8") as f:
+    section = f.read().split("**A changed command**", 1)[1].split("\n- **", 1)[0]
+  for field in OPERATIONAL_FIELDS:  # `max_iters`, `mesh.*`, --config.resume_with_changes=True
+    assert re.search(rf"[`.]{field}(\.\*)?[`=]", section) or field.startswith("tokenizer"), field
 
 
 @pytest.mark.parametrize("field, make, fragments", [
