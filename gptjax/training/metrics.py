@@ -59,10 +59,11 @@ class MetricsWriter:
   """
 
   REWRITE_S = 5.0
+  tracker = None  # training.tracking.Tracker: W&B gets every record too
+  in_bucket = False  # the run directory is a gs:// URL
 
   def __init__(self, run_dir: str, enabled: bool, resume_step: int = 0):
     self.enabled = enabled
-    self.tracker = None  # training.tracking.Tracker: W&B gets every record too
     self.path = os.path.join(run_dir, "metrics.jsonl")
     self.plot_path = os.path.join(run_dir, "loss.png")
     self.records: list[dict[str, Any]] = []
