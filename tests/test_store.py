@@ -176,3 +176,26 @@ def test_an_unsupported_url_is_one_clear_error(tmp_path):
                       cwd=tmp_path)
   assert_user_error(result, "s3://", "gs://")
   assert os.listdir(tmp_path) == []  # nothing made, not even a local ./s3:/ directory
+
+
+def test_a_lease_held_on_another_host_is_respected_while_renewed_and_taken_when_not(
+    bucket, monkeypatch, capfd):
+  """The lease's cross-host rule, with a second lease standing in for the other host: refused while
+  its holder renews it; taken over (with a note) once it stopped renewing for ttl seconds; and the
+  old holder, fenced, learns it lost the lease at its next renewal."""
+  from gptjax.errors import UserError
+  from gptjax.training import lease
+  for key, value in bucket.items():
+    monkeypatch.setenv(key, value)
+  monkeypatch.setattr(lease.socket, "gethostname", lambda: "other-host")
+  holder = lease.LeaseLock("gs://runs/c/tiny", ttl_s=1.5).acquire()
+  monkeypatch.setattr(lease.socket, "gethostname", lambda: "this-host")
+  with pytest.raises(UserError, match="in use by another training"):
+    lease.LeaseLock("gs://runs/c/tiny", ttl_s=1.5).acquire()  # renewed every second meanwhile
+  holder.stopped.set()  # the other host hangs: no more renewals
+  holder.thread.join()
+  successor = lease.LeaseLock("gs://runs/c/tiny", ttl_s=1.5).acquire()
+  assert "taking over gs://runs/c/tiny/lock from pid" in capfd.readouterr().err
+  assert not holder._write_if(b"late", holder.generation)  # the old holder is fenced
+  successor.release()
+  assert read_object(bucket, "gs://runs/c/tiny/lock") == ""

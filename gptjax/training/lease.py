@@ -6,10 +6,10 @@ it does guarantee is that a write conditioned on an object's generation (`ifGene
 that:
 
 - acquire: a missing or empty lock object is free and is written conditioned on that state. A
-  held one is respected while its generation moves (its holder rewrites it every ttl/3 s, the
-  heartbeat); one whose generation has not moved for ttl s (or whose holder is a dead pid on this
-  host) is taken over with a write conditioned on the generation seen, which at most one
-  contender wins. No clocks are compared.
+  held one is respected while its holder lives: on this host while its pid runs; from another
+  host while its generation moves (its holder rewrites it every ttl/3 s, the heartbeat). A dead
+  holder's (a gone pid; a generation that did not move for ttl s) is taken over with a write
+  conditioned on the generation seen, which at most one contender wins. No clocks are compared.
 - heartbeat (a thread): a write conditioned on the holder's own generation. When it fails the lease
   was taken over: `lost` is set, the loop stops before its next save (the fence), and a note says
   so.
@@ -89,14 +89,18 @@ class LeaseLock:
     return self
 
   def _dead(self, data: bytes, generation: int) -> bool:
-    """Whether the holder is gone: a dead pid on this host, or a lease not renewed for ttl s."""
+    """Whether the holder is gone: its pid, on this host, is not running; or, on another host,
+    it has not renewed the lease for ttl s."""
     try:
       info = json.loads(data)
-      if info.get("host") == socket.gethostname() and info.get("pid") != os.getpid():
+      if info.get("host") == socket.gethostname():
         os.kill(int(info["pid"]), 0)
+        return info["pid"] == os.getpid()  # running: alive (unless it is this very process)
     except ProcessLookupError:
       return True
-    except (ValueError, KeyError, TypeError, PermissionError):
+    except PermissionError:  # another user's process: running
+      return False
+    except (ValueError, KeyError, TypeError, AttributeError):
       pass
     deadline = time.monotonic() + self.ttl_s
     while time.monotonic() < deadline:
