@@ -45,7 +45,12 @@ def test_wandb_offline_records_equal_metrics_and_a_resume_continues_the_run(tmp_
 
 def test_without_wandb_a_run_trains_after_one_line(tmp_path):
   """No network and no API key in online mode: W&B fails to start, the run does not."""
-  env = {"WANDB_MODE": "online", "WANDB_API_KEY": "", "WANDB_DIR": str(tmp_path)}
+  env = {
+      "WANDB_MODE": "online",
+      "WANDB_API_KEY": "",
+      "WANDB_DIR": str(tmp_path),
+      "HOME": str(tmp_path)
+  }  # no ~/.netrc with a key of this machine's
   result = run_module(*TRAIN, "--config.max_iters=1", f"--config.out_dir={tmp_path}", env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   [line] = [line for line in result.stderr.splitlines() if "W&B" in line]
