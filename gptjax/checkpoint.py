@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from gptjax import files
+from gptjax import files, store
 from gptjax.config import ModelConfig
 from gptjax.errors import CheckpointError, disk_full, disk_full_error
 from gptjax.model import GPT
@@ -73,7 +73,7 @@ class Checkpointer:
   """A run's checkpoints under `<run_dir>/checkpoints/`."""
 
   def __init__(self, run_dir: str, keep: int = 3, read_only: bool = False):
-    self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+    self.directory = store.absolute(os.path.join(run_dir, "checkpoints"))
     self.read_only = read_only
     self.closed = False
     self.in_flight = None  # the step of the save started last, until it is known committed
@@ -89,7 +89,11 @@ class Checkpointer:
     ])
     # best_fn is what makes Orbax write each step's metrics to disk (and read them back); the
     # preservation policy alone keeps them in memory only, so a resumed run forgot its best step.
+    # In a bucket Orbax writes each step in place and commits it with commit_success.txt last; a
+    # save that a kill cut short lacks that file, is never listed, and is deleted here on opening.
     options = ocp.CheckpointManagerOptions(best_fn=metric_val_loss,
+                                           cleanup_tmp_directories=store.is_url(self.directory) and
+                                           not read_only,
                                            best_mode="min",
                                            preservation_policy=policy,
                                            read_only=read_only,
@@ -98,13 +102,21 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def remove_unfinished(self) -> None:
-    """Deletes the folders of saves that a kill interrupted (never restorable), and says so."""
+    """Deletes the folders of saves that a kill interrupted (never restorable), and says so. (In a
+    bucket Orbax does that itself: cleanup_tmp_directories.)"""
+    if store.is_url(self.directory):
+      return
     unfinished = sorted(glob.glob(os.path.join(self.directory, f"*{UNFINISHED_SUFFIX}*")))
     if unfinished and jax.process_index() == 0:  # Orbax never lists them: they only take space
       note(f"removing {len(unfinished)} unfinished checkpoint save(s) an interrupted run left in "
            f"{self.directory}: " + ", ".join(os.path.basename(p) for p in unfinished))
       for path in unfinished:
         shutil.rmtree(path)
+
+  def preempted(self, step: int) -> bool:
+    """In a multi-process run: whether JAX's preemption service (SIGTERM to any process) chose
+    `step` as the one every process saves before stopping. Every process asks at every step."""
+    return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -149,7 +161,10 @@ class Checkpointer:
   def check_space(self, step: int, state) -> None:
     """A DiskFullError, before anything is written, when the disk lacks the bytes this process
     writes for the checkpoint (its shards of params and opt_state, plus 256 KiB): a save that ran out
-    of space midway would fail in Orbax's background threads instead."""
+    of space midway would fail in Orbax's background threads instead. A bucket has no disk to
+    fill (its limits are quotas, which fail the save itself): nothing to check."""
+    if store.is_url(self.directory):
+      return
     needed = 2**18 + sum(shard.data.nbytes
                          for leaf in jax.tree.leaves((state.params, state.opt_state))
                          if isinstance(leaf, jax.Array)
@@ -223,10 +238,10 @@ class Checkpointer:
     kept = "left in place"
     if not self.read_only:
       target, n = f"{path}.damaged", 1
-      while os.path.exists(target):
+      while store.exists(target):
         target, n = f"{path}.damaged{n}", n + 1
       if jax.process_index() == 0:
-        os.rename(path, target)
+        store.rename(path, target)
       if jax.process_count() > 1:  # every process lists the steps again only after the rename
         multihost_utils.sync_global_devices(f"gptjax: checkpoint step {step} set aside")
       self.manager.reload()
@@ -267,7 +282,7 @@ def try_load(step: int, load: Callable[[int], Any]) -> tuple[Any, str | None]:
 def open_run(run_dir: str) -> Checkpointer:
   """A run's checkpoints, read-only; a CheckpointError when it has none."""
   directory = os.path.join(run_dir, "checkpoints")
-  if not os.path.isdir(directory):
+  if not store.isdir(directory):
     raise CheckpointError(f"run directory {run_dir!r} holds no checkpoints (no {directory}). Fix: "
                           f"pass the right --run_dir, or train first (`python -m gptjax.train "
                           f"--config=<preset>`).")

@@ -1,7 +1,8 @@
 """Configuration: the base ConfigDict with a comment on every field, validation, ModelConfig.
 
 Every preset (gptjax/configs/, loaded by gptjax/presets.py) is a `get_config()` that starts from
-`get_base_config()` (the GPT-2 ones from `gpt2_finetune_config`) and overrides a few fields. The
+`get_base_config()` (the GPT-2 ones from `presets.gpt2_finetune_config`) and overrides a few
+fields. The
 comment above each field of `get_base_config()` is its documentation: `field_comments()` reads it
 for `--help`. `validate(config)` runs before anything is compiled and raises `ConfigError` naming
 field, value and fix. `ModelConfig` is the frozen, hashable architecture handed to the model.
@@ -40,7 +41,8 @@ OPERATIONAL_FIELDS = ("name", "description", "max_iters", "eval_interval", "eval
                       "log_interval", "checkpoint_interval", "keep_checkpoints", "model_name",
                       "out_dir", "compilation_cache_dir", "cpu_devices", "allow_cpu", "mesh",
                       "distributed", "remat", "attention", "tokenizer", "tokenizer_path",
-                      "resume_with_changes")
+                      "resume_with_changes", "checkpoint_minutes", "profile_steps", "wandb_project",
+                      "wandb_entity", "wandb_run_name", "wandb_tags")
 # OpenAI's GPT-2 sizes by Hugging Face model name: (n_layer, n_head, n_embd), each with a context of
 # GPT2_BLOCK_SIZE, GPT-2's vocabulary and biases, and a preset configs/<name>.py.
 GPT2_SIZES = {
@@ -132,6 +134,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # saves memory when dropout is on), or "auto" (rbg on TPU, threefry2x32 elsewhere).
   config.dropout_rng = "auto"
 
+  # Skip (and log) updates with NaN/inf gradients, params and optimizer state kept; stop when this
+  # many in a row were skipped. 0 stops at the first non-finite loss, as nanoGPT does.
+  config.skip_nonfinite_updates = 0
+  # PaLM's z-loss: z_loss * mean(logsumexp(logits)^2) added to the objective (PaLM: 1e-4); 0 is off.
+  config.z_loss = 0.0
   # --- Evaluation and logging -----------------------------------------------------------------------
   # Evaluate train and val loss every this many steps (and at the last step).
   config.eval_interval = 250
@@ -143,6 +150,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.checkpoint_interval = 0
   # Keep this many most recent checkpoints (the best by val loss is kept as well).
   config.keep_checkpoints = 3
+  # Also save once this many minutes passed since the last checkpoint; 0: by steps only.
+  config.checkpoint_minutes = 0.0
+  # jax.profiler trace of steps A:B (e.g. "10:12") into <run dir>/profile/; "" traces nothing.
+  config.profile_steps = ""
+  # Weights & Biases project that process 0 logs the records to (pip install wandb).
+  config.wandb_project = ""
+  # W&B entity (user or team); "" is the account's default.
+  config.wandb_entity = ""
+  # W&B run name; "" is the run directory's name.
+  config.wandb_run_name = ""
+  # Comma-separated W&B tags, e.g. "baseline,shakespeare".
+  config.wandb_tags = ""
   # Seed for parameter init, dropout and batch sampling.
   config.seed = 1337
 
@@ -205,30 +224,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.distributed.num_processes = 0
   # This process's index; -1 = $JAX_PROCESS_ID.
   config.distributed.process_id = -1
-  return config
-
-
-def gpt2_finetune_config(model_type: str) -> ml_collections.ConfigDict:
-  """The base config with OpenAI's `model_type` GPT-2 (a GPT2_SIZES name) and fine-tuning defaults.
-
-  The GPT-2 presets (configs/gpt2*.py) start from it and set their name and micro-batches.
-  """
-  config = get_base_config()
-  config.n_layer, config.n_head, config.n_embd = GPT2_SIZES[model_type]
-  config.block_size = GPT2_BLOCK_SIZE
-  config.vocab_size = GPT2_VOCAB_SIZE  # GPT-2's own, unpadded: HF weights import and export exactly
-  config.bias = True
-  config.tokenizer = "gpt2"
-  # Fine-tuning defaults, after nanoGPT's finetune_shakespeare: a rate 20x below pretraining's, so
-  # the updates adjust GPT-2's weights rather than overwrite them. Dropout off as there; try 0.1
-  # (GPT-2's pretraining value) when a small corpus starts to overfit.
-  config.dropout = 0.0
-  config.learning_rate = 3e-5
-  config.min_lr = 3e-6
-  config.warmup_iters = 20
-  config.max_iters = 1000
-  config.eval_interval = 100
-  config.eval_iters = 40
   return config
 
 
@@ -301,7 +296,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if isinstance(config.seed,
                 bool) or not isinstance(config.seed, int) or not (0 <= config.seed < 2**32):
     fail("seed", f"{config.seed!r} is not an integer in [0, 2**32)", "e.g. --config.seed=1337")
-  for field in ("warmup_iters", "checkpoint_interval"):
+  for field in ("warmup_iters", "checkpoint_interval", "skip_nonfinite_updates"):
     if config[field] < 0:
       fail(field, f"{config[field]!r} is negative", f"0 or more, e.g. --config.{field}=0")
   if config.n_embd % config.n_head:
@@ -366,7 +361,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= config[field] < 1.0:
       fail(field, f"{config[field]!r} is outside [0, 1)",
            f"e.g. --config.{field}={dict(beta1=0.9, beta2=0.95, muon_momentum=0.95)[field]}")
-  for field in ("weight_decay", "grad_clip", "muon_weight_decay"):
+  for field in ("weight_decay", "grad_clip", "muon_weight_decay", "z_loss", "checkpoint_minutes"):
     if config[field] < 0:
       fail(field, f"{config[field]!r} is negative", f"--config.{field}=0 disables it")
   if config.dtype not in DTYPES:

@@ -92,6 +92,11 @@ def weight_decay_mask(params):
       lambda path, _: getattr(path[-1], "key", None) in DECAYED_LEAVES, params)
 
 
+# optax.apply_if_finite applies a non-finite update after this many in a row; gptjax stops itself at
+# config.skip_nonfinite_updates (training.metrics.Recorder), long before.
+NEVER = 2**31 - 1
+
+
 def muon_dimension_numbers(name: str, axes) -> MuonDimensionNumbers | None:
   """How Muon sees the parameter `name` with logical `axes`, or None for AdamW.
 
@@ -183,7 +188,10 @@ def _muon(config: ml_collections.ConfigDict, param_axes) -> optax.GradientTransf
 def make_optimizer(config: ml_collections.ConfigDict,
                    param_axes=None) -> optax.GradientTransformation:
   """clip(global norm) -> AdamW(schedule, betas, masked decoupled weight decay), or with
-  optimizer="muon" -> Muon on the hidden kernels and AdamW on the rest.
+  optimizer="muon" -> Muon on the hidden kernels and AdamW on the rest; with
+  skip_nonfinite_updates, inside optax.apply_if_finite, which skips (zero update, state kept) an
+  update whose gradients hold a NaN or an infinity. Its skipped updates do not advance the
+  optimizer's count, so the schedule lags the logged lr by the number skipped.
 
   Args:
     config: the run's config.
@@ -198,4 +206,7 @@ def make_optimizer(config: ml_collections.ConfigDict,
     update = _adamw(config)
   # identity() when clipping is off keeps the state's structure, so a run can resume either way.
   clip = optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity()
-  return optax.chain(clip, update)
+  chain = optax.chain(clip, update)
+  if config.skip_nonfinite_updates:
+    return optax.apply_if_finite(chain, max_consecutive_errors=NEVER)
+  return chain

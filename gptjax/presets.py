@@ -30,6 +30,31 @@ PRESET_EXTENSIONS = (".py", ".json")
 IGNORED_JSON_FIELDS = ("device",)
 
 
+def gpt2_finetune_config(model_type: str) -> ml_collections.ConfigDict:
+  """The base config with OpenAI's `model_type` GPT-2 (a GPT2_SIZES name) and fine-tuning defaults.
+
+  The GPT-2 presets (configs/gpt2*.py) start from it and set their name and micro-batches.
+  """
+  config = config_lib.get_base_config()
+  config.n_layer, config.n_head, config.n_embd = config_lib.GPT2_SIZES[model_type]
+  config.block_size = config_lib.GPT2_BLOCK_SIZE
+  # GPT-2's own vocabulary, unpadded: HF weights import and export exactly.
+  config.vocab_size = config_lib.GPT2_VOCAB_SIZE
+  config.bias = True
+  config.tokenizer = "gpt2"
+  # Fine-tuning defaults, after nanoGPT's finetune_shakespeare: a rate 20x below pretraining's, so
+  # the updates adjust GPT-2's weights rather than overwrite them. Dropout off as there; try 0.1
+  # (GPT-2's pretraining value) when a small corpus starts to overfit.
+  config.dropout = 0.0
+  config.learning_rate = 3e-5
+  config.min_lr = 3e-6
+  config.warmup_iters = 20
+  config.max_iters = 1000
+  config.eval_interval = 100
+  config.eval_iters = 40
+  return config
+
+
 def shipped_dir() -> str:
   """The directory of the presets shipped inside the package."""
   return str(importlib.resources.files("gptjax") / "configs")

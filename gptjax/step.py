@@ -40,29 +40,49 @@ class TrainState:
 
 def loss_fn(params, model: GPT, windows, dropout_rng=None):
   """Mean next-token cross-entropy of `windows` (B, T+1): inputs [:, :-1], targets [:, 1:]."""
+  return objective(params, model, windows, dropout_rng)[1][0]
+
+
+def objective(params, model: GPT, windows, dropout_rng=None, z_loss: float = 0.0):
+  """(what the gradient is taken of, (cross-entropy, z-loss)) for `windows` (B, T+1).
+
+  With `z_loss` > 0 the objective adds z_loss * mean(logsumexp(logits)^2) (PaLM's z-loss, which
+  keeps the softmax normaliser near 1 and the logits from drifting into a loss spike); the
+  cross-entropy reported stays the plain one. The logsumexp is computed once for both terms.
+  """
   inputs, targets = windows[:, :-1], windows[:, 1:]
   logits = model.apply({"params": params},
                        inputs,
                        deterministic=dropout_rng is None,
                        rngs=None if dropout_rng is None else {"dropout": dropout_rng})
-  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+  if not z_loss:  # optax's cross-entropy, the program runs without the option have always had
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    return cross_entropy, (cross_entropy, jnp.zeros((), jnp.float32))
+  logits = logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(logits, axis=-1)  # (B, T)
+  target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  cross_entropy = (lse - target_logits).mean()
+  z_term = jnp.square(lse).mean()
+  return cross_entropy + z_loss * z_term, (cross_entropy, z_term)
 
 
-def mean_loss_and_grads(params, windows, rng, *, model: GPT):
-  """Mean loss and gradient over the A micro-batches of `windows` (A, B, T+1)."""
-  grad_fn = jax.value_and_grad(loss_fn)
+def mean_loss_and_grads(params, windows, rng, *, model: GPT, z_loss: float = 0.0):
+  """((mean objective, (cross-entropy, z-loss term)), gradient of the objective) over the A
+  micro-batches of `windows` (A, B, T+1)."""
+  grad_fn = jax.value_and_grad(functools.partial(objective, z_loss=z_loss), has_aux=True)
   micro_batches = windows.shape[0]
   if micro_batches == 1:
     return grad_fn(params, model, windows[0], rng)
 
   def accumulate(carry, xs):
     index, micro = xs
-    loss, grads = grad_fn(params, model, micro, jax.random.fold_in(rng, index))
-    return jax.tree.map(jnp.add, carry, (loss, grads)), None
+    values, grads = grad_fn(params, model, micro, jax.random.fold_in(rng, index))
+    return jax.tree.map(jnp.add, carry, (values, grads)), None
 
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-  (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(micro_batches), windows))
-  return jax.tree.map(lambda x: x / micro_batches, (loss, grads))
+  zero = jnp.zeros((), jnp.float32)
+  zeros = ((zero, (zero, zero)), jax.tree.map(jnp.zeros_like, params))
+  (values, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(micro_batches), windows))
+  return jax.tree.map(lambda x: x / micro_batches, (values, grads))
 
 
 def train_step(state: TrainState,
@@ -73,23 +93,32 @@ def train_step(state: TrainState,
                schedule,
                seed: int,
                dropout_rng: str = "threefry2x32",
-               flat_all_reduce_mesh: jax.sharding.Mesh | None = None):
+               flat_all_reduce_mesh: jax.sharding.Mesh | None = None,
+               z_loss: float = 0.0):
   """One update from `windows` (A, B, T+1): the mean gradient over A micro-batches, then AdamW.
 
   Dropout keys come from fold_in(seed, step) with the `dropout_rng` implementation, so a resumed
   run draws the same masks. With `flat_all_reduce_mesh` (pure data parallelism, no dropout)
-  gradients are averaged as one buffer.
+  gradients are averaged as one buffer. With `z_loss` > 0 the gradient includes the z-loss term
+  (see `objective`). When `tx` skips non-finite updates (optax.apply_if_finite, see
+  optim.make_optimizer) the metrics say whether this one was skipped and how many in a row.
   """
   rng = jax.random.fold_in(jax.random.key(seed, impl=dropout_rng), state.step)
-  loss_and_grads = functools.partial(mean_loss_and_grads, model=model)
+  loss_and_grads = functools.partial(mean_loss_and_grads, model=model, z_loss=z_loss)
   if flat_all_reduce_mesh is not None:
     loss_and_grads = sharding.flat_all_reduce(loss_and_grads, flat_all_reduce_mesh)
-  loss, grads = loss_and_grads(state.params, windows, rng)
+  (_, (loss, z_term)), grads = loss_and_grads(state.params, windows, rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = TrainState(step=state.step + 1,
                          params=optax.apply_updates(state.params, updates),
                          opt_state=opt_state)
   metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
+  if z_loss:
+    metrics["z_loss"] = z_term
+  if isinstance(opt_state, optax.ApplyIfFiniteState):
+    metrics.update(skipped=jnp.logical_not(opt_state.last_finite),
+                   skipped_in_a_row=opt_state.notfinite_count,
+                   skipped_total=opt_state.total_notfinite)
   return new_state, metrics
 
 
@@ -171,7 +200,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
                               seed=config.seed,
                               dropout_rng=config_module.resolve_dropout_rng(config, platform),
                               flat_all_reduce_mesh=mesh if config.dropout == 0 and
-                              sharding.is_replicated_data_parallel(mesh) else None)
+                              sharding.is_replicated_data_parallel(mesh) else None,
+                              z_loss=config.z_loss)
   return Setup(model=model,
                tx=tx,
                mesh=mesh,

@@ -20,7 +20,7 @@ MAX_LINES = 400
 # of its modules in that layer.
 LAYERS = (
     ("gptjax.units", "gptjax.errors"),
-    ("gptjax.files", "gptjax.optim", "gptjax.compile_cache", "gptjax.devices"),
+    ("gptjax.files", "gptjax.store", "gptjax.optim", "gptjax.compile_cache", "gptjax.devices"),
     ("gptjax.config", "gptjax.sharding"),
     ("gptjax.model", "gptjax.presets", "gptjax.data", "gptjax.command_line", "gptjax.cli"),
     ("gptjax.step", "gptjax.params", "gptjax.hf_gpt2", "gptjax.describe"),

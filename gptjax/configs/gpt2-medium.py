@@ -1,6 +1,6 @@
 """GPT-2-Medium: OpenAI's 355M GPT-2 (gpt2-medium) architecture, to fine-tune from its weights."""
 
-from gptjax.config import gpt2_finetune_config
+from gptjax.presets import gpt2_finetune_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """GPT-2: OpenAI's 124M GPT-2 (gpt2) architecture, to fine-tune from its weights."""
 
-from gptjax.config import gpt2_finetune_config
+from gptjax.presets import gpt2_finetune_config
 
 
 def get_config():

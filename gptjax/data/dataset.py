@@ -17,14 +17,13 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 import sys
 import sysconfig
 
 import numpy as np
 from tqdm import tqdm
 
-from gptjax import files
+from gptjax import store
 from gptjax.config import GPT2_VOCAB_SIZE, resolve_tokenizer
 from gptjax.data import prepare as prepare_lib
 from gptjax.data import shards
@@ -181,7 +180,9 @@ def _open_token_cache(config) -> TokenData:
       f"{content}|{spec}|{config.train_split}|{CACHE_VERSION}".encode()).hexdigest()
   source = config.input_file or DEFAULT_CORPUS
   stem = os.path.splitext(os.path.basename(source))[0].strip("<>") or "corpus"
-  cache_dir = os.path.join(config.out_dir, "token_cache", f"{stem}-{tokenizer.name}-{key[:16]}")
+  # np.memmap reads it: on local disk even when the run directory is in a bucket.
+  cache_dir = os.path.join(store.local_path(config.out_dir), "token_cache",
+                           f"{stem}-{tokenizer.name}-{key[:16]}")
   meta = None
   try:
     meta = shards.read_meta(cache_dir)
@@ -332,9 +333,8 @@ def record_run_data(run_dir: str,
   Resuming with a different tokenizer is an error (checked before anything is written)."""
   spec = token_data.tokenizer.spec()
   path = os.path.join(run_dir, RUN_DATA)
-  if resuming and os.path.isfile(path):
-    with open(path) as f:
-      recorded = json.load(f)["tokenizer"]
+  if resuming and store.isfile(path):
+    recorded = json.loads(store.read_text(path))["tokenizer"]
     if not tokenizer_lib.same_tokenizer(recorded, spec):
       raise DataError(f"run directory {run_dir!r} was trained with the tokenizer "
                       f"{tokenizer_lib.describe(recorded)}; this run's data gives "
@@ -343,8 +343,10 @@ def record_run_data(run_dir: str,
   if not write:  # another process of a multi-host run writes it
     return
   if spec["kind"] == "hf":
-    shutil.copyfile(token_data.tokenizer.path, os.path.join(run_dir, "tokenizer.json"))
-  files.write_json(path, dict(tokenizer=spec, data_dir=os.path.abspath(token_data.cache_dir)))
+    store.copy_file(token_data.tokenizer.path, os.path.join(run_dir, "tokenizer.json"))
+  store.write_text(
+      path,
+      json.dumps(dict(tokenizer=spec, data_dir=os.path.abspath(token_data.cache_dir)), indent=2))
 
 
 def run_tokenizer(run_dir: str, config, tokenizer_path: str = "", flag: str = "--tokenizer_path"):
@@ -353,11 +355,16 @@ def run_tokenizer(run_dir: str, config, tokenizer_path: str = "", flag: str = "-
   `tokenizer_path`, else the run's own config.tokenizer_path (`flag`: the command's flag for it)."""
   path = os.path.join(run_dir, RUN_DATA)
   tokenizer_path = tokenizer_path or config.get("tokenizer_path", "")
-  if not os.path.isfile(path):
+  if not store.isfile(path):
     return tokenizer_lib.get_tokenizer(resolve_tokenizer(config), tokenizer_path, flag=flag)
-  with open(path) as f:
-    spec = json.load(f)["tokenizer"]
+  spec = json.loads(store.read_text(path))["tokenizer"]
   hf_copy = os.path.join(run_dir, "tokenizer.json")
+  if store.is_url(hf_copy) and store.isfile(hf_copy):  # the tokenizer library reads local files
+    local = os.path.join(store.local_path(run_dir), "tokenizer.json")
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    with open(local, "wb") as f:
+      f.write(store.read_bytes(hf_copy))
+    hf_copy = local
   return tokenizer_lib.from_spec(spec, hf_copy if os.path.isfile(hf_copy) else None, tokenizer_path,
                                  flag)
 

@@ -14,13 +14,16 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from gptjax import files, sharding
+from gptjax import sharding, store
 from gptjax.checkpoint import Checkpointer
 from gptjax.data import batches
 from gptjax.devices import peak_flops
@@ -30,7 +33,12 @@ from gptjax.step import build, compile_train_step, global_batch, mesh_context
 from gptjax.training import metrics as metrics_lib
 from gptjax.training.evaluate import eval_windows, evaluate
 from gptjax.training.metrics import MetricsWriter, Recorder
+from gptjax.training import tracking
+from gptjax.training.profile import Profiler
 from gptjax.training.run import banner, run_directory, save, start
+from gptjax.config import ModelConfig
+from gptjax.errors import UserError
+from gptjax.params import count_params
 
 
 def one_step_in_flight() -> bool:
@@ -48,13 +56,17 @@ class StopRequest:
   """Turns SIGINT and SIGTERM (Ctrl-C, preemption) into a flag the loop checks between steps.
 
   A signal landing inside the jitted step, after the state was donated, must not leave the loop
-  with a deleted state to save. A second Ctrl-C aborts at once.
+  with a deleted state to save. A second Ctrl-C aborts at once. In a multi-process run SIGTERM is
+  left to JAX: jax.distributed's preemption service catches it (a Python handler would replace
+  its handler), and every process learns at the same step (`Checkpointer.preempted`), so all save
+  that one step; a SIGTERM to one process that only it knew of would hang the others' save.
   """
 
   def __init__(self):
     self.requested, self.signal_name, self.previous = False, "", {}
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGINT, signal.SIGTERM):
+      signals = (signal.SIGINT,) if jax.process_count() > 1 else (signal.SIGINT, signal.SIGTERM)
+      for sig in signals:
         self.previous[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):
@@ -82,8 +94,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
       run.lock.release()
     return {"step": step}
   if is_main:
-    files.write_atomic(os.path.join(run_directory(config), "config.json"), config.to_json(indent=2),
-                       metrics_lib.RESUME_HINT)
+    store.write_text(os.path.join(run_directory(config), "config.json"), config.to_json(indent=2),
+                     metrics_lib.RESUME_HINT)
   say(banner(run))
   if peak_flops() is None:
     say(f"MFU: not reported, the peak FLOP/s of {jax.devices()[0].device_kind!r} is unknown.")
@@ -98,6 +110,12 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
       dynamic_ncols=True,
       file=sys.stdout)
   writer = MetricsWriter(run_directory(config), is_main, resume_step=step)
+  writer.tracker = tracking.Tracker(
+      config, run_directory(config), is_main,
+      dict(parameters=count_params(ModelConfig.from_config(config)).total,
+           step_memory_bytes=run.first_record["step_memory_bytes"]))
+  profiler = Profiler(config.profile_steps, run_directory(config), say)
+  clock = CheckpointClock(config.checkpoint_minutes)
   log = Recorder(config, writer, progress, step, run.first_record, checkpointer.latest_step)
   stop = StopRequest()  # Ctrl-C / SIGTERM: finish the step, save, then stop
   wait = jax.block_until_ready if one_step_in_flight() else (lambda tree: tree)
@@ -113,35 +131,73 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
       val_tokens_per_byte = dataset.val_tokens_per_byte(run.token_data)
       while step < config.max_iters and not stop.requested:
         batch = global_batch(next_windows(step), mesh, config.batch_size)  # as the last step runs
-        state, step_metrics = setup.train_step(wait(state), batch)
+        profiler.before(step + 1)
+        with profiler.annotation(step + 1):
+          state, step_metrics = setup.train_step(wait(state), batch)
         step += 1
+        profiler.after(step, state)
+        if checkpointer.preempted(step):  # every process at the same step: all save it and stop
+          stop.requested, stop.signal_name = True, "SIGTERM (preemption)"
+        if run.lock is not None and getattr(run.lock, "lost", False):
+          raise UserError(f"{run_directory(config)!r} was taken over by another training (its "
+                          f"lease expired); this one stops without saving. Fix: let one training "
+                          f"at a time write a run directory.")
         evaluating = step % config.eval_interval == 0 or step == config.max_iters
         saving = evaluating or bool(config.checkpoint_interval and
-                                    step % config.checkpoint_interval == 0)
+                                    step % config.checkpoint_interval == 0) or clock.due()
         record = log.step_done(step, step_metrics, read_now=saving)
         if evaluating:
           record.update(evaluate(setup, wait(state), evaluation_windows, val_tokens_per_byte))
         if saving:
-          save(checkpointer, config, step, state,
-               {k: record[k] for k in ("train_loss", "val_loss") if k in record})
+          losses = {k: record[k] for k in ("train_loss", "val_loss") if k in record}
+          if writer.in_bucket:  # metrics.jsonl is rewritten there: up to this step, before saving
+            log.write(record)
+            record = None
+            writer.before_checkpoint()
+          save(checkpointer, config, step, state, losses)
+          clock.saved()
           writer.plot(min_interval_s=60)  # a plot costs ~0.5 s: refreshed at most once a minute
         if record:
           log.write(record)
       log.flush()
+    profiler.stop()
     if stop.requested and step < config.max_iters:
+      writer.before_checkpoint()
       stop_and_save(stop, checkpointer, config, step, state, log.last_metrics, run.start_step, say)
     checkpointer.close()  # waits for the last save to commit, still holding signals
     finished = True
   finally:
     progress.close()
-    close_all([next_windows.close, checkpointer.close, writer.close, stop.restore] +
-              ([run.lock.release] if run.lock else []),
+    close_all([
+        next_windows.close, profiler.stop, checkpointer.close, writer.close, writer.tracker.close,
+        stop.restore
+    ] + ([run.lock.release] if run.lock else []),
               raising=finished)
   if stop.requested:
     say(f"{stop.signal_name} after the last step: the run is complete, nothing to resume.")
   say(f"done: step {step}, val loss {log.last.get('val_loss', float('nan')):.4f}; "
       f"checkpoints in {checkpointer.directory}")
   return log.last
+
+
+class CheckpointClock:
+  """checkpoint_minutes: whether that long has passed since the last save (or the start). In a
+  multi-process run process 0's clock decides for all (one broadcast a step), so every process
+  saves the same step."""
+
+  def __init__(self, minutes: float):
+    self.interval_s, self.last = 60.0 * minutes, time.monotonic()
+
+  def due(self) -> bool:
+    if not self.interval_s:
+      return False
+    due = time.monotonic() - self.last >= self.interval_s
+    if jax.process_count() > 1:
+      due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+    return due
+
+  def saved(self) -> None:
+    self.last = time.monotonic()
 
 
 def close_all(closers, raising: bool) -> None:

@@ -3,6 +3,7 @@ against the device's peak) and a loss plot."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
-from gptjax import compile_cache, files
+from gptjax import compile_cache, files, store
 from gptjax.config import ModelConfig
 from gptjax.devices import mfu, peak_flops
 from gptjax.errors import DataError, DivergenceError, disk_full, disk_full_as_error
@@ -24,8 +25,12 @@ from gptjax.params import flops_per_token
 def read_records(path: str) -> list[dict[str, Any]]:
   """The records of a metrics.jsonl. A torn last line (a write cut short by a kill or a full disk)
   is dropped with a note; an unreadable line before it is a DataError."""
-  with open(path, encoding="utf-8", errors="replace") as f:
-    lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+  if store.is_url(path):
+    text = store.read_bytes(path).decode("utf-8", errors="replace")
+  else:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      text = f.read()
+  lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
   records = []
   for number, line in lines:
     try:
@@ -45,19 +50,30 @@ RESUME_HINT = "it resumes from the last checkpoint saved."
 
 
 class MetricsWriter:
-  """metrics.jsonl + TensorBoard events + loss.png in the run directory (process 0 only)."""
+  """metrics.jsonl + TensorBoard events + loss.png in the run directory (process 0 only).
+
+  In a bucket, which has no appends (gcsfs's "a" mode silently overwrites), metrics.jsonl is
+  rewritten whole from the records in memory: at most every REWRITE_S seconds (GCS takes about one
+  write per second to an object), before each checkpoint save (`sync`) and at the end. A kill loses
+  only records after the last checkpoint, which the resumed run drops and writes again anyway.
+  """
+
+  REWRITE_S = 5.0
+  tracker = None  # training.tracking.Tracker: W&B gets every record too
+  in_bucket = False  # the run directory is a gs:// URL
 
   def __init__(self, run_dir: str, enabled: bool, resume_step: int = 0):
     self.enabled = enabled
     self.path = os.path.join(run_dir, "metrics.jsonl")
     self.plot_path = os.path.join(run_dir, "loss.png")
     self.records: list[dict[str, Any]] = []
-    self.last_plot = time.monotonic()
+    self.last_plot = self.last_sync = time.monotonic()
+    self.in_bucket = store.is_url(run_dir)
     if not enabled:
       return
-    if os.path.exists(self.path):  # Resuming: keep what led up to the checkpoint, drop the rest.
+    if store.exists(self.path):  # Resuming: keep what led up to the checkpoint, drop the rest.
       self.records = [r for r in read_records(self.path) if r["step"] <= resume_step]
-    files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records), RESUME_HINT)
+    self.sync()
     # tensorboardX takes ~1.5 s to import (it loads torch when installed): done in the background,
     # while the train step compiles, and waited for at the first write.
     self._tensorboard_ready = threading.Thread(target=self._open_tensorboard,
@@ -85,12 +101,29 @@ class MetricsWriter:
     if not self.enabled:
       return
     self.records.append(record)
-    with disk_full_as_error(self.path, "appending to metrics.jsonl", RESUME_HINT):
-      with open(self.path, "a") as f:  # a cut line is dropped when the run resumes
-        f.write(json.dumps(record) + "\n")
+    if self.tracker is not None:
+      self.tracker.log(record)
+    if self.in_bucket:
+      if time.monotonic() - self.last_sync >= self.REWRITE_S:
+        self.sync()
+    else:
+      with disk_full_as_error(self.path, "appending to metrics.jsonl", RESUME_HINT):
+        with open(self.path, "a") as f:  # a cut line is dropped when the run resumes
+          f.write(json.dumps(record) + "\n")
     for key, value in record.items():
       if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
         self.tensorboard.add_scalar(key, value, record["step"])
+
+  def sync(self) -> None:
+    """Writes metrics.jsonl whole from the records (locally: atomically)."""
+    if self.enabled:
+      self.last_sync = time.monotonic()
+      store.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records), RESUME_HINT)
+
+  def before_checkpoint(self) -> None:
+    """In a bucket, writes metrics.jsonl now: a checkpoint never gets ahead of its records."""
+    if self.in_bucket:
+      self.sync()
 
   def plot(self, min_interval_s: float = 0.0) -> None:
     """Writes loss.png: train loss per logged step, train/val loss per evaluation, and val bits per
@@ -124,12 +157,19 @@ class MetricsWriter:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(self.plot_path, dpi=100)
+    if self.in_bucket:
+      image = io.BytesIO()
+      fig.savefig(image, dpi=100, format="png")
+      store.write_bytes(self.plot_path, image.getvalue())
+    else:
+      fig.savefig(self.plot_path, dpi=100)
     plt.close(fig)
 
   def close(self) -> None:
     """Writes the final plot and closes TensorBoard; on a full disk the plot is left out."""
     if self.enabled:
+      if self.in_bucket:
+        self.sync()
       try:
         self.plot()
       except OSError as e:
@@ -167,6 +207,7 @@ class Recorder:
     self.late = host_runs_ahead()
     self.pending = None  # (step, metrics) of a log step not yet read
     self.last = dict(step=start_step)  # the last record written
+    self.skipped_before = 0  # skipped updates counted up to the last record
     self.restart_timer(start_step)
 
   def restart_timer(self, step: int) -> None:
@@ -195,7 +236,8 @@ class Recorder:
   def read(self, step: int, metrics) -> dict[str, Any]:
     """The step's record; waits for the step. The timer covers whole steps since the last record."""
     train_loss = float(metrics["loss"])
-    if not math.isfinite(train_loss):
+    skipped = self.skipped_updates(step, metrics)
+    if not math.isfinite(train_loss) and not (skipped and metrics["skipped"]):
       raise DivergenceError(
           f"training loss became {train_loss} at step {step}; stopping without saving. The last "
           f"good checkpoint (step {self.last_checkpoint()}) is intact. Fix: a lower "
@@ -210,9 +252,37 @@ class Recorder:
                   step_time_ms=1000 * step_time,
                   tokens_per_second=self.tokens_per_step / step_time,
                   mfu=mfu(self.flops_per_step / step_time, jax.device_count(), self.peak))
+    if "z_loss" in metrics:
+      record["z_loss"] = float(metrics["z_loss"])
+    if skipped:
+      record.update(skipped_updates=skipped, skipped=bool(metrics["skipped"]))
     if step == self.start_step + 1:
       record.update(self.first, first_step_s=elapsed, programs_from_cache=compile_cache.hits())
     return record
+
+  def skipped_updates(self, step: int, metrics) -> int:
+    """How many updates this run skipped for non-finite gradients so far (skip_nonfinite_updates);
+    a DivergenceError once that many in a row were skipped."""
+    if "skipped_total" not in metrics:
+      return 0
+    in_a_row, limit = int(metrics["skipped_in_a_row"]), self.config.skip_nonfinite_updates
+    if in_a_row >= limit:
+      raise DivergenceError(
+          f"{in_a_row} updates in a row up to step {step} had non-finite gradients and were "
+          f"skipped (skip_nonfinite_updates={limit}); stopping without saving. The last good "
+          f"checkpoint (step {self.last_checkpoint()}) is intact. Fix: a lower "
+          f"--config.learning_rate, --config.z_loss=1e-4, or --config.dtype=float32.")
+    return int(metrics["skipped_total"])
+
+  def skip_note(self, record: dict[str, Any]) -> str:
+    """What the log says of updates skipped since the last record (non-finite gradients)."""
+    new = record.get("skipped_updates", 0) - self.last.get("skipped_updates", self.skipped_before)
+    self.skipped_before = record.get("skipped_updates", self.skipped_before)
+    if new <= 0:
+      return ""
+    return (f" | skipped {new} update(s) with non-finite gradients since the last record "
+            f"({record['skipped_updates']} in all" +
+            (", this step's too)" if record["skipped"] else ")"))
 
   def write(self, record: dict[str, Any]) -> None:
     line = (f"step {record['step']}: loss {record['train_loss']:.4f}, lr {record['lr']:.2e}, "
@@ -222,7 +292,8 @@ class Recorder:
              if record.get("programs_from_cache") else "") +
             (f" | eval: train {record['eval_train_loss']:.4f}, val {record['val_loss']:.4f}"
              if "val_loss" in record else "") +
-            (f" ({record['val_bpb']:.4f} bpb)" if record.get("val_bpb") is not None else ""))
+            (f" ({record['val_bpb']:.4f} bpb)" if record.get("val_bpb") is not None else "") +
+            self.skip_note(record))
     if self.writer.enabled:  # process 0
       self.progress.write(line)
     self.progress.set_postfix(loss=f"{record['train_loss']:.3f}",

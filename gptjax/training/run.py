@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gptjax import compile_cache, devices, files, hf_gpt2, sharding, units
+from gptjax import compile_cache, devices, files, hf_gpt2, sharding, store, units
 from gptjax.checkpoint import Checkpointer, architecture_mismatch
 from gptjax.config import OPERATIONAL_FIELDS, ModelConfig, validate
 from gptjax.data import dataset
@@ -36,6 +36,8 @@ from gptjax.errors import CheckpointError, UserError
 from gptjax.params import count_params
 from gptjax.planner import fit
 from gptjax.step import Setup, TrainState, build, compile_train_step, mesh_context
+from gptjax.training.lease import LeaseLock
+from gptjax.training.profile import profile_range
 from gptjax.training.lock import RunLock
 
 
@@ -44,8 +46,10 @@ def run_directory(config: ml_collections.ConfigDict) -> str:
 
 
 def check_out_dir(config: ml_collections.ConfigDict) -> None:
-  """A UserError unless out_dir is, or can be made, a writable directory (tried, nothing left)."""
-  problem = files.unwritable_dir(config.out_dir)
+  """A UserError unless out_dir is, or can be made, a writable directory (tried, nothing left);
+  a URL must be one Orbax writes to (its bucket is tried with the first write)."""
+  problem = (store.scheme_problem(config.out_dir)
+             if store.is_url(config.out_dir) else files.unwritable_dir(config.out_dir))
   if problem:
     raise UserError(f"--config.out_dir={config.out_dir!r}: {problem}. Fix: choose a directory "
                     f"you can write, e.g. --config.out_dir=out.")
@@ -55,6 +59,7 @@ def check_locally(config: ml_collections.ConfigDict) -> None:
   """The cheap checks, on this machine alone, before anything slow or networked (GPT-2's weights
   or ranks from the hub, compiling): the fields, the files the config names, out_dir."""
   validate(config)
+  profile_range(config.profile_steps)
   dataset.check_sources(config)
   if config.init_from:
     hf_gpt2.check_local(config.init_from, flag="--config.init_from")
@@ -65,11 +70,11 @@ def saved_meta(run_dir: str) -> tuple[int, dict[str, Any]] | None:
   """(step, meta) of the newest checkpoint whose meta reads, straight from Orbax's files (before
   JAX starts); None without one. restore_or_init checks the step it restores again."""
   directory = os.path.join(run_dir, "checkpoints")
-  steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit()),
-                 reverse=True) if os.path.isdir(directory) else []
+  steps = sorted((int(n) for n in store.listdir(directory) if n.isdigit()), reverse=True)
   for step in steps:
     try:
-      return step, files.read_json(os.path.join(directory, str(step), "meta", "metadata"))
+      return step, json.loads(
+          store.read_text(os.path.join(directory, str(step), "meta", "metadata")))
     except (OSError, ValueError):
       continue
   return None
@@ -118,7 +123,9 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
   with a note), else GPT-2 weights or a fresh init."""
 
   def load(step):
-    check_resume(config, (step, checkpointer.read_meta(step)))
+    meta = checkpointer.read_meta(step)
+    check_resume(config, (step, meta))
+    check_optimizer_kind(config, meta["config"], step)
     return checkpointer.restore(step, setup.abstract_state.params, setup.abstract_state.opt_state)
 
   found = checkpointer.first_intact(checkpointer.steps_to_try(), load)
@@ -142,6 +149,19 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
       print("".join(f"note: {line}\n" for line in notes), end="", file=sys.stderr, flush=True)
   step_array = jax.device_put(jnp.asarray(step, jnp.int32), sharding.replicated(setup.mesh))
   return TrainState(step=step_array, params=params, opt_state=opt_state), step
+
+
+def check_optimizer_kind(config, saved: dict[str, Any], step: int) -> None:
+  """A CheckpointError when skip_nonfinite_updates is turned on or off against the checkpoint's:
+  the optimizer state then has another structure (optax.apply_if_finite's counters)."""
+  before, now = bool(saved.get("skip_nonfinite_updates", 0)), bool(config.skip_nonfinite_updates)
+  if before != now:
+    raise CheckpointError(
+        f"checkpoint step {step} in {run_directory(config)!r} was trained with "
+        f"skip_nonfinite_updates={saved.get('skip_nonfinite_updates', 0)}, whose optimizer state "
+        f"{'has' if before else 'lacks'} the skipped-update counters. Fix: resume with "
+        f"--config.skip_nonfinite_updates={saved.get('skip_nonfinite_updates', 0)}, or train a new "
+        f"run with --config.model_name={free_model_name(config)}.")
 
 
 def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -182,7 +202,7 @@ class Run:
   setup: Setup  # its train_step compiled ahead of time
   token_data: dataset.TokenData
   checkpointer: Checkpointer
-  lock: RunLock | None  # process 0's hold on the run directory
+  lock: RunLock | LeaseLock | None  # process 0's hold on the run directory
   state: TrainState
   start_step: int
   first_record: dict[str, Any]  # compile time and step memory, logged with the first step
@@ -217,7 +237,8 @@ def start(config: ml_collections.ConfigDict, say=print) -> Run:
   first_record = dict(compile_s=time.perf_counter() - compile_start,
                       step_memory_bytes=step_memory)  # per device, as gptjax.plan reports it
   # Nothing above wrote into the run directory: a config that fails leaves it as it was.
-  lock = RunLock(run_directory(config)).acquire() if jax.process_index() == 0 else None
+  lock_kind = LeaseLock if store.is_url(run_directory(config)) else RunLock  # a bucket: a lease
+  lock = lock_kind(run_directory(config)).acquire() if jax.process_index() == 0 else None
   try:
     checkpointer = Checkpointer(run_directory(config), keep=config.keep_checkpoints)
     with mesh_context(mesh), fit.explain_out_of_memory(config):
