@@ -23,7 +23,7 @@ from gptjax.errors import UserError
 
 
 def main(f) -> None:
-  from gptjax import describe, presets
+  from gptjax import describe
   if f.config is not None:
     from gptjax.config import validate
     from gptjax.errors import ConfigError

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, assert_user_error, read_metrics, run_module
+from conftest import assert_user_error, run_module
 from gcs_emulator import fake_gcs
 
 TRAIN = ("-m", "gptjax.train", "--config=tiny_char", "--config.n_layer=1", "--config.eval_iters=1",

@@ -20,7 +20,6 @@ import datetime
 import itertools
 import json
 import os
-import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_FILE = os.path.join(REPO_ROOT, "gptjax", "planner", "memory_model.json")

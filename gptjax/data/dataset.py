@@ -23,7 +23,7 @@ import sysconfig
 import numpy as np
 from tqdm import tqdm
 
-from gptjax import store
+from gptjax import files, store
 from gptjax.config import GPT2_VOCAB_SIZE, resolve_tokenizer
 from gptjax.data import prepare as prepare_lib
 from gptjax.data import shards

@@ -18,7 +18,7 @@ from gptjax.planner import compiled as compiled_lib
 from gptjax.planner import estimate as estimate_lib
 from gptjax.planner import targets
 from gptjax.planner.estimate import Estimate
-from gptjax.planner.search import (REQUIRED_HEADROOM, fewest_changes_that_fit, format_overrides)
+from gptjax.planner.search import (fewest_changes_that_fit, format_overrides)
 from gptjax.units import gib
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
-from gptjax import compile_cache, files, store
+from gptjax import compile_cache, store
 from gptjax.config import ModelConfig
 from gptjax.devices import mfu, peak_flops
 from gptjax.errors import DataError, DivergenceError, disk_full, disk_full_as_error
