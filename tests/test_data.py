@@ -166,13 +166,13 @@ def test_val_bytes_are_the_decoded_texts_bytes_counted_once(tiny, kind, monkeypa
   # The text the tokens stand for; the document separator (<|endoftext|>) stands for none.
   decoded = data.tokenizer.decode(val[val != data.tokenizer.eot_id])
   assert "ché" in decoded and data.tokenizer.eot_id in val
-  assert dataset.val_bytes(data) == len(decoded.encode("utf-8"))
-  np.testing.assert_allclose(dataset.val_tokens_per_byte(data),
+  assert tokenizer_lib.val_bytes(data) == len(decoded.encode("utf-8"))
+  np.testing.assert_allclose(tokenizer_lib.val_tokens_per_byte(data),
                              len(data.val) / len(decoded.encode("utf-8")))
-  assert os.path.isfile(os.path.join(data.cache_dir, dataset.VAL_BYTES))
+  assert os.path.isfile(os.path.join(data.cache_dir, tokenizer_lib.VAL_BYTES))
   counted = []
   monkeypatch.setattr(tokenizer_lib, "text_bytes", lambda *a: counted.append(a) or 0)
-  assert dataset.val_bytes(dataset.open_tokens(config)) == len(decoded.encode("utf-8"))
+  assert tokenizer_lib.val_bytes(dataset.open_tokens(config)) == len(decoded.encode("utf-8"))
   assert not counted  # read from the cache, not counted again
 
 

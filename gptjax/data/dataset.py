@@ -23,17 +23,16 @@ import sysconfig
 import numpy as np
 from tqdm import tqdm
 
-from gptjax import files, store
+from gptjax import store
 from gptjax.config import GPT2_VOCAB_SIZE, resolve_tokenizer
 from gptjax.data import prepare as prepare_lib
 from gptjax.data import shards
 from gptjax.data import tokenizer as tokenizer_lib
-from gptjax.errors import DataError, DiskFullError
+from gptjax.errors import DataError
 
 DEFAULT_CORPUS = "<python-stdlib>"  # the input_file="" corpus, see default_corpus_text()
 CACHE_VERSION = 4  # 3: token shards written by gptjax.prepare; 4: sources.SPLIT_RULE 2
 RUN_DATA = "data.json"  # in a run directory: the tokenizer and data it was trained with
-VAL_BYTES = "val_bytes.json"  # in a data directory: its validation text's bytes, counted once
 _SCAN_CHUNK = 1 << 24  # tokens read at a time when scanning nanoGPT's files for their largest id
 
 
@@ -367,40 +366,3 @@ def run_tokenizer(run_dir: str, config, tokenizer_path: str = "", flag: str = "-
     hf_copy = local
   return tokenizer_lib.from_spec(spec, hf_copy if os.path.isfile(hf_copy) else None, tokenizer_path,
                                  flag)
-
-
-def _fingerprint(tokens: np.ndarray, tokenizer) -> str:
-  """What a val_bytes.json count belongs to: the tokenizer, the split's length, its ends."""
-  edge = 1 << 20
-  digest = hashlib.sha256(json.dumps(tokenizer.spec(), sort_keys=True).encode())
-  digest.update(f"{len(tokens)}".encode())
-  digest.update(np.ascontiguousarray(tokens[:edge]).tobytes())
-  digest.update(np.ascontiguousarray(tokens[-edge:]).tobytes())
-  return digest.hexdigest()
-
-
-def val_bytes(token_data: TokenData) -> int:
-  """UTF-8 bytes of the text the validation tokens stand for: counted once per data set and kept
-  in <data dir>/val_bytes.json (counted again, and not kept, where the directory is read-only)."""
-  tokens = token_data.val
-  key = _fingerprint(tokens, token_data.tokenizer)
-  path = os.path.join(token_data.cache_dir, VAL_BYTES)
-  try:
-    with open(path) as f:
-      cached = json.load(f)
-    if cached.get("key") == key:
-      return int(cached["bytes"])
-  except (OSError, ValueError, KeyError):
-    pass
-  counted = tokenizer_lib.text_bytes(token_data.tokenizer, tokens)
-  try:
-    files.write_json(path, dict(key=key, tokens=len(tokens), bytes=counted))
-  except (OSError, DiskFullError):  # read-only or full: the count is cheap enough to repeat
-    pass
-  return counted
-
-
-def val_tokens_per_byte(token_data: TokenData) -> float | None:
-  """Validation tokens per byte of their text: bits per byte = loss (nats) / ln 2 * this."""
-  counted = val_bytes(token_data)
-  return len(token_data.val) / counted if counted else None

@@ -11,18 +11,21 @@ import this module.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import numpy as np
 import tiktoken
 
+from gptjax import files
 from gptjax.config import GPT2_VOCAB_SIZE
-from gptjax.errors import DataError
+from gptjax.errors import DataError, DiskFullError
 
 GPT2_TIKTOKEN_ENV = "GPTJAX_GPT2_TIKTOKEN"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
 # End-of-text tokens looked for in a tokenizer.json, in this order (GPT-2/NeoX, Llama, T5, ...).
+VAL_BYTES = "val_bytes.json"  # in a data directory: its validation text's bytes, counted once
 HF_EOT_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "[SEP]")
 
 
@@ -252,3 +255,40 @@ def text_bytes(tokenizer, tokens) -> int:
   return sum(
       len(tokenizer.decode(kept[start:start + chunk]).encode("utf-8"))
       for start in range(0, len(kept), chunk))
+
+
+def _fingerprint(tokens: np.ndarray, tokenizer) -> str:
+  """What a val_bytes.json count belongs to: the tokenizer, the split's length, its ends."""
+  edge = 1 << 20
+  digest = hashlib.sha256(json.dumps(tokenizer.spec(), sort_keys=True).encode())
+  digest.update(f"{len(tokens)}".encode())
+  digest.update(np.ascontiguousarray(tokens[:edge]).tobytes())
+  digest.update(np.ascontiguousarray(tokens[-edge:]).tobytes())
+  return digest.hexdigest()
+
+
+def val_bytes(token_data) -> int:
+  """UTF-8 bytes of the text the validation tokens stand for: counted once per data set and kept
+  in <data dir>/val_bytes.json (counted again, and not kept, where the directory is read-only)."""
+  tokens = token_data.val
+  key = _fingerprint(tokens, token_data.tokenizer)
+  path = os.path.join(token_data.cache_dir, VAL_BYTES)
+  try:
+    with open(path) as f:
+      cached = json.load(f)
+    if cached.get("key") == key:
+      return int(cached["bytes"])
+  except (OSError, ValueError, KeyError):
+    pass
+  counted = text_bytes(token_data.tokenizer, tokens)
+  try:
+    files.write_json(path, dict(key=key, tokens=len(tokens), bytes=counted))
+  except (OSError, DiskFullError):  # read-only or full: the count is cheap enough to repeat
+    pass
+  return counted
+
+
+def val_tokens_per_byte(token_data) -> float | None:
+  """Validation tokens per byte of their text: bits per byte = loss (nats) / ln 2 * this."""
+  counted = val_bytes(token_data)
+  return len(token_data.val) / counted if counted else None

@@ -48,7 +48,7 @@ def evaluate(setup: Setup,
              windows: jax.Array,
              val_tokens_per_byte: float | None = None) -> dict[str, float]:
   """The eval_iters estimate of both splits' losses, and val bits per byte (with the val split's
-  tokens per byte of text, dataset.val_tokens_per_byte)."""
+  tokens per byte of text, tokenizer.val_tokens_per_byte)."""
   start = time.perf_counter()
   losses = estimate_loss(setup, state.params, windows)
   return dict(val_loss=losses["val"],

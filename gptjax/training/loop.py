@@ -25,20 +25,20 @@ from tqdm import tqdm
 
 from gptjax import sharding, store
 from gptjax.checkpoint import Checkpointer
-from gptjax.data import batches
-from gptjax.devices import peak_flops
-from gptjax.planner import fit
-from gptjax.data import dataset
-from gptjax.step import build, compile_train_step, global_batch, mesh_context
-from gptjax.training import metrics as metrics_lib
-from gptjax.training.evaluate import eval_windows, evaluate
-from gptjax.training.metrics import MetricsWriter, Recorder
-from gptjax.training import tracking
-from gptjax.training.profile import Profiler
-from gptjax.training.run import banner, run_directory, save, start
 from gptjax.config import ModelConfig
+from gptjax.data import batches, dataset
+from gptjax.data import tokenizer as tokenizer_lib
+from gptjax.devices import peak_flops
 from gptjax.errors import UserError
 from gptjax.params import count_params
+from gptjax.planner import fit
+from gptjax.step import build, compile_train_step, global_batch, mesh_context
+from gptjax.training import metrics as metrics_lib
+from gptjax.training import tracking
+from gptjax.training.evaluate import eval_windows, evaluate
+from gptjax.training.metrics import MetricsWriter, Recorder
+from gptjax.training.profile import Profiler
+from gptjax.training.run import banner, run_directory, save, start
 
 
 def one_step_in_flight() -> bool:
@@ -128,7 +128,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   try:
     with mesh_context(mesh), fit.explain_out_of_memory(config):
       evaluation_windows = eval_windows(config, run.token_data, mesh, rows)
-      val_tokens_per_byte = dataset.val_tokens_per_byte(run.token_data)
+      val_tokens_per_byte = tokenizer_lib.val_tokens_per_byte(run.token_data)
       while step < config.max_iters and not stop.requested:
         batch = global_batch(next_windows(step), mesh, config.batch_size)  # as the last step runs
         profiler.before(step + 1)
