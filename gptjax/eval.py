@@ -72,21 +72,23 @@ def check_flags(f) -> None:
 def open_validation(f, config, tokenizer):
   """(val tokens, where they come from): the run's own data, or --data_dir / --input_file with
   the model's tokenizer (a data directory made with another tokenizer is an error)."""
+  from gptjax import store
   from gptjax.data import dataset, tokenizer as tokenizer_lib
   config = config.copy_and_resolve_references()
   if f.data_dir or f.input_file:
     config.data_dir, config.input_file = f.data_dir, f.input_file
-    # input_file's tokens are cached where the run's were: beside the run directory.
-    config.out_dir = os.path.dirname(os.path.normpath(f.run_dir)) if f.run_dir else "out"
+    # input_file's tokens are cached where the run's were: beside the run directory (a bucket's
+    # runs keep theirs on the local disk, dataset.open_tokens).
+    config.out_dir = (f.run_dir.rstrip("/").rsplit("/", 1)[0] if store.is_url(f.run_dir or "") else
+                      os.path.dirname(os.path.normpath(f.run_dir)) if f.run_dir else "out")
     data = dataset.open_tokens(config)
     source = f"--data_dir {f.data_dir}" if f.data_dir else f"--input_file {f.input_file}"
   else:
-    recorded = os.path.join(f.run_dir, dataset.RUN_DATA)
-    if not os.path.isfile(recorded):
+    recorded = store.join(f.run_dir, dataset.RUN_DATA)
+    if not store.isfile(recorded):
       raise DataError(f"run directory {f.run_dir!r} does not say what data it trained on (no "
                       f"{dataset.RUN_DATA}). Fix: name the text with --input_file or --data_dir.")
-    with open(recorded) as data_json:
-      data_dir = json.load(data_json)["data_dir"]
+    data_dir = json.loads(store.read_text(recorded))["data_dir"]
     data = dataset.open_data_dir(data_dir, config, tokenizer=tokenizer)
     source = f"the run's data ({data_dir})"
   if not tokenizer_lib.same_tokenizer(data.tokenizer.spec(), tokenizer.spec()):

@@ -1,5 +1,5 @@
 """Run directories in a Cloud Storage bucket (gs://), against a local fake-gcs-server: train, kill
-with SIGKILL, resume to the same losses bitwise, sample from the bucket; a second writer is
+with SIGKILL, resume to the same losses bitwise, sample and evaluate from the bucket; a second writer is
 refused by the lease; unsupported URLs are one clear error."""
 
 from __future__ import annotations
@@ -120,6 +120,22 @@ def test_a_run_in_a_bucket_killed_with_sigkill_resumes_bitwise_and_samples(bucke
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded checkpoint step 8" in result.stderr + result.stdout
   assert sampled[0].stdout == sampled[1].stdout and sampled[0].stdout.strip()
+  (tmp_path / "input.txt").write_text("To be, or not to be, that is the question. " * 200)
+  evaluated = [
+      run_module("-m",
+                 "gptjax.eval",
+                 f"--run_dir=gs://runs/a/{name}",
+                 *data,
+                 "--json",
+                 cwd=tmp_path,
+                 env=bucket)
+      for name in ("straight", "killed")
+      for data in ((), ("--input_file=input.txt",))
+  ]
+  for result in evaluated:
+    assert result.returncode == 0, result.stderr[-3000:]
+  losses = [json.loads(result.stdout)["loss"] for result in evaluated]
+  assert losses[0] == losses[2] and losses[1] == losses[3], losses  # the same weights: same loss
   exported = run_module("-m",
                         "gptjax.convert",
                         "--run_dir=gs://runs/a/killed",
