@@ -58,7 +58,7 @@ def check_flags(f) -> None:
                     f"Fix: evaluate on one of them.")
   if f.init_from and not (f.data_dir or f.input_file):
     raise UserError("--init_from needs text to evaluate on. Fix: add --input_file=<a UTF-8 text> "
-                    "or --data_dir=<a gptjax.prepare directory made with --tokenizer=gpt2>.")
+                    "or --data_dir=<a directory of `python -m gptjax.prepare --tokenizer=gpt2`>.")
   if f.checkpoint not in ("latest", "best") and not f.checkpoint.isdigit():
     raise UserError(f"--checkpoint={f.checkpoint!r} is not a checkpoint. Fix: --checkpoint=latest, "
                     f"--checkpoint=best or a step number, e.g. --checkpoint=1000.")
@@ -66,14 +66,15 @@ def check_flags(f) -> None:
     raise UserError("--checkpoint goes with --run_dir: Hugging Face weights have no steps. Fix: "
                     "drop --checkpoint.")
   if f.batch_size < 1:
-    raise UserError(f"--batch_size={f.batch_size} is out of range. Fix: use 1 or more, e.g. 64.")
+    raise UserError(
+        f"--batch_size={f.batch_size} is out of range. Fix: 1 or more, e.g. --batch_size=64.")
 
 
 def open_validation(f, config, tokenizer):
   """(val tokens, where they come from): the run's own data, or --data_dir / --input_file with
   the model's tokenizer (a data directory made with another tokenizer is an error)."""
   from gptjax import store
-  from gptjax.data import dataset, tokenizer as tokenizer_lib
+  from gptjax.data import dataset, shards
   config = config.copy_and_resolve_references()
   if f.data_dir or f.input_file:
     config.data_dir, config.input_file = f.data_dir, f.input_file
@@ -81,8 +82,13 @@ def open_validation(f, config, tokenizer):
     # runs keep theirs on the local disk, dataset.open_tokens).
     config.out_dir = (f.run_dir.rstrip("/").rsplit("/", 1)[0] if store.is_url(f.run_dir or "") else
                       os.path.dirname(os.path.normpath(f.run_dir)) if f.run_dir else "out")
-    data = dataset.open_tokens(config)
     source = f"--data_dir {f.data_dir}" if f.data_dir else f"--input_file {f.input_file}"
+    # A data directory's own tokenizer first: open_tokens would check it against the run's config
+    # and name --config fields, which eval has not.
+    meta = shards.read_meta(f.data_dir) if f.data_dir and os.path.isdir(f.data_dir) else None
+    if meta:
+      check_same_tokenizer(source, meta["tokenizer"], tokenizer)
+    data = dataset.open_tokens(config)
   else:
     recorded = store.join(f.run_dir, dataset.RUN_DATA)
     if not store.isfile(recorded):
@@ -91,11 +97,20 @@ def open_validation(f, config, tokenizer):
     data_dir = json.loads(store.read_text(recorded))["data_dir"]
     data = dataset.open_data_dir(data_dir, config, tokenizer=tokenizer)
     source = f"the run's data ({data_dir})"
-  if not tokenizer_lib.same_tokenizer(data.tokenizer.spec(), tokenizer.spec()):
-    raise DataError(f"{source} holds tokens of {tokenizer_lib.describe(data.tokenizer.spec())}; "
-                    f"the model reads {tokenizer_lib.describe(tokenizer.spec())}. Fix: prepare "
-                    f"the text with the model's tokenizer, or give --input_file.")
+  check_same_tokenizer(source, data.tokenizer.spec(), tokenizer)
   return data.val, source
+
+
+def check_same_tokenizer(source: str, spec: dict, tokenizer) -> None:
+  """A DataError unless the tokens of `source` (their tokenizer's spec) are the model's."""
+  from gptjax.data import tokenizer as tokenizer_lib
+  model = tokenizer.spec()
+  if not tokenizer_lib.same_tokenizer(spec, model):
+    name = model["path"] if model["kind"] == "hf" else model["kind"]
+    raise DataError(f"{source} holds tokens of {tokenizer_lib.describe(spec)}; the model reads "
+                    f"{tokenizer_lib.describe(model)}. Fix: prepare the text with the model's "
+                    f"tokenizer (`python -m gptjax.prepare --input=... --tokenizer={name} "
+                    f"--out_dir=...`), or give --input_file.")
 
 
 def main(f) -> None:

@@ -37,7 +37,7 @@ TOOLS_DIR = os.path.join(REPO_ROOT, "tools")
 # The helpers that write "Fix:" for their callers: each call is a message of its own.
 HELPERS = {"gptjax/config.py": "fail", "gptjax/hf_gpt2.py": "_fail"}
 COMMANDS = ("train", "sample", "plan", "prepare", "convert", "show_configs", "calculate_params",
-            "accelerator_check")
+            "accelerator_check", "eval", "compare")
 TAKES_CONFIG = ("train", "plan", "show_configs", "calculate_params")
 
 # --- The places that write a fix ----------------------------------------------------------------
@@ -319,6 +319,15 @@ def _(ctx, trained):
   return message
 
 
+@row("gptjax/checkpoint.py", "has no checkpoint at step {which}", "eval")
+def _(ctx, trained):
+  run_dir = os.path.join(trained.out_dir, "tiny")
+  message = ctx.cli_error("eval", f"--run_dir={run_dir}", "--checkpoint=5")
+  for step in re.search(r"\(it has (.*?)\)", message).group(1).split(", "):
+    assert ctx.cli("eval", f"--run_dir={run_dir}", f"--checkpoint={step}")[0] == 0
+  return message
+
+
 @row("gptjax/cli.py", "see --help.", "sample")
 def _(ctx):
   return ctx.cli_error("sample", "--run_dir=x", "--num_samples=many")
@@ -332,6 +341,51 @@ def _(ctx):
 @row("gptjax/command_line.py", "unexpected argument", "sample")
 def _(ctx):
   return ctx.cli_error("sample", "--run_dir=x", "stray")
+
+
+# gptjax/compare.py: the arms' flags, each fixed as its message says (the arms parsed and compared,
+# not trained)
+
+
+def _arms(message: str, common=()) -> list:
+  """The arms of the --arm=... flags a fix names, parsed as gptjax.compare parses them."""
+  from gptjax.training import compare
+  fix = message.split("Fix:", 1)[1]
+  return [
+      compare.parse_arm(text.rstrip("."), list(common)) for text in re.findall(r"--arm=(\S+)", fix)
+  ]
+
+
+@row("gptjax/compare.py", "is not a list of distinct seeds", "compare")
+def _(ctx):
+  from gptjax import compare
+  message = ctx.cli_error("compare", "--seeds=1,1", "--arm=a=tiny_char", "--arm=b=tiny_char")
+  assert compare.parse_seeds(re.search(r"--seeds=(\S+?)\.$", message).group(1)) == [1, 2, 3]
+  return message
+
+
+@row("gptjax/compare.py", "give two or more --arm", "compare")
+def _(ctx):
+  from gptjax.training import compare
+  message = ctx.cli_error("compare", "--arm=a=tiny_char")
+  arms = _arms(message)
+  assert len(arms) == 2 and not compare.unlike(arms), arms
+  return message
+
+
+@row("gptjax/compare.py", "repeat. Fix: give each arm its own name", "compare")
+def _(ctx):
+  return ctx.cli_error("compare", "--arm=a=tiny_char", "--arm=a=tiny_char,optimizer=muon")
+
+
+@row("gptjax/compare.py", "the arms are not like for like", "compare")
+def _(ctx):
+  from gptjax.training import compare
+  message = ctx.cli_error("compare", "--arm=a=tiny_char", "--arm=b=tiny_char,max_iters=16")
+  # --set=max_iters=16 sets it for both arms (b's own override is the same)
+  both = [compare.parse_arm(text, ["max_iters=16"]) for text in ("a=tiny_char", "b=tiny_char")]
+  assert not compare.unlike(both)
+  return message
 
 
 # gptjax/config.py: validate's rules, each fixed by its own suggestion
@@ -361,7 +415,11 @@ for _fragment, _overrides in (
     ('fail("learning_rate"', dict(learning_rate=-1.0)),
     ('fail("min_lr"', dict(min_lr=1.0)),
     ('"lr_decay_iters", f"{config.lr_decay_iters}', dict(lr_decay_iters=1)),
-    ("0.9 if field == 'beta1' else 0.95", dict(beta2=1.0)),
+    ('fail("optimizer"', dict(optimizer="lion")),
+    ('fail("lr_schedule"', dict(lr_schedule="step")),
+    ('fail("lr_decay_fraction"', dict(lr_decay_fraction=0.0)),
+    ('fail("muon_learning_rate"', dict(muon_learning_rate=-0.02)),
+    ("muon_momentum=0.95)[field]", dict(muon_momentum=1.0)),
     ("disables it", dict(grad_clip=-1.0)),
     ('fail("dtype"', dict(dtype="float8")),
     ('fail("attention"', dict(attention="flash")),
@@ -410,6 +468,77 @@ def _(ctx):
 def _(ctx):
   from gptjax import errors
   return str(errors.disk_full_error(str(ctx.tmp), "writing a checkpoint"))
+
+
+# gptjax/eval.py
+
+
+def _eval_flags(**values):
+  flags = dict(run_dir="",
+               init_from="",
+               checkpoint="latest",
+               data_dir="",
+               input_file="",
+               batch_size=64)
+  return types.SimpleNamespace(**{**flags, **values})
+
+
+@row("gptjax/eval.py", "are both set", "eval")
+def _(ctx):
+  return ctx.cli_error("eval", "--run_dir=r", "--data_dir=d", "--input_file=f")
+
+
+@row("gptjax/eval.py", "needs text to evaluate on", "eval")
+def _(ctx):
+  from gptjax import eval as eval_lib
+  message = ctx.cli_error("eval", "--init_from=gpt2")
+  for flag in ("input_file", "data_dir"):
+    eval_lib.check_flags(_eval_flags(init_from="gpt2", **{flag: "x"}))
+  return message
+
+
+@row("gptjax/eval.py", "is not a checkpoint. Fix", "eval")
+def _(ctx):
+  from gptjax import eval as eval_lib
+  message = ctx.cli_error("eval", "--run_dir=r", "--checkpoint=last")
+  for which in re.findall(r"--checkpoint=(\w+)", message):
+    eval_lib.check_flags(_eval_flags(run_dir="r", checkpoint=which))
+  return message
+
+
+@row("gptjax/eval.py", "Hugging Face weights have no steps", "eval")
+def _(ctx):
+  return ctx.cli_error("eval", "--init_from=gpt2", "--input_file=x", "--checkpoint=best")
+
+
+@row("gptjax/eval.py", "is out of range. Fix: 1 or more", "eval")
+def _(ctx):
+  from gptjax import eval as eval_lib
+  message = ctx.cli_error("eval", "--run_dir=r", "--batch_size=0")
+  fixed = int(re.findall(r"--batch_size=(\d+)", message)[-1])
+  eval_lib.check_flags(_eval_flags(run_dir="r", batch_size=fixed))
+  return message
+
+
+@row("gptjax/eval.py", "holds tokens of", "eval")
+def _(ctx, trained):
+  run_dir = os.path.join(trained.out_dir, "tiny")
+  other = ctx.prepared("hf_data", tokenizer=_tokenizer_json(ctx))
+  message = ctx.cli_error("eval", f"--run_dir={run_dir}", f"--data_dir={other}")
+  tokenizer = re.search(r"--tokenizer=(\S+)", message).group(1)
+  assert ctx.cli("eval", f"--run_dir={run_dir}",
+                 f"--data_dir={ctx.prepared('own', tokenizer=tokenizer)}")[0] == 0
+  return message
+
+
+@row("gptjax/eval.py", "does not say what data it trained on", "eval")
+def _(ctx, trained):
+  config = copy_of(trained, ctx)
+  run_dir = os.path.join(config.out_dir, "tiny")
+  os.remove(os.path.join(run_dir, "data.json"))
+  message = ctx.cli_error("eval", f"--run_dir={run_dir}")
+  assert ctx.cli("eval", f"--run_dir={run_dir}", f"--input_file={config.input_file}")[0] == 0
+  return message
 
 
 # gptjax/hf_gpt2.py
@@ -655,7 +784,113 @@ def _(ctx):
   return ctx.error(sharding.use_cpu_devices, 3)
 
 
+# gptjax/store.py
+
+
+@row("gptjax/store.py", "reading it needs gcsfs", "train")
+def _(ctx):
+  import configparser
+  from gptjax import store
+  ctx.monkeypatch.setitem(sys.modules, "gcsfs", None)  # not installed
+  message = ctx.error(store.exists, "gs://bucket/runs/tiny")
+  extras = configparser.ConfigParser()
+  extras.read(os.path.join(REPO_ROOT, "setup.cfg"))
+  assert "gcsfs" in extras["options.extras_require"]["gcs"].split(), "the gcs extra the fix names"
+  return message
+
+
 # gptjax/training
+
+
+@row("gptjax/training/compare.py", "is not NAME=PRESET[,field=value...]. Fix", "compare")
+def _(ctx):
+  message = ctx.cli_error("compare", "--arm=tiny_char", "--arm=b=tiny_char")
+  assert [arm.config.optimizer for arm in _arms(message)] == ["muon"]
+  return message
+
+
+@row("gptjax/training/compare.py", "has no evaluation with bits per byte", "compare")
+def _(ctx):
+  from gptjax.training import compare
+  ctx.file("runs/a-seed1/metrics.jsonl", '{"step": 1, "train_loss": 5.0, "step_time_ms": 9.0}\n')
+  return ctx.error(compare.read_curve, str(ctx.tmp / "runs" / "a-seed1"), ctx.config())
+
+
+@row("gptjax/training/compare.py", "is not field=value. Fix", "compare")
+def _(ctx):
+  from gptjax.training import compare
+  message = ctx.cli_error("compare", "--arm=a=tiny_char,optimizer", "--arm=b=tiny_char")
+  fixed = re.search(r"e\.g\. (\S+?)\.$", message).group(1)
+  assert compare.parse_arm(f"a=tiny_char,{fixed}", []).config.optimizer == "muon"
+  return message
+
+
+@row("gptjax/training/compare.py", "is not a config field. Fix", "compare")
+def _(ctx):
+  from gptjax.training import compare
+  message = ctx.cli_error("compare", "--arm=a=tiny_char,optimiser=muon", "--arm=b=tiny_char")
+  fixed = re.search(r"e\.g\. (\S+?)\.$", message).group(1)
+  assert compare.parse_arm(f"a=tiny_char,{fixed}", []).config.optimizer == "muon"
+  code, out, _ = ctx.cli("train", "--help")
+  assert code == 0 and f"--config.{fixed.split('=')[0]}=" in out, "train --help lists the field"
+  return message
+
+
+@row("gptjax/training/compare.py", "is not a {type(current).__name__}", "compare")
+def _(ctx):
+  from gptjax.training import compare
+  message = ctx.cli_error("compare", "--arm=a=tiny_char,max_iters=many", "--arm=b=tiny_char")
+  fixed = re.search(r"e\.g\. (\S+?)\.$", message).group(1)
+  assert compare.parse_arm(f"a=tiny_char,{fixed}", []).config.max_iters == int(fixed.split("=")[1])
+  return message
+
+
+class _Bucket:
+  """An in-memory stand-in for google-cloud-storage's Client: each object's bytes and generation,
+  with its conditional writes (`if_generation_match`) and NotFound, as the lease uses them."""
+
+  def __init__(self):
+    self.objects = {}
+
+  def bucket(self, name):
+    return types.SimpleNamespace(blob=lambda key: _Blob(self.objects, f"{name}/{key}"))
+
+
+class _Blob:
+
+  def __init__(self, objects, key):
+    self.objects, self.key, self.generation = objects, key, None
+
+  def download_as_bytes(self):
+    from google.api_core import exceptions
+    if self.key not in self.objects:
+      raise exceptions.NotFound(self.key)
+    data, self.generation = self.objects[self.key]
+    return data
+
+  def upload_from_string(self, data, if_generation_match):
+    from google.api_core import exceptions
+    if self.objects.get(self.key, (b"", 0))[1] != if_generation_match:
+      raise exceptions.PreconditionFailed(self.key)
+    self.generation = if_generation_match + 1
+    self.objects[self.key] = (data, self.generation)
+
+
+@row("gptjax/training/lease.py", "is in use by another training", "train")
+def _(ctx):
+  import socket
+  from google.cloud import storage
+  from gptjax.training import lease
+  bucket = _Bucket()
+  ctx.monkeypatch.setattr(storage, "Client", lambda: bucket)
+  # Held by a process that runs on this host (this one's parent): alive, no waiting for the ttl.
+  holder = dict(pid=os.getppid(), host=socket.gethostname(), since="2026-01-01 00:00:00")
+  bucket.objects["b/runs/tiny/lock"] = (json.dumps(holder).encode(), 7)
+  message = ctx.error(lease.LeaseLock("gs://b/runs/tiny").acquire)
+  name = re.search(r"--config.model_name=(\S+)", message).group(1).rstrip(".")
+  other = lease.LeaseLock(f"gs://b/runs/{name.replace('<new name>', 'tiny_2')}").acquire()
+  other.release()
+  return message
 
 
 @row("gptjax/training/lock.py", "is in use by another training", "train")
@@ -674,17 +909,56 @@ def _(ctx):
   return ctx.error(RunLock("/proc/gptjax/run").acquire)
 
 
+@row("gptjax/training/loop.py", "was taken over by another training", "train")
+def _(ctx):
+  from gptjax.training import loop, run
+
+  class TakenOver(run.RunLock):
+    """The run's lock, as a lease that another training took over after the first step."""
+    lost = True
+
+  ctx.monkeypatch.setattr(run, "RunLock", TakenOver)
+  config = ctx.config(max_iters=2, eval_interval=2)
+  message = ctx.error(loop.train, config)
+  assert not os.path.isdir(os.path.join(config.out_dir, "tiny", "checkpoints", "1"))  # not saved
+  return message
+
+
 @row("gptjax/training/metrics.py", "training loss became", "train")
 def _(ctx):
   from gptjax.training import metrics
-  recorder = types.SimpleNamespace(last_checkpoint=lambda: 4)
+  recorder = types.SimpleNamespace(last_checkpoint=lambda: 4, config=ctx.config())
+  recorder.skipped_updates = lambda step, values: metrics.Recorder.skipped_updates(
+      recorder, step, values)  # 0: skip_nonfinite_updates is off
   return ctx.error(metrics.Recorder.read, recorder, 5, {"loss": np.float32("nan")})
+
+
+@row("gptjax/training/metrics.py", "updates in a row up to step", "train")
+def _(ctx):
+  from gptjax.training import metrics
+  config = ctx.config(skip_nonfinite_updates=3)
+  recorder = types.SimpleNamespace(config=config, last_checkpoint=lambda: 4)
+  message = ctx.error(metrics.Recorder.skipped_updates, recorder, 9,
+                      dict(skipped_total=3, skipped_in_a_row=3))
+  config_lib.validate(applied(config, message, only=("z_loss", "dtype")))
+  return message
 
 
 @row("gptjax/training/metrics.py", "is not a JSON record", "train")
 def _(ctx):
   from gptjax.training import metrics
   return ctx.error(metrics.read_records, ctx.file("metrics.jsonl", '{"step": 1}\nnot json\n{}\n'))
+
+
+@row("gptjax/training/profile.py", "is not a range of steps A:B", "train")
+def _(ctx):
+  from gptjax.training.profile import profile_range
+  message = ctx.cli_error("train", "--config=tiny_char", "--config.profile_steps=12:10")
+  assert profile_range(applied(ctx.config(), message).profile_steps) == (10, 12)
+  # Both alternatives applied in turn: the last, "--config.profile_steps=", is no trace.
+  assert profile_range(applied(ctx.config(), message,
+                               only=("profile_steps",)).profile_steps) is None
+  return message
 
 
 @row("gptjax/training/run.py", "--config.out_dir={config.out_dir!r}: {problem}", "train")
@@ -714,6 +988,31 @@ def _(ctx, trained):
   message = ctx.error(run.check_resume, config)
   for field in ("model_name", "resume_with_changes"):  # either way on works
     run.check_resume(applied(config.copy_and_resolve_references(), message, only=(field,)))
+  return message
+
+
+@row("gptjax/training/run.py", "was trained with optimizer=", "train")
+def _(ctx, trained):
+  from gptjax.training import run
+  config = copy_of(trained, ctx)
+  config.optimizer, config.input_file = "muon", trained.input_file
+  message = ctx.error(run.check_resume, config)
+  for field in ("optimizer", "model_name"):  # either way on works
+    run.check_resume(applied(config.copy_and_resolve_references(), message, only=(field,)))
+  return message
+
+
+@row("gptjax/training/run.py", "whose optimizer state", "train")
+def _(ctx, trained):
+  from gptjax.training import run
+  config = copy_of(trained, ctx)
+  config.skip_nonfinite_updates, config.resume_with_changes = 3, True  # past check_resume
+  run.check_resume(config)
+  step, meta = run.saved_meta(run.run_directory(config))
+  message = ctx.error(run.check_optimizer_kind, config, meta["config"], step)
+  fixed = applied(config.copy_and_resolve_references(), message, only=("skip_nonfinite_updates",))
+  run.check_optimizer_kind(fixed, meta["config"], step)
+  run.check_resume(applied(config.copy_and_resolve_references(), message, only=("model_name",)))
   return message
 
 

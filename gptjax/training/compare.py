@@ -55,11 +55,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str], whe
         raise KeyError(leaf)
       target[leaf] = parse_value(value.strip())
     except KeyError as e:
-      raise ConfigError(f"{where}: {field!r} is not a config field. Fix: see python -m "
-                        f"gptjax.train --help for the fields.") from e
+      raise ConfigError(f"{where}: {field!r} is not a config field. Fix: a field that "
+                        f"`python -m gptjax.train --help` lists, e.g. optimizer=muon.") from e
     except TypeError as e:
-      raise ConfigError(f"{where}: {field}={value!r} has the wrong type ({e}). Fix: give a value "
-                        f"of the field's type.") from e
+      current = target[leaf]
+      raise ConfigError(
+          f"{where}: {field}={value.strip()!r} is not a {type(current).__name__}, the "
+          f"field's type. Fix: e.g. {field}={current!r}.") from e
 
 
 def parse_arm(text: str, common: list[str]) -> Arm:
