@@ -4,31 +4,30 @@ Every preset (gptjax/configs/, loaded by gptjax/presets.py) is a `get_config()` 
 `get_base_config()` (the GPT-2 ones from `gpt2_finetune_config`) and overrides a few fields. The
 comment above each field of `get_base_config()` is its documentation: `field_comments()` reads it
 for `--help`. `validate(config)` runs before anything is compiled and raises `ConfigError` naming
-field, value and fix. `ModelConfig` is the frozen, hashable architecture handed to the model.
+field, value and fix. `ModelConfig` (gptjax/model_config.py, also importable from here) is the
+frozen, hashable architecture handed to the model.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import inspect
 import os
 import textwrap
-from typing import Any
 
 import ml_collections
 
 from gptjax.errors import ConfigError
+from gptjax.model_config import (  # noqa: F401 (ModelConfig and its names are config's too)
+    ARCHITECTURE_FIELDS, ATTENTION_IMPLEMENTATIONS, PALLAS_ATTENTION, PALLAS_BLOCK, REMAT_POLICIES,
+    ModelConfig, remat_name)
 
 GPT2_VOCAB_SIZE = 50257  # tiktoken "gpt2": 50,256 merges + <|endoftext|>
 GPT2_PADDED_VOCAB_SIZE = 50304  # next multiple of 64, as nanoGPT pads it for fast matmuls
 BYTE_VOCAB_SIZE = 256
 TOKENIZER_VOCAB_SIZES = {"bytes": BYTE_VOCAB_SIZE, "gpt2": GPT2_VOCAB_SIZE}
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 DROPOUT_RNGS = ("auto", "threefry2x32", "rbg")
-# The fields that fix the parameter shapes (what a checkpoint must agree on), in the order shown.
-ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 # OpenAI's GPT-2 sizes by Hugging Face model name: (n_layer, n_head, n_embd), each with a context of
 # GPT2_BLOCK_SIZE, GPT-2's vocabulary and biases, and a preset configs/<name>.py.
 GPT2_SIZES = {
@@ -61,7 +60,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.block_size = 256
   # Embedding rows. GPT-2 BPE needs >= 50257 (50304 = padded to a multiple of 64); bytes need >= 256.
   config.vocab_size = GPT2_PADDED_VOCAB_SIZE
-  # Dropout on embeddings, attention weights and residual branches; 0 disables it.
+  # Dropout on embeddings, attention weights and residual branches; 0 disables it. The fused
+  # attention kernels (cudnn, splash, flash) have no attention-weight dropout: with them it applies
+  # to the embeddings and residual branches only.
   config.dropout = 0.2
   # Biases in the dense layers and LayerNorms (GPT-2 has them; nanoGPT's default does not).
   config.bias = False
@@ -93,11 +94,30 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.grad_clip = 1.0
   # Compute dtype of activations and matmuls; params and optimizer state stay float32.
   config.dtype = "float32"
-  # Recompute each block's activations in the backward pass (saves memory, costs ~1/3 more compute).
-  config.remat = False
-  # Attention kernel: "xla" (einsum + causal mask: fastest on CPU), "cudnn" (fused, GPU, bf16/fp16),
-  # or "auto" (cudnn on GPU with a 16-bit dtype, else xla).
+  # Recompute activations in the backward pass instead of keeping them (saves memory, costs
+  # compute): "none"; "full" (keep each block's input only); "dots" (keep every matmul output);
+  # "dots_no_batch" (keep the weight matmuls' outputs); "save_attn_out" (keep the attention
+  # output); "dots_no_batch+attn_out" (both: with splash, recomputes no matmul). True and False,
+  # as older presets, command lines and runs' config.json have them, read as "full" and "none".
+  config.remat = ml_collections.FieldReference("none", field_type=object)
+  # (Not --help: a FieldReference of any type, so that an older preset's `config.remat = True` and
+  # --config.remat=True still load. `normalize` turns bools into names where configs are loaded:
+  # presets.load, cli.run_command after parsing, checkpoint.load_run and training.run's resume.)
+
+  # Attention kernel: "xla" (einsum + causal mask: fastest on CPU), "cudnn" (cuDNN's fused
+  # kernel, NVIDIA GPUs, bfloat16/float16), "splash" or "flash" (Pallas TPU kernels; block_size a
+  # multiple of 128; on a CPU they run in Pallas' interpret mode, slowly: for tests), or "auto"
+  # (cudnn on GPUs in 16 bits, splash on TPUs, xla elsewhere), decided for the devices the step is
+  # compiled for. Fused kernels drop no attention weights (see dropout).
   config.attention = "auto"
+  # The loss over chunks of this many tokens (a scan with its own gradient through the tied head),
+  # never holding the (tokens, vocab) float32 logits: saves memory, costs one more head matmul.
+  # 0 computes the logits of the whole batch at once.
+  config.loss_chunk_tokens = 0
+  # Run the blocks as one nn.scan over a single block, parameters stacked on a leading "layers"
+  # axis: compiles several times faster for deep models. A layout, not an architecture: checkpoints
+  # restore across it. Scanned runs draw other dropout masks than unrolled ones.
+  config.scan_layers = False
   # Random bits for dropout: "threefry2x32" (JAX's default: the same masks on every machine and
   # mesh), "rbg" (XLA's RngBitGenerator: faster on TPU, and there the only one with which remat
   # saves memory when dropout is on), or "auto" (rbg on TPU, threefry2x32 elsewhere).
@@ -235,6 +255,20 @@ def resolve_dropout_rng(config: ml_collections.ConfigDict, platform: str) -> str
   return "rbg" if platform == "tpu" else "threefry2x32"
 
 
+def normalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` (changed in place, and returned) with its remat setting as a policy name: what
+  loading a preset, a command line or a run's saved config does before anything reads it."""
+  if "remat" in config and remat_name(config.remat) != config.remat:
+    name = remat_name(config.remat)
+    try:
+      config.remat = name
+    except TypeError:  # a plain bool field (a saved config read back), not the base's reference
+      with config.unlocked():
+        del config["remat"]
+        config.remat = name
+  return config
+
+
 def _divisors(n: int) -> list[int]:
   return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -304,6 +338,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.attention not in ATTENTION_IMPLEMENTATIONS:
     fail("attention", f"{config.attention!r} is not an attention implementation",
          f"use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+  if config.attention == "cudnn" and config.dtype == "float32":
+    fail("attention", "'cudnn' (cuDNN's fused kernel) takes bfloat16 or float16, not float32",
+         "set --config.dtype=bfloat16, or --config.attention=auto (xla in float32)")
+  if config.attention in PALLAS_ATTENTION and config.block_size % PALLAS_BLOCK:
+    fail(
+        "attention", f"{config.attention!r} cuts the sequence into blocks of {PALLAS_BLOCK} "
+        f"tokens, and block_size={config.block_size} is not a multiple of {PALLAS_BLOCK}",
+        f"use a block_size that is, e.g. --config.block_size="
+        f"{max(1, round(config.block_size / PALLAS_BLOCK)) * PALLAS_BLOCK}, or "
+        f"--config.attention=auto (xla there)")
+  if remat_name(config.remat) not in REMAT_POLICIES:
+    fail("remat", f"{config.remat!r} is not a remat policy",
+         f"use one of {', '.join(REMAT_POLICIES)} (true and false read as full and none)")
+  if isinstance(
+      config.loss_chunk_tokens,
+      bool) or not isinstance(config.loss_chunk_tokens, int) or config.loss_chunk_tokens < 0:
+    fail("loss_chunk_tokens", f"{config.loss_chunk_tokens!r} is not a number of tokens",
+         "use 0 (the whole batch's logits at once) or a chunk such as 4096")
+  if not isinstance(config.scan_layers, bool):
+    fail("scan_layers", f"{config.scan_layers!r} is not true or false",
+         "use --config.scan_layers=True or False")
   if config.dropout_rng not in DROPOUT_RNGS:
     fail("dropout_rng", f"{config.dropout_rng!r} is not a random bit generator",
          f"use one of {', '.join(DROPOUT_RNGS)}")
@@ -317,38 +372,3 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.mesh.tensor > 0 and config.n_head % config.mesh.tensor:
     fail("mesh.tensor", f"n_head={config.n_head} is not divisible by mesh.tensor="
          f"{config.mesh.tensor}", f"use a mesh.tensor among {_divisors(config.n_head)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """The architecture, frozen and hashable so it can be a static argument of jitted functions."""
-  vocab_size: int
-  block_size: int
-  n_layer: int
-  n_head: int
-  n_embd: int
-  dropout: float = 0.0
-  bias: bool = False
-  dtype: str = "float32"  # compute dtype; parameters are always float32
-  remat: bool = False
-  attention: str = "auto"
-
-  @property
-  def head_dim(self) -> int:
-    return self.n_embd // self.n_head
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "ModelConfig":
-    return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
-
-  def for_platform(self, platform: str) -> "ModelConfig":
-    """This config with attention "auto" decided for `platform` ("cpu", "gpu", "tpu"): cuDNN's
-    fused kernel on GPUs in 16 bits without dropout (it has no dropout), XLA's einsum elsewhere."""
-    if self.attention != "auto":
-      return self
-    cudnn = platform == "gpu" and self.dtype in ("bfloat16", "float16") and self.dropout == 0.0
-    return dataclasses.replace(self, attention="cudnn" if cudnn else "xla")
-
-  def architecture(self) -> dict[str, Any]:
-    """The ARCHITECTURE_FIELDS: those that fix the parameter shapes (a checkpoint must agree)."""
-    return {field: getattr(self, field) for field in ARCHITECTURE_FIELDS}

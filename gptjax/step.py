@@ -27,7 +27,9 @@ from gptjax import config as config_module
 from gptjax import sharding
 from gptjax.devices import platform_of
 from gptjax.config import ModelConfig
+from gptjax.losses import chunked_cross_entropy
 from gptjax.model import GPT
+from gptjax.params import to_layout
 from gptjax.optim import learning_rate_schedule, make_optimizer
 
 
@@ -41,11 +43,15 @@ class TrainState:
 def loss_fn(params, model: GPT, windows, dropout_rng=None):
   """Mean next-token cross-entropy of `windows` (B, T+1): inputs [:, :-1], targets [:, 1:]."""
   inputs, targets = windows[:, :-1], windows[:, 1:]
-  logits = model.apply({"params": params},
-                       inputs,
-                       deterministic=dropout_rng is None,
-                       rngs=None if dropout_rng is None else {"dropout": dropout_rng})
-  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+  apply = functools.partial(model.apply, {"params": params},
+                            inputs,
+                            deterministic=dropout_rng is None,
+                            rngs=None if dropout_rng is None else {"dropout": dropout_rng})
+  if model.config.loss_chunk_tokens:  # never all the (N, V) float32 logits at once
+    x, wte = apply(hidden=True)
+    return chunked_cross_entropy(x, wte.astype(x.dtype), targets.reshape(-1),
+                                 model.config.loss_chunk_tokens)
+  return optax.softmax_cross_entropy_with_integer_labels(apply(), targets).mean()
 
 
 def mean_loss_and_grads(params, windows, rng, *, model: GPT):
@@ -145,17 +151,21 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
                                params=param_shardings,
                                opt_state=sharding.optimizer_shardings(tx, abstract_opt_state,
                                                                       param_shardings, mesh))
+  boxed = lambda x: isinstance(x, nn.Partitioned)  # unboxed without a constraint: under any mesh
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
-                        params=nn.meta.unbox(boxed_params),
+                        params=jax.tree.map(lambda x: x.value if boxed(x) else x,
+                                            boxed_params,
+                                            is_leaf=boxed),
                         opt_state=abstract_opt_state)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
                           state_shardings)
 
   def init(rng):
-    params, opt_state = init_boxed(rng)
-    return TrainState(step=jnp.zeros((), jnp.int32),
-                      params=nn.meta.unbox(params),
-                      opt_state=opt_state)
+    # Scanned layers start from the unrolled model's values, stacked: the run, whatever its layout.
+    unrolled = GPT(dataclasses.replace(model.config, scan_layers=False))
+    params = unrolled.init(rng, jnp.zeros((1, config.block_size), jnp.int32))["params"]
+    params = to_layout(nn.meta.unbox(params), scan_layers=model.config.scan_layers)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   batch = sharding.batch_sharding(mesh)
   step_fn = functools.partial(train_step,
