@@ -28,6 +28,7 @@ from safetensors.numpy import load_file, save_file
 from gptjax.config import GPT2_VOCAB_SIZE, ModelConfig
 from gptjax.errors import CheckpointError, ConfigError, UserError
 from gptjax.model import GPT
+from gptjax.params import to_layout
 
 SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN = ("model.safetensors", "model.safetensors.index.json",
                                              "pytorch_model.bin")
@@ -267,7 +268,8 @@ def save_hf_gpt2(model: GPT, params, path: str, vocab_size: int | None = None) -
   if not config.bias:  # exact: a missing bias is a zero bias, in dense layers and LayerNorms alike
     notes.append("the model has no biases; GPT-2 format needs them, so they are written as zeros")
   print("".join(f"note: {note}.\n" for note in notes), end="", file=sys.stderr)
-  flat = traverse_util.flatten_dict(jax.device_get(nn.meta.unbox(params)))  # model.init's boxes
+  params = to_layout(jax.device_get(nn.meta.unbox(params)), scan_layers=False)  # init's boxes
+  flat = traverse_util.flatten_dict(params)
   tensors = {}
   for key, (gptjax_path, hf_shape,
             shape) in tensor_table(ModelConfig(**{
@@ -361,6 +363,9 @@ def init_params_from(config: ml_collections.ConfigDict, abstract_params):
     The param tree of jax.Arrays, sharded as the training state expects.
   """
   _, loaded = read_hf_gpt2(resolve_hf(config.init_from))
+  if config.scan_layers:  # GPT-2's blocks stacked on a layers axis
+    loaded = traverse_util.flatten_dict(
+        to_layout(traverse_util.unflatten_dict(loaded), scan_layers=True))
   targets = traverse_util.flatten_dict(abstract_params)
   differing = sorted("/".join(p) for p in set(targets) ^ set(loaded)) + sorted(
       f"{'/'.join(p)} {loaded[p].shape} vs {t.shape}" for p, t in targets.items()

@@ -12,6 +12,7 @@ directory as it was.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -23,10 +24,10 @@ import ml_collections
 
 from gptjax import compile_cache, devices, hf_gpt2, sharding
 from gptjax.checkpoint import Checkpointer, architecture_mismatch
-from gptjax.config import ModelConfig, validate
+from gptjax.config import ModelConfig, normalize, validate
 from gptjax.data import dataset
 from gptjax.errors import CheckpointError, UserError, nearest_existing
-from gptjax.params import count_params
+from gptjax.params import count_params, to_layout
 from gptjax.planner import fit
 from gptjax.step import Setup, TrainState, build, compile_train_step, mesh_context
 from gptjax.training.lock import RunLock
@@ -51,14 +52,23 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
   with a note), else GPT-2 weights or a fresh init."""
 
   def load(step):
-    saved = checkpointer.read_meta(step)["architecture"]
-    differing = architecture_mismatch(saved, ModelConfig.from_config(config).architecture())
+    meta = checkpointer.read_meta(step)
+    differing = architecture_mismatch(meta["architecture"],
+                                      ModelConfig.from_config(config).architecture())
     if differing:
       raise CheckpointError(
           f"run directory {checkpointer.directory!r} holds a different architecture (" +
           "; ".join(differing) + "). Fix: train into a new directory with "
           "--config.model_name=<new name>, or use the checkpoint's architecture.")
-    return checkpointer.restore(step, setup.abstract_state.params, setup.abstract_state.opt_state)
+    target = setup.abstract_state
+    if bool(meta["config"].get("scan_layers", False)) == config.scan_layers:
+      return checkpointer.restore(step, target.params, target.opt_state)
+    # Saved in the other layout (scan_layers): restored as saved, then stacked or unstacked.
+    saved = build(with_layout(config, not config.scan_layers), setup.mesh).abstract_state
+    restored = checkpointer.restore(step, saved.params, saved.opt_state)
+    shardings = jax.tree.map(lambda a: a.sharding, (target.params, target.opt_state))
+    return jax.jit(functools.partial(to_layout, scan_layers=config.scan_layers),
+                   out_shardings=shardings)(restored)
 
   found = checkpointer.first_intact(checkpointer.steps_to_try(), load)
   if found is None and not config.init_from:
@@ -70,7 +80,8 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
     step = 0
   else:
     step, (params, opt_state) = found
-    changed = changed_settings(checkpointer.read_meta(step)["config"], config.to_dict())
+    saved = normalize(ml_collections.ConfigDict(checkpointer.read_meta(step)["config"]))
+    changed = changed_settings(saved.to_dict(), config.to_dict())
     if changed and jax.process_index() == 0:
       print(f"note: resuming step {step} with settings that differ from the run's: " +
             "; ".join(changed),
@@ -97,6 +108,13 @@ def changed_settings(saved: dict[str, Any], current: dict[str, Any], prefix: str
     elif saved[key] != value:
       changed.append(f"{prefix}{key}: {saved[key]!r} -> {value!r}")
   return changed
+
+
+def with_layout(config: ml_collections.ConfigDict, scan_layers: bool) -> ml_collections.ConfigDict:
+  """A copy of `config` with the parameter layout `scan_layers`."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.scan_layers = scan_layers
+  return copy
 
 
 def save(checkpointer: Checkpointer, config, step: int, state: TrainState,

@@ -1,0 +1,67 @@
+"""scan_layers, a layout: scanned runs train to the unrolled losses, checkpoints resume across the
+layout both ways, and the readers of a run (the sampler) see unrolled parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from gptjax import checkpoint, generate
+from gptjax.model import GPT
+from gptjax.params import to_layout
+from gptjax.training.loop import train
+
+from conftest import read_metrics, run_command
+
+STEPS = dict(max_iters=6, lr_decay_iters=6, eval_interval=3, dropout=0.0)
+
+
+def losses(config, key="train_loss"):
+  return [r.get(key, 0.0) for r in read_metrics(os.path.join(config.out_dir, config.model_name))]
+
+
+def test_runs_resume_across_the_layout_with_the_losses_of_a_straight_run(tiny, capsys):
+  """Unrolled 6 steps straight; scanned 3 steps then resumed unrolled; unrolled 3 then resumed
+  scanned. The scanned steps equal the unrolled ones (float32, 1e-5), and each resume restores in
+  the saved layout and restacks (or unstacks) the parameters and AdamW's moments: the next losses
+  are the straight run's."""
+  straight = tiny(model_name="straight", **STEPS)
+  train(straight)
+  for first, then in ((True, False), (False, True)):
+    run = tiny(model_name=f"scan_{first}_then_{then}",
+               scan_layers=first,
+               **{
+                   **STEPS, "max_iters": 3
+               })
+    train(run)
+    if first:
+      np.testing.assert_allclose(losses(run), losses(straight)[:3], rtol=0, atol=1e-5)
+    capsys.readouterr()
+    run.scan_layers, run.max_iters = then, 6
+    train(run)
+    assert "resuming from step 3" in capsys.readouterr().out
+    for key in ("train_loss", "val_loss", "grad_norm"):
+      np.testing.assert_allclose(losses(run, key),
+                                 losses(straight, key),
+                                 rtol=0,
+                                 atol=1e-5,
+                                 err_msg=f"{first} -> {then}: {key}")
+
+
+def test_sampling_from_a_scanned_run(tiny):
+  """load_run unstacks a scanned run's parameters for the KV-cache sampler; generate() unstacks a
+  scanned model's itself; the command samples from the run."""
+  config = tiny(model_name="scanned", scan_layers=True, remat="full", max_iters=2)
+  train(config)
+  run_dir = os.path.join(config.out_dir, config.model_name)
+  model, params, saved, step, _ = checkpoint.load_run(run_dir)
+  assert step == 2 and saved.scan_layers and not model.config.scan_layers
+  assert "h_0" in params and "h_1" in params and "h" not in params
+  scanned = GPT(dataclasses.replace(model.config, scan_layers=True))
+  draw = lambda model, params: generate.generate(model, params, [10, 20, 30], 12, temperature=0.0)
+  np.testing.assert_array_equal(draw(scanned, to_layout(params, scan_layers=True)),
+                                draw(model, params))
+  result = run_command("gptjax.sample", f"--run_dir={run_dir}", "--max_new_tokens=8")
+  assert result.returncode == 0, result.stderr[-3000:]
