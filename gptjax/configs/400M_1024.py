@@ -13,5 +13,5 @@ def get_config():
   config.block_size = 1024
   config.batch_size = 8
   config.dtype = "bfloat16"  # params and AdamW state stay float32; see docs/planner.md
-  config.remat = True
+  config.remat = "full"
   return config

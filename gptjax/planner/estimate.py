@@ -288,7 +288,7 @@ def _fill_analytic(result, config, model, mesh_shape) -> None:
   coefficients = calibration[key]
   memory = result.memory
   temporaries = memory_model.model_temporary_bytes(terms, memory.gradients, model.n_layer,
-                                                   model.remat, coefficients)
+                                                   model.remat != "none", coefficients)
   memory.gradients = int(min(memory.gradients, temporaries))
   memory.activations = int(temporaries - memory.gradients)
   code = calibration["code"].get(result.target.platform, [0, 0])

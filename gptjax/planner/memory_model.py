@@ -38,7 +38,7 @@ def activation_terms(config: ModelConfig,
       attention output and MLP hidden before and after GELU (12C, split over `tensor`), and the
       residual dropout masks (Korthikanti et al. 2022).
     scores: one block's attention scores (float32), probabilities and their dropout mask, H x T a
-      token; with cuDNN's fused attention only its softmax statistics.
+      token; with a fused kernel (cudnn, splash, flash) only its softmax statistics.
     block_input: what remat keeps of a block (its input, C).
     gathered_layer: one block's weights all-gathered in the compute dtype (FSDP only).
   """
@@ -46,7 +46,7 @@ def activation_terms(config: ModelConfig,
   C, T, heads = config.n_embd, config.block_size, config.n_head // tensor
   return dict(logits=tokens * (config.vocab_size / tensor) * (s + 8),
               channels=tokens * (4 * C * s + 12 * C / tensor * s + 2 * C * mask),
-              scores=tokens * heads * (T * (4 + s + mask) if config.attention != "cudnn" else 4),
+              scores=tokens * heads * (T * (4 + s + mask) if config.attention == "xla" else 4),
               block_input=tokens * C * s,
               gathered_layer=(fsdp > 1) * 12 * C * C / tensor * s)
 
@@ -54,7 +54,7 @@ def activation_terms(config: ModelConfig,
 def memory_model_key(platform: str, config: ModelConfig) -> str:
   """The calibration a config uses: platform/dtype/remat/dropout."""
   dtype = "float32" if config.dtype == "float32" else "16bit"
-  return (f"{platform}/{dtype}/{'remat' if config.remat else 'no-remat'}/"
+  return (f"{platform}/{dtype}/{'remat' if config.remat != 'none' else 'no-remat'}/"
           f"{'dropout' if config.dropout > 0 else 'no-dropout'}")
 
 

@@ -46,7 +46,7 @@ def format_estimate(result: Estimate, config: ml_collections.ConfigDict) -> str:
       f"mesh " + " ".join(f"{k}={v}" for k, v in result.mesh.items()),
       f"  settings : batch {settings['batch_size']} x {settings['grad_accum_steps']} accumulation "
       f"x {config.block_size} tokens = {result.tokens_per_step:,} tokens/step, {settings['dtype']}, "
-      f"remat {'on' if settings['remat'] else 'off'}",
+      f"remat {settings['remat']}",
       f"  method   : {result.method} ({how})",
       "",
       "memory per device",
@@ -150,7 +150,10 @@ def fix_label(settings: dict[str, Any], config: ml_collections.ConfigDict) -> st
   if settings["dtype"] != config.dtype:
     parts.append("bf16" if settings["dtype"] == "bfloat16" else settings["dtype"])
   if settings["remat"] != config.remat:
-    parts.append("remat" if settings["remat"] else "no remat")
+    parts.append({
+        "none": "no remat",
+        "full": "remat"
+    }.get(settings["remat"], f"remat {settings['remat']}"))
   if (settings["batch_size"], settings["grad_accum_steps"]) != (config.batch_size,
                                                                 config.grad_accum_steps):
     parts.append(f"batch {settings['batch_size']}x{settings['grad_accum_steps']}")
@@ -230,7 +233,8 @@ def format_memory_table(rows: list[dict[str, Any]], markdown: bool = False) -> s
   names = list(rows[0]["targets"]) if rows else []
   headings = ["Preset", "Batch", "Train dtype", *names, "Sample (1 seq)"]
   body = [[
-      row["preset"], row["batch"], row["dtype"] + ("+remat" if row["remat"] else ""),
+      row["preset"], row["batch"],
+      row["dtype"] + ("+remat" if config_lib.remat_name(row["remat"]) != "none" else ""),
       *[_memory_cell(row["targets"][n]) for n in names], f"{row['generation'] / GiB:.2f}"
   ] for row in rows]
   if markdown:

@@ -134,7 +134,7 @@ def step_flops(config: ml_collections.ConfigDict, model: ModelConfig) -> float:
   pass of every block (2 x 12C^2 + 4TC per token and layer)."""
   tokens = config.batch_size * config.grad_accum_steps * config.block_size
   flops = params_lib.flops_per_token(model) * tokens
-  if model.remat:
+  if model.remat != "none":  # priced as "full" (gptjax/planner prices the policies apart)
     C, T = model.n_embd, model.block_size
     flops += model.n_layer * (24 * C * C + 4 * T * C) * tokens
   return flops

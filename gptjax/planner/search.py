@@ -53,7 +53,7 @@ def candidates(config: ml_collections.ConfigDict,
     micro_batch = sequences // accumulate
     if micro_batch % (data * fsdp):
       continue
-    for dtype, remat in itertools.product(("float32", "bfloat16"), (False, True)):
+    for dtype, remat in itertools.product(("float32", "bfloat16"), ("none", "full")):
       candidate = ml_collections.ConfigDict(config.to_dict())
       candidate.update(
           dict(batch_size=micro_batch, grad_accum_steps=accumulate, dtype=dtype, remat=remat))
