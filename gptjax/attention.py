@@ -46,6 +46,18 @@ def fused_attention(q, k, v, config: ModelConfig):
   return _sharded(q, k, v, config, mesh)
 
 
+def prepare(config: ModelConfig, mesh: jax.sharding.Mesh) -> None:
+  """Builds the splash kernels the step will trace for `mesh`, here, outside jit and any mesh
+  context (step.build calls it). Building one makes its mask arrays eagerly, which inside the trace
+  under a mesh of compile-only devices (the planner's TPU targets) cannot run; built here they are
+  cached (splash_kernel) and the trace finds them."""
+  if config.attention != "splash":
+    return
+  with jax.set_mesh(None):  # the arrays go to this process's default device
+    for head_shards in {1, mesh.shape[sharding.HEAD_AXIS]}:
+      splash_kernel(config.n_head, config.block_size, head_shards, config.pallas_interpret)
+
+
 def _kernel(config: ModelConfig, num_heads: int, seq_len: int, head_shards: int):
   """Splash's kernel for these heads (None for flash, which needs none built)."""
   if config.attention != "splash":

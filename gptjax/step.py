@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from gptjax import attention
 from gptjax import config as config_module
 from gptjax import sharding
 from gptjax.devices import platform_of
@@ -139,6 +140,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   """
   platform = mesh_platform(mesh)
   model = GPT(ModelConfig.from_config(config).for_platform(platform))
+  attention.prepare(model.config, mesh)
   tx = make_optimizer(config)
 
   def init_boxed(rng):  # params keep their logical-axis boxes, so eval_shape shows the names
