@@ -128,6 +128,7 @@ def planned_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
               grad_accum_steps=config.grad_accum_steps,
               dtype=config.dtype,
               remat=config.remat,
+              loss_chunk_tokens=config.loss_chunk_tokens,
               mesh=dict(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor))
 
 

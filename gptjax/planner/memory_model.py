@@ -40,15 +40,43 @@ def activation_terms(config: ModelConfig,
     scores: one block's attention scores (float32), probabilities and their dropout mask, H x T a
       token; with a fused kernel (cudnn, splash, flash) only its softmax statistics.
     block_input: what remat keeps of a block (its input, C).
+    policy_saved: what the remat policy keeps of a block beyond its input (policy_saved_per_token).
     gathered_layer: one block's weights all-gathered in the compute dtype (FSDP only).
+  With loss_chunk_tokens the logits are one chunk's (float32 logits and probabilities) and the
+  float32 gradient of the head it accumulates.
   """
   s, mask = dtype_bytes(config.dtype), int(config.dropout > 0)
   C, T, heads = config.n_embd, config.block_size, config.n_head // tensor
-  return dict(logits=tokens * (config.vocab_size / tensor) * (s + 8),
+  logits = tokens * (config.vocab_size / tensor) * (s + 8)
+  if config.loss_chunk_tokens:
+    chunk = min(tokens, config.loss_chunk_tokens)
+    logits = chunk * (config.vocab_size / tensor) * 8 + config.vocab_size * C / tensor * 4
+  return dict(logits=logits,
               channels=tokens * (4 * C * s + 12 * C / tensor * s + 2 * C * mask),
               scores=tokens * heads * (T * (4 + s + mask) if config.attention == "xla" else 4),
               block_input=tokens * C * s,
+              policy_saved=tokens * policy_saved_per_token(config, tensor),
               gathered_layer=(fsdp > 1) * 12 * C * C / tensor * s)
+
+
+def policy_saved_per_token(config: ModelConfig, tensor: int = 1) -> float:
+  """Bytes a token's block keeps under its remat policy besides the block input (not calibrated
+  against compiles yet: the named matmul outputs, in the compute dtype). "dots_no_batch": the
+  weight matmuls' outputs (q/k/v, the attention projection, the MLP's two); "dots" adds the
+  attention's own matmuls (with XLA's einsum, the H x T scores); "*attn_out": the attention output
+  (and a fused kernel's softmax statistics)."""
+  s, C, heads = dtype_bytes(config.dtype), config.n_embd, config.n_head // tensor
+  weights = (7 * C / tensor + 2 * C) * s
+  attn_out = C / tensor * s + (heads * 4 if config.attention != "xla" else 0)
+  scores = heads * config.block_size * s + C / tensor * s if config.attention == "xla" else 0
+  return {
+      "none": 0.0,
+      "full": 0.0,
+      "save_attn_out": attn_out,
+      "dots_no_batch": weights,
+      "dots_no_batch+attn_out": weights + attn_out,
+      "dots": weights + scores,
+  }[config.remat]
 
 
 def memory_model_key(platform: str, config: ModelConfig) -> str:
@@ -65,13 +93,14 @@ def model_temporary_bytes(terms: dict[str, float], gradient_bytes: float, n_laye
   Gradients are `k["gradients"]` of their float32 bytes (XLA on TPUs writes part of them straight
   into the donated optimizer state). Without remat every layer's saved activations are alive when
   the logits are, and the last block's backward adds its working set: their sum. With remat only
-  the block inputs are kept; the peak is the larger of the logits' phase and one block's
+  the block inputs (and what the policy saves) are kept; the peak is the larger of the logits' phase and one block's
   recomputation (its working set), on top of the kept inputs.
   """
   logits = k["logits"] * terms["logits"]
   working = k["channels_work"] * terms["channels"] + k["scores_work"] * terms["scores"]
   if remat:
-    peak = n_layer * k["block_input"] * terms["block_input"] + max(logits, working)
+    kept = k["block_input"] * terms["block_input"] + terms.get("policy_saved", 0.0)
+    peak = n_layer * kept + max(logits, working)
   else:
     saved = k["channels"] * terms["channels"] + k["scores"] * terms["scores"]
     peak = logits + n_layer * saved + working

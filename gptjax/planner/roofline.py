@@ -130,14 +130,31 @@ def kernel_roofline(hlo_text: str,
 
 
 def step_flops(config: ml_collections.ConfigDict, model: ModelConfig) -> float:
-  """FLOPs of one step as run: the model's 6N + 12LTC per token, and with remat one more forward
-  pass of every block (2 x 12C^2 + 4TC per token and layer)."""
+  """FLOPs of one step as run: the model's 6N + 12LTC per token, what the remat policy recomputes
+  (recomputed_flops_per_token) and, with loss_chunk_tokens, the head's recomputed forward (2VC a
+  token)."""
   tokens = config.batch_size * config.grad_accum_steps * config.block_size
   flops = params_lib.flops_per_token(model) * tokens
-  if model.remat != "none":  # priced as "full" (gptjax/planner prices the policies apart)
-    C, T = model.n_embd, model.block_size
-    flops += model.n_layer * (24 * C * C + 4 * T * C) * tokens
+  flops += model.n_layer * recomputed_flops_per_token(model) * tokens
+  if model.loss_chunk_tokens:
+    flops += 2 * model.vocab_size * model.n_embd * tokens
   return flops
+
+
+def recomputed_flops_per_token(model: ModelConfig) -> float:
+  """One block's forward FLOPs a token that the remat policy recomputes in the backward pass:
+  "full" the whole block (2 x 12C^2 + 4TC); "save_attn_out" its weight matmuls; "dots_no_batch"
+  the attention (XLA's einsum, or the fused kernel's forward); with the attention output kept too,
+  XLA's scores (2TC) and nothing with a fused kernel; "dots" a fused kernel's forward."""
+  C, T, xla = model.n_embd, model.block_size, model.attention == "xla"
+  return {
+      "none": 0,
+      "full": 24 * C * C + 4 * T * C,
+      "save_attn_out": 24 * C * C,
+      "dots_no_batch": 4 * T * C,
+      "dots_no_batch+attn_out": 2 * T * C if xla else 0,
+      "dots": 0 if xla else 4 * T * C,
+  }[model.remat]
 
 
 def step_roofline(target, model: ModelConfig, flops: float, bytes_accessed: float | None,
