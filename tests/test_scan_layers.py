@@ -4,6 +4,7 @@ layout both ways, and the readers of a run (the sampler) see unrolled parameters
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -65,3 +66,42 @@ def test_sampling_from_a_scanned_run(tiny):
                                 draw(model, params))
   result = run_command("gptjax.sample", f"--run_dir={run_dir}", "--max_new_tokens=8")
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_run_saved_with_the_old_preset_settings_resumes_with_the_new_ones(tiny, capsys):
+  """The *_1024 presets' change (remat true -> a policy name, dropout 0.2 -> 0): a run saved
+  with `remat: true` (as config.json holds it from before) and dropout resumes with the new
+  settings, which a note names."""
+  old = tiny(model_name="old", remat=True, dropout=0.2, max_iters=3, eval_interval=3)
+  train(old)
+  run_dir = os.path.join(old.out_dir, old.model_name)
+  with open(os.path.join(run_dir, "config.json")) as f:
+    assert json.load(f)["remat"] is True  # as runs from before saved it
+  assert checkpoint.load_run(run_dir)[2].remat == "full"
+  capsys.readouterr()
+  new = tiny(model_name="old", remat="dots_no_batch+attn_out", dropout=0.0, max_iters=4)
+  train(new)
+  out = capsys.readouterr()
+  assert "resuming from step 3" in out.out
+  assert "remat" in out.err and "dropout" in out.err, out.err
+  assert len(losses(new)) == 4
+
+
+def test_the_new_options_compose_with_gradient_accumulation(tiny):
+  """Micro-batches (grad_accum_steps) with scanned layers, a remat policy and the chunked loss
+  (a chunk that does not divide a micro-batch's 2 x 16 tokens): the plain run's losses (float32)."""
+  accumulate = dict(batch_size=2, grad_accum_steps=2, max_iters=4, eval_interval=4)
+  plain = tiny(model_name="plain", **accumulate)
+  train(plain)
+  tuned = tiny(model_name="tuned",
+               scan_layers=True,
+               remat="dots_no_batch",
+               loss_chunk_tokens=12,
+               **accumulate)
+  train(tuned)
+  for key in ("train_loss", "val_loss", "grad_norm"):
+    np.testing.assert_allclose(losses(tuned, key),
+                               losses(plain, key),
+                               rtol=0,
+                               atol=1e-5,
+                               err_msg=key)
