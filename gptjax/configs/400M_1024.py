@@ -25,4 +25,7 @@ def get_config():
   config.dropout = 0.0
   config.attention = "auto"
   config.remat = "full"
+  # The blocks unrolled: nn.scan (True) compiles ~2x faster but keeps ~10% more memory, and the
+  # planner prices a scanned step less surely; checkpoints restore across either.
+  config.scan_layers = False
   return config
