@@ -32,10 +32,10 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from gptjax import files, store
-from gptjax.config import ModelConfig
+from gptjax.config import ModelConfig, normalize
 from gptjax.errors import CheckpointError, disk_full, disk_full_error
 from gptjax.model import GPT
-from gptjax.params import abstract_params
+from gptjax.params import abstract_params, to_layout
 
 UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a save still being written
 
@@ -304,16 +304,19 @@ def architecture_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> lis
 def load_run(run_dir: str, which: str = "latest"):
   """(model, params, config, step, val_loss or None) from a run directory's latest or best
   checkpoint ("best": the lowest val loss; the latest when none has one), or the step `which`
-  names ("1500"). A damaged step is skipped for the next one, with a note (a named step is not)."""
+  names ("1500"). A damaged step is skipped for the next one, with a note (a named step is not).
+  The model and params are unrolled, whatever layout the run trained in (scan_layers), as the
+  sampler and GPT-2 export read them; `config` is the run's."""
   checkpointer = open_run(run_dir)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
   def load(step):
-    config = ml_collections.ConfigDict(checkpointer.read_meta(step)["config"])
-    model = GPT(ModelConfig.from_config(config))
+    config = normalize(ml_collections.ConfigDict(checkpointer.read_meta(step)["config"]))
+    saved = ModelConfig.from_config(config)  # the layout the run saved
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                            nn.meta.unbox(abstract_params(model.config)))
-    return model, checkpointer.restore(step, abstract)[0], config
+                            nn.meta.unbox(abstract_params(saved)))
+    params = to_layout(checkpointer.restore(step, abstract)[0], scan_layers=False)
+    return GPT(dataclasses.replace(saved, scan_layers=False)), params, config
 
   if which.isdigit():  # one step: that one or an error naming the steps there are
     steps = sorted(checkpointer.manager.all_steps())

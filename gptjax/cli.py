@@ -83,6 +83,9 @@ def run_command(main,
       except flags.Error as e:
         print(f"error: {e}. Fix: see --help.", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+      if config and values["config"].value is not None:  # --config.remat=True: "full"
+        from gptjax import config as config_lib
+        config_lib.normalize(values["config"].value)
       flags.FLAGS.mark_as_parsed()  # absl's logging then stays quiet about unparsed flags
       absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about read-only opens
       drop_background_noise()

@@ -2,37 +2,36 @@
 
 Every preset (gptjax/configs/, loaded by gptjax/presets.py) is a `get_config()` that starts from
 `get_base_config()` (the GPT-2 ones from `presets.gpt2_finetune_config`) and overrides a few
-fields. The
-comment above each field of `get_base_config()` is its documentation: `field_comments()` reads it
-for `--help`. `validate(config)` runs before anything is compiled and raises `ConfigError` naming
-field, value and fix. `ModelConfig` is the frozen, hashable architecture handed to the model.
+fields. The comment above each field of `get_base_config()` is its documentation:
+`field_comments()` reads it for `--help`. `validate(config)` runs before anything is compiled and
+raises `ConfigError` naming field, value and fix. `ModelConfig` (gptjax/model_config.py, with the
+rules of the model's options; its names are importable from here too) is the frozen, hashable
+architecture handed to the model.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import inspect
 import math
 import os
 import textwrap
-from typing import Any
 
 import ml_collections
 
 from gptjax.errors import ConfigError
+from gptjax.model_config import (  # noqa: F401 (ModelConfig and its names are config's too)
+    ARCHITECTURE_FIELDS, ATTENTION_IMPLEMENTATIONS, PALLAS_ATTENTION, PALLAS_BLOCK, REMAT_POLICIES,
+    ModelConfig, normalize, remat_name, resolve_dropout_rng, validate_model_options)
 
 GPT2_VOCAB_SIZE = 50257  # tiktoken "gpt2": 50,256 merges + <|endoftext|>
 GPT2_PADDED_VOCAB_SIZE = 50304  # next multiple of 64, as nanoGPT pads it for fast matmuls
 BYTE_VOCAB_SIZE = 256
 TOKENIZER_VOCAB_SIZES = {"bytes": BYTE_VOCAB_SIZE, "gpt2": GPT2_VOCAB_SIZE}
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 DROPOUT_RNGS = ("auto", "threefry2x32", "rbg")
 OPTIMIZERS = ("adamw", "muon")
 LR_SCHEDULES = ("cosine", "linear", "constant", "wsd", "inverse_sqrt")
-# The fields that fix the parameter shapes (what a checkpoint must agree on), in the order shown.
-ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 # The fields a resumed run may change freely: how long, where, on which devices and how often it
 # logs, evaluates and saves (and the tokenizer's fields, which data.json checks). Every other field
 # shapes training: a run directory refuses a change to it (training.run) unless resume_with_changes
@@ -40,9 +39,10 @@ ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"
 OPERATIONAL_FIELDS = ("name", "description", "max_iters", "eval_interval", "eval_iters",
                       "log_interval", "checkpoint_interval", "keep_checkpoints", "model_name",
                       "out_dir", "compilation_cache_dir", "cpu_devices", "allow_cpu", "mesh",
-                      "distributed", "remat", "attention", "tokenizer", "tokenizer_path",
-                      "resume_with_changes", "checkpoint_minutes", "profile_steps", "wandb_project",
-                      "wandb_entity", "wandb_run_name", "wandb_tags")
+                      "distributed", "remat", "attention", "loss_chunk_tokens", "scan_layers",
+                      "tokenizer", "tokenizer_path", "resume_with_changes", "checkpoint_minutes",
+                      "profile_steps", "wandb_project", "wandb_entity", "wandb_run_name",
+                      "wandb_tags")
 # OpenAI's GPT-2 sizes by Hugging Face model name: (n_layer, n_head, n_embd), each with a context of
 # GPT2_BLOCK_SIZE, GPT-2's vocabulary and biases, and a preset configs/<name>.py.
 GPT2_SIZES = {
@@ -75,7 +75,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.block_size = 256
   # Embedding rows. GPT-2 BPE needs >= 50257 (50304 = padded to a multiple of 64); bytes need >= 256.
   config.vocab_size = GPT2_PADDED_VOCAB_SIZE
-  # Dropout on embeddings, attention weights and residual branches; 0 disables it.
+  # Dropout on embeddings, attention weights and residual branches; 0 disables it. The fused
+  # attention kernels (cudnn, splash, flash) have no attention-weight dropout: with them it applies
+  # to the embeddings and residual branches only.
   config.dropout = 0.2
   # Biases in the dense layers and LayerNorms (GPT-2 has them; nanoGPT's default does not).
   config.bias = False
@@ -124,11 +126,27 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.grad_clip = 1.0
   # Compute dtype of activations and matmuls; params and optimizer state stay float32.
   config.dtype = "float32"
-  # Recompute each block's activations in the backward pass (saves memory, costs ~1/3 more compute).
-  config.remat = False
-  # Attention kernel: "xla" (einsum + causal mask: fastest on CPU), "cudnn" (fused, GPU, bf16/fp16),
-  # or "auto" (cudnn on GPU with a 16-bit dtype, else xla).
+  # Recompute activations in the backward pass instead of keeping them (saves memory, costs
+  # compute): "none"; "full" (keep each block's input only); "dots" (keep every matmul output);
+  # "dots_no_batch" (keep the weight matmuls' outputs); "save_attn_out" (keep the attention
+  # output); "dots_no_batch+attn_out" (both: with splash, recomputes no matmul). True and False,
+  # as older presets, command lines and runs' config.json have them, read as "full" and "none".
+  config.remat = ml_collections.FieldReference("none", field_type=object)  # bools load: normalize
+
+  # Attention kernel: "xla" (einsum + causal mask: fastest on CPU), "cudnn" (cuDNN's fused
+  # kernel, NVIDIA GPUs, bfloat16/float16), "splash" or "flash" (Pallas TPU kernels; block_size a
+  # multiple of 128; on a CPU they run in Pallas' interpret mode, slowly: for tests), or "auto"
+  # (cudnn on GPUs in 16 bits, splash on TPUs, xla elsewhere), decided for the devices the step is
+  # compiled for. Fused kernels drop no attention weights (see dropout).
   config.attention = "auto"
+  # The loss over chunks of this many tokens (a scan with its own gradient through the tied head),
+  # never holding the (tokens, vocab) float32 logits: saves memory, costs one more head matmul.
+  # 0 computes the logits of the whole batch at once.
+  config.loss_chunk_tokens = 0
+  # Run the blocks as one nn.scan over a single block, parameters stacked on a leading "layers"
+  # axis: compiles several times faster for deep models. A layout, not an architecture: checkpoints
+  # restore across it. Scanned runs draw other dropout masks than unrolled ones.
+  config.scan_layers = False
   # Random bits for dropout: "threefry2x32" (JAX's default: the same masks on every machine and
   # mesh), "rbg" (XLA's RngBitGenerator: faster on TPU, and there the only one with which remat
   # saves memory when dropout is on), or "auto" (rbg on TPU, threefry2x32 elsewhere).
@@ -263,13 +281,6 @@ def resolve_tokenizer(config: ml_collections.ConfigDict) -> str:
   return "bytes" if config.vocab_size < GPT2_VOCAB_SIZE else "gpt2"
 
 
-def resolve_dropout_rng(config: ml_collections.ConfigDict, platform: str) -> str:
-  """The PRNG implementation dropout uses on `platform`: "auto" is rbg on TPU, else threefry2x32."""
-  if config.dropout_rng != "auto":
-    return config.dropout_rng
-  return "rbg" if platform == "tpu" else "threefry2x32"
-
-
 def _divisors(n: int) -> list[int]:
   return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -367,9 +378,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.dtype not in DTYPES:
     fail("dtype", f"{config.dtype!r} is not supported",
          f"--config.dtype=float32 (or {', '.join(DTYPES[1:])})")
-  if config.attention not in ATTENTION_IMPLEMENTATIONS:
-    fail("attention", f"{config.attention!r} is not an attention implementation",
-         f"--config.attention=auto (or {', '.join(ATTENTION_IMPLEMENTATIONS[1:])})")
+  validate_model_options(config)
   if config.dropout_rng not in DROPOUT_RNGS:
     fail("dropout_rng", f"{config.dropout_rng!r} is not a random bit generator",
          f"--config.dropout_rng=auto (or {', '.join(DROPOUT_RNGS[1:])})")
@@ -387,38 +396,3 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "mesh.tensor", f"n_head={config.n_head} is not divisible by mesh.tensor="
         f"{config.mesh.tensor}", f"a divisor of n_head, e.g. --config.mesh.tensor="
         f"{max(d for d in _divisors(config.n_head) if d <= config.mesh.tensor)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """The architecture, frozen and hashable so it can be a static argument of jitted functions."""
-  vocab_size: int
-  block_size: int
-  n_layer: int
-  n_head: int
-  n_embd: int
-  dropout: float = 0.0
-  bias: bool = False
-  dtype: str = "float32"  # compute dtype; parameters are always float32
-  remat: bool = False
-  attention: str = "auto"
-
-  @property
-  def head_dim(self) -> int:
-    return self.n_embd // self.n_head
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "ModelConfig":
-    return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
-
-  def for_platform(self, platform: str) -> "ModelConfig":
-    """This config with attention "auto" decided for `platform` ("cpu", "gpu", "tpu"): cuDNN's
-    fused kernel on GPUs in 16 bits without dropout (it has no dropout), XLA's einsum elsewhere."""
-    if self.attention != "auto":
-      return self
-    cudnn = platform == "gpu" and self.dtype in ("bfloat16", "float16") and self.dropout == 0.0
-    return dataclasses.replace(self, attention="cudnn" if cudnn else "xla")
-
-  def architecture(self) -> dict[str, Any]:
-    """The ARCHITECTURE_FIELDS: those that fix the parameter shapes (a checkpoint must agree)."""
-    return {field: getattr(self, field) for field in ARCHITECTURE_FIELDS}

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from gptjax import compile_cache
 from gptjax.errors import UserError
+from gptjax.params import to_layout
 
 CHUNK_CAPACITY = 256  # most tokens one `_advance` call draws (its output buffer's length)
 MIN_PROMPT_BUCKET = 16  # prompts are padded to a power of two at least this long: few compiles
@@ -186,6 +187,15 @@ def _advance(params, state: DecodeState, target, *, model, sampling: Sampling):
   return jax.lax.while_loop(unfinished, segment, (state, out))
 
 
+def unrolled(model, params):
+  """(model, params) with the blocks unrolled: a scan_layers model's stacked parameters unstacked,
+  since the KV cache is kept per layer (`h_0`, `h_1`, ...). Others are returned as they are."""
+  if not model.config.scan_layers:
+    return model, params
+  return (type(model)(dataclasses.replace(model.config,
+                                          scan_layers=False)), to_layout(params, scan_layers=False))
+
+
 def on_this_device(model):
   """The model as it samples fastest here: on a CPU in float32, whatever it trained in, since XLA's
   CPU matmuls convert bfloat16 rather than compute in it (docs/performance.md). Elsewhere as it
@@ -252,6 +262,7 @@ def stream(model,
     from the persistent compilation cache, once compile_cache.use is on) and decode_s
     (drawing, after the compiles).
   """
+  model, params = unrolled(model, params)
   block_size = model.config.block_size
   prompt = list(prompt)[-block_size:]
   if not prompt:

@@ -28,6 +28,7 @@ from safetensors.numpy import load_file, save_file
 from gptjax.config import GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE, ModelConfig
 from gptjax.errors import CheckpointError, ConfigError, UserError
 from gptjax.model import GPT
+from gptjax.params import to_layout
 
 SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN = ("model.safetensors", "model.safetensors.index.json",
                                              "pytorch_model.bin")
@@ -267,7 +268,7 @@ def save_hf_gpt2(model: GPT, params, path: str, vocab_size: int | None = None) -
   if not config.bias:  # exact: a missing bias is a zero bias, in dense layers and LayerNorms alike
     notes.append("the model has no biases; GPT-2 format needs them, so they are written as zeros")
   print("".join(f"note: {note}.\n" for note in notes), end="", file=sys.stderr)
-  flat = traverse_util.flatten_dict(jax.device_get(nn.meta.unbox(params)))  # model.init's boxes
+  flat = traverse_util.flatten_dict(to_layout(jax.device_get(nn.meta.unbox(params)), False))
   tensors = {}
   for key, (gptjax_path, hf_shape,
             shape) in tensor_table(ModelConfig(**{
@@ -362,17 +363,13 @@ def apply_hf_architecture(config: ml_collections.ConfigDict,
     architecture = read_hf_config(resolve_hf(init_from)).architecture()
   for field, value in architecture.items():
     if field == "block_size" and config.block_size < value:
-      print(
-          f"note: init_from {init_from}: block_size {config.block_size}: its {value} learned "
-          f"positions are cropped to the first {config.block_size}.",
-          file=sys.stderr)
+      note = (f"block_size {config.block_size}: its {value} learned positions are cropped to the "
+              f"first {config.block_size}.")
+    elif config[field] != value:
+      note, config[field] = f"{field} {config[field]} -> {value} (from the checkpoint)", value
+    else:
       continue
-    if config[field] != value:
-      print(
-          f"note: init_from {init_from}: {field} {config[field]} -> {value} (from the "
-          f"checkpoint)",
-          file=sys.stderr)
-      config[field] = value
+    print(f"note: init_from {init_from}: {note}", file=sys.stderr)
 
 
 def init_params_from(config: ml_collections.ConfigDict, abstract_params):
@@ -387,6 +384,8 @@ def init_params_from(config: ml_collections.ConfigDict, abstract_params):
   _, loaded = read_hf_gpt2(resolve_hf(config.init_from))
   if loaded[("wpe",)].shape[0] > config.block_size:  # nanoGPT's crop_block_size
     loaded[("wpe",)] = loaded[("wpe",)][:config.block_size]
+  if config.scan_layers:  # GPT-2's blocks stacked on a layers axis
+    loaded = traverse_util.flatten_dict(to_layout(traverse_util.unflatten_dict(loaded), True))
   targets = traverse_util.flatten_dict(abstract_params)
   differing = sorted("/".join(p) for p in set(targets) ^ set(loaded)) + sorted(
       f"{'/'.join(p)} {loaded[p].shape} vs {t.shape}" for p, t in targets.items()

@@ -22,7 +22,9 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
+from gptjax.attention import ATTN_OUT, fused_attention
 from gptjax.config import ModelConfig
 
 INIT_STD = 0.02  # GPT-2's initialiser; residual projections are scaled by 1/sqrt(2 * n_layer)
@@ -68,11 +70,22 @@ def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
 
-def _use_cudnn(config: ModelConfig, deterministic: bool) -> bool:
-  if config.attention != "auto":
-    return config.attention == "cudnn"
-  return (jax.default_backend() == "gpu" and config.dtype in ("bfloat16", "float16") and
-          (deterministic or config.dropout == 0.0))
+def _remat_policy(name: str):
+  """The jax.checkpoint policy of a REMAT_POLICIES name (not "none": no remat at all)."""
+  policies = jax.checkpoint_policies
+  attn_out = policies.save_only_these_names(ATTN_OUT)
+  return {
+      "full":
+          policies.nothing_saveable,
+      "dots":
+          policies.dots_saveable,
+      "dots_no_batch":
+          policies.dots_with_no_batch_dims_saveable,
+      "save_attn_out":
+          attn_out,
+      "dots_no_batch+attn_out":
+          policies.save_from_both_policies(policies.dots_with_no_batch_dims_saveable, attn_out),
+  }[name]
 
 
 class CausalSelfAttention(nn.Module):
@@ -95,10 +108,12 @@ class CausalSelfAttention(nn.Module):
     query_pos = jnp.arange(T)
     if decode:
       k, v, query_pos = self._update_cache(k, v, start)  # k, v: (B, block, H, D)
-    if decode or not _use_cudnn(cfg, deterministic):
+    # init only makes the parameters: the einsum there, whatever the batch and the mesh
+    if decode or cfg.attention in ("auto", "xla") or self.is_initializing():
       y = self._attend(q, k, v, query_pos, deterministic)
     else:
-      y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+      y = fused_attention(q, k, v, cfg)  # no attention-weight dropout in fused kernels
+    y = checkpoint_name(y, ATTN_OUT)  # what the remat policies "*attn_out" keep
     y = Dense((H, D), (cfg.n_embd,), ("heads", "kv", "embed"),
               cfg.bias,
               dtype,
@@ -165,15 +180,25 @@ class GPT(nn.Module):
   """GPT-2 style decoder. `__call__(tokens (B, T) int) -> logits (B, T, V) float32`.
 
   decode=True runs the KV-cache path: the mutable "cache" collection holds each layer's keys and
-  values and the next position; feed the prompt once, then one token at a time.
-  `logits_at` (an int or a traced scalar) keeps only that time step's logits, (B, 1, V): a prefill
-  needs just the last prompt position's, and the head over every position is, at GPT-2's vocab,
-  as costly as a layer.
+  values and the next position; feed the prompt once, then one token at a time (unrolled models
+  only: `generate` unstacks a scanned one). `logits_at` (an int or a traced scalar) keeps only that
+  time step's logits, (B, 1, V): a prefill needs just the last prompt position's, and the head over
+  every position is, at GPT-2's vocab, as costly as a layer. hidden=True returns what the head
+  would take instead of logits: (the final LayerNorm's output (N, C), the tied head's wte (V, C)),
+  for a loss that computes the logits in chunks (gptjax/losses.py).
+
+  With scan_layers the blocks are one nn.scan over a single block named "h", each parameter
+  stacked on a leading "layers" axis (gptjax/params.py converts between the layouts).
   """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens, deterministic: bool = True, decode: bool = False, logits_at=None):
+  def __call__(self,
+               tokens,
+               deterministic: bool = True,
+               decode: bool = False,
+               logits_at=None,
+               hidden: bool = False):
     cfg = self.config
     B, T = tokens.shape
     wte = self.param(
@@ -184,6 +209,8 @@ class GPT(nn.Module):
         (cfg.block_size, cfg.n_embd), jnp.float32)
     start = 0
     if decode:
+      if cfg.scan_layers:
+        raise ValueError("decode with an unrolled model: generate.unrolled(model, params)")
       initialised = self.has_variable("cache", "position")
       position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
       start = position.value
@@ -194,13 +221,31 @@ class GPT(nn.Module):
                                                              (B, 1))  # (N, C)
     x = nn.Dropout(cfg.dropout)(x.astype(_dtype(cfg)), deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "embed"))
-    block = nn.remat(Block, static_argnums=(2, 3, 4)) if cfg.remat else Block
-    for i in range(cfg.n_layer):
+    block = Block
+    if cfg.remat != "none":  # under scan, CSE across iterations cannot undo the recompute
+      block = nn.remat(Block,
+                       static_argnums=(2, 3, 4),
+                       policy=_remat_policy(cfg.remat),
+                       prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      layer = lambda module, x, _: (module(x, B, deterministic, False, 0), None)
+      layers = nn.scan(layer,
+                       variable_axes={"params": 0},
+                       split_rngs={
+                           "params": True,
+                           "dropout": True
+                       },
+                       length=cfg.n_layer,
+                       metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = layers(block(cfg, name="h"), x, None)
+    for i in range(0 if cfg.scan_layers else cfg.n_layer):
       x = block(cfg, name=f"h_{i}")(x, B, deterministic, decode, start)
     if logits_at is not None:
       x = jax.lax.dynamic_index_in_dim(x.reshape(B, T, -1), logits_at, axis=1, keepdims=False)
       T = 1  # x: (B, C)
     x = _layer_norm(cfg, "ln_f")(x)
+    if hidden:
+      return x, wte
     logits = jnp.einsum("nc,vc->nv", x, wte.astype(x.dtype))  # tied head, (N, V)
     logits = nn.with_logical_constraint(logits, ("batch", "vocab"))
     return logits.astype(jnp.float32).reshape(B, T, cfg.vocab_size)

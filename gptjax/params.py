@@ -1,8 +1,13 @@
-"""Parameter accounting: the analytic count per component, the count of the real pytree, FLOPs.
+"""Parameter accounting and layouts: the analytic count per component, the count of the real
+pytree, FLOPs, and the conversion between the unrolled and the scanned parameter layouts.
 
 The analytic count is written from the architecture alone; `count_pytree_params` initialises the
 model abstractly with `jax.eval_shape` (no memory is allocated, so 500M_1024 takes milliseconds).
-Tests hold the two equal for every preset.
+Tests hold the two equal for every preset, in both layouts.
+
+Layouts: unrolled, the blocks are `h_0` ... `h_{L-1}` (GPT-2's names); with scan_layers they are
+one `h` whose every leaf has a leading layers axis of L. `to_layout` converts any pytree holding
+parameter dicts (the parameters, AdamW's moments) from one to the other.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gptjax.config import ModelConfig
 
@@ -94,3 +100,46 @@ def training_memory_bytes(config: ModelConfig) -> int:
   compiled step's real peak.
   """
   return 4 * 4 * count_params(config).total
+
+
+def is_scanned(params) -> bool:
+  """Whether a parameter dict has the scanned layout (one stacked `h`, not `h_0`, `h_1`, ...)."""
+  return "h" in params
+
+
+def to_layout(tree, scan_layers: bool):
+  """`tree` with every parameter dict in it (a dict holding `wte`: the parameters, AdamW's mu and
+  nu) in the scanned (`scan_layers`) or the unrolled layout; a dict already so is left as it is.
+  Stacking makes jax arrays; unstacking slices what it is given (numpy stays numpy). A dict whose
+  blocks hold no arrays (an optimizer's masked state: Muon's AdamW part masks every block) takes
+  its number of layers from another dict of the tree."""
+  is_params = lambda node: isinstance(node, dict) and "wte" in node
+  stacks = [
+      jax.tree.leaves(n["h"])
+      for n in jax.tree.leaves(tree, is_leaf=is_params)
+      if is_params(n) and "h" in n
+  ]
+  depth = next((leaves[0].shape[0] for leaves in stacks if leaves), 0)
+
+  def convert(node):
+    if not (isinstance(node, dict) and "wte" in node) or is_scanned(node) == scan_layers:
+      return node
+    if scan_layers:
+      blocks = sorted((k for k in node if k.startswith("h_")), key=lambda k: int(k[2:]))
+      rest = {k: v for k, v in node.items() if not k.startswith("h_")}
+      stacked = jax.tree.map(lambda *xs: _stack(xs), *[node[k] for k in blocks])
+      return {**rest, "h": stacked}
+    n_layer = (jax.tree.leaves(node["h"]) or [np.zeros(depth)])[0].shape[0]
+    rest = {k: v for k, v in node.items() if k != "h"}
+    return {
+        **rest,
+        **{
+            f"h_{i}": jax.tree.map(lambda x, i=i: x[i], node["h"]) for i in range(n_layer)
+        }
+    }
+
+  return jax.tree.map(convert, tree, is_leaf=is_params)
+
+
+def _stack(arrays):
+  return np.stack(arrays) if all(isinstance(a, np.ndarray) for a in arrays) else jnp.stack(arrays)

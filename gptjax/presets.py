@@ -136,7 +136,7 @@ def load(preset: str) -> ml_collections.ConfigDict:
     config = _load_python_config(path)
   if not config.model_name:
     config.model_name = _preset_name(path)
-  return config
+  return config_lib.normalize(config)  # remat True/False (older presets) as "full"/"none"
 
 
 def _load_python_config(path: str) -> ml_collections.ConfigDict:
@@ -199,6 +199,8 @@ def apply_overrides(config: ml_collections.ConfigDict, values: dict[str, Any], s
     if key not in config:
       raise ConfigError(_unknown_key_message(key, config, source))
     current = config[key]
+    if key == "remat" and isinstance(value, bool):  # older presets' true/false: "full"/"none"
+      value = config_lib.remat_name(value)
     if isinstance(current, ml_collections.ConfigDict):
       if not isinstance(value, dict):
         raise ConfigError(f"{source}: field {key!r} must be an object with fields "

@@ -30,15 +30,17 @@ from gptjax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+HEAD_AXIS = "tensor"  # where "heads" goes (fused attention's shard_map splits them there)
 
 LOGICAL_AXIS_RULES = (
     ("batch", BATCH_AXES),
     ("vocab", "tensor"),
-    ("heads", "tensor"),
+    ("heads", HEAD_AXIS),
     ("mlp", "tensor"),
     ("embed", "fsdp"),
     ("kv", None),
     ("length", None),
+    ("layers", None),  # scan_layers' stacked axis: every device holds every layer's slice
 )
 
 

@@ -23,11 +23,14 @@ import ml_collections
 import numpy as np
 import optax
 
+from gptjax import attention
 from gptjax import config as config_module
 from gptjax import sharding
 from gptjax.devices import platform_of
 from gptjax.config import ModelConfig
+from gptjax.losses import chunked_cross_entropy_and_z
 from gptjax.model import GPT
+from gptjax.params import to_layout
 from gptjax.optim import learning_rate_schedule, make_optimizer
 
 
@@ -48,13 +51,20 @@ def objective(params, model: GPT, windows, dropout_rng=None, z_loss: float = 0.0
 
   With `z_loss` > 0 the objective adds z_loss * mean(logsumexp(logits)^2) (PaLM's z-loss, which
   keeps the softmax normaliser near 1 and the logits from drifting into a loss spike); the
-  cross-entropy reported stays the plain one. The logsumexp is computed once for both terms.
+  cross-entropy reported stays the plain one. The logsumexp is computed once for both terms (with
+  loss_chunk_tokens, chunk by chunk: losses.chunked_cross_entropy_and_z).
   """
   inputs, targets = windows[:, :-1], windows[:, 1:]
-  logits = model.apply({"params": params},
-                       inputs,
-                       deterministic=dropout_rng is None,
-                       rngs=None if dropout_rng is None else {"dropout": dropout_rng})
+  apply = functools.partial(model.apply, {"params": params},
+                            inputs,
+                            deterministic=dropout_rng is None,
+                            rngs=None if dropout_rng is None else {"dropout": dropout_rng})
+  if model.config.loss_chunk_tokens:  # never all the (N, V) float32 logits at once
+    x, wte = apply(hidden=True)
+    cross_entropy, z_term = chunked_cross_entropy_and_z(x, wte.astype(x.dtype), targets.reshape(-1),
+                                                        model.config.loss_chunk_tokens)
+    return cross_entropy + z_loss * z_term, (cross_entropy, z_term)
+  logits = apply()
   if not z_loss:  # optax's cross-entropy, the program runs without the option have always had
     cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
     return cross_entropy, (cross_entropy, jnp.zeros((), jnp.float32))
@@ -162,6 +172,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   """
   platform = mesh_platform(mesh)
   model = GPT(ModelConfig.from_config(config).for_platform(platform))
+  attention.prepare(model.config, mesh)  # Pallas kernels built here, outside jit and the mesh
 
   def init_params(rng):  # params keep their logical-axis boxes, so eval_shape shows the names
     return model.init(rng, jnp.zeros((1, config.block_size), jnp.int32))["params"]
@@ -170,27 +181,26 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   # Muon picks its matrices by the parameters' logical axis names.
   tx = make_optimizer(config, nn.get_partition_spec(boxed_params))
 
-  def init_boxed(rng):
-    params = init_params(rng)
-    return params, tx.init(nn.meta.unbox(params))
-
-  abstract_opt_state = jax.eval_shape(tx.init, nn.meta.unbox(boxed_params))
+  boxed = lambda x: isinstance(x, nn.Partitioned)  # unboxed without a constraint: under any mesh
+  abstract_params = jax.tree.map(lambda x: x.value if boxed(x) else x, boxed_params, is_leaf=boxed)
+  abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
   param_shardings = sharding.logical_shardings(boxed_params, mesh)
   state_shardings = TrainState(step=sharding.replicated(mesh),
                                params=param_shardings,
                                opt_state=sharding.optimizer_shardings(tx, abstract_opt_state,
                                                                       param_shardings, mesh))
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
-                        params=nn.meta.unbox(boxed_params),
+                        params=abstract_params,
                         opt_state=abstract_opt_state)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
                           state_shardings)
 
   def init(rng):
-    params, opt_state = init_boxed(rng)
-    return TrainState(step=jnp.zeros((), jnp.int32),
-                      params=nn.meta.unbox(params),
-                      opt_state=opt_state)
+    # Scanned layers start from the unrolled model's values, stacked: the run, whatever its layout.
+    unrolled = GPT(dataclasses.replace(model.config, scan_layers=False))
+    params = unrolled.init(rng, jnp.zeros((1, config.block_size), jnp.int32))["params"]
+    params = to_layout(nn.meta.unbox(params), scan_layers=model.config.scan_layers)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   batch = sharding.batch_sharding(mesh)
   step_fn = functools.partial(train_step,

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from gptjax import sharding  # noqa: E402
 from gptjax.checkpoint import Checkpointer  # noqa: E402
+from gptjax.params import to_layout  # noqa: E402
 from gptjax.step import build, global_batch, mesh_context  # noqa: E402
 from gptjax.training.loop import train  # noqa: E402
 
@@ -46,7 +47,7 @@ def one_step(config, devices, windows):
     state = setup.init(jax.random.key(0))
     initial = jax.device_get(state.params)
     batch = global_batch(windows, mesh, config.batch_size)
-    flat = "shard_map" in str(jax.make_jaxpr(setup.train_step)(state, batch))
+    flat = "psum" in str(jax.make_jaxpr(setup.train_step)(state, batch))  # the flat all-reduce
     state, metrics = setup.train_step(state, batch)
     return initial, jax.device_get(state.params), jax.device_get(metrics), flat
 
@@ -59,17 +60,21 @@ def check_step(out_dir):
   windows = np.random.default_rng(0).integers(0, 256, size=(1, 8, 17)).astype(np.int32)
   results = {}
   # With dropout every mesh draws the unsharded step's masks; without it, pure data parallelism
-  # takes the flat all-reduce path (sharding.flat_all_reduce).
-  for dropout, meshes in ((0.1, MESHES), (0.0, [(8, 1, 1), (2, 1, 1), (1, 8, 1)])):
+  # takes the flat all-reduce path (sharding.flat_all_reduce). One mesh runs the layers scanned
+  # (without dropout: a scan draws other masks), its parameters unstacked to compare.
+  for dropout, meshes in ((0.1, MESHES), (0.0, [(8, 1, 1), (2, 1, 1), (1, 8, 1),
+                                                (2, 2, 2, "scan")])):
     reference = one_step(config_for(out_dir, (1, 1, 1), dropout=dropout),
                          jax.devices()[:1], windows)
     ref_init, ref_params, ref_metrics, _ = reference
     for mesh in meshes:
-      data, fsdp, tensor = mesh
+      data, fsdp, tensor = mesh[:3]
       devices = jax.devices()[:data * fsdp * tensor]
-      init, params, metrics, flat = one_step(config_for(out_dir, mesh, dropout=dropout), devices,
-                                             windows)
-      results[f"{mesh} dropout {dropout}"] = dict(
+      scan = mesh[3:] == ("scan",)
+      init, params, metrics, flat = one_step(
+          config_for(out_dir, mesh[:3], dropout=dropout, scan_layers=scan), devices, windows)
+      init, params = to_layout((init, params), scan_layers=False)
+      results[f"{mesh[:3]} dropout {dropout}" + (" scan" if scan else "")] = dict(
           loss=float(metrics["loss"]),
           reference_loss=float(ref_metrics["loss"]),
           grad_norm=float(metrics["grad_norm"]),
@@ -172,12 +177,35 @@ def check_muon(out_dir):
   return results
 
 
+def check_fused(out_dir):
+  """One step with splash attention (interpret mode) on meshes that split the batch and the heads
+  (under shard_map), and on one that is pure data parallelism (the kernel inside the flat
+  all-reduce's shard_map): losses and parameters against the one-device einsum step."""
+  windows = np.random.default_rng(0).integers(0, 256, size=(1, 8, 129)).astype(np.int32)
+  fused = dict(block_size=128, dropout=0.0, attention="splash")
+  _, ref_params, ref_metrics, _ = one_step(
+      config_for(out_dir, (1, 1, 1), **{
+          **fused, "attention": "xla"
+      }),
+      jax.devices()[:1], windows)
+  results = {}
+  for mesh in ((1, 4, 2), (4, 1, 1)):
+    devices = jax.devices()[:mesh[0] * mesh[1] * mesh[2]]
+    _, params, metrics, flat = one_step(config_for(out_dir, mesh, **fused), devices, windows)
+    results[str(mesh)] = dict(loss=float(metrics["loss"]),
+                              reference_loss=float(ref_metrics["loss"]),
+                              param_difference=max_difference(params, ref_params),
+                              flat_all_reduce=flat)
+  return results
+
+
 if __name__ == "__main__":
   scenario, out_dir = sys.argv[1], sys.argv[2]
   result = {
       "step": check_step,
       "shards": check_shards,
       "restore": check_restore,
-      "muon": check_muon
+      "muon": check_muon,
+      "fused": check_fused
   }[scenario](out_dir)
   print("RESULT " + json.dumps(result))

@@ -89,7 +89,11 @@ def test_preset_loads_and_validates(file_name):
 def test_preset_architecture(preset):
   config = presets.load(os.path.join(CONFIGS_DIR, f"{preset}.py"))
   assert tuple(config[field] for field in ARCHITECTURE) == {**PRESETS, **LARGE_PRESETS}[preset]
-  assert config.dropout == 0.2
+  # nanoGPT's dropout, but the *_1024 presets are set for accelerators (fused attention, no
+  # dropout, a remat policy)
+  accelerator = preset.endswith("_1024")
+  assert config.dropout == (0.0 if accelerator else 0.2)
+  assert (config.attention, config.remat != "none") == ("auto", accelerator)
   assert config.bias is False
   expected_tokenizer = "bytes" if preset.endswith("_char") else "gpt2"
   assert config_lib.resolve_tokenizer(config) == expected_tokenizer
@@ -240,3 +244,42 @@ def test_model_config_is_hashable_and_takes_the_fields():
   assert hash(model_config) == hash(config_lib.ModelConfig.from_config(config))
   assert model_config.head_dim == 64
   assert model_config.architecture()["n_layer"] == 16
+
+
+def test_remat_true_and_false_of_older_presets_configs_and_command_lines_read_as_full_and_none(
+    tmp_path):
+  """remat is a policy name now; True/False load as "full"/"none" from a .py preset, a JSON preset,
+  --config.remat=True on the command line and a run's saved config (where ModelConfig reads it)."""
+  from gptjax import cli
+  assert presets.load("350M_1024").remat == "full" and presets.load("tiny").remat == "none"
+  for value, name in ((True, "full"), (False, "none")):
+    py = tmp_path / f"old_{value}.py"
+    py.write_text("from gptjax.config import get_base_config\n\n\ndef get_config():\n"
+                  f"  config = get_base_config()\n  config.remat = {value}\n  return config\n")
+    assert presets.load(str(py)).remat == name
+    assert presets.load(write_json(tmp_path, {**CUSTOM_JSON, "remat": value})).remat == name
+    saved = ml_collections.ConfigDict({**config_lib.get_base_config().to_dict(), "remat": value})
+    assert config_lib.ModelConfig.from_config(saved).remat == name
+    assert config_lib.normalize(saved).remat == name
+    for text in (str(value), str(value).lower(), str(int(value))):
+      seen = []
+      cli.run_command(lambda f: seen.append(f.config.remat),
+                      lambda values: None,
+                      None,
+                      config="required",
+                      uses_jax=False,
+                      argv=["train", "--config=tiny", f"--config.remat={text}"])
+      assert seen == [name], text
+  validated(remat="dots_no_batch+attn_out")
+  with pytest.raises(ConfigError, match="'maybe' is not a remat policy.*none, full, dots"):
+    validated(remat="maybe")
+
+
+def test_a_config_saved_before_the_new_fields_gives_their_defaults():
+  old = {
+      k: v
+      for k, v in config_lib.get_base_config().to_dict().items()
+      if k not in ("scan_layers", "loss_chunk_tokens")
+  }
+  model = config_lib.ModelConfig.from_config(ml_collections.ConfigDict({**old, "remat": True}))
+  assert (model.remat, model.scan_layers, model.loss_chunk_tokens) == ("full", False, 0)

@@ -6,6 +6,7 @@ parameter perturbed away from its initial value so that biases and LayerNorms ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -395,3 +396,19 @@ def test_eval_of_hf_weights_equals_transformers_loss(hf_bytes, tmp_path, monkeyp
   np.testing.assert_allclose(figures["bpb"],
                              float(loss) * 16 * n / np.log(2) / len(text),
                              rtol=1e-5)
+
+
+def test_scanned_layers_export_and_fine_tune_from_hf(hf_bytes, tmp_path):
+  """A scan_layers model exports GPT-2's tensors (unstacked), and init_from stacks GPT-2's blocks
+  for a scan_layers run."""
+  _, directory = hf_bytes
+  model, params = hf_gpt2.load_hf_gpt2(directory)
+  scanned = GPT(dataclasses.replace(model.config, scan_layers=True))
+  stacked = params_lib.to_layout(params, scan_layers=True)
+  hf_gpt2.save_hf_gpt2(scanned, stacked, str(tmp_path / "exported"))
+  jax.tree.map(np.testing.assert_array_equal,
+               hf_gpt2.load_hf_gpt2(str(tmp_path / "exported"))[1], params)
+  config = tiny_config(tmp_path, init_from=directory, scan_layers=True)
+  hf_gpt2.apply_hf_architecture(config, config.init_from)
+  abstract = nn.meta.unbox(params_lib.abstract_params(ModelConfig.from_config(config)))
+  jax.tree.map(np.testing.assert_array_equal, hf_gpt2.init_params_from(config, abstract), stacked)

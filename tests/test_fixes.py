@@ -35,7 +35,11 @@ from conftest import GPT2_TIKTOKEN, REPO_ROOT, TEXT, tiny_config
 PACKAGE_DIR = os.path.join(REPO_ROOT, "gptjax")
 TOOLS_DIR = os.path.join(REPO_ROOT, "tools")
 # The helpers that write "Fix:" for their callers: each call is a message of its own.
-HELPERS = {"gptjax/config.py": "fail", "gptjax/hf_gpt2.py": "_fail"}
+HELPERS = {
+    "gptjax/config.py": "fail",
+    "gptjax/hf_gpt2.py": "_fail",
+    "gptjax/model_config.py": "_fail"
+}
 COMMANDS = ("train", "sample", "plan", "prepare", "convert", "show_configs", "calculate_params",
             "accelerator_check", "eval", "compare")
 TAKES_CONFIG = ("train", "plan", "show_configs", "calculate_params")
@@ -422,13 +426,49 @@ for _fragment, _overrides in (
     ("muon_momentum=0.95)[field]", dict(muon_momentum=1.0)),
     ("disables it", dict(grad_clip=-1.0)),
     ('fail("dtype"', dict(dtype="float8")),
-    ('fail("attention"', dict(attention="flash")),
     ('fail("dropout_rng"', dict(dropout_rng="philox")),
     ('fail("train_split"', dict(train_split=1.0)),
     ('fail("mesh",', dict(mesh=dict(data=-1, fsdp=-1))),
     ('fail("mesh.tensor"', dict(mesh=dict(tensor=3))),
 ):
   _validate_row(" ".join(_fragment.split()), **_overrides)
+
+# gptjax/model_config.py: the rules of the model's options (part of validate), and the kernel the
+# devices the step is compiled for cannot run
+
+
+def _model_row(fragment: str, retyped: dict | None = None, **overrides):
+
+  @row("gptjax/model_config.py", fragment, "train")
+  def _(ctx):
+    config = ctx.config(**overrides)
+    with config.unlocked():  # a value of another type than the field's, as no flag could give
+      for field, value in (retyped or {}).items():
+        del config[field]
+        config[field] = value
+    message = ctx.error(config_lib.validate, config)
+    config_lib.validate(applied(ctx.config(**overrides), message))
+    return message
+
+
+for _fragment, _overrides in (
+    ('_fail("attention", f"{config.attention!r} is not an', dict(attention="sdpa")),
+    ("'cudnn' (cuDNN's fused kernel) takes", dict(attention="cudnn")),
+    ("cuts the sequence into blocks", dict(attention="splash", block_size=100)),
+    ('"remat", f"{config.remat!r} is not a remat policy"', dict(remat="maybe")),
+    ('_fail("loss_chunk_tokens"', dict(loss_chunk_tokens=-1)),
+):
+  _model_row(_fragment, **_overrides)
+_model_row('_fail("scan_layers"', retyped=dict(scan_layers="yes"))
+
+
+@row("gptjax/model_config.py", "and the step is", "train")
+def _(ctx):
+  config = ctx.config(attention="cudnn", dtype="bfloat16")
+  message = ctx.error(config_lib.ModelConfig.from_config(config).for_platform, "cpu")
+  config_lib.ModelConfig.from_config(applied(config, message)).for_platform("cpu")
+  return message
+
 
 # gptjax/convert.py, describe.py, devices.py, errors.py
 

@@ -21,8 +21,9 @@ MAX_LINES = 400
 LAYERS = (
     ("gptjax.units", "gptjax.errors"),
     ("gptjax.files", "gptjax.store", "gptjax.optim", "gptjax.compile_cache", "gptjax.devices"),
-    ("gptjax.config", "gptjax.sharding"),
-    ("gptjax.model", "gptjax.presets", "gptjax.data", "gptjax.command_line", "gptjax.cli"),
+    ("gptjax.model_config", "gptjax.config", "gptjax.sharding"),
+    ("gptjax.model", "gptjax.attention", "gptjax.losses", "gptjax.presets", "gptjax.data",
+     "gptjax.command_line", "gptjax.cli"),
     ("gptjax.step", "gptjax.params", "gptjax.hf_gpt2", "gptjax.describe"),
     ("gptjax.checkpoint", "gptjax.generate", "gptjax.planner"),
     ("gptjax.training", "gptjax.accelerator_steps", "gptjax.accelerator_report"),

@@ -1,8 +1,10 @@
-"""The GPT module: KV-cache decoding equals the full forward pass; remat and dtype variants agree."""
+"""The GPT module: KV-cache decoding equals the full forward pass; remat policies, scanned layers,
+the chunked loss and dtype variants agree."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -10,9 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax.config import ModelConfig
+from gptjax import step
+from gptjax.config import REMAT_POLICIES, ModelConfig
 from gptjax.model import GPT
 from gptjax.generate import init_cache
+from gptjax.params import to_layout
 
 CONFIG = ModelConfig(vocab_size=97, block_size=16, n_layer=2, n_head=4, n_embd=32, bias=True)
 
@@ -106,17 +110,54 @@ def test_forward_equals_a_plain_numpy_gpt(model_and_params):
                              rtol=1e-4)
 
 
-def test_remat_gives_the_same_loss_and_gradients(model_and_params):
+@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jax.value_and_grad, argnums=1)
+def mean_logit_and_grads(model, params, tokens):
+  return model.apply({"params": params}, tokens).mean()
+
+
+@pytest.mark.parametrize("policy", [p for p in REMAT_POLICIES if p != "none"])
+def test_every_remat_policy_gives_the_same_loss_and_gradients(model_and_params, policy):
   _, params = model_and_params
   tokens = jax.random.randint(jax.random.key(5), (2, 16), 0, CONFIG.vocab_size)
-
-  def loss(model, params):
-    return model.apply({"params": params}, tokens).mean()
-
-  plain = jax.value_and_grad(lambda p: loss(GPT(CONFIG), p))(params)
-  remat = jax.value_and_grad(lambda p: loss(GPT(dataclasses.replace(CONFIG, remat=True)), p))(
-      params)
+  plain = mean_logit_and_grads(GPT(CONFIG), params, tokens)
+  remat = mean_logit_and_grads(GPT(dataclasses.replace(CONFIG, remat=policy)), params, tokens)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, remat)
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scanned_layers_equal_the_unrolled_ones(model_and_params, remat):
+  """nn.scan over one block with the parameters stacked: the same logits and gradients (float32),
+  and to_layout converts exactly between the two layouts."""
+  model, params = model_and_params
+  scanned = GPT(dataclasses.replace(CONFIG, scan_layers=True, remat=remat))
+  stacked = to_layout(params, scan_layers=True)
+  shapes = jax.eval_shape(scanned.init, jax.random.key(0), jnp.zeros((1, 16), jnp.int32))
+  assert jax.tree.map(lambda a: a.shape,
+                      nn.meta.unbox(shapes["params"])) == jax.tree.map(lambda a: a.shape, stacked)
+  assert stacked["h"]["attn"]["c_attn"]["kernel"].shape == (2, 32, 3, 4, 8)
+  jax.tree.map(np.testing.assert_array_equal, to_layout(stacked, scan_layers=False), params)
+  tokens = jax.random.randint(jax.random.key(7), (2, 16), 0, CONFIG.vocab_size)
+  plain = mean_logit_and_grads(model, params, tokens)
+  value, grads = mean_logit_and_grads(scanned, stacked, tokens)
+  np.testing.assert_allclose(value, plain[0], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain[1],
+               to_layout(grads, scan_layers=False))
+
+
+def test_chunked_loss_equals_the_plain_loss(model_and_params):
+  """loss_chunk_tokens: the loss and its gradients within 1e-6 (float32) of the loss over the
+  whole (N, V) logits, with a chunk that does not divide the 2 x 16 tokens (a padded last chunk)."""
+  _, params = model_and_params
+  windows = jax.random.randint(jax.random.key(8), (2, 17), 0, CONFIG.vocab_size)
+  grad = lambda config: jax.jit(jax.value_and_grad(step.loss_fn), static_argnums=1)(
+      params, GPT(config), windows)
+  plain = grad(CONFIG)
+  for chunk in (32, 12):
+    chunked = grad(dataclasses.replace(CONFIG, loss_chunk_tokens=chunk))
+    np.testing.assert_allclose(chunked[0], plain[0], rtol=0, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6), chunked[1],
+                 plain[1])
 
 
 def test_bfloat16_compute_keeps_float32_params_and_tracks_float32(model_and_params):

@@ -73,10 +73,10 @@ def test_gpt2_small_matches_the_published_count():
   assert params_lib.count_pytree_params(gpt2) == 124_439_808
 
 
-@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("bias, scan_layers", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("file_name", PRESET_FILES)
-def test_analytic_count_matches_pytree_and_nanogpt(file_name, bias):
-  mc = preset_model_config(file_name, bias=bias)
+def test_analytic_count_matches_pytree_and_nanogpt(file_name, bias, scan_layers):
+  mc = preset_model_config(file_name, bias=bias, scan_layers=scan_layers)
   breakdown = params_lib.count_params(mc)
   assert breakdown.total == params_lib.count_pytree_params(mc)
   assert breakdown.total == nanogpt_count(mc.vocab_size, mc.block_size, mc.n_layer, mc.n_embd, bias)

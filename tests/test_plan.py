@@ -347,3 +347,35 @@ def test_generation_memory_is_params_and_the_kv_cache():
   assert generation.kv_cache == 2 * 24 * 4 * 1024 * 1024 * memory_model.dtype_bytes(model.dtype)
   assert math.isclose(generation.total,
                       generation.params + generation.kv_cache + generation.working)
+
+
+def test_search_tries_every_remat_policy_and_the_chunked_loss_and_prices_them_apart():
+  """The candidates cover every remat policy with and without the chunked loss at the config's
+  tokens per step; analytically the chunked loss holds fewer logits bytes and adds the head's
+  recomputed forward (2VC a token), and a policy that keeps more recomputes less than "full" (with
+  splash, dots_no_batch+attn_out as little as none)."""
+  import dataclasses
+  from gptjax.config import REMAT_POLICIES
+  from gptjax.planner import options as options_lib
+  from gptjax.planner import roofline, search
+  config = presets.load("350M_1024")
+  candidates, _ = search.candidates(config, targets.parse_target("tpu-v5e-1"))
+  seen = {(c.remat, c.loss_chunk_tokens) for c in candidates}
+  assert seen == {(p, n) for p in REMAT_POLICIES for n in (0, search.LOSS_CHUNK_TOKENS)}
+  assert all(c.batch_size * c.grad_accum_steps == 12 for c in candidates)
+  model = ModelConfig.from_config(config).for_platform("tpu")
+  plain = options_lib.step_options(config, "tpu")
+  chunked = dataclasses.replace(plain, loss_chunk_tokens=4096)
+  tokens = config.batch_size * config.block_size
+  assert (memory_model.activation_terms(model, chunked, tokens)["logits"]
+          < memory_model.activation_terms(model, plain, tokens)["logits"] / 2)
+  assert (roofline.step_flops(config, model, chunked) -
+          roofline.step_flops(config, model, plain) == 2 * config.vocab_size * config.n_embd *
+          tokens)
+  flops = {
+      policy: roofline.step_flops(config, model, dataclasses.replace(plain, remat=policy))
+      for policy in REMAT_POLICIES
+  }
+  assert all(flops["none"] <= flops[p] < flops["full"]
+             for p in REMAT_POLICIES
+             if p not in ("none", "full")), flops

@@ -39,7 +39,7 @@ def run_worker(scenario, tmp_path):
 @pytest.mark.slow
 def test_one_step_on_every_mesh_equals_the_single_device_step(tmp_path):
   result = run_worker("step", tmp_path)
-  assert len(result) == 7
+  assert len(result) == 8 and "(2, 2, 2) dropout 0.0 scan" in result
   for mesh, r in result.items():
     assert r["init_difference"] == 0.0, mesh  # born sharded, the same values
     # Pure data parallelism without dropout all-reduces one flat gradient buffer; all else is SPMD.
@@ -49,6 +49,17 @@ def test_one_step_on_every_mesh_equals_the_single_device_step(tmp_path):
     np.testing.assert_allclose(r["grad_norm"], r["reference_grad_norm"], rtol=1e-5, err_msg=mesh)
     assert r["param_difference"] < 2e-6, mesh  # float32 rounding of sharded reductions
     assert r["update_size"] > 5e-4  # ... against an update that really moved the params
+
+
+@pytest.mark.slow
+def test_fused_attention_under_a_mesh_equals_the_single_device_einsum_step(tmp_path):
+  """Splash (interpret mode) under shard_map over batch and heads, and inside the flat
+  all-reduce's shard_map: the one-device einsum step's loss and update."""
+  result = run_worker("fused", tmp_path)
+  assert result["(4, 1, 1)"]["flat_all_reduce"] and not result["(1, 4, 2)"]["flat_all_reduce"]
+  for mesh, r in result.items():
+    np.testing.assert_allclose(r["loss"], r["reference_loss"], rtol=1e-6, err_msg=mesh)
+    assert r["param_difference"] < 2e-6, mesh
 
 
 @pytest.mark.slow

@@ -263,7 +263,8 @@ def test_cli_accepts_a_nanogpt_style_json_preset(tmp_path):
     (["--config=tiny_char", "--config.out_dir=/etc/passwd/x"
      ], ["out_dir", "/etc/passwd", "not a directory"]),
     (["--config=tiny_char", "--config.max_iters=abc"], ["max_iters", "abc", "integer"]),
-    (["--config=tiny_char", "--config.remat=maybe"], ["remat", "maybe", "true or false"]),
+    (["--config=tiny_char", "--config.remat=maybe"], ["remat", "maybe", "dots_no_batch+attn_out"]),
+    (["--config=tiny_char", "--config.loss_chunk_tokens=-1"], ["loss_chunk_tokens", "-1"]),
     (["--config=tiny_char", "--config.seed=-1"], ["seed", "-1"]),
     (["--config=tests/data/raising_preset.py"
      ], ["raising_preset.py", "get_config() raised", "RuntimeError"]),

@@ -28,10 +28,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX is imported: it comp
 GiB = 2**30
 VARIANTS = (("shipped", {}), ("float32", {
     "dtype": "float32",
-    "remat": False
+    "remat": "none"
 }), ("bf16+remat", {
     "dtype": "bfloat16",
-    "remat": True
+    "remat": "full"
 }))
 
 

@@ -11,5 +11,5 @@ def get_config():
   config.batch_size = 2
   config.grad_accum_steps = 16
   # Recomputing activations in the backward pass keeps this size within one accelerator's memory.
-  config.remat = True
+  config.remat = "full"
   return config

@@ -148,6 +148,7 @@ def planned_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
               grad_accum_steps=config.grad_accum_steps,
               dtype=config.dtype,
               remat=config.remat,
+              loss_chunk_tokens=config.get("loss_chunk_tokens", 0),
               mesh=dict(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor))
 
 

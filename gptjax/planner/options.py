@@ -13,10 +13,8 @@ import dataclasses
 
 import ml_collections
 
-from gptjax.config import ModelConfig
-
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out",
-                  "dots_no_batch+attn_out")
+# REMAT_POLICIES: the planner prices the names the model runs (model_config defines them).
+from gptjax.model_config import REMAT_POLICIES, ModelConfig, remat_name  # noqa: F401
 # Attention kernels that never hold the (T, T) scores: only the softmax statistics.
 FUSED_ATTENTION = ("cudnn", "splash", "flash")
 # Fused kernels that name their residuals ("attn_out"), so that a policy saving that name keeps
@@ -53,9 +51,7 @@ class StepOptions:
 def step_options(config: ml_collections.ConfigDict, platform: str) -> StepOptions:
   """The step's options for `platform` ("cpu", "gpu", "tpu"); attention "auto" decided there."""
   model = ModelConfig.from_config(config).for_platform(platform)
-  remat = config.get("remat", False)
-  remat = {True: "full", False: "none"}[remat] if isinstance(remat, bool) else str(remat)
   return StepOptions(attention=model.attention,
-                     remat=remat,
+                     remat=remat_name(config.get("remat", False)),
                      loss_chunk_tokens=int(config.get("loss_chunk_tokens", 0) or 0),
                      scan_layers=bool(config.get("scan_layers", False)))

@@ -48,7 +48,9 @@ def format_estimate(result: Estimate, config: ml_collections.ConfigDict) -> str:
       f"mesh " + " ".join(f"{k}={v}" for k, v in result.mesh.items()),
       f"  settings : batch {settings['batch_size']} x {settings['grad_accum_steps']} accumulation "
       f"x {config.block_size} tokens = {result.tokens_per_step:,} tokens/step, {settings['dtype']}, "
-      f"remat {_remat(settings['remat'])}",
+      f"remat {_remat(settings['remat'])}" +
+      (f", loss in {settings['loss_chunk_tokens']}-token chunks"
+       if settings.get("loss_chunk_tokens") else ""),
       f"  method   : {result.method} ({how})",
       "",
       "memory per device",
@@ -198,6 +200,9 @@ def fix_label(settings: dict[str, Any], config: ml_collections.ConfigDict) -> st
     parts.append("bf16" if settings["dtype"] == "bfloat16" else settings["dtype"])
   if _remat_suffix(settings["remat"]) != _remat_suffix(config.remat):
     parts.append(_remat_suffix(settings["remat"])[1:] or "no remat")
+  if settings.get("loss_chunk_tokens", 0) != config.get("loss_chunk_tokens", 0):
+    parts.append(f"loss in {settings['loss_chunk_tokens']}-token chunks"
+                 if settings["loss_chunk_tokens"] else "plain loss")
   if (settings["batch_size"], settings["grad_accum_steps"]) != (config.batch_size,
                                                                 config.grad_accum_steps):
     parts.append(f"batch {settings['batch_size']}x{settings['grad_accum_steps']}")

@@ -1,9 +1,11 @@
 """--search: the fastest settings that fit a target with memory to spare, and the fewest changes
 that make a config fit (what the trainer's out-of-memory messages suggest).
 
-Candidates are every mesh x micro-batch/accumulation x remat x dtype that keeps the config's
-tokens per step. Each is estimated analytically (milliseconds); then, where the target compiles,
-the fastest few that fit are compiled and their figures replace the analytic ones.
+Candidates are every mesh x micro-batch/accumulation x remat policy x dtype x loss (plain or in
+chunks of tokens) that keeps the config's tokens per step (attention is the config's, "auto" the
+device's fastest kernel; scan_layers, a layout, is left as it is). Each is estimated analytically
+(milliseconds); then, where the target compiles, the fastest few that fit are compiled and their
+figures replace the analytic ones.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from gptjax.planner import estimate as estimate_lib
 from gptjax.planner import targets
 from gptjax.planner.compiled import fast_is_exact
 from gptjax.planner.estimate import Estimate
+from gptjax.planner.options import REMAT_POLICIES
 from gptjax.units import gib
 
 REQUIRED_HEADROOM = 0.10  # --search keeps this share of device memory free
 MAX_TENSOR_PARALLEL = 8  # tensor parallelism beyond one host's fast links rarely pays
+LOSS_CHUNK_TOKENS = 4096  # the chunked loss it tries beside the plain one (loss_chunk_tokens)
 
 
 @dataclasses.dataclass
@@ -36,8 +40,8 @@ class Candidate:
 
 def candidates(config: ml_collections.ConfigDict,
                target: targets.Target) -> tuple[list[ml_collections.ConfigDict], list[str]]:
-  """Every mesh x micro-batch/accumulation x remat x dtype that keeps the config's tokens per
-  step, and one line per kind of setting left out."""
+  """Every mesh x micro-batch/accumulation x remat policy x dtype x loss chunking that keeps the
+  config's tokens per step, and one line per kind of setting left out."""
   sequences = config.batch_size * config.grad_accum_steps
   devices = target.num_devices
   meshes, skipped = [], []
@@ -49,14 +53,20 @@ def candidates(config: ml_collections.ConfigDict,
       continue
     meshes += [(data, devices // tensor // data, tensor) for data in _divisors(devices // tensor)]
   result = []
+  loss_chunks = sorted({0, config.loss_chunk_tokens or LOSS_CHUNK_TOKENS})
   for (data, fsdp, tensor), accumulate in itertools.product(meshes, _divisors(sequences)):
     micro_batch = sequences // accumulate
     if micro_batch % (data * fsdp):
       continue
-    for dtype, remat in itertools.product(("float32", "bfloat16"), (False, True)):
+    for dtype, remat, chunk in itertools.product(("float32", "bfloat16"), REMAT_POLICIES,
+                                                 loss_chunks):
       candidate = ml_collections.ConfigDict(config.to_dict())
       candidate.update(
-          dict(batch_size=micro_batch, grad_accum_steps=accumulate, dtype=dtype, remat=remat))
+          dict(batch_size=micro_batch,
+               grad_accum_steps=accumulate,
+               dtype=dtype,
+               remat=remat,
+               loss_chunk_tokens=chunk))
       candidate.mesh.update(dict(data=data, fsdp=fsdp, tensor=tensor))
       result.append(candidate)
   if not result:

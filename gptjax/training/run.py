@@ -17,6 +17,7 @@ directory, or --config.resume_with_changes=True to continue it with the new sett
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from gptjax.checkpoint import Checkpointer, architecture_mismatch
 from gptjax.config import OPERATIONAL_FIELDS, ModelConfig, validate
 from gptjax.data import dataset
 from gptjax.errors import CheckpointError, UserError
-from gptjax.params import count_params
+from gptjax.params import count_params, to_layout
 from gptjax.planner import fit
 from gptjax.step import Setup, TrainState, build, compile_train_step, mesh_context
 from gptjax.training.lease import LeaseLock
@@ -126,7 +127,15 @@ def restore_or_init(config, setup: Setup, checkpointer: Checkpointer) -> tuple[T
     meta = checkpointer.read_meta(step)
     check_resume(config, (step, meta))
     check_optimizer_kind(config, meta["config"], step)
-    return checkpointer.restore(step, setup.abstract_state.params, setup.abstract_state.opt_state)
+    target = setup.abstract_state
+    if bool(meta["config"].get("scan_layers", False)) == config.scan_layers:
+      return checkpointer.restore(step, target.params, target.opt_state)
+    # Saved in the other layout (scan_layers): restored as saved, then stacked or unstacked.
+    saved = build(with_layout(config, not config.scan_layers), setup.mesh).abstract_state
+    restored = checkpointer.restore(step, saved.params, saved.opt_state)
+    shardings = jax.tree.map(lambda a: a.sharding, (target.params, target.opt_state))
+    return jax.jit(functools.partial(to_layout, scan_layers=config.scan_layers),
+                   out_shardings=shardings)(restored)
 
   found = checkpointer.first_intact(checkpointer.steps_to_try(), load)
   if found is None and not config.init_from:
@@ -178,6 +187,13 @@ def settings_fingerprint(config: ml_collections.ConfigDict) -> int:
   """A 48-bit hash of the fields that shape training (a checkpoint's mark for RunEnds)."""
   shaping = {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL_FIELDS}
   return int(hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12], 16)
+
+
+def with_layout(config: ml_collections.ConfigDict, scan_layers: bool) -> ml_collections.ConfigDict:
+  """A copy of `config` with the parameter layout `scan_layers`."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.scan_layers = scan_layers
+  return copy
 
 
 def save(checkpointer: Checkpointer, config, step: int, state: TrainState,
