@@ -20,6 +20,8 @@ from gptjax import files
 from gptjax.errors import DataError
 
 META = "meta.json"
+# The validation text's byte count (bits per byte; tokenizer.val_bytes), kept beside the shards.
+VAL_BYTES = "val_bytes.json"
 FORMAT = "gptjax-tokens"
 VERSION = 1
 SPLITS = ("train", "val")
@@ -126,7 +128,7 @@ def commit(staging: str, out_dir: str, meta: dict) -> None:
   if os.path.exists(old_meta):
     os.remove(old_meta)
   for name in os.listdir(out_dir):
-    if is_shard_file(name):
+    if is_shard_file(name) or name == VAL_BYTES:  # the old split's byte count goes too
       os.remove(os.path.join(out_dir, name))
   for name in sorted(os.listdir(staging)):
     os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
@@ -141,8 +143,9 @@ def is_shard_file(name: str) -> bool:
 
 def owned_names(name: str) -> bool:
   """Whether gptjax.prepare may replace a file of this name in its out_dir."""
-  return name in (META, LOCK, "tokenizer.json") or is_shard_file(name) or name.startswith(
-      (META + ".tmp", STAGING))
+  return name in (META, LOCK, VAL_BYTES,
+                  "tokenizer.json") or is_shard_file(name) or name.startswith(
+                      (META + ".tmp", STAGING))
 
 
 def staging_dirs(out_dir: str) -> list[str]:

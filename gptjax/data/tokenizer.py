@@ -19,13 +19,13 @@ import tiktoken
 
 from gptjax import files
 from gptjax.config import GPT2_VOCAB_SIZE
+from gptjax.data.shards import VAL_BYTES
 from gptjax.errors import DataError, DiskFullError
 
 GPT2_TIKTOKEN_ENV = "GPTJAX_GPT2_TIKTOKEN"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
 # End-of-text tokens looked for in a tokenizer.json, in this order (GPT-2/NeoX, Llama, T5, ...).
-VAL_BYTES = "val_bytes.json"  # in a data directory: its validation text's bytes, counted once
 HF_EOT_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "[SEP]")
 
 
