@@ -205,6 +205,7 @@ def test_placeholder_source_stops_with_one_sentence(tmp_path, kernel_env):
     assert not os.path.exists(tmp_path / "runs")
 
 
+@pytest.mark.notebook
 @pytest.mark.slow
 def test_train_notebook_resumes_after_a_disconnect_and_finishes(tmp_path, kernel_env):
   input_file = tmp_path / "input.txt"
@@ -262,6 +263,7 @@ def make_random_gpt2(directory) -> None:
   transformers.GPT2LMHeadModel(config).save_pretrained(directory)
 
 
+@pytest.mark.notebook
 @pytest.mark.slow
 def test_finetune_notebook_samples_before_and_after_and_exports(tmp_path, kernel_env):
   torch = pytest.importorskip("torch")

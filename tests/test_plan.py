@@ -118,6 +118,7 @@ def test_plan_cli_json_on_local(tmp_path):
   assert result["step_seconds"] > 0 and "matmul rate" in result["step_time_source"]
 
 
+@pytest.mark.compile_only
 def test_tpu_compile_path_for_two_presets_on_two_targets(tmp_path):
   """libtpu compiles the real step for TPU slices on this CPU: params and optimizer state are
   the exact count's shards, and the time is XLA's TPU cost model, never negative. Its cost
@@ -142,6 +143,7 @@ def test_tpu_compile_path_for_two_presets_on_two_targets(tmp_path):
   assert 3 < ratio < 4.5, seconds  # four micro-batches (and their sum), one optimizer update
 
 
+@pytest.mark.compile_only
 def test_remat_saves_memory_in_bfloat16_with_dropout_on_tpu(tmp_path):
   """The bug that made remat cost memory on TPUs (threefry dropout bits materialised under remat)
   stays fixed: with dropout_rng auto (rbg on TPU) remat shrinks the activations."""
@@ -160,6 +162,7 @@ def test_remat_saves_memory_in_bfloat16_with_dropout_on_tpu(tmp_path):
   assert activations[True] < 0.6 * activations[False], activations
 
 
+@pytest.mark.compile_only
 def test_gpu_compile_path_and_roofline_time(tmp_path):
   """On GPUs two figures: the per-kernel roofline (a lower bound) and the expected time, the
   roofline over the efficiency published runs reach."""
@@ -175,6 +178,7 @@ def test_gpu_compile_path_and_roofline_time(tmp_path):
   assert result["roofline_seconds"] >= floor
 
 
+@pytest.mark.compile_only
 def test_extrapolation_from_shallow_compiles_matches_the_full_compile(tmp_path):
   """--fast (1- and 2-layer compiles, extrapolated) against compiling all 6 layers."""
   preset = write_config(tmp_path,
@@ -192,6 +196,7 @@ def test_extrapolation_from_shallow_compiles_matches_the_full_compile(tmp_path):
   assert fast["total_bytes_per_device"] == pytest.approx(full["total_bytes_per_device"], rel=0.05)
 
 
+@pytest.mark.compile_only
 def test_analytic_model_is_within_its_stated_error_of_the_gpu_compile(tmp_path):
   preset = write_config(tmp_path,
                         n_layer=4,
@@ -214,6 +219,7 @@ def test_analytic_model_is_within_its_stated_error_of_the_gpu_compile(tmp_path):
                                                                            compiled)
 
 
+@pytest.mark.compile_only
 def test_check_names_every_problem_with_its_fix(tmp_path):
   preset = write_config(tmp_path, input_file=str(tmp_path / "missing.txt"))
   result = run_module("-m", "gptjax.plan", f"--config={preset}", "--target=8xgpu-h100-80gb",

@@ -372,6 +372,7 @@ def mount_namespace() -> list[str] | None:
   return None
 
 
+@pytest.mark.root
 def test_a_full_disk_is_one_error_and_the_same_command_resumes(tmp_path):
   """The disk full before a save (the trainer's space check), during one (Orbax's writes fail),
   at the start (the run lock), during a metrics append and while gptjax.prepare writes shards:
