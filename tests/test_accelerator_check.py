@@ -15,6 +15,7 @@ from conftest import assert_user_error, run_command, run_module
 
 from gptjax import accelerator_check, accelerator_steps
 from gptjax import config as config_lib
+from gptjax import model_config
 from gptjax import devices, presets
 from gptjax.config import ModelConfig
 from gptjax.model import GPT
@@ -126,6 +127,8 @@ def test_a_failing_step_is_reported_and_the_next_still_runs(capsys):
 def test_the_attention_paths_are_what_the_config_accepts(monkeypatch):
   accepted = ("auto", "xla", "splash")
   monkeypatch.setattr(config_lib, "ATTENTION_IMPLEMENTATIONS", accepted)
+  monkeypatch.setattr(model_config, "ATTENTION_IMPLEMENTATIONS",
+                      accepted)  # where validation reads it
   assert accelerator_steps.attention_paths() == ["xla", "splash"]
   assert not accelerator_steps.available_on("splash", "cpu")
   assert accelerator_steps.available_on("splash", "tpu")
