@@ -36,7 +36,10 @@ def main(f) -> None:
     return
   if f.memory:
     from gptjax.planner import report
-    print(report.format_memory_table(memory_table(f), markdown=f.markdown))
+    rows = memory_table(f)
+    print(
+        report.format_memory_table(rows, f.markdown,
+                                   None if f.analytic else report.read_memory_columns()))
     return
   if f.refresh or f.analytic or f.targets:
     raise UserError("--refresh, --analytic and --targets go with --memory.")

@@ -245,10 +245,36 @@ def test_memory_table_is_what_the_planner_compiles_today(preset, target):
   from gptjax.planner import report, targets
   config = presets.load_validated(os.path.join(CONFIGS_DIR, f"{preset}.py"))
   cell = report.memory_cell(config, targets.parse_target(target), compile=True)
+  from gptjax.planner.report import older_columns, read_memory_columns
+  assert target not in (older_columns(read_memory_columns()) or {}).get("names", [])
   stored = memory_table()[preset]["targets"][target]
   assert cell["total"] == pytest.approx(stored["total"], rel=0.01)
   assert cell["mfu"] == pytest.approx(stored["mfu"], rel=0.02)
   assert cell["mfu_roofline"] == pytest.approx(stored["mfu_roofline"], rel=0.02)
+
+
+def test_columns_compiled_before_the_others_say_so_under_the_table():
+  """A column a partial refresh left from an older step is named, with when it was compiled and
+  the command that recompiles it, wherever the table is printed (and the stale ones alone)."""
+  from gptjax.planner.report import older_columns, read_memory_columns
+  columns = {
+      "gpu-a100-40gb": "python -m gptjax.show_configs --memory --refresh, jax 0.10.2, 2026-12-03",
+      "tpu-v5e-8": "python -m gptjax.show_configs --memory --refresh, jax 0.10.2, 2026-11-26",
+      "tpu-v4-8": "python -m gptjax.show_configs --memory --refresh, jax 0.10.2, 2026-11-26"
+  }
+  assert older_columns(columns) == dict(names=["tpu-v5e-8", "tpu-v4-8"],
+                                        about="jax 0.10.2 on 2026-11-26",
+                                        newest="jax 0.10.2 on 2026-12-03")
+  assert older_columns({**columns, "tpu-v5e-8": columns["gpu-a100-40gb"], "tpu-v4-8": None}) is None
+  older = older_columns(read_memory_columns())
+  result = run_tool(SHOW_CONFIGS, "--memory")
+  assert result.returncode == 0, result.stderr
+  note = [line for line in result.stdout.splitlines() if line.startswith("Compiled by")]
+  if older is None:
+    assert note == []
+  else:
+    assert len(note) == 1 and older["about"] in note[0], note
+    assert f"--targets={','.join(older['names'])}`" in note[0]
 
 
 # The devices preset descriptions may name, as planner targets (gptjax.show_configs --memory).

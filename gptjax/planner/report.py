@@ -305,21 +305,51 @@ def _memory_cell(cell: dict[str, Any]) -> str:
   return f"{shipped} ✗"
 
 
-def format_memory_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
-  """GiB per device for training (✓ fits, ✗ does not → what fits, and its GiB) and sampling."""
+def format_memory_table(rows: list[dict[str, Any]],
+                        markdown: bool = False,
+                        columns: dict[str, str] | None = None) -> str:
+  """GiB per device for training (✓ fits, ✗ does not → what fits, and its GiB) and sampling; with
+  `columns` (target -> how and when its column was compiled), a line naming the columns compiled
+  before the newest ones."""
   names = list(rows[0]["targets"]) if rows else []
   headings = ["Preset", "Batch", "Train dtype", *names, "Sample (1 seq)"]
   body = [[
       row["preset"], row["batch"], row["dtype"] + _remat_suffix(row["remat"]),
       *[_memory_cell(row["targets"][n]) for n in names], f"{row['generation'] / GiB:.2f}"
   ] for row in rows]
+  older = older_columns(columns or {})
+  note = ([
+      "", f"Compiled by {older['newest']}: all but {', '.join(older['names'])}, compiled by "
+      f"{older['about']}, an older step's figures: `python -m gptjax.show_configs --memory "
+      f"--refresh --targets={','.join(older['names'])}` compiles them for today's."
+  ] if older else [])
   if markdown:
     lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
     lines += ["| " + " | ".join([f"`{r[0]}`", *r[1:]]) + " |" for r in body]
-    return "\n".join(lines)
+    return "\n".join(lines + note)
   widths = [max(len(c) for c in column) for column in zip(headings, *body)]
   line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-  return "\n".join([line(headings), "  ".join("-" * w for w in widths), *map(line, body)])
+  return "\n".join([line(headings), "  ".join("-" * w for w in widths), *map(line, body), *note])
+
+
+def older_columns(columns: dict[str, str]) -> dict[str, Any] | None:
+  """The columns compiled before the newest ones (by the date that ends each `about`): their names
+  and provenance, and the newest's; None when every column was compiled by one refresh."""
+  dated = {name: about for name, about in columns.items() if about}
+  if len(set(dated.values())) < 2:
+    return None
+  newest = max(dated.values(), key=lambda about: about.rsplit(", ", 1)[-1])
+  names = [name for name, about in dated.items() if about != newest]
+  abouts = sorted({dated[name] for name in names})
+  return dict(names=names,
+              about=" and ".join(_provenance(a) for a in abouts),
+              newest=_provenance(newest))
+
+
+def _provenance(about: str) -> str:
+  """"jax 0.10.2 on 2026-12-03" from "python -m ... --refresh, jax 0.10.2, 2026-12-03"."""
+  parts = about.split(", ")
+  return f"{parts[-2]} on {parts[-1]}" if len(parts) >= 3 else about
 
 
 def memory_table_path() -> str:
@@ -331,14 +361,29 @@ def read_memory_table() -> list[dict[str, Any]]:
   return files.read_json(memory_table_path())["rows"]
 
 
+def read_memory_columns() -> dict[str, str]:
+  """How and when each column (target) of the shipped table was compiled."""
+  table = files.read_json(memory_table_path())
+  return table.get("columns") or {name: table["about"] for name in targets.COMMON_TARGETS}
+
+
 def store_memory_table(rows: list[dict[str, Any]], about: str) -> list[dict[str, Any]]:
-  """Writes refreshed columns into the memory table, keeping the other targets' columns (several
-  --refresh --targets=... runs may share the file: it is locked while it is rewritten)."""
+  """Writes refreshed columns into the memory table, keeping the other targets' columns and how
+  each was compiled (several --refresh --targets=... runs may share the file: it is locked while it
+  is rewritten)."""
   path = memory_table_path()
   with files.locked(path + ".lock"):
-    old = {row["preset"]: row for row in read_memory_table()} if os.path.isfile(path) else {}
+    columns, old = {}, {}
+    if os.path.isfile(path):
+      columns, old = read_memory_columns(), {row["preset"]: row for row in read_memory_table()}
+    refreshed = {name for row in rows for name in row["targets"]}
     for row in rows:
       cells = {**old.get(row["preset"], {}).get("targets", {}), **row["targets"]}
       row["targets"] = {name: cells[name] for name in targets.COMMON_TARGETS if name in cells}
-    files.write_json(path, dict(about=about, rows=rows))
+    columns = {
+        name: about if name in refreshed else columns.get(name)
+        for name in targets.COMMON_TARGETS
+        if name in refreshed or name in columns
+    }
+    files.write_json(path, dict(about=about, columns=columns, rows=rows))
   return rows
