@@ -7,7 +7,7 @@
   python -m gptjax.show_configs --config=150M --config.optimizer=muon   # ... and what Muon takes
   python -m gptjax.show_configs --memory               # GiB per device on common GPUs and TPUs
   python -m gptjax.show_configs --memory --analytic    # the planner's analytic model (seconds)
-  python -m gptjax.show_configs --memory --refresh     # compile every cell anew (about an hour)
+  python -m gptjax.show_configs --memory --refresh     # compile every cell anew (hours)
 
 Counts are exact: the analytic count, checked against the initialised parameters. The memory table
 is XLA's, compiled for each target without the hardware (compile-only estimates).
@@ -76,10 +76,12 @@ def define_flags(values) -> None:
                     "common GPUs and TPUs, as XLA compiles it (the shipped table), and what fits "
                     "where the shipped settings do not.",
                     flag_values=values)
-  flags.DEFINE_bool("refresh",
-                    False, "With --memory: compile every cell anew (libtpu and jax's "
-                    "CUDA plugin; about an hour on 2 cores) and rewrite the shipped table.",
-                    flag_values=values)
+  flags.DEFINE_bool(
+      "refresh",
+      False, "With --memory: compile every cell anew (libtpu and jax's "
+      "CUDA plugin; on 2 cores minutes per GPU column, hours per multi-chip TPU column) "
+      "and rewrite the shipped table (--targets: those columns only).",
+      flag_values=values)
   flags.DEFINE_bool("analytic",
                     False, "With --memory: the planner's analytic model instead "
                     "(seconds).",
