@@ -282,3 +282,27 @@ def test_gpt2_export_refuses_options_gpt2_cannot_hold(tmp_path):
   assert "\n" not in message and "positions='rope'" in message and "n_kv_head=2" in message
   assert not target.exists()
   assert ModelConfig(97, 16, 2, 4, 32, n_kv_head=4, mlp_hidden=128).non_gpt2_options() == []
+
+
+def test_a_modern_run_trains_scanned_with_remat_resumes_unrolled_and_refuses_another_option(tiny):
+  """A modern model's run: 3 steps scanned with full remat, resumed unrolled to 6, gives the
+  losses of 6 straight unrolled steps; load_run and the sampler read it; resuming it with another
+  option is one error naming the option and both values."""
+  from conftest import read_metrics
+  from gptjax import checkpoint
+  from gptjax.training.loop import train
+  settings = dict(MODERN, n_head=4, max_iters=6, lr_decay_iters=6, eval_interval=3)
+  straight = tiny(model_name="straight", **settings)
+  train(straight)
+  run = tiny(model_name="resumed", scan_layers=True, remat="full", **dict(settings, max_iters=3))
+  train(run)
+  run.scan_layers, run.remat, run.max_iters = False, "none", 6
+  train(run)
+  losses = lambda c: [r.get("train_loss", 0.0) for r in read_metrics(f"{c.out_dir}/{c.model_name}")]
+  np.testing.assert_allclose(losses(run), losses(straight), rtol=0, atol=1e-5)
+  model, params, _, step_done, _ = checkpoint.load_run(f"{run.out_dir}/{run.model_name}")
+  assert step_done == 6 and model.config.positions == "rope" and "lm_head" in params
+  assert len(generate(model, params, [10, 20], 5, temperature=0.0)[0]) == 7
+  run.mlp, run.max_iters = "relu2", 8
+  with pytest.raises(CheckpointError, match="mlp: checkpoint has 'swiglu', config has 'relu2'"):
+    train(run)
