@@ -306,3 +306,20 @@ def test_a_modern_run_trains_scanned_with_remat_resumes_unrolled_and_refuses_ano
   run.mlp, run.max_iters = "relu2", 8
   with pytest.raises(CheckpointError, match="mlp: checkpoint has 'swiglu', config has 'relu2'"):
     train(run)
+
+
+def test_the_planner_counts_the_options():
+  """The memory model: GPT-2's 12C activations and 12C^2 block weights, SwiGLU's three F-wide
+  matrices, GQA's narrower k, v and KV cache; the state's bytes are the exact count's."""
+  from gptjax.planner import memory_model
+  C, T = BASE.n_embd, BASE.block_size
+  assert memory_model.block_channels(BASE) == 12 * C
+  assert memory_model.block_weights(BASE) == 12 * C * C
+  config = dataclasses.replace(BASE, mlp="swiglu", n_kv_head=1)
+  F, kv = config.mlp_width, config.head_dim
+  assert memory_model.block_weights(config) == C * (C + 2 * kv) + C * C + 3 * F * C
+  counts = params_lib.count_params(config)
+  assert memory_model.block_weights(config) == counts.attention + counts.mlp  # no biases here
+  generation = memory_model.generation_memory(config, batch=3)
+  assert generation.kv_cache == 2 * config.n_layer * 3 * T * kv * 4
+  assert generation.params == 4 * params_lib.count_pytree_params(config)
