@@ -323,3 +323,31 @@ def test_the_planner_counts_the_options():
   generation = memory_model.generation_memory(config, batch=3)
   assert generation.kv_cache == 2 * config.n_layer * 3 * T * kv * 4
   assert generation.params == 4 * params_lib.count_pytree_params(config)
+
+
+COUNTERPARTS = {
+    "recipes/shakespeare_char_cpu_modern": "recipes/shakespeare_char_cpu",
+    "modern/tiny_char": "tiny_char",
+    "modern/small": "small",
+}
+
+
+@pytest.mark.parametrize("modern, counterpart", COUNTERPARTS.items())
+def test_modern_presets_keep_their_counterparts_shape_budget_and_count_within_5_percent(
+    modern, counterpart):
+  """Every modern preset validates, counts exactly (analytic == pytree), has its counterpart's
+  shape, batch and budget and a parameter count within 5% of it, and uses the options."""
+  from gptjax import presets
+  from gptjax.config import validate
+  new, old = presets.load(modern), presets.load(counterpart)
+  validate(new)
+  for field in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size",
+                "max_iters", "dropout"):
+    assert new[field] == old[field], field
+  new_model, old_model = ModelConfig.from_config(new), ModelConfig.from_config(old)
+  count = params_lib.count_params(new_model).total
+  assert count == params_lib.count_pytree_params(new_model)
+  assert abs(count / params_lib.count_params(old_model).total - 1) < 0.05
+  assert (new.positions, new.norm, new.mlp, new.qk_norm) == ("rope", "rmsnorm", "relu2", True)
+  assert (new.optimizer, new.lr_schedule) == ("muon", "wsd")
+  assert set(COUNTERPARTS) == {name for name in presets.catalogue() if "modern" in name}
