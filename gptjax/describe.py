@@ -281,10 +281,14 @@ def format_formula(model_config: config_lib.ModelConfig | None = None) -> str:
     return FORMULA
   exact = params_lib.count_params(model_config).total
   approx = usual_approximation(model_config)
+  options = model_config.non_gpt2_options()  # the formula is GPT-2's; the exact count is not
+  note = (f"\n  (the formula is GPT-2's: with {', '.join(options)} the exact count is params.py's "
+          f"count_params, docs/training.md)" if options else "")
   return (
       f"{FORMULA}\n\nFor this architecture:\n"
       f"  exact         : {exact:,}\n"
-      f"  approximation : {approx:,} ({approx - exact:+,}, {100 * (approx - exact) / exact:+.2f}%)")
+      f"  approximation : {approx:,} ({approx - exact:+,}, {100 * (approx - exact) / exact:+.2f}%)"
+      + note)
 
 
 def _parse_positive_int(answer: str) -> int:
