@@ -8,6 +8,7 @@ numbers come from gptjax/params.py, the words and layout from here.
 from __future__ import annotations
 
 import sys
+import textwrap
 from typing import Any, Callable
 
 import ml_collections
@@ -23,6 +24,13 @@ TABLE_COLUMNS = (("Preset", "preset", False), ("Name", "name", False), ("Params"
                  ("Layers", "n_layer", True), ("Heads", "n_head", True), ("Embed", "n_embd", True),
                  ("Block", "block_size", True), ("Vocab", "vocab_size", True), ("Batch",
                                                                                 "batch_size", True))
+MFU_NOTE = ("est. MFU: compile-only estimates for the shipped settings (v5e-1: XLA's TPU cost "
+            "model; H100: the expected time, the per-kernel roofline over 0.565, the roofline's "
+            "MFU in brackets); ✗: does not fit as shipped (python -m gptjax.plan --search finds "
+            "what does); –: not planned.")
+# The planned MFU columns (est., compile-only) that show_configs adds from the shipped memory table.
+MFU_COLUMNS = (("est. MFU v5e-1", "mfu_tpu-v5e-1", True), ("est. MFU H100", "mfu_gpu-h100-80gb",
+                                                           True))
 RULE_WIDTH = 70
 # The label of each architecture field, with the letter the formula calls it by.
 ARCHITECTURE_LABELS = {
@@ -67,20 +75,25 @@ def preset_table(directory: str | None = None) -> list[dict[str, Any]]:
   return sorted(rows, key=lambda row: (row["params"], row["preset"]))
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
-  return [f"{row[key]:,}" if key == "params" else str(row[key]) for _, key, _ in TABLE_COLUMNS]
+def _columns(rows: list[dict[str, Any]]) -> tuple[tuple[str, str, bool], ...]:
+  return TABLE_COLUMNS + (MFU_COLUMNS if rows and MFU_COLUMNS[0][1] in rows[0] else ())
+
+
+def _cells(row: dict[str, Any], columns) -> list[str]:
+  return [f"{row[key]:,}" if key == "params" else str(row[key]) for _, key, _ in columns]
 
 
 def format_preset_table(rows: list[dict[str, Any]]) -> str:
   """The plain-text catalogue: a heading, then aligned columns with exact parameter counts."""
-  headings = [heading for heading, _, _ in TABLE_COLUMNS]
-  body = [_cells(row) for row in rows]
+  columns = _columns(rows)
+  headings = [heading for heading, _, _ in columns]
+  body = [_cells(row, columns) for row in rows]
   widths = [max(len(cell) for cell in column) for column in zip(headings, *body)]
 
   def line(cells):
     return "  ".join(
         cell.rjust(width) if right else cell.ljust(width)
-        for cell, width, (_, _, right) in zip(cells, widths, TABLE_COLUMNS)).rstrip()
+        for cell, width, (_, _, right) in zip(cells, widths, columns)).rstrip()
 
   rule_width = max(RULE_WIDTH, sum(widths) + 2 * (len(widths) - 1))
   lines = [
@@ -92,18 +105,21 @@ def format_preset_table(rows: list[dict[str, Any]]) -> str:
       "", f"{len(rows)} presets. Params are exact (tied output head counted once); "
       f"details: --config=<preset>."
   ]
+  if len(columns) > len(TABLE_COLUMNS):
+    lines.append(textwrap.fill(MFU_NOTE, RULE_WIDTH + 30))
   return "\n".join(lines)
 
 
 def format_preset_markdown(rows: list[dict[str, Any]]) -> str:
   """The catalogue as a markdown table (same columns, exact Params with thousands separators)."""
-  headings = [heading for heading, _, _ in TABLE_COLUMNS]
+  columns = _columns(rows)
+  headings = [heading for heading, _, _ in columns]
   lines = [
       "| " + " | ".join(headings) + " |",
-      "| " + " | ".join("---:" if right else "---" for _, _, right in TABLE_COLUMNS) + " |"
+      "| " + " | ".join("---:" if right else "---" for _, _, right in columns) + " |"
   ]
   for row in rows:
-    cells = _cells(row)
+    cells = _cells(row, columns)
     cells[0] = f"`{cells[0]}`"
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

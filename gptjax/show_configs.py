@@ -41,6 +41,9 @@ def main(f) -> None:
   if f.refresh or f.analytic or f.targets:
     raise UserError("--refresh, --analytic and --targets go with --memory.")
   rows = describe.preset_table(f.configs_dir or None)
+  if not f.configs_dir:  # the shipped presets: their planned MFU from the shipped memory table
+    from gptjax.planner import report
+    rows = report.with_planned_mfu(rows)
   print(describe.format_preset_markdown(rows) if f.markdown else describe.format_preset_table(rows))
 
 

@@ -239,13 +239,16 @@ def test_memory_table_covers_every_preset_and_its_marks_are_its_figures():
 @pytest.mark.compile_only
 @pytest.mark.parametrize("preset, target", [("tiny_char", "tpu-v5e-1"), ("small", "gpu-a100-40gb")])
 def test_memory_table_is_what_the_planner_compiles_today(preset, target):
-  """The stored table is not stale: compiling two of its cells again gives the same bytes (when
-  this fails, the step changed: python -m gptjax.show_configs --memory --refresh)."""
+  """The stored table is not stale: compiling two of its cells again gives the same bytes and the
+  same est. MFU, the preset table's (when this fails, the step changed: python -m
+  gptjax.show_configs --memory --refresh)."""
   from gptjax.planner import report, targets
   config = presets.load_validated(os.path.join(CONFIGS_DIR, f"{preset}.py"))
   cell = report.memory_cell(config, targets.parse_target(target), compile=True)
-  assert cell["total"] == pytest.approx(memory_table()[preset]["targets"][target]["total"],
-                                        rel=0.01)
+  stored = memory_table()[preset]["targets"][target]
+  assert cell["total"] == pytest.approx(stored["total"], rel=0.01)
+  assert cell["mfu"] == pytest.approx(stored["mfu"], rel=0.02)
+  assert cell["mfu_roofline"] == pytest.approx(stored["mfu_roofline"], rel=0.02)
 
 
 # The devices preset descriptions may name, as planner targets (gptjax.show_configs --memory).

@@ -252,20 +252,48 @@ def memory_cell(config: ml_collections.ConfigDict, target, compile: bool) -> dic
               fits=False,
               fix=None,
               fix_total=None,
-              method=estimate_lib.DEVICELESS if compile else estimate_lib.ANALYTIC)
+              method=estimate_lib.DEVICELESS if compile else estimate_lib.ANALYTIC,
+              step_seconds=None,
+              mfu=None,
+              mfu_roofline=None)
   try:
-    cell["analytic"] = estimate_lib.estimate(config, target,
-                                             method=estimate_lib.ANALYTIC).memory.total
-    cell["total"] = (estimate_lib.estimate(
-        config, target, method="compile", fast=fast_is_exact(target)).memory.total
-                     if compile else cell["analytic"])
+    analytic = estimate_lib.estimate(config, target, method=estimate_lib.ANALYTIC)
+    planned = (estimate_lib.estimate(config, target, method="compile", fast=fast_is_exact(target))
+               if compile else analytic)
+    cell.update(analytic=analytic.memory.total, total=planned.memory.total)
     cell["fits"] = cell["total"] <= target.device_memory_bytes
+    if compile:  # the same compile's time: XLA's TPU cost model, or the GPU's expected time
+      cell.update(step_seconds=planned.step_seconds,
+                  mfu=planned.mfu,
+                  mfu_roofline=planned.mfu_roofline)
   except ConfigError:  # the shipped batch does not split over this many devices
     pass
   found = None if cell["fits"] else fewest_changes_that_fit(config, target, compile)
   if found:
     cell.update(fix=fix_label(found[0].estimate.settings, config), fix_total=found[1])
   return cell
+
+
+def with_planned_mfu(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The preset table's rows with the shipped memory table's est. MFU on a v5e-1 and an H100."""
+  from gptjax.describe import MFU_COLUMNS
+  planned = {row["preset"]: row["targets"] for row in read_memory_table()}
+  for row in rows:
+    for _, key, _ in MFU_COLUMNS:
+      target = key.removeprefix("mfu_")
+      row[key] = _mfu_cell(planned.get(row["preset"], {}).get(target), target.startswith("gpu"))
+  return rows
+
+
+def _mfu_cell(cell: dict[str, Any] | None, gpu: bool) -> str:
+  """"47.4%"; on GPUs the expected MFU with the roofline's: "26.2% (46.4%)"."""
+  if not cell or cell.get("mfu") is None:
+    return "–"
+  if not cell["fits"]:
+    return "✗"
+  if gpu and cell.get("mfu_roofline"):
+    return f"{cell['mfu']:.1%} ({cell['mfu_roofline']:.1%})"
+  return f"{cell['mfu']:.1%}"
 
 
 def _memory_cell(cell: dict[str, Any]) -> str:
