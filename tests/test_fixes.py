@@ -460,6 +460,18 @@ for _fragment, _overrides in (
 ):
   _model_row(_fragment, **_overrides)
 _model_row('_fail("scan_layers"', retyped=dict(scan_layers="yes"))
+# the architecture options (model_config._validate_architecture_options)
+for _fragment, _overrides in (
+    ("is not one of", dict(positions="sinusoidal")),
+    ("turns pairs of a head's dimensions", dict(positions="rope", n_embd=18, n_head=2)),
+    ('_fail("rope_base"', dict(rope_base=0.5)),
+    ("is not a whole number >= 0", dict(mlp_hidden=-1)),
+    ("is not a multiple of n_kv_head", dict(n_head=2, n_kv_head=3)),
+    ("cannot be split over mesh.tensor", dict(n_head=4, n_kv_head=1, mesh=dict(tensor=2))),
+    ('_fail("logit_softcap"', dict(logit_softcap=-1.0)),
+):
+  _model_row(_fragment, **_overrides)
+_model_row('f"{config[field]!r} is not true or false"', retyped=dict(qk_norm="yes"))
 
 
 @row("gptjax/model_config.py", "and the step is", "train")
