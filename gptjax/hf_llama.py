@@ -156,10 +156,10 @@ def save_hf_llama(model, params, path: str) -> str:
   if problems:
     beyond = ", ".join(config.non_gpt2_options()) or "its options"
     raise UserError(f"{beyond}: beyond GPT-2's format, and Hugging Face's Llama format cannot hold "
-                    f"{', '.join(problems)}. Fix: the run stays a gptjax run (gptjax.sample and "
-                    f"gptjax.eval read it); models trained with --config.positions=rope "
-                    f"--config.norm=rmsnorm --config.mlp=swiglu and no logit_softcap export to "
-                    f"Llama.")
+                    f"{', '.join(problems)}. Fix: the run stays a gptjax run (`python -m "
+                    f"gptjax.sample --run_dir=RUN` reads it); a model trained with `python -m "
+                    f"gptjax.train --config.positions=rope --config.norm=rmsnorm "
+                    f"--config.mlp=swiglu --config.logit_softcap=0` exports to Llama.")
   tensors = hf_tensors(config, params)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
