@@ -662,6 +662,19 @@ def _(ctx):
   return ctx.error(hf_gpt2.resolve_hf, "gpt2")
 
 
+@row("gptjax/hf_llama.py", "Llama format cannot hold", "convert")
+def _(ctx):
+  from gptjax import hf_llama
+  from gptjax.config import ModelConfig
+  from gptjax.model import GPT
+  config = ctx.config(positions="rope", norm="rmsnorm", mlp="relu2", logit_softcap=30.0)
+  message = ctx.error(hf_llama.save_hf_llama, GPT(ModelConfig.from_config(config)), None,
+                      str(ctx.tmp / "x"))
+  fixed = applied(config, message.replace("`", " "))  # the train command's settings
+  assert hf_llama.export_problems(ModelConfig.from_config(fixed)) == []
+  return message
+
+
 @row("gptjax/hf_gpt2.py", "is outside 1..", None)
 def _(ctx, hf_dir):
   from gptjax import hf_gpt2

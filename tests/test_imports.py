@@ -24,7 +24,7 @@ LAYERS = (
     ("gptjax.model_config", "gptjax.config", "gptjax.sharding"),
     ("gptjax.model", "gptjax.layers", "gptjax.attention", "gptjax.losses", "gptjax.presets",
      "gptjax.data", "gptjax.command_line", "gptjax.cli"),
-    ("gptjax.step", "gptjax.params", "gptjax.hf_gpt2", "gptjax.describe"),
+    ("gptjax.step", "gptjax.params", "gptjax.hf_gpt2", "gptjax.hf_llama", "gptjax.describe"),
     ("gptjax.checkpoint", "gptjax.generate", "gptjax.planner"),
     ("gptjax.training", "gptjax.accelerator_steps", "gptjax.accelerator_report"),
     ("gptjax.train", "gptjax.sample", "gptjax.eval", "gptjax.compare", "gptjax.plan",
