@@ -161,7 +161,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # --- Evaluation and logging -----------------------------------------------------------------------
   # Evaluate train and val loss every this many steps (and at the last step).
   config.eval_interval = 250
-  # Batches averaged for each evaluation.
+  # Batches averaged for each evaluation; 0: the val loss of the whole validation split, every
+  # token once in order (exact, alike across runs and seeds; no train estimate).
   config.eval_iters = 100
   # Print and record metrics every this many steps.
   config.log_interval = 10
@@ -299,7 +300,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"a finite number, e.g. --config.{field}={get_base_config()[field]}")
 
   positive_ints = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size",
-                   "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval",
+                   "grad_accum_steps", "max_iters", "eval_interval", "log_interval",
                    "keep_checkpoints", "cpu_devices")
   for field in positive_ints:
     value = config[field]
@@ -309,7 +310,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if isinstance(config.seed,
                 bool) or not isinstance(config.seed, int) or not (0 <= config.seed < 2**32):
     fail("seed", f"{config.seed!r} is not an integer in [0, 2**32)", "e.g. --config.seed=1337")
-  for field in ("warmup_iters", "checkpoint_interval", "skip_nonfinite_updates"):
+  for field in ("warmup_iters", "checkpoint_interval", "skip_nonfinite_updates", "eval_iters"):
     if config[field] < 0:
       fail(field, f"{config[field]!r} is negative", f"0 or more, e.g. --config.{field}=0")
   if config.n_embd % config.n_head:

@@ -675,6 +675,26 @@ def _(ctx):
   return message
 
 
+@row("gptjax/training/evaluate.py", "runs in one process", "train")
+def _(ctx):
+  import jax
+  from gptjax.config import ModelConfig
+  from gptjax.model import GPT
+  from gptjax.training.evaluate import WholeSplit
+  model = GPT(ModelConfig.from_config(ctx.config()))
+  ctx.monkeypatch.setattr(jax, "process_count", lambda: 2)
+  return ctx.error(WholeSplit, model, np.zeros(100, np.int32), None)
+
+
+@row("gptjax/training/evaluate.py", "less \" f\"than one window", "train")
+def _(ctx):
+  from gptjax.config import ModelConfig
+  from gptjax.model import GPT
+  from gptjax.training.evaluate import WholeSplit
+  model = GPT(ModelConfig.from_config(ctx.config()))
+  return ctx.error(WholeSplit, model, np.zeros(5, np.int32), None)
+
+
 @row("gptjax/hf_gpt2.py", "is outside 1..", None)
 def _(ctx, hf_dir):
   from gptjax import hf_gpt2
