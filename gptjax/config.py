@@ -161,8 +161,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # --- Evaluation and logging -----------------------------------------------------------------------
   # Evaluate train and val loss every this many steps (and at the last step).
   config.eval_interval = 250
-  # Batches averaged for each evaluation; 0: the val loss of the whole validation split, every
-  # token once in order (exact, alike across runs and seeds; no train estimate).
+  # Batches averaged per evaluation; 0: the whole val split, each token once (exact; no train est.)
   config.eval_iters = 100
   # Print and record metrics every this many steps.
   config.log_interval = 10
