@@ -32,7 +32,8 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from gptjax import files, store
-from gptjax.config import ModelConfig, normalize
+from gptjax.config import ARCHITECTURE_OPTIONS, ModelConfig, normalize
+from gptjax.model_config import option_default
 from gptjax.errors import CheckpointError, disk_full, disk_full_error
 from gptjax.model import GPT
 from gptjax.params import abstract_params, to_layout
@@ -294,10 +295,15 @@ def open_run(run_dir: str) -> Checkpointer:
 
 
 def architecture_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  """'field: saved X, now Y' for every architecture field that differs."""
+  """'field: saved X, now Y' for every architecture field that differs. A checkpoint saved before
+  an architecture option existed has its default (GPT-2's)."""
+  saved = {
+      k: saved.get(k,
+                   option_default(k) if k in ARCHITECTURE_OPTIONS else None) for k in current
+  }
   return [
-      f"{k}: checkpoint has {saved.get(k)!r}, config has {v!r}" for k, v in current.items()
-      if saved.get(k) != v
+      f"{k}: checkpoint has {saved[k]!r}, config has {v!r}" for k, v in current.items()
+      if saved[k] != v
   ]
 
 

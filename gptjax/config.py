@@ -2,11 +2,10 @@
 
 Every preset (gptjax/configs/, loaded by gptjax/presets.py) is a `get_config()` that starts from
 `get_base_config()` (the GPT-2 ones from `presets.gpt2_finetune_config`) and overrides a few
-fields. The comment above each field of `get_base_config()` is its documentation:
-`field_comments()` reads it for `--help`. `validate(config)` runs before anything is compiled and
-raises `ConfigError` naming field, value and fix. `ModelConfig` (gptjax/model_config.py, with the
-rules of the model's options; its names are importable from here too) is the frozen, hashable
-architecture handed to the model.
+fields. The comment above each field is its documentation (`field_comments()`, for `--help`).
+`validate(config)` runs before anything is compiled and raises `ConfigError` naming field, value
+and fix. `ModelConfig` (gptjax/model_config.py, with the architecture options and the rules of the
+model's options; its names are importable from here too) is the frozen, hashable architecture.
 """
 
 from __future__ import annotations
@@ -21,8 +20,9 @@ import ml_collections
 
 from gptjax.errors import ConfigError
 from gptjax.model_config import (  # noqa: F401 (ModelConfig and its names are config's too)
-    ARCHITECTURE_FIELDS, ATTENTION_IMPLEMENTATIONS, PALLAS_ATTENTION, PALLAS_BLOCK, REMAT_POLICIES,
-    ModelConfig, normalize, remat_name, resolve_dropout_rng, validate_model_options)
+    ARCHITECTURE_FIELDS, ARCHITECTURE_OPTIONS, ATTENTION_IMPLEMENTATIONS, PALLAS_ATTENTION,
+    PALLAS_BLOCK, REMAT_POLICIES, ModelConfig, add_architecture_options, normalize, remat_name,
+    resolve_dropout_rng, validate_model_options)
 
 GPT2_VOCAB_SIZE = 50257  # tiktoken "gpt2": 50,256 merges + <|endoftext|>
 GPT2_PADDED_VOCAB_SIZE = 50304  # next multiple of 64, as nanoGPT pads it for fast matmuls
@@ -81,6 +81,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dropout = 0.2
   # Biases in the dense layers and LayerNorms (GPT-2 has them; nanoGPT's default does not).
   config.bias = False
+  add_architecture_options(config)  # positions, norm, mlp, ... (gptjax/model_config.py)
 
   # --- Batch ----------------------------------------------------------------------------------------
   # Sequences per micro-batch, global over all devices. One step sees batch_size * grad_accum_steps.
@@ -160,7 +161,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # --- Evaluation and logging -----------------------------------------------------------------------
   # Evaluate train and val loss every this many steps (and at the last step).
   config.eval_interval = 250
-  # Batches averaged for each evaluation.
+  # Batches averaged per evaluation; 0: the whole val split, each token once (exact; no train est.)
   config.eval_iters = 100
   # Print and record metrics every this many steps.
   config.log_interval = 10
@@ -246,13 +247,18 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 def field_comments() -> dict[str, str]:
-  """The comment above each field of `get_base_config()`, by dotted name ("n_layer", "mesh.fsdp"),
-  in the order of the source: the fields' documentation, which `--help` prints. Section headers
-  (`# --- ... ---`) and the nested ConfigDicts themselves are left out."""
-  source = textwrap.dedent(inspect.getsource(get_base_config))
+  """The comment above each field of `get_base_config()` (and add_architecture_options') by dotted
+  name ("mesh.fsdp"), in source order: --help's text. No section headers or nested ConfigDicts."""
+  return _comments(get_base_config)
+
+
+def _comments(function) -> dict[str, str]:
+  source = textwrap.dedent(inspect.getsource(function))
   lines = source.splitlines()
   comments = {}
   for node in ast.parse(source).body[0].body:
+    if ast.unparse(node).startswith("add_architecture_options("):
+      comments.update(_comments(add_architecture_options))
     if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)):
       continue
     path, target = [], node.targets[0]
@@ -268,10 +274,6 @@ def field_comments() -> dict[str, str]:
       index -= 1
     comments[".".join(path)] = " ".join(above)
   return comments
-
-
-def _lookup_default(field: str):
-  return get_base_config()[field]
 
 
 def resolve_tokenizer(config: ml_collections.ConfigDict) -> str:
@@ -294,20 +296,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field, value in config.items():
     if isinstance(value, float) and not math.isfinite(value):
       fail(field, f"{value!r} is not a finite number",
-           f"a finite number, e.g. --config.{field}={_lookup_default(field)}")
+           f"a finite number, e.g. --config.{field}={get_base_config()[field]}")
 
   positive_ints = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size",
-                   "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval",
+                   "grad_accum_steps", "max_iters", "eval_interval", "log_interval",
                    "keep_checkpoints", "cpu_devices")
   for field in positive_ints:
     value = config[field]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
       fail(field, f"{value!r} must be a positive integer",
-           f"an integer >= 1, e.g. --config.{field}={_lookup_default(field)}")
+           f"an integer >= 1, e.g. --config.{field}={get_base_config()[field]}")
   if isinstance(config.seed,
                 bool) or not isinstance(config.seed, int) or not (0 <= config.seed < 2**32):
     fail("seed", f"{config.seed!r} is not an integer in [0, 2**32)", "e.g. --config.seed=1337")
-  for field in ("warmup_iters", "checkpoint_interval", "skip_nonfinite_updates"):
+  for field in ("warmup_iters", "checkpoint_interval", "skip_nonfinite_updates", "eval_iters"):
     if config[field] < 0:
       fail(field, f"{config[field]!r} is negative", f"0 or more, e.g. --config.{field}=0")
   if config.n_embd % config.n_head:

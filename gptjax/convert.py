@@ -3,6 +3,9 @@
   python -m gptjax.convert --from_hf DIR --out out/gpt2        # HF GPT-2 -> a gptjax run directory
   python -m gptjax.convert --run_dir out/gpt2 --to_hf DIR      # a run's checkpoint -> HF GPT-2
 
+A model trained with options beyond GPT-2's (rope, rmsnorm, swiglu; GQA, an untied head) exports
+to Hugging Face's Llama layout instead (Qwen3's with qk_norm): gptjax/hf_llama.py.
+
 gptjax's parameters are GPT-2's, one to one, so imported models give HF's logits, and keep GPT-2's
 vocabulary unpadded (50257) so that nothing round-trips inexactly. Weights are read and written as
 safetensors: torch is only needed to read an old `pytorch_model.bin`. The format itself is
@@ -87,13 +90,17 @@ def _write_run_dir(hf: str, hf_dir: str, run_dir: str):
   return config
 
 
-def export_run_dir(run_dir: str, hf_dir: str, which: str = "latest") -> None:
-  """Writes a run directory's latest (or best) checkpoint as an HF GPT-2 directory; one that it
-  began and did not finish (an error, Ctrl-C) is removed again."""
-  from gptjax import files, hf_gpt2
+def export_run_dir(run_dir: str, hf_dir: str, which: str = "latest") -> str:
+  """Writes a run directory's latest (or best) checkpoint as an HF directory: GPT-2's format, or
+  for a model beyond GPT-2's options Llama's (Qwen3's with qk_norm); returns the transformers
+  class that loads it. A directory it began and did not finish (an error, Ctrl-C) is removed."""
+  from gptjax import files, hf_gpt2, hf_llama
   from gptjax.checkpoint import load_run
   cli.status(f"reading {run_dir}")
   model, params, _, _, _ = load_run(run_dir, which)
+  llama = bool(model.config.non_gpt2_options())
+  if llama and hf_llama.export_problems(model.config):
+    hf_llama.save_hf_llama(model, params, hf_dir)  # raises the one-line error, writes nothing
   made = not os.path.exists(hf_dir)
 
   def undo() -> None:
@@ -102,7 +109,10 @@ def export_run_dir(run_dir: str, hf_dir: str, which: str = "latest") -> None:
 
   with files.undo_on_interrupt(undo):
     try:
+      if llama:
+        return hf_llama.save_hf_llama(model, params, hf_dir)
       hf_gpt2.save_hf_gpt2(model, params, hf_dir)
+      return "GPT2LMHeadModel"
     except BaseException:
       undo()
       raise
@@ -122,10 +132,11 @@ def define_flags(values) -> None:
                       None,
                       "With --to_hf: the run directory to export.",
                       flag_values=values)
-  flags.DEFINE_string("to_hf",
-                      None,
-                      "With --run_dir: the HF directory to write.",
-                      flag_values=values)
+  flags.DEFINE_string(
+      "to_hf",
+      None, "With --run_dir: the HF directory to write (GPT-2's format; Llama's for a model "
+      "trained with rope, rmsnorm and swiglu).",
+      flag_values=values)
   flags.DEFINE_enum("checkpoint",
                     "latest", ["latest", "best"],
                     "With --run_dir: which checkpoint.",
@@ -142,8 +153,8 @@ def main(f) -> None:
           f"Train on: python -m gptjax.train --config={preset} --config.out_dir={config.out_dir} "
           f"--config.model_name={config.model_name}")
   elif f.run_dir and f.to_hf and not (f.from_hf or f.out):
-    export_run_dir(f.run_dir, f.to_hf, f.checkpoint)
-    print(f"wrote {f.to_hf}: transformers.GPT2LMHeadModel.from_pretrained({f.to_hf!r}) loads it")
+    loader = export_run_dir(f.run_dir, f.to_hf, f.checkpoint)
+    print(f"wrote {f.to_hf}: transformers.{loader}.from_pretrained({f.to_hf!r}) loads it")
   else:
     raise UserError("give either --from_hf DIR --out RUN_DIR (import) or --run_dir RUN_DIR "
                     "--to_hf DIR (export).")

@@ -138,11 +138,15 @@ def architecture_lines(model_config: config_lib.ModelConfig, *more: tuple[str, A
       **model_config.architecture(), "n_head":
           f"{model_config.n_head} (head dim {model_config.head_dim})"
   }
+  options = [  # the architecture options that are not GPT-2's, by field name
+      _field(option, value)
+      for option, value in (o.split("=", 1) for o in model_config.non_gpt2_options())
+  ]
   return [
       "Architecture:", *[
           _field(ARCHITECTURE_LABELS[field], values[field])
           for field in config_lib.ARCHITECTURE_FIELDS
-      ], *[_field(label, value) for label, value in more]
+      ], *options, *[_field(label, value) for label, value in more]
   ]
 
 
@@ -170,13 +174,15 @@ def count_lines(model_config: config_lib.ModelConfig, pytree_count: int | None =
 
 def breakdown_rows(breakdown: params_lib.ParamBreakdown) -> list[tuple[str, int]]:
   """(component, count) rows for printing, summing to `breakdown.total`."""
-  L = breakdown.n_layer
-  return [("token embedding (wte, tied output head)", breakdown.token_embedding),
-          ("position embedding (wpe)", breakdown.position_embedding),
+  L, tied = breakdown.n_layer, not breakdown.output_head
+  head = ("output head (tied to wte)", 0) if tied else ("output head (lm_head)",
+                                                        breakdown.output_head)
+  return [(f"token embedding (wte{', tied output head' if tied else ''})",
+           breakdown.token_embedding), ("position embedding (wpe)", breakdown.position_embedding),
           (f"attention ({L} x {breakdown.attention:,})", L * breakdown.attention),
           (f"MLP ({L} x {breakdown.mlp:,})", L * breakdown.mlp),
           (f"layer norms ({L} x {breakdown.layer_norms:,})", L * breakdown.layer_norms),
-          ("final layer norm (ln_f)", breakdown.final_norm), ("output head (tied to wte)", 0)]
+          ("final layer norm (ln_f)", breakdown.final_norm), head]
 
 
 def format_preset_details(preset: str, config: ml_collections.ConfigDict) -> str:
@@ -291,10 +297,14 @@ def format_formula(model_config: config_lib.ModelConfig | None = None) -> str:
     return FORMULA
   exact = params_lib.count_params(model_config).total
   approx = usual_approximation(model_config)
+  options = model_config.non_gpt2_options()  # the formula is GPT-2's; the exact count is not
+  note = (f"\n  (the formula is GPT-2's: with {', '.join(options)} the exact count is params.py's "
+          f"count_params, docs/training.md)" if options else "")
   return (
       f"{FORMULA}\n\nFor this architecture:\n"
       f"  exact         : {exact:,}\n"
-      f"  approximation : {approx:,} ({approx - exact:+,}, {100 * (approx - exact) / exact:+.2f}%)")
+      f"  approximation : {approx:,} ({approx - exact:+,}, {100 * (approx - exact) / exact:+.2f}%)"
+      + note)
 
 
 def _parse_positive_int(answer: str) -> int:

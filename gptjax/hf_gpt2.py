@@ -256,6 +256,8 @@ def save_hf_gpt2(model: GPT, params, path: str, vocab_size: int | None = None) -
       are the first 50257 of gptjax's), else all of them.
   """
   config = model.config
+  if config.non_gpt2_options():  # GPT-2: learned positions, LayerNorm, 4x GELU, c_attn, tied head
+    raise UserError(f"GPT-2's format cannot hold {', '.join(config.non_gpt2_options())}.")
   rows = vocab_size or (GPT2_VOCAB_SIZE
                         if config.vocab_size > GPT2_VOCAB_SIZE else config.vocab_size)
   if not 0 < rows <= config.vocab_size:
@@ -270,10 +272,8 @@ def save_hf_gpt2(model: GPT, params, path: str, vocab_size: int | None = None) -
   print("".join(f"note: {note}.\n" for note in notes), end="", file=sys.stderr)
   flat = traverse_util.flatten_dict(to_layout(jax.device_get(nn.meta.unbox(params)), False))
   tensors = {}
-  for key, (gptjax_path, hf_shape,
-            shape) in tensor_table(ModelConfig(**{
-                **config.architecture(), "bias": True
-            })).items():
+  gpt2_shapes = tensor_table(ModelConfig(**{**config.architecture(), "bias": True}))
+  for key, (gptjax_path, hf_shape, shape) in gpt2_shapes.items():
     value = flat.get(gptjax_path)
     if value is None and gptjax_path[-1] == "bias" and not config.bias:
       value = np.zeros(shape, np.float32)

@@ -5,7 +5,10 @@ Shapes, everywhere in gptjax:
 
 Parameter names follow GPT-2 (`wte`, `wpe`, `h_{i}/ln_1`, `attn/c_attn`, `attn/c_proj`, `ln_2`,
 `mlp/c_fc`, `mlp/c_proj`, `ln_f`) so weights map one to one onto GPT-2 checkpoints; the output head
-is tied to `wte`. Attention kernels keep their head structure: `c_attn` is (C, 3, H, D) and the
+is tied to `wte`. The architecture options (gptjax/model_config.py; norms, MLPs and RoPE in
+gptjax/layers.py) change only what they name: rope drops `wpe`; grouped-query attention
+(n_kv_head < n_head) replaces `c_attn` by `c_q` (C, H, D) and `c_kv` (C, 2, H_kv, D); qk_norm adds
+`attn/q_norm` and `attn/k_norm`; swiglu's `c_fc` is (C, 2, F); an untied head is `lm_head` (C, V). Attention kernels keep their head structure: `c_attn` is (C, 3, H, D) and the
 attention `c_proj` is (H, D, C), which is GPT-2's (C, 3C) and (C, C) reshaped, so that tensor
 parallelism can split whole heads. Every parameter carries logical axis names (batch, length, embed,
 heads, kv, mlp, vocab) that gptjax/sharding.py maps onto the device mesh.
@@ -26,48 +29,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from gptjax.attention import ATTN_OUT, fused_attention
 from gptjax.config import ModelConfig
-
-INIT_STD = 0.02  # GPT-2's initialiser; residual projections are scaled by 1/sqrt(2 * n_layer)
-
-
-def _dtype(config: ModelConfig):
-  return jnp.dtype(config.dtype)
-
-
-class Dense(nn.Module):
-  """y = x . kernel (+ bias), contracting x's trailing dims with the kernel's leading `in_shape`."""
-  in_shape: tuple[int, ...]
-  out_shape: tuple[int, ...]
-  axes: tuple[str | None, ...]  # logical names of the kernel's dims (in_shape + out_shape)
-  use_bias: bool
-  dtype: jnp.dtype
-  std: float = INIT_STD
-
-  @nn.compact
-  def __call__(self, x):  # x: (N, *in_shape) -> (N, *out_shape)
-    kernel = self.param("kernel",
-                        nn.with_logical_partitioning(nn.initializers.normal(self.std), self.axes),
-                        self.in_shape + self.out_shape, jnp.float32)
-    n_in = len(self.in_shape)
-    contracting = (tuple(range(1, 1 + n_in)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            (contracting, ((), ())))
-    if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                             self.axes[n_in:]), self.out_shape,
-                        jnp.float32)
-      y = y + bias.astype(self.dtype)
-    return y
-
-
-def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=1e-5,
-                      use_bias=config.bias,
-                      dtype=_dtype(config),
-                      param_dtype=jnp.float32,
-                      name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+from gptjax.layers import INIT_STD, Dense, Head, Mlp, head_norm, norm, rope
+from gptjax.layers import compute_dtype as _dtype
 
 
 def _remat_policy(name: str):
@@ -97,17 +60,27 @@ class CausalSelfAttention(nn.Module):
     cfg = self.config
     B, T, H, D = batch_size, x.shape[0] // batch_size, cfg.n_head, cfg.head_dim
     dtype = _dtype(cfg)
-    qkv = Dense((cfg.n_embd,), (3, H, D), ("embed", None, "heads", "kv"),
-                cfg.bias,
-                dtype,
-                name="c_attn")(x)  # (N, 3, H, D)
-    qkv = nn.with_logical_constraint(qkv.reshape(B, T, 3, H, D),
-                                     ("batch", "length", None, "heads", "kv"))
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, D)
+    if cfg.grouped:
+      q, k, v = self._grouped_qkv(x, B, T)
+    else:  # GPT-2's c_attn, kept as it is: checkpoints, GPT-2's weights, sharding rely on it
+      qkv = Dense((cfg.n_embd,), (3, H, D), ("embed", None, "heads", "kv"),
+                  cfg.bias,
+                  dtype,
+                  name="c_attn")(x)  # (N, 3, H, D)
+      qkv = nn.with_logical_constraint(qkv.reshape(B, T, 3, H, D),
+                                       ("batch", "length", None, "heads", "kv"))
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, D)
+    if cfg.qk_norm:
+      q, k = head_norm(cfg, "q_norm")(q), head_norm(cfg, "k_norm")(k)
+    if cfg.positions == "rope":  # k is cached turned to its absolute position
+      positions = start + jnp.arange(T)
+      q, k = rope(q, positions, cfg.rope_base), rope(k, positions, cfg.rope_base)
 
     query_pos = jnp.arange(T)
     if decode:
-      k, v, query_pos = self._update_cache(k, v, start)  # k, v: (B, block, H, D)
+      k, v, query_pos = self._update_cache(k, v, start)  # k, v: (B, block, H_kv, D)
+    if cfg.grouped:  # each key/value head serves H / H_kv query heads in a row (Llama's repeat_kv)
+      k, v = (jnp.repeat(a, H // cfg.kv_heads, axis=2) for a in (k, v))
     # init only makes the parameters: the einsum there, whatever the batch and the mesh
     if decode or cfg.attention in ("auto", "xla") or self.is_initializing():
       y = self._attend(q, k, v, query_pos, deterministic)
@@ -120,6 +93,20 @@ class CausalSelfAttention(nn.Module):
               std=INIT_STD / math.sqrt(2 * cfg.n_layer),
               name="c_proj")(y.reshape(B * T, H, D))
     return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+
+  def _grouped_qkv(self, x, B, T):
+    """q (B, T, H, D) from c_q (C, H, D), k and v (B, T, H_kv, D) from c_kv (C, 2, H_kv, D)."""
+    cfg = self.config
+    H, D, kv_heads = cfg.n_head, cfg.head_dim, cfg.kv_heads
+    q = Dense((cfg.n_embd,), (H, D), ("embed", "heads", "kv"), cfg.bias, _dtype(cfg), name="c_q")(x)
+    q = nn.with_logical_constraint(q.reshape(B, T, H, D), ("batch", "length", "heads", "kv"))
+    kv = Dense((cfg.n_embd,), (2, kv_heads, D), ("embed", None, "heads", "kv"),
+               cfg.bias,
+               _dtype(cfg),
+               name="c_kv")(x)  # (N, 2, H_kv, D)
+    kv = nn.with_logical_constraint(kv.reshape(B, T, 2, kv_heads, D),
+                                    ("batch", "length", None, "heads", "kv"))
+    return q, kv[:, :, 0], kv[:, :, 1]
 
   def _attend(self, q, k, v, query_pos, deterministic):
     """Einsum attention with an explicit causal mask: on CPU faster than the fused op, and for a
@@ -146,33 +133,14 @@ class CausalSelfAttention(nn.Module):
     return cached_key.value, cached_value.value, start + jnp.arange(T)
 
 
-class Mlp(nn.Module):
-  config: ModelConfig
-
-  @nn.compact
-  def __call__(self, x, deterministic: bool):  # (N, C) -> (N, C)
-    cfg = self.config
-    h = Dense((cfg.n_embd,), (4 * cfg.n_embd,), ("embed", "mlp"),
-              cfg.bias,
-              _dtype(cfg),
-              name="c_fc")(x)
-    h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=True), ("batch", "mlp"))
-    h = Dense((4 * cfg.n_embd,), (cfg.n_embd,), ("mlp", "embed"),
-              cfg.bias,
-              _dtype(cfg),
-              std=INIT_STD / math.sqrt(2 * cfg.n_layer),
-              name="c_proj")(h)
-    return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
-
-
 class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x, batch_size: int, deterministic: bool, decode: bool = False, start=0):
-    x = x + CausalSelfAttention(self.config, name="attn")(_layer_norm(self.config, "ln_1")(x),
-                                                          batch_size, deterministic, decode, start)
-    x = x + Mlp(self.config, name="mlp")(_layer_norm(self.config, "ln_2")(x), deterministic)
+    x = x + CausalSelfAttention(self.config, name="attn")(norm(self.config, "ln_1")(x), batch_size,
+                                                          deterministic, decode, start)
+    x = x + Mlp(self.config, name="mlp")(norm(self.config, "ln_2")(x), deterministic)
     return nn.with_logical_constraint(x, ("batch", "embed"))
 
 
@@ -184,8 +152,9 @@ class GPT(nn.Module):
   only: `generate` unstacks a scanned one). `logits_at` (an int or a traced scalar) keeps only that
   time step's logits, (B, 1, V): a prefill needs just the last prompt position's, and the head over
   every position is, at GPT-2's vocab, as costly as a layer. hidden=True returns what the head
-  would take instead of logits: (the final LayerNorm's output (N, C), the tied head's wte (V, C)),
-  for a loss that computes the logits in chunks (gptjax/losses.py).
+  would take instead of logits: (the final norm's output (N, C), the head's weights (V, C): wte, or
+  lm_head transposed), for a loss that computes the logits in chunks (gptjax/losses.py), which
+  applies logit_softcap itself.
 
   With scan_layers the blocks are one nn.scan over a single block named "h", each parameter
   stacked on a leading "layers" axis (gptjax/params.py converts between the layouts).
@@ -204,9 +173,12 @@ class GPT(nn.Module):
     wte = self.param(
         "wte", nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), ("vocab", "embed")),
         (cfg.vocab_size, cfg.n_embd), jnp.float32)
-    wpe = self.param(
-        "wpe", nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), ("length", "embed")),
-        (cfg.block_size, cfg.n_embd), jnp.float32)
+    wpe = None  # with RoPE, q and k are turned in each block instead
+    if cfg.positions == "learned":
+      wpe = self.param(
+          "wpe", nn.with_logical_partitioning(nn.initializers.normal(INIT_STD),
+                                              ("length", "embed")), (cfg.block_size, cfg.n_embd),
+          jnp.float32)
     start = 0
     if decode:
       if cfg.scan_layers:
@@ -217,8 +189,9 @@ class GPT(nn.Module):
       if initialised:
         position.value = start + T
     positions = start + jnp.arange(T)
-    x = jnp.take(wte, tokens.reshape(-1), axis=0) + jnp.tile(jnp.take(wpe, positions, axis=0),
-                                                             (B, 1))  # (N, C)
+    x = jnp.take(wte, tokens.reshape(-1), axis=0)  # (N, C)
+    if wpe is not None:
+      x = x + jnp.tile(jnp.take(wpe, positions, axis=0), (B, 1))
     x = nn.Dropout(cfg.dropout)(x.astype(_dtype(cfg)), deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "embed"))
     block = Block
@@ -243,9 +216,16 @@ class GPT(nn.Module):
     if logits_at is not None:
       x = jax.lax.dynamic_index_in_dim(x.reshape(B, T, -1), logits_at, axis=1, keepdims=False)
       T = 1  # x: (B, C)
-    x = _layer_norm(cfg, "ln_f")(x)
+    x = norm(cfg, "ln_f")(x)
+    head = None if cfg.tie_embeddings else Head(cfg, name="lm_head")()  # (C, V)
     if hidden:
-      return x, wte
-    logits = jnp.einsum("nc,vc->nv", x, wte.astype(x.dtype))  # tied head, (N, V)
+      return x, wte if head is None else head.T
+    if head is None:
+      logits = jnp.einsum("nc,vc->nv", x, wte.astype(x.dtype))  # tied head, (N, V)
+    else:
+      logits = jnp.einsum("nc,cv->nv", x, head.astype(x.dtype))
     logits = nn.with_logical_constraint(logits, ("batch", "vocab"))
-    return logits.astype(jnp.float32).reshape(B, T, cfg.vocab_size)
+    logits = logits.astype(jnp.float32)
+    if cfg.logit_softcap:
+      logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
+    return logits.reshape(B, T, cfg.vocab_size)

@@ -18,6 +18,15 @@ from gptjax.errors import ConfigError
 
 # The fields that fix the parameter shapes (what a checkpoint must agree on), in the order shown.
 ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
+# The architecture options beyond nanoGPT's GPT-2 (add_architecture_options): off by default, so
+# every preset and checkpoint keeps its meaning. A checkpoint must agree on them too; a run saved
+# before they existed has their defaults.
+ARCHITECTURE_OPTIONS = ("positions", "rope_base", "norm", "mlp", "mlp_hidden", "qk_norm",
+                        "tie_embeddings", "n_kv_head", "logit_softcap")
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu", "relu2")
+SWIGLU_MULTIPLE_OF = 64  # SwiGLU's default hidden width: 8C/3 rounded up to a multiple of this
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "flash")
 PALLAS_ATTENTION = ("splash", "flash")  # Pallas TPU kernels (gptjax/attention.py)
 PALLAS_BLOCK = 128  # their tiles: the sequence is cut into blocks of this many tokens
@@ -54,10 +63,41 @@ class ModelConfig:
   loss_chunk_tokens: int = 0  # 0: the whole batch's logits at once
   scan_layers: bool = False  # the blocks under nn.scan, parameters stacked on a "layers" axis
   pallas_interpret: bool = False  # set by for_platform: Pallas TPU kernels interpreted off TPUs
+  # The ARCHITECTURE_OPTIONS, documented in add_architecture_options.
+  positions: str = "learned"
+  rope_base: float = 10000.0
+  norm: str = "layernorm"
+  mlp: str = "gelu"
+  mlp_hidden: int = 0  # 0: mlp_width's rule
+  qk_norm: bool = False
+  tie_embeddings: bool = True
+  n_kv_head: int = 0  # 0: n_head
+  logit_softcap: float = 0.0
 
   @property
   def head_dim(self) -> int:
     return self.n_embd // self.n_head
+
+  @property
+  def kv_heads(self) -> int:
+    """Heads of keys and values: n_head, or n_kv_head for grouped-query attention."""
+    return self.n_kv_head or self.n_head
+
+  @property
+  def grouped(self) -> bool:
+    """Whether q and k/v have separate kernels (c_q, c_kv) instead of GPT-2's c_attn."""
+    return self.kv_heads != self.n_head
+
+  @property
+  def mlp_width(self) -> int:
+    """The MLP's hidden width (F): mlp_hidden, or by default 4C for gelu and relu2, and for swiglu
+    (whose gate and up matrices make three C x F matrices, not two) Llama's 2/3 of 4C rounded up
+    to a multiple of SWIGLU_MULTIPLE_OF, about the parameters of a 4x MLP."""
+    if self.mlp_hidden:
+      return self.mlp_hidden
+    if self.mlp != "swiglu":
+      return 4 * self.n_embd
+    return -(-(8 * self.n_embd // 3) // SWIGLU_MULTIPLE_OF) * SWIGLU_MULTIPLE_OF
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "ModelConfig":
@@ -96,8 +136,48 @@ class ModelConfig:
                                pallas_interpret=attention in PALLAS_ATTENTION and platform != "tpu")
 
   def architecture(self) -> dict[str, Any]:
-    """The ARCHITECTURE_FIELDS: those that fix the parameter shapes (a checkpoint must agree)."""
-    return {field: getattr(self, field) for field in ARCHITECTURE_FIELDS}
+    """The ARCHITECTURE_FIELDS and ARCHITECTURE_OPTIONS: what a checkpoint must agree on."""
+    return {field: getattr(self, field) for field in ARCHITECTURE_FIELDS + ARCHITECTURE_OPTIONS}
+
+  def non_gpt2_options(self) -> list[str]:
+    """'field=value' for each architecture option GPT-2's format cannot hold (not its default;
+    an n_kv_head of n_head and an mlp_hidden of 4C are GPT-2's)."""
+    same = dict(n_kv_head=not self.grouped, mlp_hidden=self.mlp_width == 4 * self.n_embd)
+    return [
+        f"{field}={getattr(self, field)!r}" for field in ARCHITECTURE_OPTIONS
+        if getattr(self, field) != option_default(field) and not same.get(field, False)
+    ]
+
+
+def option_default(field: str):
+  """The default of an ARCHITECTURE_OPTIONS field (what a checkpoint saved before it had)."""
+  return next(f.default for f in dataclasses.fields(ModelConfig) if f.name == field)
+
+
+def add_architecture_options(config: ml_collections.ConfigDict) -> None:
+  """The ARCHITECTURE_OPTIONS with their defaults (nanoGPT's GPT-2), added to the base config
+  (config.get_base_config calls it; the comment above each field is its --help)."""
+  # Positions: "learned" (GPT-2's wpe table) or "rope" (rotary embeddings on q and k, no wpe:
+  # the half-split rotate_half convention of Llama and Hugging Face; head dim must be even).
+  config.positions = "learned"
+  # RoPE's base: dimension pair i of a head turns by position * rope_base^(-2i/D).
+  config.rope_base = 10000.0
+  # Norms: "layernorm" (GPT-2's: scale, and bias if bias) or "rmsnorm" (scale only, no bias, at
+  # all times); both with epsilon 1e-5.
+  config.norm = "layernorm"
+  # MLP: "gelu" (GPT-2's, 4C hidden), "relu2" (ReLU squared, 4C hidden) or "swiglu" (Llama's
+  # silu(x W_gate) * (x W_up) W_down: three matrices, hidden 8C/3 rounded up to a multiple of 64).
+  config.mlp = "gelu"
+  # The MLP's hidden width; 0: the rule of mlp above (4C, or for swiglu 8C/3 up to a multiple of 64).
+  config.mlp_hidden = 0
+  # RMSNorm of q and k per head before attention (and before RoPE), each with a head-dim scale.
+  config.qk_norm = False
+  # The output head is wte (GPT-2's tied head); False adds an untied lm_head (C x V).
+  config.tie_embeddings = True
+  # Key/value heads (grouped-query attention); n_head must be a multiple. 0 means n_head.
+  config.n_kv_head = 0
+  # Logits soft-capped to cap * tanh(logits / cap) (Gemma 2), in the loss and sampling; 0 is off.
+  config.logit_softcap = 0.0
 
 
 def resolve_dropout_rng(config: ml_collections.ConfigDict, platform: str) -> str:
@@ -155,6 +235,45 @@ def validate_model_options(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.scan_layers, bool):
     _fail("scan_layers", f"{config.scan_layers!r} is not true or false",
           "--config.scan_layers=False (or True)")
+  _validate_architecture_options(config)
+
+
+def _validate_architecture_options(config: ml_collections.ConfigDict) -> None:
+  for field, choices in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
+    if config[field] not in choices:
+      _fail(field, f"{config[field]!r} is not one of {', '.join(choices)}",
+            f"--config.{field}={choices[0]} (or {', '.join(choices[1:])})")
+  head_dim = config.n_embd // config.n_head
+  if config.positions == "rope" and head_dim % 2:
+    _fail(
+        "positions", f"'rope' turns pairs of a head's dimensions, and the head dim "
+        f"n_embd/n_head={head_dim} is odd", "--config.positions=learned, or an even head dim, "
+        f"e.g. --config.n_embd={config.n_embd + config.n_head}")
+  if not config.rope_base > 1.0:
+    _fail("rope_base", f"{config.rope_base!r} must exceed 1", "--config.rope_base=10000.0")
+  for field in ("mlp_hidden", "n_kv_head"):
+    value = config[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      _fail(field, f"{value!r} is not a whole number >= 0", f"--config.{field}=0 (the default)")
+  for field in ("qk_norm", "tie_embeddings"):
+    if not isinstance(config[field], bool):
+      _fail(field, f"{config[field]!r} is not true or false", f"--config.{field}=False (or True)")
+  kv_heads = config.n_kv_head or config.n_head
+  if config.n_head % kv_heads:
+    divisor = max(d for d in range(1, kv_heads + 1) if config.n_head % d == 0)
+    _fail(
+        "n_kv_head", f"n_head={config.n_head} is not a multiple of n_kv_head={kv_heads} (each "
+        f"key/value head serves a group of query heads)",
+        f"a divisor of n_head, e.g. --config.n_kv_head={divisor}, or 0 (n_head)")
+  tensor = config.mesh.tensor
+  if tensor > 1 and config.n_head % tensor == 0 and kv_heads % tensor:
+    _fail(
+        "n_kv_head", f"{kv_heads} key/value heads cannot be split over mesh.tensor={tensor}",
+        f"a multiple of mesh.tensor that divides n_head, e.g. --config.n_kv_head="
+        f"{min(d for d in range(tensor, config.n_head + 1, tensor) if config.n_head % d == 0)}")
+  if not config.logit_softcap >= 0:
+    _fail("logit_softcap", f"{config.logit_softcap!r} is negative",
+          "--config.logit_softcap=0 (off) or a cap, e.g. 30.0")
 
 
 def _fail(field, message, fix):

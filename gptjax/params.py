@@ -26,13 +26,15 @@ from gptjax.config import ModelConfig
 @dataclasses.dataclass(frozen=True)
 class ParamBreakdown:
   """Exact parameter counts of a GPT, by component."""
-  token_embedding: int  # wte: V x C, also the (tied) output head
-  position_embedding: int  # wpe: T x C
-  attention: int  # per layer: c_attn (C x 3C) + c_proj (C x C), with biases if any
-  mlp: int  # per layer: c_fc (C x 4C) + c_proj (4C x C), with biases if any
-  layer_norms: int  # per layer: ln_1 + ln_2 (scale, and bias if any)
+  token_embedding: int  # wte: V x C, also the output head when tied (tie_embeddings)
+  position_embedding: int  # wpe: T x C (learned positions; 0 with rope)
+  attention: int  # per layer: c_attn (C x 3C) or GQA's c_q (C x C) and c_kv (C x 2 H_kv D), +
+  # c_proj (C x C), with biases if any
+  mlp: int  # per layer: c_fc (C x F, swiglu C x 2F) + c_proj (F x C), with biases if any
+  layer_norms: int  # per layer: ln_1 + ln_2 (scale, and bias if any), qk_norm's two D scales
   final_norm: int  # ln_f
   n_layer: int
+  output_head: int = 0  # an untied head's lm_head: C x V
 
   @property
   def per_layer(self) -> int:
@@ -41,29 +43,33 @@ class ParamBreakdown:
   @property
   def total(self) -> int:
     return (self.token_embedding + self.position_embedding + self.n_layer * self.per_layer +
-            self.final_norm)
+            self.final_norm + self.output_head)
 
   @property
   def non_embedding(self) -> int:
     """nanoGPT's get_num_params(non_embedding=True): the total less the position embeddings.
 
-    The token embeddings stay in, since tied to the output head they do the work of a layer.
+    The token embeddings stay in when tied to the output head, since they do the work of a
+    layer; with an untied head they are a lookup, and it is lm_head that stays in.
     """
-    return self.total - self.position_embedding
+    return self.total - self.position_embedding - (self.token_embedding if self.output_head else 0)
 
 
 def count_params(config: ModelConfig) -> ParamBreakdown:
   """The analytic parameter count of `config`'s architecture."""
-  C, b = config.n_embd, int(config.bias)
-  norm = C + b * C
+  C, b, F = config.n_embd, int(config.bias), config.mlp_width
+  norm = C + b * C if config.norm == "layernorm" else C  # RMSNorm: a scale, never a bias
+  kv = 2 * config.kv_heads * config.head_dim  # the keys' and values' width
+  up = 2 * F if config.mlp == "swiglu" else F  # swiglu's c_fc holds the gate and up matrices
   return ParamBreakdown(
       token_embedding=config.vocab_size * C,
-      position_embedding=config.block_size * C,
-      attention=(C * 3 * C + b * 3 * C) + (C * C + b * C),
-      mlp=(C * 4 * C + b * 4 * C) + (4 * C * C + b * C),
-      layer_norms=2 * norm,
+      position_embedding=config.block_size * C if config.positions == "learned" else 0,
+      attention=(C * (C + kv) + b * (C + kv)) + (C * C + b * C),
+      mlp=(C * up + b * up) + (F * C + b * C),
+      layer_norms=2 * norm + 2 * config.head_dim * config.qk_norm,
       final_norm=norm,
       n_layer=config.n_layer,
+      output_head=0 if config.tie_embeddings else C * config.vocab_size,
   )
 
 
@@ -85,9 +91,11 @@ def count_pytree_params(config: ModelConfig) -> int:
 def flops_per_token(config: ModelConfig) -> int:
   """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L T C.
 
-  N is nanoGPT's non-embedding count (the tied head's matmul is in it via wte); 6N covers the
-  matmuls with weights (2 forward + 4 backward per weight), 12·L·T·C the attention score and value
-  matmuls (QK^T and AV, forward and backward) at full context T = block_size.
+  N is nanoGPT's non-embedding count (the tied head's matmul is in it via wte, an untied one's via
+  lm_head); 6N covers the matmuls with weights (2 forward + 4 backward per weight: SwiGLU's three
+  matrices, GQA's narrower keys and values as they are), 12·L·T·C the attention score and value
+  matmuls (QK^T and AV, forward and backward, over all H query heads, grouped or not) at full
+  context T = block_size. Norms, RoPE and the soft-cap are elementwise: not counted.
   """
   n = count_params(config).non_embedding
   return 6 * n + 12 * config.n_layer * config.block_size * config.n_embd

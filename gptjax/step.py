@@ -62,7 +62,8 @@ def objective(params, model: GPT, windows, dropout_rng=None, z_loss: float = 0.0
   if model.config.loss_chunk_tokens:  # never all the (N, V) float32 logits at once
     x, wte = apply(hidden=True)
     cross_entropy, z_term = chunked_cross_entropy_and_z(x, wte.astype(x.dtype), targets.reshape(-1),
-                                                        model.config.loss_chunk_tokens)
+                                                        model.config.loss_chunk_tokens,
+                                                        model.config.logit_softcap)
     return cross_entropy + z_loss * z_term, (cross_entropy, z_term)
   logits = apply()
   if not z_loss:  # optax's cross-entropy, the program runs without the option have always had

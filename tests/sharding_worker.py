@@ -4,7 +4,7 @@ tests/test_sharding.py starts this in a subprocess with XLA_FLAGS asking for 8 h
 flag must be set before JAX starts, so it cannot run inside the pytest process). The checks compare
 the numbers this prints.
 
-  python tests/sharding_worker.py {step,shards,restore,muon} OUT_DIR
+  python tests/sharding_worker.py {step,shards,restore,muon,fused,modern} OUT_DIR
 """
 
 from __future__ import annotations
@@ -199,6 +199,40 @@ def check_fused(out_dir):
   return results
 
 
+def check_modern(out_dir):
+  """One Muon step of a modern model (RoPE, RMSNorm, SwiGLU, qk_norm, grouped-query attention,
+  an untied head, the soft-cap) on meshes that split batch, weights, heads and vocabulary, against
+  one device; and one AdamW step with dropout and a chunked loss."""
+  windows = np.random.default_rng(0).integers(0, 256, size=(1, 8, 17)).astype(np.int32)
+  modern = dict(n_head=4,
+                positions="rope",
+                norm="rmsnorm",
+                mlp="swiglu",
+                qk_norm=True,
+                n_kv_head=2,
+                tie_embeddings=False,
+                logit_softcap=30.0)
+  results = {}
+  for name, settings in (("muon", dict(modern, dropout=0.0,
+                                       optimizer="muon")), ("adamw dropout chunked",
+                                                            dict(modern,
+                                                                 dropout=0.1,
+                                                                 loss_chunk_tokens=24))):
+    ref_init, ref_params, ref_metrics, _ = one_step(config_for(out_dir, (1, 1, 1), **settings),
+                                                    jax.devices()[:1], windows)
+    for mesh in ((1, 8, 1), (2, 2, 2), (1, 4, 2)):
+      devices = jax.devices()[:mesh[0] * mesh[1] * mesh[2]]
+      init, params, metrics, _ = one_step(config_for(out_dir, mesh, **settings), devices, windows)
+      results[f"{mesh} {name}"] = dict(loss=float(metrics["loss"]),
+                                       reference_loss=float(ref_metrics["loss"]),
+                                       grad_norm=float(metrics["grad_norm"]),
+                                       reference_grad_norm=float(ref_metrics["grad_norm"]),
+                                       init_difference=max_difference(init, ref_init),
+                                       param_difference=max_difference(params, ref_params),
+                                       update_size=max_difference(ref_params, ref_init))
+  return results
+
+
 if __name__ == "__main__":
   scenario, out_dir = sys.argv[1], sys.argv[2]
   result = {
@@ -206,6 +240,7 @@ if __name__ == "__main__":
       "shards": check_shards,
       "restore": check_restore,
       "muon": check_muon,
-      "fused": check_fused
+      "fused": check_fused,
+      "modern": check_modern
   }[scenario](out_dir)
   print("RESULT " + json.dumps(result))

@@ -101,3 +101,30 @@ def test_bad_run_step_and_file_are_one_clear_error(trained, tmp_path):
   assert_user_error(
       run_command("gptjax.eval", f"--run_dir={run_dir}", f"--input_file={tmp_path / 'no.txt'}"),
       "no.txt")
+
+
+def test_training_with_eval_iters_0_records_the_whole_val_splits_exact_loss(tmp_path):
+  """eval_iters=0: every evaluation is the whole validation split, every token once: the recorded
+  val loss and bits per byte equal a brute-force cross-entropy over every window of the split,
+  one window at a time, with the checkpoint of that step."""
+  from conftest import read_metrics, tiny_config
+  config = tiny_config(tmp_path, max_iters=8, eval_interval=4, eval_iters=0, keep_checkpoints=5)
+  train(config)
+  run_dir = os.path.join(config.out_dir, config.model_name)
+  records = {r["step"]: r for r in read_metrics(run_dir) if "val_loss" in r}
+  assert set(records) == {4, 8} and all("eval_train_loss" not in r for r in records.values())
+  val = np.asarray(dataset.open_tokens(config).val)
+  T = config.block_size
+  windows = [val[i * T:i * T + T + 1] for i in range((len(val) - 1) // T)]
+  model, params, *_ = load_run(run_dir)  # the latest: step 8
+  nats = []
+  for window in windows:
+    logits = np.asarray(model.apply({"params": params}, window[None, :-1]), np.float64)[0]
+    logits -= logits.max(axis=-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    nats.extend(-log_probs[np.arange(T), window[1:]])
+  text_bytes = len(bytes(int(t) for t in val[1:1 + len(nats)] if t != 255))
+  np.testing.assert_allclose(records[8]["val_loss"], np.mean(nats), rtol=2e-6)
+  np.testing.assert_allclose(records[8]["val_bpb"],
+                             np.sum(nats) / math.log(2) / text_bytes,
+                             rtol=2e-6)

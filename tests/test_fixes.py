@@ -460,6 +460,18 @@ for _fragment, _overrides in (
 ):
   _model_row(_fragment, **_overrides)
 _model_row('_fail("scan_layers"', retyped=dict(scan_layers="yes"))
+# the architecture options (model_config._validate_architecture_options)
+for _fragment, _overrides in (
+    ("is not one of", dict(positions="sinusoidal")),
+    ("turns pairs of a head's dimensions", dict(positions="rope", n_embd=18, n_head=2)),
+    ('_fail("rope_base"', dict(rope_base=0.5)),
+    ("is not a whole number >= 0", dict(mlp_hidden=-1)),
+    ("is not a multiple of n_kv_head", dict(n_head=2, n_kv_head=3)),
+    ("cannot be split over mesh.tensor", dict(n_head=4, n_kv_head=1, mesh=dict(tensor=2))),
+    ('_fail("logit_softcap"', dict(logit_softcap=-1.0)),
+):
+  _model_row(_fragment, **_overrides)
+_model_row('f"{config[field]!r} is not true or false"', retyped=dict(qk_norm="yes"))
 
 
 @row("gptjax/model_config.py", "and the step is", "train")
@@ -648,6 +660,39 @@ def _(ctx):
   ctx.monkeypatch.setenv("HF_HOME", str(ctx.tmp / "hf_home"))
   ctx.monkeypatch.delenv("HF_HUB_CACHE", raising=False)
   return ctx.error(hf_gpt2.resolve_hf, "gpt2")
+
+
+@row("gptjax/hf_llama.py", "Llama format cannot hold", "convert")
+def _(ctx):
+  from gptjax import hf_llama
+  from gptjax.config import ModelConfig
+  from gptjax.model import GPT
+  config = ctx.config(positions="rope", norm="rmsnorm", mlp="relu2", logit_softcap=30.0)
+  message = ctx.error(hf_llama.save_hf_llama, GPT(ModelConfig.from_config(config)), None,
+                      str(ctx.tmp / "x"))
+  fixed = applied(config, message.replace("`", " "))  # the train command's settings
+  assert hf_llama.export_problems(ModelConfig.from_config(fixed)) == []
+  return message
+
+
+@row("gptjax/training/evaluate.py", "runs in one process", "train")
+def _(ctx):
+  import jax
+  from gptjax.config import ModelConfig
+  from gptjax.model import GPT
+  from gptjax.training.evaluate import WholeSplit
+  model = GPT(ModelConfig.from_config(ctx.config()))
+  ctx.monkeypatch.setattr(jax, "process_count", lambda: 2)
+  return ctx.error(WholeSplit, model, np.zeros(100, np.int32), None)
+
+
+@row("gptjax/training/evaluate.py", "less \" f\"than one window", "train")
+def _(ctx):
+  from gptjax.config import ModelConfig
+  from gptjax.model import GPT
+  from gptjax.training.evaluate import WholeSplit
+  model = GPT(ModelConfig.from_config(ctx.config()))
+  return ctx.error(WholeSplit, model, np.zeros(5, np.int32), None)
 
 
 @row("gptjax/hf_gpt2.py", "is outside 1..", None)

@@ -58,8 +58,8 @@ def activation_terms(config: ModelConfig,
     logits: the logits in the compute dtype, their float32 copy and its gradient (N x V); with a
       chunked loss one chunk's, and the float32 gradient of the head it accumulates (V x C).
     channels: one block's saved activations along C: residual and norm inputs (4C), q/k/v,
-      attention output and MLP hidden before and after GELU (12C, split over `tensor`), and the
-      residual dropout masks (Korthikanti et al. 2022).
+      attention output and MLP hidden before and after GELU (block_channels: 12C for GPT-2,
+      split over `tensor`), and the residual dropout masks (Korthikanti et al. 2022).
     scores: one block's attention scores (float32), probabilities and their dropout mask, H x T a
       token; with a fused kernel (cuDNN, splash, flash) only its softmax statistics.
     block_input: what remat keeps of a block (its input, C).
@@ -80,11 +80,28 @@ def activation_terms(config: ModelConfig,
   if options.fused_attention and not options.recomputes_attention_forward():
     kept += statistics
   return dict(logits=logits,
-              channels=tokens * (4 * C * s + 12 * C / tensor * s + 2 * C * mask),
+              channels=tokens * (4 * C * s + block_channels(config) / tensor * s + 2 * C * mask),
               scores=scores,
               block_input=tokens * C * s,
               policy_kept=tokens * kept,
-              gathered_layer=(fsdp > 1) * 12 * C * C / tensor * s)
+              gathered_layer=(fsdp > 1) * block_weights(config) / tensor * s)
+
+
+def block_channels(config: ModelConfig) -> int:
+  """Activations a block keeps per token that the tensor axis splits: q, k, v and the attention
+  output (4C with GPT-2's attention; GQA's k and v are H_kv x D wide), q and k once more for each
+  of qk_norm and RoPE, and the MLP's hidden activations (before and after GELU or ReLU², 2F;
+  SwiGLU's gate, up and product, 3F). 12C for GPT-2."""
+  C, kv = config.n_embd, config.kv_heads * config.head_dim
+  attention = 2 * C + 2 * kv + (config.qk_norm + (config.positions == "rope")) * (C + kv)
+  return attention + (3 if config.mlp == "swiglu" else 2) * config.mlp_width
+
+
+def block_weights(config: ModelConfig) -> int:
+  """A block's kernel weights (what FSDP gathers per layer; its norms and biases are noise):
+  12C^2 for GPT-2."""
+  C, kv, F = config.n_embd, config.kv_heads * config.head_dim, config.mlp_width
+  return C * (C + 2 * kv) + C * C + (3 if config.mlp == "swiglu" else 2) * F * C
 
 
 def memory_model_key(platform: str, config: ModelConfig, options: StepOptions) -> str:
@@ -141,12 +158,16 @@ def calibration() -> dict[str, Any]:
   return json.loads((importlib.resources.files("gptjax.planner") / "memory_model.json").read_text())
 
 
+def _mlp_activations(model: ModelConfig) -> int:
+  return (3 if model.mlp == "swiglu" else 2) * model.mlp_width  # 8C for GPT-2
+
+
 def generation_memory(model: ModelConfig, batch: int) -> Generation:
   """Sampling `batch` sequences on one device: float32 params, the KV cache at block_size, and
   the prompt's pass at full context (its logits, and one layer's scores and MLP activations)."""
-  s, T, C = dtype_bytes(model.dtype), model.block_size, model.n_embd
+  s, T = dtype_bytes(model.dtype), model.block_size
   return Generation(batch=batch,
                     params=4 * params_lib.count_params(model).total,
-                    kv_cache=2 * model.n_layer * batch * T * C * s,
+                    kv_cache=2 * model.n_layer * batch * T * model.kv_heads * model.head_dim * s,
                     working=batch * T * (model.vocab_size * (4 + s) + model.n_head * T *
-                                         (4 + s) + 8 * C * s))
+                                         (4 + s) + _mlp_activations(model) * s))

@@ -110,7 +110,9 @@ def step_flops(config: ml_collections.ConfigDict, model: ModelConfig,
   C = model.n_embd
   per_token = params_lib.flops_per_token(model) - 12 * model.n_layer * model.block_size * C
   per_token += attention_flops_per_token(model, options)
-  per_token += model.n_layer * REMAT_RECOMPUTE.get(options.remat, (16, 4))[0] * C * C
+  # REMAT_RECOMPUTE counts GPT-2's block (12C^2 weights); other MLPs and GQA scale it
+  per_token += model.n_layer * REMAT_RECOMPUTE.get(
+      options.remat, (16, 4))[0] * memory_model.block_weights(model) // 12
   if options.loss_chunk_tokens:
     per_token += 2 * model.vocab_size * C
   return per_token * tokens

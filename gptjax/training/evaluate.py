@@ -1,8 +1,9 @@
 """Evaluation: the fixed batches every evaluation uses, their losses and val bits per byte, and the
-exact loss of a whole split (gptjax.eval, tools/bench_nanogpt.py)."""
+exact loss of a whole split (gptjax.eval, tools/bench_nanogpt.py, and training with eval_iters=0)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from gptjax.data import batches
 from gptjax.data import tokenizer as tokenizer_lib
+from gptjax.errors import UserError
 from gptjax.model import GPT
 from gptjax.step import Setup, TrainState, global_batch, loss_fn
 
@@ -45,16 +47,47 @@ def bits_per_byte(loss: float, tokens_per_byte: float | None) -> float | None:
 
 def evaluate(setup: Setup,
              state: TrainState,
-             windows: jax.Array,
-             val_tokens_per_byte: float | None = None) -> dict[str, float]:
+             windows: jax.Array | None,
+             val_tokens_per_byte: float | None = None,
+             whole_val: "WholeSplit | None" = None) -> dict[str, float]:
   """The eval_iters estimate of both splits' losses, and val bits per byte (with the val split's
-  tokens per byte of text, tokenizer.val_tokens_per_byte)."""
+  tokens per byte of text, tokenizer.val_tokens_per_byte); with `whole_val` (eval_iters=0) the
+  whole validation split's exact loss and bits per byte instead, and no train estimate."""
   start = time.perf_counter()
+  if whole_val is not None:
+    exact = whole_val(state.params)
+    return dict(val_loss=exact["loss"], val_bpb=exact["bpb"], eval_s=time.perf_counter() - start)
   losses = estimate_loss(setup, state.params, windows)
   return dict(val_loss=losses["val"],
               val_bpb=bits_per_byte(losses["val"], val_tokens_per_byte),
               eval_train_loss=losses["train"],
               eval_s=time.perf_counter() - start)
+
+
+class WholeSplit:
+  """The exact loss and bits per byte of a whole split, for a run's every evaluation
+  (eval_iters=0): its windows and the bytes of text they predict are cut and counted once, and the
+  loss of a batch of windows compiles once per shape (two: full batches and the last)."""
+
+  def __init__(self, model: GPT, tokens: np.ndarray, tokenizer, batch_size: int = 128):
+    if jax.process_count() > 1:
+      raise UserError(
+          "eval_iters=0 (the whole validation split) runs in one process; this "
+          f"training has {jax.process_count()}. Fix: --config.eval_iters=100 (sampled "
+          "batches), and `python -m gptjax.eval --run_dir=RUN` on the whole split after "
+          "training.")
+    self.model, self.tokens, self.batch_size = model, np.asarray(tokens), batch_size
+    T = model.config.block_size
+    self.count = (len(self.tokens) - 1) // T
+    if self.count == 0:
+      raise UserError(f"eval_iters=0: the validation split has {len(self.tokens)} tokens, less "
+                      f"than one window of block_size + 1 = {T + 1}. Fix: more text, a smaller "
+                      f"--config.train_split (val is the rest), or --config.eval_iters=100.")
+    self.bytes = tokenizer_lib.text_bytes(tokenizer, self.tokens[1:1 + self.count * T])
+
+  def __call__(self, params) -> dict[str, float | None]:
+    loss, predicted = split_loss(self.model, params, self.tokens, self.batch_size)
+    return dict(loss=loss, bpb=loss * predicted / math.log(2) / self.bytes if self.bytes else None)
 
 
 def split_loss(model: GPT, params, tokens: np.ndarray, batch_size: int = 128) -> tuple[float, int]:
@@ -69,11 +102,16 @@ def split_loss(model: GPT, params, tokens: np.ndarray, batch_size: int = 128) ->
   T = model.config.block_size
   n = (len(tokens) - 1) // T
   windows = batches.windows(np.asarray(tokens), np.arange(n) * T, T + 1)
-  batch_loss = jax.jit(lambda p, w: loss_fn(p, model, w) * w.shape[0])
   total = sum(
-      float(batch_loss(params, jnp.asarray(windows[i:i + batch_size])))
+      float(_summed_loss(params, model, jnp.asarray(windows[i:i + batch_size])))
       for i in range(0, n, batch_size))
   return total / n, n * T
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _summed_loss(params, model: GPT, windows):
+  """The sum over `windows` of each window's mean loss (compiled once per model and shape)."""
+  return loss_fn(params, model, windows) * windows.shape[0]
 
 
 def evaluate_split(model: GPT, params, tokens: np.ndarray, tokenizer, batch_size: int = 128):

@@ -35,7 +35,7 @@ from gptjax.planner import fit
 from gptjax.step import build, compile_train_step, global_batch, mesh_context
 from gptjax.training import metrics as metrics_lib
 from gptjax.training import tracking
-from gptjax.training.evaluate import eval_windows, evaluate
+from gptjax.training.evaluate import WholeSplit, eval_windows, evaluate
 from gptjax.training.metrics import MetricsWriter, Recorder
 from gptjax.training.profile import Profiler
 from gptjax.training.run import banner, run_directory, save, start
@@ -127,7 +127,11 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
   finished = False
   try:
     with mesh_context(mesh), fit.explain_out_of_memory(config):
-      evaluation_windows = eval_windows(config, run.token_data, mesh, rows)
+      whole_val, evaluation_windows = None, None
+      if config.eval_iters:
+        evaluation_windows = eval_windows(config, run.token_data, mesh, rows)
+      else:  # eval_iters=0: the whole validation split, exactly
+        whole_val = WholeSplit(setup.model, run.token_data.val, run.token_data.tokenizer)
       val_tokens_per_byte = tokenizer_lib.val_tokens_per_byte(run.token_data)
       while step < config.max_iters and not stop.requested:
         batch = global_batch(next_windows(step), mesh, config.batch_size)  # as the last step runs
@@ -147,7 +151,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                     step % config.checkpoint_interval == 0) or clock.due()
         record = log.step_done(step, step_metrics, read_now=saving)
         if evaluating:
-          record.update(evaluate(setup, wait(state), evaluation_windows, val_tokens_per_byte))
+          record.update(
+              evaluate(setup, wait(state), evaluation_windows, val_tokens_per_byte, whole_val))
         if saving:
           losses = {k: record[k] for k in ("train_loss", "val_loss") if k in record}
           if writer.in_bucket:  # metrics.jsonl is rewritten there: up to this step, before saving

@@ -290,7 +290,8 @@ class Recorder:
             ("" if record["mfu"] is None else f", MFU {100 * record['mfu']:.1f}%") +
             (f" (compile: {record['programs_from_cache']} programs from the cache)"
              if record.get("programs_from_cache") else "") +
-            (f" | eval: train {record['eval_train_loss']:.4f}, val {record['val_loss']:.4f}"
+            (f" | eval: train {record['eval_train_loss']:.4f}, val {record['val_loss']:.4f}" if
+             "eval_train_loss" in record else f" | eval: val {record['val_loss']:.4f} (whole split)"
              if "val_loss" in record else "") +
             (f" ({record['val_bpb']:.4f} bpb)" if record.get("val_bpb") is not None else "") +
             self.skip_note(record))
