@@ -55,6 +55,19 @@ def gpt2_finetune_config(model_type: str) -> ml_collections.ConfigDict:
   return config
 
 
+def modern_config(config: ml_collections.ConfigDict,
+                  tie_embeddings: bool) -> ml_collections.ConfigDict:
+  """A preset's config with modded-nanogpt's GPT-2 speedrun changes, its shape, batch and budget
+  kept: rotary positions (no wpe), RMSNorm, a ReLU² MLP (4C: the GELU MLP's parameters), QK-norm,
+  Muon for the hidden matrices (AdamW, at the preset's rate, for embeddings, head and norms) and
+  warmup-stable-decay, down over the last 30%. The modern/* presets and
+  recipes/shakespeare_char_cpu_modern are their counterparts through it."""
+  config.positions, config.norm, config.mlp, config.qk_norm = "rope", "rmsnorm", "relu2", True
+  config.tie_embeddings = tie_embeddings
+  config.optimizer, config.lr_schedule, config.lr_decay_fraction = "muon", "wsd", 0.3
+  return config
+
+
 def shipped_dir() -> str:
   """The directory of the presets shipped inside the package."""
   return str(importlib.resources.files("gptjax") / "configs")

@@ -77,6 +77,22 @@ def tiny_config(tmp_path, **overrides):
   return config
 
 
+def perturbed_params(config, seed: int = 0):
+  """A GPT's initial params (config: a ModelConfig) plus noise, so that norms' scales and biases
+  are not ones and zeros."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from gptjax.model import GPT
+  params = nn.meta.unbox(
+      GPT(config).init(jax.random.key(seed), jnp.zeros((1, config.block_size),
+                                                       jnp.int32))["params"])
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  return jax.tree.unflatten(
+      tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
 def preset_files() -> list[str]:
   """The file names of the presets in configs/ (*.py, *.json; not _private ones), sorted."""
   return sorted(name for name in os.listdir(CONFIGS_DIR)

@@ -23,6 +23,8 @@ from gptjax.generate import generate, init_cache
 from gptjax.layers import rope
 from gptjax.model import GPT
 
+from conftest import perturbed_params
+
 MODERN = dict(positions="rope",
               norm="rmsnorm",
               mlp="swiglu",
@@ -31,17 +33,6 @@ MODERN = dict(positions="rope",
               n_kv_head=2,
               logit_softcap=15.0)
 BASE = ModelConfig(vocab_size=97, block_size=16, n_layer=2, n_head=4, n_embd=32)
-
-
-def perturbed_params(config: ModelConfig, seed: int = 0):
-  """Initial params plus noise, so that norms' scales and biases are not ones and zeros."""
-  params = nn.meta.unbox(
-      GPT(config).init(jax.random.key(seed), jnp.zeros((1, config.block_size),
-                                                       jnp.int32))["params"])
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  return jax.tree.unflatten(
-      tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
 def drawn_configs(count: int, seed: int = 23):

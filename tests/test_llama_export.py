@@ -8,13 +8,11 @@ import dataclasses
 import json
 import os
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_module, tiny_config
+from conftest import perturbed_params, run_module, tiny_config
 from gptjax import hf_llama
 from gptjax import params as params_lib
 from gptjax.errors import UserError
@@ -33,17 +31,6 @@ CASES = {
     "qwen3_qk_norm": dataclasses.replace(BASE, n_kv_head=2, qk_norm=True, tie_embeddings=False),
     "scanned": dataclasses.replace(BASE, n_kv_head=2, scan_layers=True),
 }
-
-
-def perturbed_params(config: ModelConfig, seed: int = 0):
-  """Initial params plus noise, so that norm scales and biases are not ones and zeros."""
-  params = nn.meta.unbox(
-      GPT(config).init(jax.random.key(seed), jnp.zeros((1, config.block_size),
-                                                       jnp.int32))["params"])
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  return jax.tree.unflatten(
-      tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
 def hf_logits(path, tokens: np.ndarray) -> tuple[str, np.ndarray]:

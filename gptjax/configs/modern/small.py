@@ -5,23 +5,12 @@ The head stays tied to wte: at GPT-2's vocabulary an untied head would add 19.3M
 of small; --config.tie_embeddings=False unties it.
 """
 
-from gptjax.config import get_base_config
+from gptjax.configs import small
+from gptjax.presets import modern_config
 
 
 def get_config():
-  config = get_base_config()
+  config = modern_config(small.get_config(), tie_embeddings=True)
   config.name = "GPT-Small-Modern"
   config.description = "small with RoPE, RMSNorm, ReLU², QK-norm, Muon, WSD (tied head)"
-  config.n_layer = 6
-  config.n_head = 6
-  config.n_embd = 384
-  config.block_size = 256
-  config.batch_size = 32
-  config.positions = "rope"
-  config.norm = "rmsnorm"
-  config.mlp = "relu2"
-  config.qk_norm = True
-  config.optimizer = "muon"
-  config.lr_schedule = "wsd"
-  config.lr_decay_fraction = 0.3
   return config
