@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,7 +94,9 @@ def test_a_run_in_a_bucket_killed_with_sigkill_resumes_bitwise_and_samples(bucke
   assert process.returncode == -signal.SIGKILL
   resumed = run_module(*killed, cwd=tmp_path, env=bucket)  # the dead holder's lease: taken over
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resuming from step 4" in resumed.stdout, resumed.stdout[-2000:]
+  # From step 4, or from step 2 when the kill came while step 4 was still being written (a save
+  # starts once the one before it has committed, so step 2's had): a slow machine sees both.
+  assert re.search(r"resuming from step [24]\b", resumed.stdout), resumed.stdout[-2000:]
   assert "taking over gs://runs/a/killed/lock" in resumed.stderr
   want, got = records(bucket, "gs://runs/a/straight"), records(bucket, "gs://runs/a/killed")
   assert [r["step"] for r in got] == list(range(1, 9))
