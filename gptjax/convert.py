@@ -99,8 +99,8 @@ def export_run_dir(run_dir: str, hf_dir: str, which: str = "latest") -> str:
   cli.status(f"reading {run_dir}")
   model, params, _, _, _ = load_run(run_dir, which)
   llama = bool(model.config.non_gpt2_options())
-  if llama and hf_llama.export_problems(model.config):
-    hf_llama.save_hf_llama(model, params, hf_dir)  # raises the one-line error, writes nothing
+  if llama:
+    hf_llama.check_exportable(model.config)  # before anything is written
   made = not os.path.exists(hf_dir)
 
   def undo() -> None:

@@ -58,6 +58,18 @@ def export_problems(config: ModelConfig) -> list[str]:
   return problems
 
 
+def check_exportable(config: ModelConfig) -> None:
+  """Raises the one-line UserError that names what neither GPT-2's nor Llama's format holds."""
+  problems = export_problems(config)
+  if problems:
+    beyond = ", ".join(config.non_gpt2_options()) or "its options"
+    raise UserError(f"{beyond}: beyond GPT-2's format, and Hugging Face's Llama format cannot hold "
+                    f"{', '.join(problems)}. Fix: the run stays a gptjax run (`python -m "
+                    f"gptjax.sample --run_dir=RUN` reads it); a model trained with `python -m "
+                    f"gptjax.train --config.positions=rope --config.norm=rmsnorm "
+                    f"--config.mlp=swiglu --config.logit_softcap=0` exports to Llama.")
+
+
 def architecture(config: ModelConfig) -> str:
   """The transformers class that loads the export: LlamaForCausalLM, or with qk_norm Qwen3's."""
   return "Qwen3ForCausalLM" if config.qk_norm else "LlamaForCausalLM"
@@ -152,14 +164,7 @@ def save_hf_llama(model, params, path: str) -> str:
     UserError: the model has an option neither format holds (named, with what to train instead).
   """
   config = model.config
-  problems = export_problems(config)
-  if problems:
-    beyond = ", ".join(config.non_gpt2_options()) or "its options"
-    raise UserError(f"{beyond}: beyond GPT-2's format, and Hugging Face's Llama format cannot hold "
-                    f"{', '.join(problems)}. Fix: the run stays a gptjax run (`python -m "
-                    f"gptjax.sample --run_dir=RUN` reads it); a model trained with `python -m "
-                    f"gptjax.train --config.positions=rope --config.norm=rmsnorm "
-                    f"--config.mlp=swiglu --config.logit_softcap=0` exports to Llama.")
+  check_exportable(config)
   tensors = hf_tensors(config, params)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:

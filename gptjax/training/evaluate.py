@@ -87,7 +87,7 @@ class WholeSplit:
 
   def __call__(self, params) -> dict[str, float | None]:
     loss, predicted = split_loss(self.model, params, self.tokens, self.batch_size)
-    return dict(loss=loss, bpb=loss * predicted / math.log(2) / self.bytes if self.bytes else None)
+    return dict(loss=loss, bpb=bits_per_byte(loss, predicted / self.bytes if self.bytes else None))
 
 
 def split_loss(model: GPT, params, tokens: np.ndarray, batch_size: int = 128) -> tuple[float, int]:
