@@ -109,11 +109,15 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
       disable=None if is_main else True,  # None: no bar when stdout is not a terminal
       dynamic_ncols=True,
       file=sys.stdout)
-  writer = MetricsWriter(run_directory(config), is_main, resume_step=step)
-  writer.tracker = tracking.Tracker(
+  # W&B first: importing wandb parses source with `ast` (pydantic), and Python 3.11's ast is not
+  # thread-safe ("AST constructor recursion depth mismatch") while MetricsWriter's background
+  # thread imports tensorboardX (and torch, which parses source too).
+  tracker = tracking.Tracker(
       config, run_directory(config), is_main,
       dict(parameters=count_params(ModelConfig.from_config(config)).total,
            step_memory_bytes=run.first_record["step_memory_bytes"]))
+  writer = MetricsWriter(run_directory(config), is_main, resume_step=step)
+  writer.tracker = tracker
   profiler = Profiler(config.profile_steps, run_directory(config), say)
   clock = CheckpointClock(config.checkpoint_minutes)
   log = Recorder(config, writer, progress, step, run.first_record, checkpointer.latest_step)
