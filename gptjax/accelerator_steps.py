@@ -222,11 +222,11 @@ def sampler_step(quick: bool, new_tokens: int) -> dict:
 
 
 def _compiled_step(config: ml_collections.ConfigDict):
-  from gptjax.step import build, compile_train_step
+  from gptjax.planner import fit
   sharding.use_cpu_devices(config.cpu_devices)
   mesh = sharding.make_mesh(config)
-  setup = build(config, mesh)
-  return mesh, setup, compile_train_step(setup, config)
+  _, setup, compiled = fit.compile_train_step(config, mesh)  # remat "auto" decided here
+  return mesh, setup, compiled
 
 
 def batches(config: ml_collections.ConfigDict, steps: int, seed: int = 0) -> list[np.ndarray]:

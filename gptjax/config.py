@@ -127,11 +127,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.grad_clip = 1.0
   # Compute dtype of activations and matmuls; params and optimizer state stay float32.
   config.dtype = "float32"
-  # Recompute activations in the backward pass instead of keeping them (saves memory, costs
-  # compute): "none"; "full" (keep each block's input only); "dots" (keep every matmul output);
-  # "dots_no_batch" (keep the weight matmuls' outputs); "save_attn_out" (keep the attention
-  # output); "dots_no_batch+attn_out" (both: with splash, recomputes no matmul). True and False,
-  # as older presets, command lines and runs' config.json have them, read as "full" and "none".
+  # Recompute activations in the backward pass (saves memory, costs compute): "none"; "full" (keep
+  # each block's input only); "dots" (every matmul output); "dots_no_batch" (the weight matmuls');
+  # "save_attn_out" (the attention output); "dots_no_batch+attn_out" (both); "auto" (the first of
+  # none, dots_no_batch, full whose compiled step leaves 10% of a device free, decided for the
+  # devices at hand). True/False (older presets, runs' config.json) read as "full"/"none".
   config.remat = ml_collections.FieldReference("none", field_type=object)  # bools load: normalize
 
   # Attention kernel: "xla" (einsum + causal mask: fastest on CPU), "cudnn" (cuDNN's fused

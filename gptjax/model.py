@@ -195,7 +195,7 @@ class GPT(nn.Module):
     x = nn.Dropout(cfg.dropout)(x.astype(_dtype(cfg)), deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "embed"))
     block = Block
-    if cfg.remat != "none":  # under scan, CSE across iterations cannot undo the recompute
+    if cfg.remat not in ("none", "auto"):  # under scan, CSE cannot undo the recompute
       block = nn.remat(Block,
                        static_argnums=(2, 3, 4),
                        policy=_remat_policy(cfg.remat),

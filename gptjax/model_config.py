@@ -33,6 +33,10 @@ PALLAS_BLOCK = 128  # their tiles: the sequence is cut into blocks of this many 
 # remat policies by name (gptjax/model.py maps them onto jax.checkpoint_policies); "none": no remat.
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out",
                   "dots_no_batch+attn_out")
+# remat "auto": the first of these (least recomputation first) whose compiled step leaves 10% of a
+# device's memory free, decided where the step is compiled for its devices (planner.options).
+REMAT_AUTO = "auto"
+REMAT_AUTO_ORDER = ("none", "dots_no_batch", "full")
 
 
 def remat_name(value) -> str:
@@ -58,7 +62,7 @@ class ModelConfig:
   dropout: float = 0.0
   bias: bool = False
   dtype: str = "float32"  # compute dtype; parameters are always float32
-  remat: str = "none"  # a REMAT_POLICIES name
+  remat: str = "none"  # a REMAT_POLICIES name; "auto" undecided (no train step) computes as none
   attention: str = "auto"  # decided by for_platform; "auto" left undecided computes as "xla"
   loss_chunk_tokens: int = 0  # 0: the whole batch's logits at once
   scan_layers: bool = False  # the blocks under nn.scan, parameters stacked on a "layers" axis
@@ -222,11 +226,11 @@ def validate_model_options(config: ml_collections.ConfigDict) -> None:
         f"a block_size that is, e.g. --config.block_size="
         f"{max(1, round(config.block_size / PALLAS_BLOCK)) * PALLAS_BLOCK}, or "
         f"--config.attention=auto (xla there)")
-  if remat_name(config.remat) not in REMAT_POLICIES:
+  if remat_name(config.remat) not in (*REMAT_POLICIES, REMAT_AUTO):
     _fail(
         "remat", f"{config.remat!r} is not a remat policy",
-        f"one of {', '.join(REMAT_POLICIES)}, e.g. --config.remat=full (true and false read as "
-        "full and none)")
+        f"one of {', '.join(REMAT_POLICIES)} or auto, e.g. --config.remat=full (true and false "
+        "read as full and none)")
   if isinstance(
       config.loss_chunk_tokens,
       bool) or not isinstance(config.loss_chunk_tokens, int) or config.loss_chunk_tokens < 0:

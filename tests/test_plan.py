@@ -10,6 +10,7 @@ import os
 import shlex
 
 import jax
+import ml_collections
 import pytest
 
 from conftest import assert_user_error, read_metrics, run_module, tiny_config
@@ -84,6 +85,69 @@ def test_gpu_memory_is_the_allocators_share(monkeypatch):
   monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
   target = targets.parse_target("gpu-a100-40gb")
   assert target.device_memory_bytes == 20 * GiB
+
+
+def test_remat_auto_takes_the_least_recomputation_that_leaves_a_tenth_free():
+  """The rule itself, on step sizes given per policy: the first of none, dots_no_batch, full under
+  90% of the device; full when none is; any other remat priced once, as it is."""
+  from gptjax.planner.options import decide_remat
+  sizes = dict(none=95, dots_no_batch=60, full=30, dots=70)
+
+  def decided(remat, memory):
+    seen = []
+    config, result = decide_remat(ml_collections.ConfigDict(dict(remat=remat)), memory, lambda c:
+                                  (seen.append(c.remat) or c.remat, sizes[c.remat]))
+    assert config.remat == result
+    return result, seen
+
+  assert decided("auto", 200) == ("none", ["none"])
+  assert decided("auto", 100) == ("dots_no_batch", ["none", "dots_no_batch"])  # 95 > 90
+  assert decided("auto", 66) == ("full", ["none", "dots_no_batch", "full"])  # 60 > 59.4
+  assert decided("auto", 10) == ("full", ["none", "dots_no_batch", "full"])  # none fits
+  assert decided("dots", 10) == ("dots", ["dots"])
+
+
+def test_remat_auto_moves_past_a_policy_xla_refuses_as_too_big(tiny, monkeypatch):
+  """A step XLA refuses to compile for the device (RESOURCE_EXHAUSTED at compile time, as a TPU
+  refuses a program over its memory) counts as not fitting: auto compiles the next policy; with
+  a definite remat the same refusal is the planner's one memory error."""
+  from gptjax import sharding, step
+  real = step.compile_train_step
+
+  def refuse_none(setup, config):
+    if config.remat == "none":
+      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in memory space "
+                                       "hbm. Used 20.5G of 15.75G hbm.")
+    return real(setup, config)
+
+  monkeypatch.setattr(step, "compile_train_step", refuse_none)
+  said, config = [], tiny(remat="auto")
+  decided, _, compiled = fit.compile_train_step(config, sharding.make_mesh(config), said.append)
+  assert decided.remat == "dots_no_batch" and compiled is not None
+  assert said[0].startswith("remat auto: dots_no_batch (the step per device: none refused by "
+                            "XLA, dots_no_batch "), said
+  with pytest.raises(DeviceMemoryError, match="Used 20.5G of 15.75G hbm"):
+    fit.compile_train_step(tiny(remat="none"), sharding.make_mesh(config))
+
+
+@pytest.mark.parametrize("target", ["gpu-rtx4090-24gb", "gpu-h100-80gb", "tpu-v5e-1"])
+def test_the_planner_decides_remat_auto_as_training_does(target):
+  """A plan of remat "auto" is the plan of the policy the rule picks from the plans of each
+  policy, made one by one (the analytic model here: the same path as compiles)."""
+  from gptjax.planner.compiled import with_fields
+  device = targets.parse_target(target)
+  config = with_fields(presets.load_validated("350M_1024"), remat="auto")
+  plans = {
+      policy: estimate.estimate(with_fields(config, remat=policy), device, method="analytic")
+      for policy in ("none", "dots_no_batch", "full")
+  }
+  expected = next(
+      (p for p, plan in plans.items() if plan.memory.total <= 0.9 * device.device_memory_bytes),
+      "full")
+  auto = estimate.estimate(config, device, method="analytic")
+  assert auto.settings["remat"] == expected
+  assert auto.to_json() | dict(notes=None) == plans[expected].to_json() | dict(notes=None)
+  assert auto.notes[0].startswith(f"remat auto: {expected} (the step per device: none ")
 
 
 def test_state_bytes_are_the_shards_of_an_exact_count():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 
 import numpy as np
@@ -338,3 +339,27 @@ def test_running_the_host_ahead_logs_the_same_records(tiny, monkeypatch):
   assert [r["step"] for r in runs[True]] == [1, 2, 3, 4, 5, 6, 8, 9, 10, 11]
   for key in ("step", "train_loss", "grad_norm", "lr", "val_loss", "eval_train_loss"):
     assert [r.get(key) for r in runs[True]] == [r.get(key) for r in runs[False]], key
+
+
+def test_remat_auto_trains_with_the_first_policy_whose_step_fits(tiny, monkeypatch, capsys):
+  """remat "auto" compiles none, dots_no_batch and full in turn and trains with the first whose step
+  leaves 10% of a device free: on this CPU's memory none, the very run --config.remat=none
+  trains (same losses, bit for bit), config.json keeping "auto"; on a device too small for any,
+  full, which then stops as a step too big does, naming each policy's compiled bytes."""
+  from gptjax.devices import DEVICE_MEMORY_ENV
+  from gptjax.errors import DeviceMemoryError
+  auto, plain = tiny(model_name="auto", remat="auto"), tiny(model_name="none", remat="none")
+  train(auto)
+  assert "remat auto: none (the step per device: none " in capsys.readouterr().out
+  train(plain)
+  for key in ("train_loss", "grad_norm", "val_loss"):
+    assert [r.get(key) for r in run_metrics(auto)] == [r.get(key) for r in run_metrics(plain)]
+  with open(os.path.join(auto.out_dir, auto.model_name, "config.json")) as f:
+    assert json.load(f)["remat"] == "auto"
+  monkeypatch.setenv(DEVICE_MEMORY_ENV, "0.0001")  # 105 KiB: no policy's step fits
+  with pytest.raises(DeviceMemoryError, match="needs .* per device"):
+    train(tiny(model_name="small", remat="auto"))
+  said = capsys.readouterr().out
+  assert re.search(
+      r"remat auto: full \(the step per device: none [\d.]+ GiB, dots_no_batch "
+      r"[\d.]+ GiB, full [\d.]+ GiB; the device has 0.00 GiB", said), said

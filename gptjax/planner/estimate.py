@@ -25,7 +25,7 @@ from gptjax.planner import memory_model, roofline, targets
 from gptjax.planner.compiled import (EXTRAPOLATION_LAYERS, Compiled, compiled_figures,
                                      per_device_bytes, with_fields)
 from gptjax.planner.memory_model import Generation, generation_memory
-from gptjax.planner.options import step_options
+from gptjax.planner.options import REMAT_AUTO, decide_remat, remat_name, step_options
 
 COMPILED, DEVICELESS, ANALYTIC = "compiled", "compiled-deviceless", "analytic"
 
@@ -204,6 +204,16 @@ def estimate(config: ml_collections.ConfigDict,
   Raises:
     targets.CompileOnlyUnavailable: method "compile" where the compile-only library is missing.
   """
+  if remat_name(config.remat) == REMAT_AUTO:  # decided as training decides it, for `target`
+
+    def attempt(decided):
+      result = estimate(decided, target, method=method, fast=fast, num_samples=num_samples)
+      return result, result.memory.total
+
+    said = []
+    _, result = decide_remat(config, target.device_memory_bytes, attempt, said.append)
+    result.notes[:0] = said
+    return result
   mesh_shape = sharding.mesh_shape(config, target.num_devices)
   sharding.validate_for_mesh(config, mesh_shape)
   param_bytes, optimizer_bytes = state_bytes(

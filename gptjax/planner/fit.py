@@ -1,16 +1,19 @@
 """Will it fit: the checks `plan --check` runs, and what the trainer needs from the planner
-(`ensure_fits` after compiling its step, `explain_out_of_memory` around running it)."""
+(`compile_train_step` deciding remat "auto", `ensure_fits` after compiling its step,
+`explain_out_of_memory` around running it)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+from typing import Any
 
 import jax
 import ml_collections
 
 from gptjax import config as config_lib
-from gptjax import sharding
+from gptjax import sharding, step
 from gptjax.data import tokenizer as tokenizer_lib
 from gptjax.devices import DEVICE_MEMORY_ENV
 from gptjax.errors import ConfigError, DeviceMemoryError, out_of_memory, out_of_memory_line
@@ -18,6 +21,7 @@ from gptjax.planner import compiled as compiled_lib
 from gptjax.planner import estimate as estimate_lib
 from gptjax.planner import targets
 from gptjax.planner.estimate import Estimate
+from gptjax.planner.options import REMAT_AUTO, REMAT_AUTO_ORDER, decide_remat
 from gptjax.planner.search import (fewest_changes_that_fit, format_overrides)
 from gptjax.units import gib
 
@@ -79,6 +83,33 @@ def memory_fix(config: ml_collections.ConfigDict, target: targets.Target) -> str
   candidate, total = found
   return (f"{format_overrides(candidate.estimate.settings, config)} (planned {gib(total)} per "
           f"device; `python -m gptjax.plan --search` ranks every option)")
+
+
+def compile_train_step(config: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh,
+                       say=lambda line: None) -> tuple[ml_collections.ConfigDict, step.Setup, Any]:
+  """(config, setup, compiled train step) for `mesh`'s devices (this process's), with remat "auto"
+  decided by compiling: the first policy whose step leaves 10% of a device free (options.
+  decide_remat; `say` gets the line naming it), a policy XLA refuses as too big counting as not
+  fitting. Other configs: one build and compile."""
+
+  auto = config_lib.remat_name(config.remat) == REMAT_AUTO
+
+  def attempt(candidate):
+    setup = step.build(candidate, mesh)
+    try:
+      compiled = step.compile_train_step(setup, candidate)
+    except jax.errors.JaxRuntimeError as e:
+      if auto and out_of_memory(e) and candidate.remat != REMAT_AUTO_ORDER[-1]:
+        return (setup, None), math.inf  # XLA refused the program: the next policy then
+      with explain_out_of_memory(candidate):
+        raise
+    return (setup, compiled), compiled_lib.figures_of(compiled).total
+
+  decided, (setup, compiled) = decide_remat(config,
+                                            targets.local_target().device_memory_bytes, attempt,
+                                            say)
+  return decided, setup, compiled
 
 
 def ensure_fits(config: ml_collections.ConfigDict, compiled) -> int:

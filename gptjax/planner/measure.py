@@ -19,7 +19,8 @@ from gptjax.config import ModelConfig
 from gptjax.devices import mfu, peak_flops
 from gptjax.params import count_params, flops_per_token
 from gptjax.planner.estimate import Estimate
-from gptjax.step import build, compile_train_step, global_batch, mesh_context
+from gptjax.planner import fit
+from gptjax.step import global_batch, mesh_context
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -38,9 +39,8 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20, warmup:
   reads), `peak_bytes_in_use` the device allocator's measured peak (GPUs and TPUs; None on CPU).
   """
   mesh = sharding.make_mesh(config)
-  setup = build(config, mesh)
   start = time.perf_counter()
-  compiled = compile_train_step(setup, config)
+  config, setup, compiled = fit.compile_train_step(config, mesh)  # remat "auto" decided here
   compile_s = time.perf_counter() - start
   rng = np.random.default_rng(0)
   windows = rng.integers(0,

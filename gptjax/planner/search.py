@@ -23,10 +23,9 @@ from gptjax.planner import estimate as estimate_lib
 from gptjax.planner import targets
 from gptjax.planner.compiled import fast_is_exact
 from gptjax.planner.estimate import Estimate
-from gptjax.planner.options import REMAT_POLICIES
+from gptjax.planner.options import REMAT_POLICIES, REQUIRED_HEADROOM
 from gptjax.units import gib
 
-REQUIRED_HEADROOM = 0.10  # --search keeps this share of device memory free
 MAX_TENSOR_PARALLEL = 8  # tensor parallelism beyond one host's fast links rarely pays
 LOSS_CHUNK_TOKENS = 4096  # the chunked loss it tries beside the plain one (loss_chunk_tokens)
 

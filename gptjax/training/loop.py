@@ -32,7 +32,7 @@ from gptjax.devices import peak_flops
 from gptjax.errors import UserError
 from gptjax.params import count_params
 from gptjax.planner import fit
-from gptjax.step import build, compile_train_step, global_batch, mesh_context
+from gptjax.step import global_batch, mesh_context
 from gptjax.training import metrics as metrics_lib
 from gptjax.training import tracking
 from gptjax.training.evaluate import WholeSplit, eval_windows, evaluate
@@ -246,8 +246,7 @@ def train_loop_steps(config: ml_collections.ConfigDict) -> Callable[[int], float
   cache is written under config.out_dir.
   """
   mesh = sharding.make_mesh(config)
-  setup = build(config, mesh)
-  compiled = compile_train_step(setup, config)
+  config, setup, compiled = fit.compile_train_step(config, mesh)
   tokens = dataset.open_tokens(config).train
   rows = sharding.process_batch_rows(mesh, config.batch_size)
   with mesh_context(mesh):

@@ -36,7 +36,7 @@ from gptjax.data import dataset
 from gptjax.errors import CheckpointError, UserError
 from gptjax.params import count_params, to_layout
 from gptjax.planner import fit
-from gptjax.step import Setup, TrainState, build, compile_train_step, mesh_context
+from gptjax.step import Setup, TrainState, build, mesh_context
 from gptjax.training.lease import LeaseLock
 from gptjax.training.profile import profile_range
 from gptjax.training.lock import RunLock
@@ -239,15 +239,16 @@ def start(config: ml_collections.ConfigDict, say=print) -> Run:
   sharding.maybe_initialize_distributed(config)  # before JAX starts its backends: on a pod too
   devices.check_accelerator_used(config.allow_cpu)
   mesh = sharding.make_mesh(config)
-  setup = build(config, mesh)
   compile_start = time.perf_counter()
-  if jax.process_index() == 0:
+  main = jax.process_index() == 0
+  if main:
     say(
         f"compiling the train step ({config.name}, {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s); the compilation cache makes the next start quick)",
         flush=True)
-  with fit.explain_out_of_memory(config):
-    compiled_step = compile_train_step(setup, config)
+  # remat "auto" decided here, for these devices; config.json keeps "auto"
+  config, setup, compiled_step = fit.compile_train_step(config, mesh,
+                                                        say if main else lambda line: None)
   step_memory = fit.ensure_fits(config, compiled_step)
   setup = dataclasses.replace(setup, train_step=compiled_step)
   first_record = dict(compile_s=time.perf_counter() - compile_start,
