@@ -8,6 +8,7 @@
   python -m gptjax.show_configs --memory               # GiB per device on common GPUs and TPUs
   python -m gptjax.show_configs --memory --analytic    # the planner's analytic model (seconds)
   python -m gptjax.show_configs --memory --refresh     # compile every cell anew (hours)
+  python -m gptjax.show_configs --memory --refresh --presets=modern/small   # one row anew
 
 Counts are exact: the analytic count, checked against the initialised parameters. The memory table
 is XLA's, compiled for each target without the hardware (compile-only estimates).
@@ -35,36 +36,38 @@ def main(f) -> None:
     print(describe.format_preset_details(preset, f.config))
     return
   if f.memory:
-    from gptjax.planner import report
-    rows = memory_table(f)
+    from gptjax.planner import memory_table
+    rows = table_rows(f)
     print(
-        report.format_memory_table(rows, f.markdown,
-                                   None if f.analytic else report.read_memory_columns()))
+        memory_table.format_memory_table(
+            rows, f.markdown, None if f.analytic else memory_table.read_memory_columns()))
     return
-  if f.refresh or f.analytic or f.targets:
-    raise UserError("--refresh, --analytic and --targets go with --memory.")
+  if f.refresh or f.analytic or f.targets or f.presets:
+    raise UserError("--refresh, --analytic, --targets and --presets go with --memory.")
   rows = describe.preset_table(f.configs_dir or None)
   if not f.configs_dir:  # the shipped presets: their planned MFU from the shipped memory table
-    from gptjax.planner import report
-    rows = report.with_planned_mfu(rows)
+    from gptjax.planner import memory_table
+    rows = memory_table.with_planned_mfu(rows)
   print(describe.format_preset_markdown(rows) if f.markdown else describe.format_preset_table(rows))
 
 
-def memory_table(f) -> list[dict]:
+def table_rows(f) -> list[dict]:
   """The rows of --memory: the shipped table, or computed (--refresh, --analytic)."""
-  from gptjax.planner import report, targets
+  from gptjax.planner import memory_table, targets
   if not (f.refresh or f.analytic):
-    return report.read_memory_table()
+    return memory_table.read_memory_table()
   targets.compile_only_process()  # nothing runs here: keep JAX off any accelerator
-  rows = report.memory_rows(f.configs_dir or None,
-                            f.targets and f.targets.split(","),
-                            compile=f.refresh,
-                            log=lambda line: print(line, file=sys.stderr, flush=True))
+  rows = memory_table.memory_rows(f.configs_dir or None,
+                                  f.targets and f.targets.split(","),
+                                  compile=f.refresh,
+                                  log=lambda line: print(line, file=sys.stderr, flush=True),
+                                  preset_names=f.presets and f.presets.split(","))
   if f.refresh:
     import jax
-    rows = report.store_memory_table(
-        rows, f"python -m gptjax.show_configs --memory --refresh, "
-        f"jax {jax.__version__}, {datetime.date.today()}")
+    rows = memory_table.store_memory_table(rows,
+                                           f"python -m gptjax.show_configs --memory --refresh, "
+                                           f"jax {jax.__version__}, {datetime.date.today()}",
+                                           every_row=not f.presets)
   return rows
 
 
@@ -89,6 +92,10 @@ def define_flags(values) -> None:
   flags.DEFINE_string("targets",
                       "", "With --memory --analytic/--refresh: comma-separated planner "
                       "targets (default: 24/40/80 GB GPUs, tpu-v5e-1, tpu-v5e-8, tpu-v4-8).",
+                      flag_values=values)
+  flags.DEFINE_string("presets",
+                      "", "With --memory --analytic/--refresh: comma-separated presets, those "
+                      "rows only (--refresh keeps the table's other rows).",
                       flag_values=values)
   flags.DEFINE_string("configs_dir",
                       "", "List the presets of this directory instead of the "

@@ -753,6 +753,12 @@ def _(ctx):
   return ctx.cli_error("show_configs", f"--configs_dir={ctx.tmp / 'missing'}")
 
 
+@row("gptjax/planner/memory_table.py", "has no row in the memory table", "show_configs")
+def _(ctx):
+  return ctx.cli_error("show_configs", "--memory", "--analytic",
+                       "--presets=recipes/shakespeare_char_cpu")
+
+
 @row("gptjax/presets.py", "config file {preset!r} does not exist", "train")
 def _(ctx):
   ctx.monkeypatch.chdir(REPO_ROOT)

@@ -226,7 +226,8 @@ def test_memory_table_covers_every_preset_and_its_marks_are_its_figures():
   every suggested change fits with 10% of it free."""
   from gptjax.planner import targets
   table = memory_table()
-  assert sorted(table) == sorted(preset_name(file_name) for file_name in PRESET_FILES)
+  assert sorted(table) == sorted(
+      name for name in presets.catalogue() if not name.startswith("recipes/"))  # modern/* included
   for row in table.values():
     assert list(row["targets"]) == list(targets.COMMON_TARGETS)
     for name, cell in row["targets"].items():
@@ -242,10 +243,11 @@ def test_memory_table_is_what_the_planner_compiles_today(preset, target):
   """The stored table is not stale: compiling two of its cells again gives the same bytes and the
   same est. MFU, the preset table's (when this fails, the step changed: python -m
   gptjax.show_configs --memory --refresh)."""
-  from gptjax.planner import report, targets
+  from gptjax.planner import memory_table as table_lib
+  from gptjax.planner import targets
   config = presets.load_validated(os.path.join(CONFIGS_DIR, f"{preset}.py"))
-  cell = report.memory_cell(config, targets.parse_target(target), compile=True)
-  from gptjax.planner.report import older_columns, read_memory_columns
+  cell = table_lib.memory_cell(config, targets.parse_target(target), compile=True)
+  from gptjax.planner.memory_table import older_columns, read_memory_columns
   assert target not in (older_columns(read_memory_columns()) or {}).get("names", [])
   stored = memory_table()[preset]["targets"][target]
   assert cell["total"] == pytest.approx(stored["total"], rel=0.01)
@@ -256,7 +258,7 @@ def test_memory_table_is_what_the_planner_compiles_today(preset, target):
 def test_columns_compiled_before_the_others_say_so_under_the_table():
   """A column a partial refresh left from an older step is named, with when it was compiled and
   the command that recompiles it, wherever the table is printed (and the stale ones alone)."""
-  from gptjax.planner.report import older_columns, read_memory_columns
+  from gptjax.planner.memory_table import older_columns, read_memory_columns
   columns = {
       "gpu-a100-40gb": "python -m gptjax.show_configs --memory --refresh, jax 0.10.2, 2026-12-03",
       "tpu-v5e-8": "python -m gptjax.show_configs --memory --refresh, jax 0.10.2, 2026-11-26",
@@ -275,6 +277,35 @@ def test_columns_compiled_before_the_others_say_so_under_the_table():
   else:
     assert len(note) == 1 and older["about"] in note[0], note
     assert f"--targets={','.join(older['names'])}`" in note[0]
+
+
+def test_a_refresh_of_some_rows_rewrites_those_cells_and_keeps_the_rest(tmp_path, monkeypatch):
+  """--refresh --presets=...: the named rows' cells of the refreshed columns are the new ones;
+  every other row, cell and column provenance is the shipped table's; an unknown name is one
+  error. (Analytic cells stand in for compiled ones: the merge is the same.)"""
+  import shutil
+
+  from gptjax.errors import ConfigError
+  from gptjax.planner import memory_table as table_lib
+  copy = str(tmp_path / "memory_table.json")
+  shutil.copy(table_lib.memory_table_path(), copy)
+  monkeypatch.setattr(table_lib, "memory_table_path", lambda: copy)
+  before, columns = memory_table(), table_lib.read_memory_columns()
+  rows = table_lib.memory_rows(target_names=["tpu-v5e-1"], preset_names=["tiny_char", "small"])
+  assert [row["preset"] for row in rows] == ["tiny_char", "small"]
+  fresh = {row["preset"]: dict(row["targets"]) for row in rows}
+  table_lib.store_memory_table(rows, "a test, jax 0, 2999-01-01", every_row=False)
+  after = {row["preset"]: row for row in table_lib.read_memory_table()}
+  assert list(after) == list(before)
+  assert table_lib.read_memory_columns() == columns
+  for name, row in after.items():
+    for target, cell in row["targets"].items():
+      expected = fresh[name][target] if name in fresh and target == "tpu-v5e-1" else \
+          before[name]["targets"][target]
+      assert cell == expected, (name, target)
+  assert fresh["small"]["tpu-v5e-1"] != before["small"]["targets"]["tpu-v5e-1"]  # analytic now
+  with pytest.raises(ConfigError, match="recipes/shakespeare_char_cpu has no row"):
+    table_lib.memory_rows(preset_names=["recipes/shakespeare_char_cpu"])
 
 
 # The devices preset descriptions may name, as planner targets (gptjax.show_configs --memory).

@@ -12,5 +12,6 @@
   search        the fastest settings that fit; the fewest changes that fit
   fit           what the trainer asks: does the compiled step fit, what to do when it does not
   measure       the step run and timed on this machine (`plan --measure`)
-  report        what `python -m gptjax.plan` and `show_configs --memory` print
+  report        what `python -m gptjax.plan` prints
+  memory_table  the presets' memory table (memory_table.json): `show_configs --memory`
 """

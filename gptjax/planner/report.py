@@ -1,4 +1,5 @@
-"""What the planner prints: the estimate, the search's ranking, and the presets' memory table.
+"""What `python -m gptjax.plan` prints: the estimate and the search's ranking (the presets' memory
+table is memory_table's).
 
 Every figure names its source (XLA's compile for the target, or the analytic model), and
 compile-only figures are estimates made without the hardware.
@@ -6,22 +7,14 @@ compile-only figures are estimates made without the hardware.
 
 from __future__ import annotations
 
-import importlib.resources
-import os
 from typing import Any
 
 import ml_collections
 
-from gptjax import config as config_lib
-from gptjax import describe, files, presets
-from gptjax.errors import ConfigError
 from gptjax.planner import estimate as estimate_lib
 from gptjax.planner import targets
-from gptjax.planner.compiled import fast_is_exact
 from gptjax.planner.estimate import Estimate
-from gptjax.planner.memory_model import generation_memory
-from gptjax.planner.search import (REQUIRED_HEADROOM, Candidate, fewest_changes_that_fit,
-                                   format_overrides)
+from gptjax.planner.search import REQUIRED_HEADROOM, Candidate, format_overrides
 from gptjax.units import GiB, format_duration, gib
 
 OPTIMIZER_NAMES = {"adamw": "AdamW", "muon": "Muon + AdamW"}
@@ -125,7 +118,7 @@ def _remat(value) -> str:
   return {True: "on", False: "off"}[value] if isinstance(value, bool) else str(value)
 
 
-def _remat_suffix(value) -> str:
+def remat_suffix(value) -> str:
   """'+remat' for full remat, '+remat dots' for a policy, '' for none (the memory table)."""
   if value in (False, "none"):
     return ""
@@ -198,8 +191,8 @@ def fix_label(settings: dict[str, Any], config: ml_collections.ConfigDict) -> st
   parts = []
   if settings["dtype"] != config.dtype:
     parts.append("bf16" if settings["dtype"] == "bfloat16" else settings["dtype"])
-  if _remat_suffix(settings["remat"]) != _remat_suffix(config.remat):
-    parts.append(_remat_suffix(settings["remat"])[1:] or "no remat")
+  if config.remat != "auto" and remat_suffix(settings["remat"]) != remat_suffix(config.remat):
+    parts.append(remat_suffix(settings["remat"])[1:] or "no remat")
   if settings.get("loss_chunk_tokens", 0) != config.get("loss_chunk_tokens", 0):
     parts.append(f"loss in {settings['loss_chunk_tokens']}-token chunks"
                  if settings["loss_chunk_tokens"] else "plain loss")
@@ -211,179 +204,3 @@ def fix_label(settings: dict[str, Any], config: ml_collections.ConfigDict) -> st
       if size != config.mesh[axis] and not (axis == "fsdp" and config.mesh.fsdp == -1)
   ]
   return "+".join(parts) or "as shipped"
-
-
-def memory_rows(directory: str | None = None,
-                target_names=None,
-                compile: bool = False,
-                log=lambda line: None) -> list[dict[str, Any]]:
-  """Per preset and target: training memory per device at the shipped settings, whether it fits,
-  and where it does not, the fewest changes that fit with 10% free; and sampling memory.
-
-  With `compile`, every figure is XLA's for the compiled step (without the hardware; on GPUs
-  extrapolated per layer from 1- and 2-layer compiles, exact there) and every suggested change is
-  compiled too; the analytic model's figure is kept beside it. Without, the analytic model alone.
-  """
-  rows, catalogue = [], presets.catalogue(directory)
-  for row in describe.preset_table(directory):
-    if row["preset"].startswith("recipes/"):  # CPU recipes: not for GPUs and TPUs
-      continue
-    config = presets.load_validated(catalogue[row["preset"]])
-    cells = {}
-    for name in target_names or targets.COMMON_TARGETS:
-      log(f"{row['preset']} on {name}")
-      cells[name] = memory_cell(config, targets.parse_target(name), compile)
-    generation = generation_memory(config_lib.ModelConfig.from_config(config), batch=1).total
-    rows.append(
-        dict(preset=row["preset"],
-             params=row["params"],
-             dtype=config.dtype,
-             remat=config.remat,
-             batch=f"{config.batch_size}x{config.block_size}",
-             targets=cells,
-             generation=generation))
-  return rows
-
-
-def memory_cell(config: ml_collections.ConfigDict, target, compile: bool) -> dict[str, Any]:
-  """One cell of the memory table (see memory_rows)."""
-  cell = dict(total=None,
-              analytic=None,
-              fits=False,
-              fix=None,
-              fix_total=None,
-              method=estimate_lib.DEVICELESS if compile else estimate_lib.ANALYTIC,
-              step_seconds=None,
-              mfu=None,
-              mfu_roofline=None)
-  try:
-    analytic = estimate_lib.estimate(config, target, method=estimate_lib.ANALYTIC)
-    planned = (estimate_lib.estimate(config, target, method="compile", fast=fast_is_exact(target))
-               if compile else analytic)
-    cell.update(analytic=analytic.memory.total, total=planned.memory.total)
-    cell["fits"] = cell["total"] <= target.device_memory_bytes
-    if compile:  # the same compile's time: XLA's TPU cost model, or the GPU's expected time
-      cell.update(step_seconds=planned.step_seconds,
-                  mfu=planned.mfu,
-                  mfu_roofline=planned.mfu_roofline)
-  except ConfigError:  # the shipped batch does not split over this many devices
-    pass
-  found = None if cell["fits"] else fewest_changes_that_fit(config, target, compile)
-  if found:
-    cell.update(fix=fix_label(found[0].estimate.settings, config), fix_total=found[1])
-  return cell
-
-
-def with_planned_mfu(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """The preset table's rows with the shipped memory table's est. MFU on a v5e-1 and an H100."""
-  from gptjax.describe import MFU_COLUMNS
-  planned = {row["preset"]: row["targets"] for row in read_memory_table()}
-  for row in rows:
-    for _, key, _ in MFU_COLUMNS:
-      target = key.removeprefix("mfu_")
-      row[key] = _mfu_cell(planned.get(row["preset"], {}).get(target), target.startswith("gpu"))
-  return rows
-
-
-def _mfu_cell(cell: dict[str, Any] | None, gpu: bool) -> str:
-  """"47.4%"; on GPUs the expected MFU with the roofline's: "26.2% (46.4%)"."""
-  if not cell or cell.get("mfu") is None:
-    return "–"
-  if not cell["fits"]:
-    return "✗"
-  if gpu and cell.get("mfu_roofline"):
-    return f"{cell['mfu']:.1%} ({cell['mfu_roofline']:.1%})"
-  return f"{cell['mfu']:.1%}"
-
-
-def _memory_cell(cell: dict[str, Any]) -> str:
-  shipped = "batch ∤ devices" if cell["total"] is None else f"{cell['total'] / GiB:.1f}"
-  if cell["fits"]:
-    return f"{shipped} ✓"
-  if cell["fix"]:
-    return f"{shipped} ✗ → {cell['fix']} {cell['fix_total'] / GiB:.1f}"
-  return f"{shipped} ✗"
-
-
-def format_memory_table(rows: list[dict[str, Any]],
-                        markdown: bool = False,
-                        columns: dict[str, str] | None = None) -> str:
-  """GiB per device for training (✓ fits, ✗ does not → what fits, and its GiB) and sampling; with
-  `columns` (target -> how and when its column was compiled), a line naming the columns compiled
-  before the newest ones."""
-  names = list(rows[0]["targets"]) if rows else []
-  headings = ["Preset", "Batch", "Train dtype", *names, "Sample (1 seq)"]
-  body = [[
-      row["preset"], row["batch"], row["dtype"] + _remat_suffix(row["remat"]),
-      *[_memory_cell(row["targets"][n]) for n in names], f"{row['generation'] / GiB:.2f}"
-  ] for row in rows]
-  older = older_columns(columns or {})
-  note = ([
-      "", f"Compiled by {older['newest']}: all but {', '.join(older['names'])}, compiled by "
-      f"{older['about']}, an older step's figures: `python -m gptjax.show_configs --memory "
-      f"--refresh --targets={','.join(older['names'])}` compiles them for today's."
-  ] if older else [])
-  if markdown:
-    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
-    lines += ["| " + " | ".join([f"`{r[0]}`", *r[1:]]) + " |" for r in body]
-    return "\n".join(lines + note)
-  widths = [max(len(c) for c in column) for column in zip(headings, *body)]
-  line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-  return "\n".join([line(headings), "  ".join("-" * w for w in widths), *map(line, body), *note])
-
-
-def older_columns(columns: dict[str, str]) -> dict[str, Any] | None:
-  """The columns compiled before the newest ones (by the date that ends each `about`): their names
-  and provenance, and the newest's; None when every column was compiled by one refresh."""
-  dated = {name: about for name, about in columns.items() if about}
-  if len(set(dated.values())) < 2:
-    return None
-  newest = max(dated.values(), key=lambda about: about.rsplit(", ", 1)[-1])
-  names = [name for name, about in dated.items() if about != newest]
-  abouts = sorted({dated[name] for name in names})
-  return dict(names=names,
-              about=" and ".join(_provenance(a) for a in abouts),
-              newest=_provenance(newest))
-
-
-def _provenance(about: str) -> str:
-  """"jax 0.10.2 on 2026-12-03" from "python -m ... --refresh, jax 0.10.2, 2026-12-03"."""
-  parts = about.split(", ")
-  return f"{parts[-2]} on {parts[-1]}" if len(parts) >= 3 else about
-
-
-def memory_table_path() -> str:
-  """The compiled memory table shipped with gptjax (`show_configs --memory` prints it)."""
-  return str(importlib.resources.files("gptjax.planner") / "memory_table.json")
-
-
-def read_memory_table() -> list[dict[str, Any]]:
-  return files.read_json(memory_table_path())["rows"]
-
-
-def read_memory_columns() -> dict[str, str]:
-  """How and when each column (target) of the shipped table was compiled."""
-  table = files.read_json(memory_table_path())
-  return table.get("columns") or {name: table["about"] for name in targets.COMMON_TARGETS}
-
-
-def store_memory_table(rows: list[dict[str, Any]], about: str) -> list[dict[str, Any]]:
-  """Writes refreshed columns into the memory table, keeping the other targets' columns and how
-  each was compiled (several --refresh --targets=... runs may share the file: it is locked while it
-  is rewritten)."""
-  path = memory_table_path()
-  with files.locked(path + ".lock"):
-    columns, old = {}, {}
-    if os.path.isfile(path):
-      columns, old = read_memory_columns(), {row["preset"]: row for row in read_memory_table()}
-    refreshed = {name for row in rows for name in row["targets"]}
-    for row in rows:
-      cells = {**old.get(row["preset"], {}).get("targets", {}), **row["targets"]}
-      row["targets"] = {name: cells[name] for name in targets.COMMON_TARGETS if name in cells}
-    columns = {
-        name: about if name in refreshed else columns.get(name)
-        for name in targets.COMMON_TARGETS
-        if name in refreshed or name in columns
-    }
-    files.write_json(path, dict(about=about, columns=columns, rows=rows))
-  return rows
